@@ -1,0 +1,1 @@
+"""Federated datasets: bundled real data, a synthetic generator and site-folder CSVs."""

@@ -1,0 +1,81 @@
+"""The in-memory shape every dataset loader returns."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from fedmap_secure.errors import DataError
+
+
+class Tier(enum.Enum):
+    """A site's role, as in the FedMAP reference implementation.
+
+    TRAIN: takes part in federated training.
+    FINETUNE: joins after training; fine-tunes with the trained (gamma, psi).
+    UNSEEN: has test data only; evaluated with the global model gamma.
+    """
+
+    TRAIN = "train"
+    FINETUNE = "finetune"
+    UNSEEN = "unseen"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteData:
+    """One site's preprocessed data. Features float32 (n, d), labels int64 (n,)."""
+
+    name: str
+    tier: Tier
+    x_train: npt.NDArray[np.float32]
+    y_train: npt.NDArray[np.int64]
+    x_test: npt.NDArray[np.float32]
+    y_test: npt.NDArray[np.int64]
+
+    def __post_init__(self) -> None:
+        for split, x, y in (
+            ("train", self.x_train, self.y_train),
+            ("test", self.x_test, self.y_test),
+        ):
+            if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+                raise DataError(
+                    f"site {self.name!r} {split}: features {x.shape} and labels {y.shape} disagree"
+                )
+        if self.tier is Tier.UNSEEN and self.x_train.shape[0] != 0:
+            raise DataError(f"site {self.name!r}: an unseen site has no training data")
+        if self.tier is not Tier.UNSEEN and self.x_train.shape[0] == 0:
+            raise DataError(f"site {self.name!r}: a {self.tier.value} site needs training data")
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederatedDataset:
+    """A named set of sites sharing one feature space and label set."""
+
+    name: str
+    feature_names: tuple[str, ...]
+    n_classes: int
+    sites: tuple[SiteData, ...]
+
+    def __post_init__(self) -> None:
+        d = len(self.feature_names)
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise DataError(f"dataset {self.name!r}: duplicate site names {names}")
+        for s in self.sites:
+            for x in (s.x_train, s.x_test):
+                if x.shape[0] and x.shape[1] != d:
+                    raise DataError(f"site {s.name!r}: {x.shape[1]} features, dataset has {d}")
+
+    def by_tier(self, tier: Tier) -> tuple[SiteData, ...]:
+        return tuple(s for s in self.sites if s.tier is tier)
