@@ -1,0 +1,1 @@
+"""Local training adapters (the only place torch optimisers and Opacus are driven)."""
