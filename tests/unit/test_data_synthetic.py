@@ -126,8 +126,8 @@ def test_optional_per_site_standardisation() -> None:
     ],
 )
 def test_invalid_config_names_the_field(field: str, value: object) -> None:
+    changes: dict[str, Any] = {field: value}
     with pytest.raises(ConfigError, match=field if field != "n_unseen_sites" else "training site"):
-        changes: dict[str, Any] = {field: value}
         dataclasses.replace(SyntheticConfig(), **changes)
 
 
