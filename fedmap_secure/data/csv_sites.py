@@ -83,22 +83,23 @@ def assign_tiers(directory: Path, sites: list[SiteFiles]) -> dict[str, Tier]:
     """Default tiers (TRAIN with a train file, else UNSEEN), overridden by sites.toml."""
     tiers = {s.name: Tier.TRAIN if s.train else Tier.UNSEEN for s in sites}
     toml_path = directory / SITES_TOML
-    if not toml_path.exists():
-        return tiers
-    by_name = {s.name: s for s in sites}
-    for name, tier in read_tiers(toml_path).items():
-        if name not in by_name:
-            raise DataError(f"{toml_path}: unknown site {name!r}; sites are {sorted(by_name)}")
-        has_train = by_name[name].train is not None
-        if has_train == (tier is Tier.UNSEEN):
-            need = "must not have" if has_train else "needs"
-            raise DataError(
-                f"{toml_path}: site {name!r} is {tier.value} and {need} {name}{TRAIN_SUFFIX}"
-            )
-        tiers[name] = tier
+    if toml_path.exists():
+        by_name = {s.name: s for s in sites}
+        for name, tier in read_tiers(toml_path).items():
+            _check_declared(toml_path, name, tier, by_name)
+            tiers[name] = tier
     if Tier.TRAIN not in tiers.values():
         raise DataError(f"{directory}: no training site (every site is fine-tune or unseen)")
     return tiers
+
+
+def _check_declared(path: Path, name: str, tier: Tier, sites: dict[str, SiteFiles]) -> None:
+    if name not in sites:
+        raise DataError(f"{path}: unknown site {name!r}; sites are {sorted(sites)}")
+    has_train = sites[name].train is not None
+    if has_train == (tier is Tier.UNSEEN):
+        need = "must not have" if has_train else "needs"
+        raise DataError(f"{path}: site {name!r} is {tier.value} and {need} {name}{TRAIN_SUFFIX}")
 
 
 def _check_columns(reference: CsvTable, table: CsvTable) -> CsvTable:

@@ -52,10 +52,10 @@ def _read_text_frame(path: Path) -> pd.DataFrame:
         )
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path}: file is empty (no header line)") from exc
-    except (pd.errors.ParserError, csv.Error, ValueError) as exc:
-        raise DataError(f"{path}: not a valid CSV file: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text: {exc.reason}") from exc
+    except (pd.errors.ParserError, csv.Error, ValueError) as exc:
+        raise DataError(f"{path}: not a valid CSV file: {exc}") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
     return frame
