@@ -121,17 +121,15 @@ def _check_rows(table: CsvTable, minimum: int) -> None:
 
 
 def _site(name: str, tier: Tier, train: CsvTable | None, test: CsvTable) -> SiteData:
-    mean, std = standardizer(train.x if train is not None else test.x)
-    reference = (
-        train
-        if train is not None
-        else CsvTable(path=test.path, columns=test.columns, x=test.x[:0], y=test.y[:0])
-    )
+    """Standardise with the training rows, or an unseen site's own test covariates."""
+    fit = train if train is not None else test
+    mean, std = standardizer(fit.x)
+    x_train, y_train = (train.x, train.y) if train is not None else (test.x[:0], test.y[:0])
     return SiteData(
         name=name,
         tier=tier,
-        x_train=standardize(reference.x, mean, std),
-        y_train=reference.y,
+        x_train=standardize(x_train, mean, std),
+        y_train=y_train,
         x_test=standardize(test.x, mean, std),
         y_test=test.y,
     )

@@ -1,9 +1,10 @@
 """Read and validate one site CSV file: numeric features plus a binary label column.
 
 Every cell is read as text and converted here, so a bad file produces a
-``DataError`` naming the file, the column and the (1-based, header = line 1)
-line, never a pandas traceback. Missing values are refused: this loader does
-not impute an operator's data behind their back.
+``DataError`` naming the file, the column and the data row (1-based, the
+header not counted; blank lines are skipped), never a pandas traceback.
+Missing values are refused: this loader does not impute an operator's data
+behind their back.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _numeric(path: Path, column: str, cells: pd.Series) -> FloatArray:
             if pd.isna(raw) or not str(raw).strip()
             else f"{_shown(raw)} is not a finite number"
         )
-        raise DataError(f"{path}: column {column!r}, line {i + 2}: value {what}")
+        raise DataError(f"{path}: column {column!r}, data row {i + 1}: value {what}")
     return values
 
 

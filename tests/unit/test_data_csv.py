@@ -107,15 +107,15 @@ BAD_CASES = {
     ),
     "non-numeric feature": (
         {"s_train.csv": "a,b,y\n1,2,0\n3,male,1\n", "s_test.csv": _rows(3, 0)},
-        r"s_train\.csv: column 'b', line 3: value 'male' is not a finite number",
+        r"s_train\.csv: column 'b', data row 2: value 'male' is not a finite number",
     ),
     "missing value": (
         {"s_train.csv": "a,b,y\n1,,0\n3,4,1\n", "s_test.csv": _rows(3, 0)},
-        r"s_train\.csv: column 'b', line 2: value is missing",
+        r"s_train\.csv: column 'b', data row 1: value is missing",
     ),
     "infinite value": (
         {"s_train.csv": "a,b,y\n1,inf,0\n3,4,1\n", "s_test.csv": _rows(3, 0)},
-        r"column 'b', line 2: value 'inf' is not a finite number",
+        r"column 'b', data row 1: value 'inf' is not a finite number",
     ),
     "mismatched columns": (
         {"s_train.csv": _rows(4, 0), "s_test.csv": _rows(3, 0, header="a,c,y")},
@@ -140,7 +140,7 @@ BAD_CASES = {
     ),
     "label missing": (
         {"s_train.csv": "a,b,y\n1,2,0\n3,4,\n", "s_test.csv": _rows(3, 0)},
-        r"s_train\.csv: column 'y', line 3: value is missing",
+        r"s_train\.csv: column 'y', data row 2: value is missing",
     ),
     "train without test": (
         {"s_train.csv": _rows(4, 0), "t_train.csv": _rows(4, 0), "t_test.csv": _rows(3, 0)},
