@@ -23,9 +23,15 @@ confirm every step below):
 6. Standardise all 13 columns (dummies included) per site with that site's
    training mean and sample std (ddof=1), as FLamby's ``normalize=True``.
 
-Deviations, both below float32 resolution on this data: statistics are
-computed in float64 (FLamby: float32), and a column constant in a site's
-training split is left unscaled (std 1) where FLamby divides by ``std + 1e-9``.
+FLamby splits before one-hot encoding; the split depends on the labels only,
+so the order of steps 4 and 5 does not matter.
+
+Deviations, both without effect beyond float32 rounding on this data:
+statistics are computed in float64 (FLamby: float32), and a column constant in
+a site's training split is left unscaled (std 1) where FLamby divides by
+``std + 1e-9``. The only such column here is Switzerland's ``chol`` (0 in every
+row of that site, a missing-value code kept as FLamby keeps it), which is 0
+after either rule.
 """
 
 from __future__ import annotations
