@@ -15,7 +15,8 @@ many sites follow it):
   label_skew * u_k)``, ``u_k`` ~ N(0, 1); the intercept ``b_k`` is solved (by
   bisection) so that the mean of ``sigmoid(x w_k + b_k)`` over the site's rows
   equals ``pi_k``; then ``y ~ Bernoulli(sigmoid(x w_k + b_k))``;
-- split: a random ``test_fraction`` of each site's rows (at least one) is test.
+- split: a random ``test_fraction`` of each site's rows is test (at least one
+  test row and two training rows).
 
 The last ``n_unseen_sites`` sites are UNSEEN (all rows are test rows), the
 ``n_finetune_sites`` before them FINETUNE, the rest TRAIN. Features are not
@@ -150,7 +151,7 @@ def _make_site(
     logits = x @ w_k
     p = _sigmoid(logits + _intercept_for_prior(logits, prior))
     y = (rng.random(n) < p).astype(np.int64)
-    n_test = n if tier is Tier.UNSEEN else max(1, round(config.test_fraction * n))
+    n_test = n if tier is Tier.UNSEEN else min(n - 2, max(1, round(config.test_fraction * n)))
     order = rng.permutation(n)
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
     return _site(config, name, tier, x, y, train, test)

@@ -137,3 +137,20 @@ def test_config_is_frozen_and_keyword_only() -> None:
         config.n_sites = 3  # type: ignore[misc]
     with pytest.raises(TypeError):
         SyntheticConfig(8)  # type: ignore[call-arg]
+
+
+def test_extreme_test_fraction_keeps_two_training_rows() -> None:
+    config = SyntheticConfig(
+        n_sites=2, mean_rows=4, min_rows=4, quantity_skew=0.0, test_fraction=0.99
+    )
+    for site in make_synthetic(config, rng=np.random.default_rng(0)).sites:
+        assert (site.n_train, site.n_test) == (2, 2)
+
+
+def test_registry_options_belong_to_their_spec() -> None:
+    with pytest.raises(ConfigError, match="does not take synthetic"):
+        load_dataset("heart", synthetic=SyntheticConfig())
+    with pytest.raises(ConfigError, match="does not take label_column"):
+        load_dataset("synthetic", label_column="y")
+    with pytest.raises(ConfigError, match="seed"):
+        load_dataset("synthetic", seed=-1)
