@@ -41,6 +41,10 @@ LABEL_SHARE_COMMITMENT = _PREFIX + b"shamir/share-commitment"
 """Digest label of one Shamir share's hiding commitment (shamir.split)."""
 LABEL_ENVELOPE_AD = _PREFIX + b"envelope-ad"
 """First field of every AEAD associated-data encoding (envelope.envelope_ad)."""
+LABEL_NEIGHBOUR_GRAPH = _PREFIX + b"secagg/neighbour-graph"
+"""Digest label of the public per-round site permutation that builds the SecAgg+ graph."""
+LABEL_SECAGG_SETUP = _PREFIX + b"secagg/setup"
+"""Digest label of config/roster/layout digests and the setup id signed at advertisement."""
 
 # Deterministic byte stream used only to make test vectors reproducible.
 LABEL_TEST_STREAM = _PREFIX + b"test-vector-stream"
@@ -58,6 +62,8 @@ ALL_LABELS: tuple[bytes, ...] = (
     LABEL_MODEL_HASH,
     LABEL_SHARE_COMMITMENT,
     LABEL_ENVELOPE_AD,
+    LABEL_NEIGHBOUR_GRAPH,
+    LABEL_SECAGG_SETUP,
     LABEL_TEST_STREAM,
 )
 """Every label, for the distinctness test and for protocol/CRYPTO.md."""
