@@ -19,7 +19,9 @@ holders of some site, the protocol is
   seed and ``t`` shares of the mask key of one honest site; corrupt holders give
   both, honest holders give exactly one kind (after a consistent survivor set),
   so it needs ``2(t - c) <= h - c`` honest holders, which ``2t > h + c`` forbids;
-- live if ``h - d >= t``.
+- live if ``h - d >= t``;
+- meaningful only if ``t - c >= 2``: a sum over t sites, c of them corrupt
+  (their inputs known to the server), must still mix at least two honest inputs.
 
 For the complete graph ``c`` and ``d`` are the global counts. For a random
 ``k``-regular (Harary) graph a site's neighbours are a uniform ``k``-subset of
@@ -278,6 +280,11 @@ def check_threat_model(
         raise ConfigError(
             f"t={t} is not private: need 2t > h + c = {h} + {c} "
             f"(h={h} holders, up to c={c} corrupt among them)"
+        )
+    if t - c < 2:
+        raise ConfigError(
+            f"t={t} is not private: a sum over t sites with up to c={c} corrupt ones "
+            "must contain at least 2 honest inputs"
         )
     if h - d < t:
         raise ConfigError(
