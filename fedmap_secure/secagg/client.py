@@ -187,6 +187,9 @@ class ClientSession:
         except (CryptoError, ConfigError) as exc:
             self._fail()
             raise LocalProtocolError(f"site {self.site_id!r}: {exc}") from exc
+        except BaseException:
+            self._fail()
+            raise
         self._stage = next_stage
         if next_stage is ClientStage.DONE:
             self._erase()
@@ -278,6 +281,7 @@ class ClientSession:
             verify_advertisement(
                 ad, roster=self._roster, setup=self._setup, round_index=self.round_index
             )
+            check_public_keys(ad)
             peers[ad.sender] = ad
         own = peers.get(self.site_id)
         assert self._mask_keys is not None
@@ -524,6 +528,24 @@ class ClientSession:
             self_mask_shares=tuple(self_mask_shares),
             mask_key_shares=tuple(mask_key_shares),
         )
+
+
+_PROBE = AgreementKeyPair.from_private_bytes(b"\x01" * 32)
+
+
+def check_public_keys(ad: AdvertiseKeys) -> None:
+    """``RemoteProtocolError`` naming ``ad.sender`` if an advertised key is of low order.
+
+    X25519 with a low-order point yields the all-zero secret for *every* private
+    key (RFC 7748 section 6.1), so a probe with any fixed scalar detects it; a
+    corrupt site could otherwise force a known pairwise seed or make honest
+    sites fail later.
+    """
+    for public in (ad.mask_public, ad.encryption_public):
+        try:
+            agree(_PROBE, public, label=LABEL_PAIRWISE_MASK, context=b"low-order probe")
+        except CryptoError:
+            raise RemoteProtocolError(ad.sender, "advertised a low-order public key") from None
 
 
 def verify_advertisement(

@@ -44,7 +44,7 @@ from fedmap_secure.errors import (
     RemoteProtocolError,
 )
 from fedmap_secure.secagg import encoding
-from fedmap_secure.secagg.client import verify_advertisement
+from fedmap_secure.secagg.client import check_public_keys, verify_advertisement
 from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig, layout_digest
 from fedmap_secure.secagg.graph import neighbour_graph
 from fedmap_secure.secagg.masking import (
@@ -239,6 +239,7 @@ class ServerSession:
         verify_advertisement(
             ad, roster=self._roster, setup=self._setup, round_index=self.round_index
         )
+        check_public_keys(ad)
         for other in self._ads.values():
             if {ad.mask_public, ad.encryption_public} & {
                 other.mask_public,
@@ -281,7 +282,9 @@ class ServerSession:
         self._shares[peer] = message
 
     def _close_shares(self) -> dict[str, ServerMessage]:
-        senders = sorted(set(self._shares) - self._excluded)
+        for site in self._excluded & set(self._shares):
+            del self._shares[site]  # excluded before the stage closed: not part of U2
+        senders = sorted(self._shares)
         self._need(senders, "sites shared keys")
         out: dict[str, ServerMessage] = {}
         for receiver in senders:

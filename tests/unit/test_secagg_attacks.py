@@ -389,3 +389,43 @@ def test_different_global_model_sent_to_one_site_isolates_nobody() -> None:
     _refuses(r, "s1", forwarded, "another version, setup or round", "s0")
     # s0, bound to the model it was sent, refuses everyone else's keys: it never sends an input.
     _refuses(r, "s0", replace(forwarded, session_id=r.clients["s0"].setup_id), "setup", "s1")
+
+
+# ----------------------------------------------------------------------------- corrupt sites
+
+
+def test_low_order_public_key_from_a_corrupt_site_is_refused() -> None:
+    r = Round(n=4, t=3)
+    honest = r.clients["s1"].start()
+    payload = encoding.advertisement_payload(
+        setup=r.server.setup_id,
+        round_index=0,
+        site="s1",
+        mask_public=bytes(32),
+        encryption_public=honest.encryption_public,
+    )
+    signature = r.keys["s1"].sign(payload, label=LABEL_KEY_ADVERTISEMENT)
+    weak = replace(honest, mask_public=bytes(32), signature=signature)
+    with pytest.raises(RemoteProtocolError, match="low-order") as info:
+        r.server.receive(weak)
+    assert info.value.peer == "s1"
+    ads = {s: r.clients[s].start() for s in ("s0", "s2", "s3")}
+    r.to_server(ads)
+    broadcast = r.server.close_stage()["s0"]
+    assert isinstance(broadcast, KeyBroadcast)
+    forwarded = replace(broadcast, advertisements=(*broadcast.advertisements, weak))
+    _refuses(r, "s0", forwarded, "low-order", peer="s1")
+
+
+def test_site_excluded_after_sharing_keys_counts_as_dropped() -> None:
+    r = Round(n=5, t=3)
+    broadcasts = r.advertise()
+    replies = r.to_clients(broadcasts)
+    r.to_server(replies)
+    with pytest.raises(RemoteProtocolError, match="not expected"):
+        r.server.receive(replies["s2"])  # type: ignore[arg-type]
+    deliveries = r.server.close_stage()
+    assert "s2" not in deliveries
+    out = r.unmask(r.sign(r.mask(deliveries)))
+    assert out.contributors == frozenset({"s0", "s1", "s3", "s4"})
+    assert np.array_equal(out.total, expected_sum(out.contributors))
