@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -112,10 +113,10 @@ class Roster:
 
 
 def layout_digest(layout: VectorLayout) -> bytes:
-    """Digest of every field's name, length and bound (the vector layout all sites must share)."""
+    """Digest of every field's name, length and bound (IEEE-754 binary64, big-endian)."""
     parts: list[bytes] = []
     for f in layout.fields:
-        parts += [encode_str(f.name), encode_uint(f.length), encode_str(repr(float(f.bound)))]
+        parts += [encode_str(f.name), encode_uint(f.length), struct.pack(">d", float(f.bound))]
     return setup_digest(b"layout", *parts)
 
 
