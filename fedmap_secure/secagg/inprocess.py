@@ -23,12 +23,13 @@ from functools import partial
 
 from fedmap_secure.aggregation import AggregateResult, FloatVector, VectorLayout
 from fedmap_secure.crypto.signing import IdentityKey
-from fedmap_secure.errors import ConfigError, ProtocolError
+from fedmap_secure.errors import AbortedError, ConfigError, RemoteProtocolError
 from fedmap_secure.secagg.client import ClientSession
 from fedmap_secure.secagg.config import Roster, SecAggConfig
 from fedmap_secure.secagg.messages import ClientMessage, ServerMessage
 from fedmap_secure.secagg.quantize import Quantizer
 from fedmap_secure.secagg.server import ServerSession
+from fedmap_secure.secagg.stages import ClientStage
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ class SecureAggregator:
                 if site in live:
                     _relay(server, live[site], message)
         for site, client in live.items():
-            if site in encoded:
+            if site in encoded and client.stage is not ClientStage.FAILED:
                 _deliver(server, _safely(partial(client.submit_input, encoded[site])))
         for point in (DropPoint.AFTER_MASKED_INPUT, DropPoint.DURING_UNMASK):
             outgoing = server.close_stage()
@@ -192,17 +193,24 @@ class SecureAggregator:
 
 
 def _safely(action: Callable[[], ClientMessage | None]) -> ClientMessage | None:
-    """Run a client step; a client that fails or aborts simply stops (it has dropped)."""
+    """Run a client step; a client that refuses or aborts simply stops (it has dropped).
+
+    ``LocalProtocolError`` (this driver misusing a session) is a bug and propagates.
+    """
     try:
         return action()
-    except ProtocolError as exc:
+    except (RemoteProtocolError, AbortedError) as exc:
         log.info("a site left the round: %s", exc)
         return None
 
 
 def _relay(server: ServerSession, client: ClientSession, message: ServerMessage) -> None:
-    """Hand a server message to a client and its reply (if any) back to the server."""
-    _deliver(server, _safely(lambda: client.receive(message)))
+    """Hand a server message to a client and its reply (if any) back to the server.
+
+    A client that already refused or aborted has left the round and gets nothing.
+    """
+    if client.stage is not ClientStage.FAILED:
+        _deliver(server, _safely(lambda: client.receive(message)))
 
 
 def _deliver(server: ServerSession, message: ClientMessage | ServerMessage | None) -> None:
@@ -210,5 +218,5 @@ def _deliver(server: ServerSession, message: ClientMessage | ServerMessage | Non
         return
     try:
         server.receive(message)
-    except ProtocolError as exc:
+    except RemoteProtocolError as exc:
         log.info("server refused a message: %s", exc)

@@ -39,6 +39,7 @@ from fedmap_secure.crypto.labels import LABEL_CONSISTENCY, LABEL_PAIRWISE_MASK
 from fedmap_secure.crypto.signing import verify
 from fedmap_secure.errors import (
     AbortedError,
+    ConfigError,
     CryptoError,
     LocalProtocolError,
     RemoteProtocolError,
@@ -96,6 +97,8 @@ class ServerSession:
         round_index: int,
         context: bytes,
     ) -> None:
+        if len(roster.sites) != config.n:
+            raise ConfigError(f"roster has {len(roster.sites)} sites but config.n = {config.n}")
         self.round_index = round_index
         self._roster = roster
         self._config = config
