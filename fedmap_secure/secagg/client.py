@@ -302,11 +302,10 @@ class ClientSession:
         )
         return self._share(holders)
 
-    def _need(self, count: int, what: str) -> None:
-        if count < self._config.t:
-            raise AbortedError(
-                f"site {self.site_id!r}: only {count} {what}, threshold t = {self._config.t}"
-            )
+    def _need(self, count: int, what: str, *, threshold: int | None = None) -> None:
+        needed = self._config.t if threshold is None else threshold
+        if count < needed:
+            raise AbortedError(f"site {self.site_id!r}: only {count} {what}, need {needed}")
 
     def _share(self, holders: list[str]) -> ShareKeys:
         assert self._mask_keys is not None
@@ -451,7 +450,7 @@ class ClientSession:
         self._require(self.site_id in survivors, "survivor list omits us")
         missing = sorted((survivors & self._neighbours) - self._received_from)
         self._require(not missing, f"survivors {missing} never shared keys with us")
-        self._need(len(survivors), "survivors")
+        self._need(len(survivors), "survivors", threshold=self._config.quorum)
         self._need(len(survivors & (self._neighbours | {self.site_id})), "surviving holders")
         self._signed_survivors = tuple(sorted(survivors))
         signature = self._identity.sign(self._consistency_payload(), label=LABEL_CONSISTENCY)
@@ -508,7 +507,9 @@ class ClientSession:
             except CryptoError:
                 continue
             valid.add(item.site)
-        self._need(len(valid), "valid identical consistency signatures")
+        self._need(
+            len(valid), "valid identical consistency signatures", threshold=self._config.quorum
+        )
 
     def _reveal(self, alive: frozenset[str]) -> UnmaskResponse:
         self_mask_shares: list[RevealedShare] = []

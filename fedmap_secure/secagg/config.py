@@ -21,7 +21,9 @@ holders of some site, the protocol is
   so it needs ``2(t - c) <= h - c`` honest holders, which ``2t > h + c`` forbids;
 - live if ``h - d >= t``;
 - meaningful only if ``t - c >= 2``: a sum over t sites, c of them corrupt
-  (their inputs known to the server), must still mix at least two honest inputs.
+  (their inputs known to the server), must still mix at least two honest inputs;
+- consistent: a site reveals shares only after ``quorum`` identical signatures on
+  the survivor set (``consistency_quorum``), which must survive the dropouts.
 
 For the complete graph ``c`` and ``d`` are the global counts. For a random
 ``k``-regular (Harary) graph a site's neighbours are a uniform ``k``-subset of
@@ -189,6 +191,11 @@ class SecAggConfig:
         )
 
     @property
+    def quorum(self) -> int:
+        """Identical consistency signatures required (``consistency_quorum``)."""
+        return consistency_quorum(n=self.n, t=self.t, corrupt_fraction=self.corrupt_fraction)
+
+    @property
     def complete_graph(self) -> bool:
         return self.k == self.n - 1
 
@@ -291,6 +298,28 @@ def check_threat_model(
         raise ConfigError(
             f"t={t} is not live: up to d={d} of the h={h} holders may drop, leaving {h - d} < t"
         )
+    quorum = consistency_quorum(n=n, t=t, corrupt_fraction=corrupt_fraction)
+    n_dropped = math.floor(dropout_fraction * n)
+    if n - n_dropped < quorum:
+        raise ConfigError(
+            f"not live: up to {n_dropped} of {n} sites may drop, leaving fewer than the "
+            f"{quorum} identical consistency signatures required"
+        )
+
+
+def consistency_quorum(*, n: int, t: int, corrupt_fraction: float) -> int:
+    """Identical consistency signatures a site needs before it reveals any share.
+
+    ``max(t, floor((n + c_global) / 2) + 1)`` with ``c_global = floor(corrupt_fraction * n)``:
+    two different survivor sets cannot both gather a quorum, since that needs
+    ``2 * quorum - c_global > n`` signers. For the complete graph this equals ``t``
+    (``2t > n + c`` already); for sparse graphs it stops a server from showing
+    the neighbours of one site a view in which it is alive and the neighbours of
+    another a view in which that one dropped (which per-neighbourhood thresholds
+    alone would not prevent when t is much smaller than n).
+    """
+    n_corrupt = math.floor(corrupt_fraction * n)
+    return max(t, (n + n_corrupt) // 2 + 1)
 
 
 def derive_parameters(

@@ -200,9 +200,16 @@ class ServerSession:
         self._erase()
         raise AbortedError(problem)
 
-    def _need(self, sites: Sequence[str] | set[str] | frozenset[str], what: str) -> None:
-        if len(sites) < self._config.t:
-            self._abort(f"only {len(sites)} {what}, threshold t = {self._config.t}")
+    def _need(
+        self,
+        sites: Sequence[str] | set[str] | frozenset[str],
+        what: str,
+        *,
+        threshold: int | None = None,
+    ) -> None:
+        needed = self._config.t if threshold is None else threshold
+        if len(sites) < needed:
+            self._abort(f"only {len(sites)} {what}, need {needed}")
 
     def _erase(self) -> None:
         self._shares.clear()
@@ -325,7 +332,7 @@ class ServerSession:
         self._survivors = (*self._survivors, peer)
 
     def _close_inputs(self) -> dict[str, ServerMessage]:
-        self._need(self._survivors, "masked inputs")
+        self._need(self._survivors, "masked inputs", threshold=self._config.quorum)
         self._survivors = tuple(sorted(self._survivors))
         request = ConsistencyRequest(
             version=PROTOCOL_VERSION,
@@ -358,7 +365,7 @@ class ServerSession:
 
     def _close_signatures(self) -> dict[str, ServerMessage]:
         signers = sorted(set(self._signatures) - self._excluded)
-        self._need(signers, "consistency signatures")
+        self._need(signers, "consistency signatures", threshold=self._config.quorum)
         request = UnmaskRequest(
             version=PROTOCOL_VERSION,
             session_id=self._session,

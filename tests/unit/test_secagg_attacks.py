@@ -429,3 +429,16 @@ def test_site_excluded_after_sharing_keys_counts_as_dropped() -> None:
     out = r.unmask(r.sign(r.mask(deliveries)))
     assert out.contributors == frozenset({"s0", "s1", "s3", "s4"})
     assert np.array_equal(out.total, expected_sum(out.contributors))
+
+
+def test_sparse_graph_needs_a_global_quorum_not_just_t_signatures() -> None:
+    """With k << n, t signatures per view could be found twice; a global majority cannot."""
+    r = Round(n=8, t=3, k=4)
+    assert r.config.quorum == 5
+    requests = _unmask_requests(r)
+    request = requests["s0"]
+    assert len(request.signatures) == 8
+    with pytest.raises(AbortedError, match="only 4 valid identical consistency signatures, need 5"):
+        r.clients["s0"].receive(replace(request, signatures=request.signatures[:4]))
+    response = r.clients["s1"].receive(replace(requests["s1"], signatures=request.signatures[:5]))
+    assert isinstance(response, UnmaskResponse)
