@@ -26,6 +26,7 @@ from fedmap_secure.secagg.messages import (
     KeyBroadcast,
     RevealedShare,
     ShareDelivery,
+    ShareKeys,
     SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
@@ -442,3 +443,25 @@ def test_sparse_graph_needs_a_global_quorum_not_just_t_signatures() -> None:
         r.clients["s0"].receive(replace(request, signatures=request.signatures[:4]))
     response = r.clients["s1"].receive(replace(requests["s1"], signatures=request.signatures[:5]))
     assert isinstance(response, UnmaskResponse)
+
+
+def test_different_key_sets_to_different_sites_split_the_session() -> None:
+    """Omitting one advertisement for one site changes its session id: nothing it seals opens."""
+    r = Round(n=4, t=3)
+    broadcasts = r.advertise()
+    b0 = broadcasts["s0"]
+    assert isinstance(b0, KeyBroadcast)
+    partial = replace(b0, advertisements=tuple(a for a in b0.advertisements if a.sender != "s3"))
+    shares0 = r.clients["s0"].receive(partial)
+    assert r.clients["s0"].session_id != r.server.session_id
+    with pytest.raises(RemoteProtocolError, match="another session"):
+        r.server.receive(shares0)  # type: ignore[arg-type]
+    # Even if the server forwards s0's envelopes with a rewritten header, they do not open.
+    replies = r.to_clients(broadcasts, ["s1", "s2", "s3"])
+    r.to_server(replies)
+    deliveries = r.server.close_stage()
+    d1 = deliveries["s1"]
+    assert isinstance(d1, ShareDelivery)
+    assert isinstance(shares0, ShareKeys)
+    from_s0 = next(e for e in shares0.envelopes if e.receiver == "s1")
+    _refuses(r, "s1", replace(d1, envelopes=(*d1.envelopes, from_s0)), "envelope rejected", "s0")
