@@ -75,6 +75,9 @@ from fedmap_secure.secagg.messages import (
 from fedmap_secure.secagg.quantize import encoded_length
 from fedmap_secure.secagg.stages import SERVER_ACCEPTS, ServerStage, next_server_stage
 
+SELF_MASK = "self-mask"
+MASK_KEY = "mask-key"
+
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class RoundOutput:
@@ -124,6 +127,8 @@ class ServerSession:
         self._sum = RunningSum(self._length, config.bits)
         self._signatures: dict[str, bytes] = {}
         self._responses: dict[str, UnmaskResponse] = {}
+        self._good: dict[tuple[str, str], list[shamir.Share]] = {}
+        self._rejected: list[tuple[str, str, str]] = []
 
     # ------------------------------------------------------------------ public API
 
@@ -143,6 +148,11 @@ class ServerSession:
     def excluded(self) -> frozenset[str]:
         """Sites refused for sending a bad message this round."""
         return frozenset(self._excluded)
+
+    @property
+    def rejected_shares(self) -> tuple[tuple[str, str, str], ...]:
+        """(responder, owner, kind) of every revealed share that failed its commitment check."""
+        return tuple(self._rejected)
 
     def receive(self, message: ClientMessage | ServerMessage) -> None:
         """Accept one site message, or raise ``RemoteProtocolError`` and exclude its sender."""
@@ -214,6 +224,7 @@ class ServerSession:
     def _erase(self) -> None:
         self._shares.clear()
         self._responses.clear()
+        self._good.clear()
         self._sum = RunningSum(0, self._config.bits)
 
     def _accept(self, message: ClientMessage | ServerMessage) -> None:
@@ -382,14 +393,27 @@ class ServerSession:
     # ------------------------------------------------------------------ stage 5: unmask
 
     def _on_unmask(self, message: UnmaskResponse) -> None:
+        """Check the whole response, then keep its shares (check, then commit).
+
+        A share whose commitment check fails is skipped and recorded in
+        ``rejected_shares`` rather than blamed on the responder: the server cannot
+        tell a forged share from a dealer that committed to something else.
+        """
         peer = message.sender
         if peer not in self._signatures or peer in self._responses:
             raise RemoteProtocolError(peer, "unmask response from a site not expected")
         owners = self._delivered[peer] | {peer}
         alive = set(self._survivors)
-        self._check_shares(peer, message.self_mask_shares, owners & alive, "self-mask")
-        self._check_shares(peer, message.mask_key_shares, owners - alive, "mask-key")
+        checked = [
+            *self._check_shares(peer, message.self_mask_shares, owners & alive, SELF_MASK),
+            *self._check_shares(peer, message.mask_key_shares, owners - alive, MASK_KEY),
+        ]
         self._responses[peer] = message
+        for owner, kind, share, ok in checked:
+            if ok:
+                self._good.setdefault((owner, kind), []).append(share)
+            else:
+                self._rejected.append((peer, owner, kind))
 
     def _check_shares(
         self,
@@ -397,46 +421,40 @@ class ServerSession:
         shares: Sequence[RevealedShare],
         owners: set[str] | frozenset[str],
         kind: str,
-    ) -> None:
-        """Exactly one share of ``kind`` per owner, at ``peer``'s index, matching the commitment."""
+    ) -> list[tuple[str, str, shamir.Share, bool]]:
+        """One share of ``kind`` per owner at ``peer``'s index; flags commitment mismatches."""
         if sorted(s.owner for s in shares) != sorted(owners):
             raise RemoteProtocolError(peer, f"{kind} shares are not exactly one per expected owner")
+        out = []
         for revealed in shares:
             holders = self._holders(revealed.owner)
             if revealed.index != holders.index(peer) + 1:
                 raise RemoteProtocolError(peer, f"{kind} share of {revealed.owner!r}: wrong index")
-            commitments = self._shares[revealed.owner]
-            commitment = (
-                commitments.self_mask_commitment
-                if kind == "self-mask"
-                else commitments.mask_key_commitment
-            )
             share = shamir.Share(index=revealed.index, value=revealed.value)
             try:
-                shamir.share_ok(share, commitment=commitment, n_shares=len(holders))
+                shamir.share_ok(
+                    share, commitment=self._commitment(revealed.owner, kind), n_shares=len(holders)
+                )
+                ok = True
             except CryptoError:
-                raise RemoteProtocolError(
-                    peer, f"{kind} share of {revealed.owner!r} does not match its commitment"
-                ) from None
-
-    def _collect(self, owner: str, *, self_mask_kind: bool) -> list[shamir.Share]:
-        out = []
-        for response in self._responses.values():
-            bucket = response.self_mask_shares if self_mask_kind else response.mask_key_shares
-            out += [shamir.Share(index=r.index, value=r.value) for r in bucket if r.owner == owner]
+                ok = False
+            out.append((revealed.owner, kind, share, ok))
         return out
 
-    def _reconstruct(self, owner: str, *, self_mask_kind: bool) -> bytes:
-        shares = self._collect(owner, self_mask_kind=self_mask_kind)
+    def _commitment(self, owner: str, kind: str) -> bytes:
         committed = self._shares[owner]
-        commitment = (
-            committed.self_mask_commitment if self_mask_kind else committed.mask_key_commitment
-        )
+        if kind == SELF_MASK:
+            return committed.self_mask_commitment
+        return committed.mask_key_commitment
+
+    def _reconstruct(self, owner: str, kind: str) -> bytes:
+        shares = self._good.get((owner, kind), [])
         try:
-            return shamir.combine(shares, threshold=self._config.t, commitment=commitment)
+            return shamir.combine(
+                shares, threshold=self._config.t, commitment=self._commitment(owner, kind)
+            )
         except CryptoError as exc:
-            kind = "self-mask seed" if self_mask_kind else "mask key"
-            self._abort(f"cannot rebuild the {kind} of {owner!r}: {exc}")
+            self._abort(f"cannot rebuild the {kind} secret of {owner!r}: {exc}")
             raise  # unreachable: _abort raises
 
     def _unmask(self) -> RoundOutput:
@@ -445,13 +463,13 @@ class ServerSession:
         alive = frozenset(self._survivors)
         dropped = frozenset(self._shares) - alive
         for site in self._survivors:
-            seed = self._reconstruct(site, self_mask_kind=True)
+            seed = self._reconstruct(site, SELF_MASK)
             self._sum.add(self_mask(seed, session=session, site=site, length=length, bits=bits), -1)
         for gone in sorted(dropped):
             partners = sorted(s for s in self._survivors if gone in self._delivered[s])
             if not partners:
                 continue
-            private = self._reconstruct(gone, self_mask_kind=False)
+            private = self._reconstruct(gone, MASK_KEY)
             if AgreementKeyPair.from_private_bytes(private).public != self._ads[gone].mask_public:
                 self._abort(f"rebuilt mask key of {gone!r} does not match its advertised key")
             for site in partners:

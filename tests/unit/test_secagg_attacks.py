@@ -341,13 +341,29 @@ def test_forged_share_from_a_corrupt_site_is_identified_and_the_sum_is_still_rig
     forged = replace(
         bad, self_mask_shares=(replace(share, value=forged_value), *bad.self_mask_shares[1:])
     )
+    r.server.receive(forged)
     for site in ("s0", "s1", "s2", "s3"):
         r.server.receive(responses[site])  # type: ignore[arg-type]
-    with pytest.raises(RemoteProtocolError, match="does not match its commitment") as info:
-        r.server.receive(forged)
-    assert info.value.peer == "s4"
+    assert r.server.rejected_shares == (("s4", share.owner, "self-mask"),)
     out = r.server.finish()
     assert np.array_equal(out.total, expected_sum(r.sites))
+
+
+def test_dealer_with_a_bad_commitment_aborts_the_round_without_blaming_holders() -> None:
+    r = Round(n=4, t=3)
+    broadcasts = r.advertise()
+    replies = r.to_clients(broadcasts)
+    cheat = replies["s3"]
+    assert isinstance(cheat, ShareKeys)
+    r.to_server({s: m for s, m in replies.items() if s != "s3"})
+    r.server.receive(replace(cheat, mask_key_commitment=bytes(len(cheat.mask_key_commitment))))
+    requests = r.mask(r.server.close_stage(), ["s0", "s1", "s2"])  # s3 drops after sharing
+    unmask = r.sign(requests)
+    r.to_server(r.to_clients(unmask))
+    assert r.server.excluded == frozenset()
+    assert {(owner, kind) for _, owner, kind in r.server.rejected_shares} == {("s3", "mask-key")}
+    with pytest.raises(AbortedError, match="mask-key secret of 's3'"):
+        r.server.finish()
 
 
 def test_malformed_share_or_both_kinds_for_one_owner_are_refused() -> None:
