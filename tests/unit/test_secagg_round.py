@@ -7,12 +7,13 @@ import logging
 import numpy as np
 import pytest
 
-from fedmap_secure.aggregation import Field, PlainSum, VectorLayout
+from fedmap_secure.aggregation import Aggregator, Field, PlainSum, VectorLayout
 from fedmap_secure.crypto.deterministic import DeterministicRandom
 from fedmap_secure.errors import AbortedError, ConfigError, LocalProtocolError
 from fedmap_secure.secagg.inprocess import DropPoint, SecureAggregator
 from fedmap_secure.secagg.masking import RunningSum
-from fedmap_secure.secagg.messages import MaskedInput
+from fedmap_secure.secagg.messages import MaskedInput, UnmaskResponse
+from fedmap_secure.secagg.stages import ServerStage
 
 from .secagg_harness import Round, expected_sum
 
@@ -149,3 +150,26 @@ def test_running_sum_wraps_modulo_two_to_the_bits() -> None:
     assert total.value().tolist() == [1, 2]
     total.add(np.array([3, 3], dtype=np.uint64), -1)
     assert total.value().tolist() == [65534, 65535]
+
+
+def test_secure_aggregator_satisfies_the_aggregator_protocol() -> None:
+    aggregator: Aggregator = _aggregator()  # checked by mypy
+    assert aggregator.describe()["k"] == 5
+
+
+def test_too_few_unmask_responses_abort_and_no_secret_reaches_t_shares() -> None:
+    r = Round(n=5, t=3)
+    requests = r.sign(r.mask(r.share(r.advertise())))
+    responses = r.to_clients(requests, ["s0", "s1"])  # three sites vanish during unmask
+    r.to_server(responses)
+    per_secret: dict[tuple[str, str], int] = {}
+    for response in responses.values():
+        assert isinstance(response, UnmaskResponse)
+        for share in response.self_mask_shares:
+            per_secret[(share.owner, "b")] = per_secret.get((share.owner, "b"), 0) + 1
+        for share in response.mask_key_shares:
+            per_secret[(share.owner, "sk")] = per_secret.get((share.owner, "sk"), 0) + 1
+    assert max(per_secret.values()) < r.config.t
+    with pytest.raises(AbortedError, match="unmask responses"):
+        r.server.finish()
+    assert r.server.stage is ServerStage.ABORTED
