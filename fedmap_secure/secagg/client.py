@@ -278,10 +278,18 @@ class ClientSession:
         peers: dict[str, AdvertiseKeys] = {}
         for ad in message.advertisements:
             self._require(ad.sender not in peers, f"site {ad.sender!r} advertised twice")
+            # Keys we will use (neighbours', our own) are verified in full; the others only
+            # enter the session id, so a substitution there splits the session instead.
+            full = ad.sender in self._neighbours or ad.sender == self.site_id
             verify_advertisement(
-                ad, roster=self._roster, setup=self._setup, round_index=self.round_index
+                ad,
+                roster=self._roster,
+                setup=self._setup,
+                round_index=self.round_index,
+                signature=full,
             )
-            check_public_keys(ad)
+            if full:
+                check_public_keys(ad)
             peers[ad.sender] = ad
         own = peers.get(self.site_id)
         assert self._mask_keys is not None
@@ -292,8 +300,8 @@ class ClientSession:
             and own.encryption_public == self._enc_keys.public,
             "our own advertised keys are missing or were replaced",
         )
-        keys = {(ad.mask_public, ad.encryption_public) for ad in peers.values()}
-        self._require(len(keys) == len(peers), "two sites advertised the same keys")
+        keys = {k for ad in peers.values() for k in (ad.mask_public, ad.encryption_public)}
+        self._require(len(keys) == 2 * len(peers), "an advertised public key is used twice")
         self._peers = peers
         holders = self._holders(self.site_id)
         self._need(len(holders), "holders of our shares")
@@ -550,17 +558,20 @@ def check_public_keys(ad: AdvertiseKeys) -> None:
 
 
 def verify_advertisement(
-    ad: AdvertiseKeys, *, roster: Roster, setup: bytes, round_index: int
+    ad: AdvertiseKeys, *, roster: Roster, setup: bytes, round_index: int, signature: bool = True
 ) -> None:
     """``RemoteProtocolError`` naming ``ad.sender`` unless ``ad`` is valid for this setup.
 
-    Valid: sender on the roster, header of this version/setup/round, and an
-    Ed25519 signature by the sender's roster key over ``advertisement_payload``.
+    Valid: sender on the roster, header of this version/setup/round, and (if
+    ``signature``) an Ed25519 signature by the sender's roster key over
+    ``advertisement_payload``.
     """
     if ad.sender not in roster:
         raise RemoteProtocolError(ad.sender, "advertisement from a site not on the roster")
     if (ad.version, ad.session_id, ad.round_index) != (PROTOCOL_VERSION, setup, round_index):
         raise RemoteProtocolError(ad.sender, "advertisement for another version, setup or round")
+    if not signature:
+        return
     payload = encoding.advertisement_payload(
         setup=setup,
         round_index=round_index,

@@ -481,3 +481,29 @@ def test_different_key_sets_to_different_sites_split_the_session() -> None:
     assert isinstance(shares0, ShareKeys)
     from_s0 = next(e for e in shares0.envelopes if e.receiver == "s1")
     _refuses(r, "s1", replace(d1, envelopes=(*d1.envelopes, from_s0)), "envelope rejected", "s0")
+
+
+def test_substituted_non_neighbour_keys_split_the_session_in_a_sparse_graph() -> None:
+    r = Round(n=8, t=3, k=4)
+    broadcasts = r.advertise()
+    b0 = broadcasts["s0"]
+    assert isinstance(b0, KeyBroadcast)
+    stranger = next(s for s in r.sites if s != "s0" and s not in r.clients["s0"]._neighbours)
+    fresh = AgreementKeyPair.from_private_bytes(b"\x09" * 32)
+    ads = tuple(
+        replace(a, mask_public=fresh.public) if a.sender == stranger else a
+        for a in b0.advertisements
+    )
+    shares = r.clients["s0"].receive(replace(b0, advertisements=ads))
+    assert r.clients["s0"].session_id != r.server.session_id
+    with pytest.raises(RemoteProtocolError, match="another session"):
+        r.server.receive(shares)  # type: ignore[arg-type]
+    # The same substitution of a *neighbour's* key is caught by its signature.
+    s1_neighbour = sorted(r.clients["s1"]._neighbours)[0]
+    b1 = broadcasts["s1"]
+    assert isinstance(b1, KeyBroadcast)
+    substituted = tuple(
+        replace(a, mask_public=fresh.public) if a.sender == s1_neighbour else a
+        for a in b1.advertisements
+    )
+    _refuses(r, "s1", replace(b1, advertisements=substituted), "signature", peer=s1_neighbour)
