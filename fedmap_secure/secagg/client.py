@@ -109,6 +109,8 @@ class ClientSession:
             raise ConfigError(f"site {site_id!r}: identity key does not match the roster")
         if len(roster.sites) != config.n:
             raise ConfigError(f"roster has {len(roster.sites)} sites but config.n = {config.n}")
+        if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < 0:
+            raise ConfigError(f"round_index must be an int >= 0, got {round_index!r}")
         self.site_id = site_id
         self.round_index = round_index
         self._identity = identity

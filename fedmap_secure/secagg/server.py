@@ -102,6 +102,8 @@ class ServerSession:
     ) -> None:
         if len(roster.sites) != config.n:
             raise ConfigError(f"roster has {len(roster.sites)} sites but config.n = {config.n}")
+        if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < 0:
+            raise ConfigError(f"round_index must be an int >= 0, got {round_index!r}")
         self.round_index = round_index
         self._roster = roster
         self._config = config

@@ -56,7 +56,7 @@ class Round:
         self.config = SecAggConfig(n=n, k=n - 1 if k is None else k, t=t)
         self.layout = LAYOUT
         self.round_index = round_index
-        self.random = DeterministicRandom(seed + round_index.to_bytes(4, "big"))
+        self.random = DeterministicRandom(seed + str(round_index).encode())
         self.server = ServerSession(
             roster=self.roster,
             config=self.config,

@@ -56,6 +56,9 @@ def test_large_consortia_get_a_sparse_graph_meeting_both_conditions() -> None:
     )
     assert 2 * t > k + 1 + c
     assert k + 1 - d >= t
+    quorum = SecAggConfig(n=n, k=k, t=t, dropout_fraction=delta, corrupt_fraction=gamma).quorum
+    assert quorum == (n + 50) // 2 + 1
+    assert n - 50 >= quorum
     # k is minimal: k - 2 fails one of the conditions for every t
     c2, d2 = neighbourhood_bounds(
         n=n, k=k - 2, dropout_fraction=delta, corrupt_fraction=gamma, security_parameter=40

@@ -173,3 +173,8 @@ def test_too_few_unmask_responses_abort_and_no_secret_reaches_t_shares() -> None
     with pytest.raises(AbortedError, match="unmask responses"):
         r.server.finish()
     assert r.server.stage is ServerStage.ABORTED
+
+
+def test_sessions_refuse_a_negative_round() -> None:
+    with pytest.raises(ConfigError, match="round_index"):
+        Round(round_index=-1)
