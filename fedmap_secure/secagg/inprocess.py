@@ -21,6 +21,9 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
+import numpy as np
+import numpy.typing as npt
+
 from fedmap_secure.aggregation import AggregateResult, FloatVector, VectorLayout
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.errors import AbortedError, ConfigError, RemoteProtocolError
@@ -28,7 +31,7 @@ from fedmap_secure.secagg.client import ClientSession
 from fedmap_secure.secagg.config import Roster, SecAggConfig
 from fedmap_secure.secagg.messages import ClientMessage, ServerMessage
 from fedmap_secure.secagg.quantize import Quantizer
-from fedmap_secure.secagg.server import ServerSession
+from fedmap_secure.secagg.server import RoundOutput, ServerSession
 from fedmap_secure.secagg.stages import ClientStage
 
 log = logging.getLogger(__name__)
@@ -129,45 +132,7 @@ class SecureAggregator:
         encoded = {
             s: quantizer.encode(vec, random_bytes=self._random_bytes) for s, vec in inputs.items()
         }
-        server = ServerSession(
-            roster=self._roster,
-            config=self._config,
-            layout=layout,
-            round_index=round_index,
-            context=context,
-        )
-        clients = {
-            site: ClientSession(
-                site_id=site,
-                identity=key,
-                roster=self._roster,
-                config=self._config,
-                layout=layout,
-                round_index=round_index,
-                context=context,
-                random_bytes=self._random_bytes,
-            )
-            for site, key in self._identities.items()
-        }
-        live = {s: c for s, c in clients.items() if self._sends(s, DropPoint.BEFORE_KEYS, inputs)}
-        for client in live.values():
-            _deliver(server, _safely(client.start))
-        for point in (DropPoint.AFTER_KEYS, DropPoint.AFTER_SHARES):
-            outgoing = server.close_stage()
-            live = {s: c for s, c in live.items() if self._sends(s, point, inputs)}
-            for site, message in outgoing.items():
-                if site in live:
-                    _relay(server, live[site], message)
-        for site, client in live.items():
-            if site in encoded and client.stage is not ClientStage.FAILED:
-                _deliver(server, _safely(partial(client.submit_input, encoded[site])))
-        for point in (DropPoint.AFTER_MASKED_INPUT, DropPoint.DURING_UNMASK):
-            outgoing = server.close_stage()
-            live = {s: c for s, c in live.items() if self._sends(s, point, inputs)}
-            for site, message in outgoing.items():
-                if site in live:
-                    _relay(server, live[site], message)
-        output = server.finish()
+        output = self._play(round_index, layout, context, encoded)
         values, clipped = quantizer.decode(output.total)
         if clipped:
             log.warning(
@@ -182,7 +147,52 @@ class SecureAggregator:
             clipped_coordinates=clipped,
         )
 
-    def _sends(self, site: str, point: DropPoint, inputs: Mapping[str, FloatVector]) -> bool:
+    def _play(
+        self,
+        round_index: int,
+        layout: VectorLayout,
+        context: bytes,
+        encoded: Mapping[str, npt.NDArray[np.uint64]],
+    ) -> RoundOutput:
+        """Run one round: every site's session and the server's, messages passed in memory."""
+        server = ServerSession(
+            roster=self._roster,
+            config=self._config,
+            layout=layout,
+            round_index=round_index,
+            context=context,
+        )
+        live = {
+            site: ClientSession(
+                site_id=site,
+                identity=key,
+                roster=self._roster,
+                config=self._config,
+                layout=layout,
+                round_index=round_index,
+                context=context,
+                random_bytes=self._random_bytes,
+            )
+            for site, key in self._identities.items()
+            if self._sends(site, DropPoint.BEFORE_KEYS, encoded)
+        }
+        for client in live.values():
+            _deliver(server, _safely(client.start))
+        for point in DropPoint:
+            if point is DropPoint.BEFORE_KEYS:
+                continue
+            if point is DropPoint.AFTER_MASKED_INPUT:  # stage 3 is the sites' own move
+                for site, client in live.items():
+                    if site in encoded and client.stage is not ClientStage.FAILED:
+                        _deliver(server, _safely(partial(client.submit_input, encoded[site])))
+            outgoing = server.close_stage()
+            live = {s: c for s, c in live.items() if self._sends(s, point, encoded)}
+            for site, message in outgoing.items():
+                if site in live:
+                    _relay(server, live[site], message)
+        return server.finish()
+
+    def _sends(self, site: str, point: DropPoint, inputs: Mapping[str, object]) -> bool:
         """Whether ``site`` is still sending when stage ``point`` would cut it off."""
         stop = self._dropouts.get(site)
         if site not in inputs and (
