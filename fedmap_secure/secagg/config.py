@@ -214,6 +214,9 @@ class SecAggConfig:
             encode_uint(self.t),
             encode_uint(self.bits),
             self.graph_seed,
+            struct.pack(">d", float(self.dropout_fraction)),
+            struct.pack(">d", float(self.corrupt_fraction)),
+            encode_uint(self.security_parameter),
         )
 
 

@@ -145,5 +145,8 @@ def test_config_digest_binds_every_parameter() -> None:
         SecAggConfig(n=10, k=9, t=6, bits=32),
         SecAggConfig(n=10, k=9, t=6, graph_seed=b"\x01" * 32),
         SecAggConfig(n=11, k=10, t=6),
+        SecAggConfig(n=10, k=9, t=6, dropout_fraction=0.1),
+        SecAggConfig(n=10, k=9, t=6, corrupt_fraction=0.1),
+        SecAggConfig(n=10, k=9, t=6, security_parameter=64),
     ]
-    assert len({base.digest(), *(v.digest() for v in variants)}) == 5
+    assert len({base.digest(), *(v.digest() for v in variants)}) == 8
