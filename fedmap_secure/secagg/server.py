@@ -11,12 +11,14 @@ logic. It still checks everything a site sends, because a corrupt site must
 not be able to break the round for everyone:
 
 - a bad message (wrong stage, session, round, duplicate, bad signature, wrong
-  envelope set, malformed or forged share) raises ``RemoteProtocolError`` naming
-  the site and *excludes that site* for the rest of the round: it is treated as
-  dropped from that point (what it validly contributed before stays). The
-  session itself continues, so one corrupt site cannot stop the round.
-- closing a stage with fewer than ``t`` sites raises ``AbortedError``; the
-  session is then ABORTED (sticky) and nothing is unmasked.
+  envelope set, malformed share) raises ``RemoteProtocolError`` naming the site
+  and *excludes that site* for the rest of the round: it is treated as dropped
+  from that point (what it validly contributed before stays). The session
+  itself continues, so one corrupt site cannot stop the round.
+- a revealed share that fails its commitment is skipped and recorded in
+  ``rejected_shares``; it is fatal only if fewer than t valid shares remain.
+- closing a stage with fewer than ``t`` sites (``quorum`` for masked inputs and
+  signatures) raises ``AbortedError``; the session is then ABORTED (sticky).
 - misuse by the driver (closing in the wrong stage, calling after DONE,
   ABORTED or FAILED) raises ``LocalProtocolError`` and is sticky (FAILED).
 
