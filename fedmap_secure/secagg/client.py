@@ -6,25 +6,27 @@ a socket, a clock or a file. Stage changes follow ``stages.CLIENT_TRANSITIONS``.
 
 What each step checks, and the threat it stops (protocol/SPEC.md §6):
 
-- KeyBroadcast: every advertisement is signed by its site's *roster* identity
-  key over the setup id (version, round, config, roster, layout, context), our
-  own keys are unchanged, no site appears twice -> the server cannot
+- KeyBroadcast: every neighbour's advertisement is signed by its *roster*
+  identity key over the setup id (version, round, config, roster, layout,
+  context) and has no low-order key, our own keys are unchanged, no site
+  appears twice; all advertisements enter the session id -> the server cannot
   substitute keys, replay another round, or show us a different model.
 - ShareDelivery: envelopes open under the pairwise share key with AD
   (session, stage, sender, receiver); indices match -> forged, replayed or
   redirected shares are refused.
 - ConsistencyRequest: we sign (session, survivors, context digest) only if the
-  survivor set is plausible (we are in it, it has >= t sites, our alive
-  neighbours all shared keys with us).
+  survivor set is plausible (we are in it, it has >= quorum sites, >= t of our
+  holders, and our alive neighbours all shared keys with us).
 - UnmaskRequest: alive equals what we signed, alive and dropped are disjoint,
   known and duplicate-free, consistent with who shared keys with us, and
-  carries >= t valid signatures on the same payload -> we reveal, per
+  carries >= quorum valid signatures on the same payload -> we reveal, per
   neighbour, exactly one kind of share: self-mask for alive, mask key for dropped.
 
 Any failure is sticky (stage FAILED) and erases the session's secrets. Errors:
 ``RemoteProtocolError(peer)`` when a message is bad (``peer`` is the server or
-the site whose forwarded item failed), ``AbortedError`` when fewer than t sites
-remain, ``LocalProtocolError`` when our own caller misuses the session.
+the site whose forwarded item failed), ``AbortedError`` when too few sites
+remain (t, or the quorum for survivors and signatures), ``LocalProtocolError``
+when our own caller misuses the session.
 """
 
 from __future__ import annotations
