@@ -1,0 +1,259 @@
+"""Shamir t-of-n secret sharing over GF(2^521 - 1) with per-share hiding commitments.
+
+Used by SecAgg (Bonawitz et al. CCS 2017, ShareKeys/Unmasking; Bell et al.
+CCS 2020 within each neighbourhood) to share a site's mask private key and
+self-mask seed, so the server can cancel the masks of exactly the sites that
+dropped out (or the self masks of those that survived), given t shares.
+
+Field and encoding:
+
+- p = 2^521 - 1 (a Mersenne prime). A secret of 1..64 bytes is the element
+  s = int_be(0x01 || secret) < 2^513 < p; the leading 0x01 preserves the length.
+- Polynomial f(x) = s + a_1 x + ... + a_{t-1} x^{t-1} with a_j uniform in
+  [0, p): each a_j is drawn as 66 bytes from ``random_bytes``, reduced to its low
+  521 bits, and redrawn if equal to p (rejection sampling, so exactly uniform).
+- Share i (i = 1..n) is y_i = f(i). Any t shares determine f (Lagrange
+  interpolation at 0); any t - 1 shares are jointly uniform and independent
+  of s (information-theoretic secrecy).
+
+Commitments (to identify bad shares). For each share a 32-byte blind r_i is
+drawn (after all coefficients, in order i = 1..n), and
+
+    value_i      = int_be66(y_i) || r_i                                  (98 bytes)
+    commitment   = C_1 || ... || C_n,
+    C_i          = digest(uint32_be(i), value_i, label=LABEL_SHARE_COMMITMENT)  (32 bytes each)
+
+The dealer publishes ``commitment`` (in SecAgg: to the server, with its
+encrypted shares). ``share_ok`` checks one share against C_i; ``combine`` checks
+every share, skips those that fail, and reconstructs from the first t valid
+ones (by index). If more than t valid shares are present it also checks that
+they all lie on one polynomial of degree < t, so a dealer that committed to
+inconsistent shares is detected instead of yielding a subset-dependent secret.
+
+Assumptions: SHA-256 is collision resistant (binding: no one can open C_i to
+a different share) and behaves as a random oracle (hiding: C_i reveals nothing
+about y_i to anyone who lacks the 256-bit blind r_i, even for low-entropy
+secrets). Threat addressed: a malicious site or relay returning a corrupted
+share at unmasking cannot silently change the reconstructed key; the bad
+share is named and skipped while t good ones remain. Not addressed: who gets
+to reconstruct (the protocol layer decides which secret may be revealed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from fedmap_secure.crypto import _primitives
+from fedmap_secure.crypto.hashing import digest, encode_uint
+from fedmap_secure.crypto.labels import LABEL_SHARE_COMMITMENT
+from fedmap_secure.errors import CryptoError
+
+FIELD_PRIME = (1 << 521) - 1
+"""p = 2^521 - 1."""
+ELEMENT_SIZE = 66
+"""Bytes of one big-endian field element."""
+BLIND_SIZE = 32
+SHARE_VALUE_SIZE = ELEMENT_SIZE + BLIND_SIZE
+"""Bytes of ``Share.value``: y_i (66, big-endian) || blind r_i (32)."""
+COMMITMENT_ENTRY_SIZE = 32
+MAX_SECRET_SIZE = 64
+MAX_SHARES = 65_535
+
+
+@dataclass(frozen=True, kw_only=True)
+class Share:
+    """One share: x coordinate ``index`` (1..n) and the 98-byte ``value`` (hidden from repr).
+
+    Construction raises ``CryptoError`` for an index outside 1..65535, a value
+    of the wrong length, or a y coordinate not below p.
+    """
+
+    index: int
+    value: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.index, bool) or not isinstance(self.index, int):
+            raise CryptoError("share index must be an int")
+        if not 1 <= self.index <= MAX_SHARES:
+            raise CryptoError(f"share index {self.index} is outside 1..{MAX_SHARES}")
+        if not isinstance(self.value, bytes) or len(self.value) != SHARE_VALUE_SIZE:
+            raise CryptoError(f"share {self.index}: value must be {SHARE_VALUE_SIZE} bytes")
+        if self.y >= FIELD_PRIME:
+            raise CryptoError(f"share {self.index}: value is not a field element")
+
+    @property
+    def y(self) -> int:
+        """The y coordinate f(index) as an integer."""
+        return int.from_bytes(self.value[:ELEMENT_SIZE], "big")
+
+
+def split(
+    secret: bytes,
+    *,
+    threshold: int,
+    n_shares: int,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> tuple[tuple[Share, ...], bytes]:
+    """Split a 1..64-byte ``secret`` into ``n_shares`` shares; any ``threshold`` recover it.
+
+    Returns (shares with indices 1..n_shares, commitment of 32 * n_shares bytes).
+    ``ValueError`` if the parameters are out of range.
+    """
+    _check_parameters(threshold=threshold, n_shares=n_shares)
+    if not isinstance(secret, bytes) or not 1 <= len(secret) <= MAX_SECRET_SIZE:
+        raise ValueError(f"secret must be 1..{MAX_SECRET_SIZE} bytes")
+    coefficients = [_encode_secret(secret)]
+    coefficients += [_random_element(random_bytes) for _ in range(threshold - 1)]
+    shares = []
+    for index in range(1, n_shares + 1):
+        blind = _draw(random_bytes, BLIND_SIZE)
+        y = _evaluate(coefficients, index)
+        shares.append(Share(index=index, value=y.to_bytes(ELEMENT_SIZE, "big") + blind))
+    commitment = b"".join(_commit(share) for share in shares)
+    return tuple(shares), commitment
+
+
+def share_ok(share: Share, *, commitment: bytes, n_shares: int) -> None:
+    """Raise ``CryptoError`` unless ``share`` is the share committed to in ``commitment``."""
+    _check_commitment(commitment, n_shares)
+    if not _matches(share, commitment, n_shares):
+        raise CryptoError(f"share {share.index} does not match its commitment")
+
+
+def combine(shares: Sequence[Share], *, threshold: int, commitment: bytes) -> bytes:
+    """Recover the secret from at least ``threshold`` shares that match ``commitment``.
+
+    Shares that fail their commitment (or whose index exceeds n) are skipped;
+    ``CryptoError`` names their indices if fewer than ``threshold`` valid ones
+    remain. ``CryptoError`` also for duplicate indices, a malformed commitment,
+    valid shares that do not lie on one polynomial, or an undecodable result.
+    """
+    if isinstance(threshold, bool) or threshold < 1:
+        raise ValueError(f"threshold must be >= 1, got {threshold!r}")
+    if len(commitment) % COMMITMENT_ENTRY_SIZE or not commitment:
+        raise CryptoError("share commitment is not a non-empty multiple of 32 bytes")
+    n_shares = len(commitment) // COMMITMENT_ENTRY_SIZE
+    _check_commitment(commitment, n_shares)
+    if threshold > n_shares:
+        raise CryptoError(f"threshold {threshold} exceeds the {n_shares} committed shares")
+    _reject_duplicates(shares)
+    ordered = sorted(shares, key=lambda share: share.index)
+    good = [share for share in ordered if _matches(share, commitment, n_shares)]
+    good_indices = {share.index for share in good}
+    bad = [share.index for share in ordered if share.index not in good_indices]
+    if len(good) < threshold:
+        raise CryptoError(
+            f"only {len(good)} valid shares, need {threshold}; bad share indices: {bad}"
+        )
+    points = [(share.index, share.y) for share in good]
+    interpolator = _Interpolator(points[:threshold])
+    for x, y in points[threshold:]:
+        if interpolator.at(x) != y:
+            raise CryptoError(f"share {x} is committed but inconsistent with the others")
+    return _decode_secret(interpolator.at(0))
+
+
+def _check_parameters(*, threshold: int, n_shares: int) -> None:
+    if isinstance(n_shares, bool) or not 1 <= n_shares <= MAX_SHARES:
+        raise ValueError(f"n_shares must be in 1..{MAX_SHARES}, got {n_shares!r}")
+    if isinstance(threshold, bool) or not 1 <= threshold <= n_shares:
+        raise ValueError(f"threshold must be in 1..n_shares={n_shares}, got {threshold!r}")
+
+
+def _check_commitment(commitment: bytes, n_shares: int) -> None:
+    if not isinstance(commitment, bytes) or len(commitment) != COMMITMENT_ENTRY_SIZE * n_shares:
+        raise CryptoError(f"share commitment must be {COMMITMENT_ENTRY_SIZE * n_shares} bytes")
+
+
+def _reject_duplicates(shares: Sequence[Share]) -> None:
+    counts = Counter(share.index for share in shares)
+    duplicates = sorted(index for index, count in counts.items() if count > 1)
+    if duplicates:
+        raise CryptoError(f"duplicate share indices: {duplicates}")
+
+
+def _commit(share: Share) -> bytes:
+    return digest(encode_uint(share.index, size=4), share.value, label=LABEL_SHARE_COMMITMENT)
+
+
+def _matches(share: Share, commitment: bytes, n_shares: int) -> bool:
+    if share.index > n_shares:
+        return False
+    start = COMMITMENT_ENTRY_SIZE * (share.index - 1)
+    expected = commitment[start : start + COMMITMENT_ENTRY_SIZE]
+    return _primitives.constant_time_equal(_commit(share), expected)
+
+
+def _draw(random_bytes: Callable[[int], bytes], size: int) -> bytes:
+    raw = random_bytes(size)
+    if len(raw) != size:
+        raise CryptoError(f"random_bytes returned {len(raw)} bytes, expected {size}")
+    return raw
+
+
+def _random_element(random_bytes: Callable[[int], bytes]) -> int:
+    """Uniform element of [0, p): 66 bytes, keep the low 521 bits, reject p itself."""
+    while True:
+        candidate = int.from_bytes(_draw(random_bytes, ELEMENT_SIZE), "big") & FIELD_PRIME
+        if candidate < FIELD_PRIME:
+            return candidate
+
+
+def _evaluate(coefficients: Sequence[int], x: int) -> int:
+    """f(x) by Horner's rule, mod p."""
+    result = 0
+    for coefficient in reversed(coefficients):
+        result = (result * x + coefficient) % FIELD_PRIME
+    return result
+
+
+def _encode_secret(secret: bytes) -> int:
+    return int.from_bytes(b"\x01" + secret, "big")
+
+
+def _decode_secret(element: int) -> bytes:
+    length = (element.bit_length() - 1) // 8
+    if not 1 <= length <= MAX_SECRET_SIZE or element >> (8 * length) != 1:
+        raise CryptoError("reconstructed value is not an encoded secret")
+    return (element - (1 << (8 * length))).to_bytes(length, "big")
+
+
+class _Interpolator:
+    """Barycentric Lagrange form of the unique polynomial of degree < t through t points.
+
+    With w_i = prod_{k != i} 1 / (x_i - x_k) and c_i = w_i y_i (mod p):
+        L(x) = y_j                                     if x = x_j
+        L(x) = prod_k (x - x_k) * sum_i c_i / (x - x_i)  otherwise.
+    Differences of share indices are small integers, so their inverses come
+    from one table and each evaluation costs O(t) multiplications.
+    """
+
+    def __init__(self, points: Sequence[tuple[int, int]]) -> None:
+        self._xs = [x for x, _ in points]
+        self._ys = {x: y for x, y in points}
+        self._inverses: dict[int, int] = {}
+        self._cs = []
+        for i, (xi, yi) in enumerate(points):
+            weight = 1
+            for k, xk in enumerate(self._xs):
+                if k != i:
+                    weight = weight * self._inverse(xi - xk) % FIELD_PRIME
+            self._cs.append(weight * yi % FIELD_PRIME)
+
+    def _inverse(self, d: int) -> int:
+        if d not in self._inverses:
+            self._inverses[d] = pow(d % FIELD_PRIME, -1, FIELD_PRIME)
+        return self._inverses[d]
+
+    def at(self, x: int) -> int:
+        if x in self._ys:
+            return self._ys[x]
+        total = 0
+        span = 1
+        for xi, ci in zip(self._xs, self._cs, strict=True):
+            total = (total + ci * self._inverse(x - xi)) % FIELD_PRIME
+            span = span * (x - xi) % FIELD_PRIME
+        return span * total % FIELD_PRIME

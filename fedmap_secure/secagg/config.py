@@ -1,0 +1,372 @@
+"""SecAgg+ parameters, the consortium roster, and the threat-model check.
+
+Notation (Bonawitz et al. CCS 2017; Bell et al. CCS 2020):
+
+- ``n``: sites on the roster; ``k``: neighbours per site in the masking graph
+  (``k = n - 1`` is the complete graph, classic SecAgg); each site's secrets are
+  Shamir-shared among its *holders*, the site itself and its ``k`` neighbours
+  (``h = k + 1`` holders).
+- ``t``: the Shamir threshold, also the minimum number of identical consistency
+  signatures and of survivors.
+- ``bits``: inputs and masks live in Z_{2^bits}.
+
+Declared threat model: a malicious server colluding with at most
+``floor(corrupt_fraction * n)`` sites, and at most ``floor(dropout_fraction * n)``
+sites dropping out. With ``c`` corrupt and ``d`` dropped holders among the ``h``
+holders of some site, the protocol is
+
+- private if ``2t > h + c``: the server would need ``t`` shares of the self-mask
+  seed and ``t`` shares of the mask key of one honest site; corrupt holders give
+  both, honest holders give exactly one kind (after a consistent survivor set),
+  so it needs ``2(t - c) <= h - c`` honest holders, which ``2t > h + c`` forbids;
+- live if ``h - d >= t``;
+- meaningful only if ``t - c >= 2``: a sum over t sites, c of them corrupt
+  (their inputs known to the server), must still mix at least two honest inputs;
+- consistent: a site reveals shares only after ``quorum`` identical signatures on
+  the survivor set (``consistency_quorum``), which must survive the dropouts.
+
+For the complete graph ``c`` and ``d`` are the global counts. For a random
+``k``-regular (Harary) graph a site's neighbours are a uniform ``k``-subset of
+the other sites, so ``c`` and ``d`` are hypergeometric; ``derive_parameters``
+bounds them by a union bound over all ``n`` sites at failure probability
+``2^-security_parameter`` (Bell et al. section 3). ``SecAggConfig`` refuses any
+``(n, k, t)`` that does not meet both conditions for its declared fractions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fedmap_secure import PROTOCOL_VERSION
+from fedmap_secure.aggregation import VectorLayout
+from fedmap_secure.crypto.hashing import digest, encode_str, encode_uint
+from fedmap_secure.crypto.labels import LABEL_SECAGG_SETUP
+from fedmap_secure.errors import ConfigError
+
+SERVER_ID = "@server"
+"""The ``sender`` of every server message; no site id can equal it."""
+SITE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+COMPLETE_GRAPH_MAX_N = 32
+"""Consortia up to this size use the complete graph (classic SecAgg, exact guarantees)."""
+MIN_BITS, MAX_BITS = 16, 64
+IDENTITY_KEY_SIZE = 32
+
+
+def check_site_id(site: str) -> None:
+    """``ConfigError`` unless ``site`` is 1-64 of [A-Za-z0-9_.-], starting alphanumeric."""
+    if not isinstance(site, str) or SITE_ID_PATTERN.fullmatch(site) is None:
+        raise ConfigError(f"invalid site id {site!r}")
+
+
+def setup_digest(*parts: bytes) -> bytes:
+    """Digest of setup data (config, roster, layout, setup id); ``parts[0]`` names which."""
+    return digest(*parts, label=LABEL_SECAGG_SETUP)
+
+
+@dataclass(frozen=True)
+class Roster:
+    """The consortium's identity keys: site id -> Ed25519 public key.
+
+    Each site is given this file out of band; the server cannot change it, so an
+    advertisement signed by a key not on the roster is rejected (defends against
+    the server substituting its own keys for a site's).
+    """
+
+    entries: tuple[tuple[str, bytes], ...]
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for site, key in self.entries:
+            check_site_id(site)
+            if site in seen:
+                raise ConfigError(f"duplicate site id {site!r} in roster")
+            seen.add(site)
+            if not isinstance(key, bytes) or len(key) != IDENTITY_KEY_SIZE:
+                raise ConfigError(f"site {site!r}: identity key must be {IDENTITY_KEY_SIZE} bytes")
+        if len(self.entries) < 2:
+            raise ConfigError("a roster needs at least 2 sites")
+        object.__setattr__(self, "entries", tuple(sorted(self.entries)))
+
+    @classmethod
+    def from_mapping(cls, keys: Mapping[str, bytes]) -> Roster:
+        return cls(tuple(keys.items()))
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Site ids in sorted order."""
+        return tuple(site for site, _ in self.entries)
+
+    def __contains__(self, site: object) -> bool:
+        return any(site == s for s, _ in self.entries)
+
+    def public_key(self, site: str) -> bytes:
+        for s, key in self.entries:
+            if s == site:
+                return key
+        raise ConfigError(f"site {site!r} is not on the roster")
+
+    def digest(self) -> bytes:
+        parts = [part for site, key in self.entries for part in (encode_str(site), key)]
+        return setup_digest(b"roster", *parts)
+
+
+def layout_digest(layout: VectorLayout) -> bytes:
+    """Digest of every field's name, length and bound (IEEE-754 binary64, big-endian)."""
+    parts: list[bytes] = []
+    for f in layout.fields:
+        parts += [encode_str(f.name), encode_uint(f.length), struct.pack(">d", float(f.bound))]
+    return setup_digest(b"layout", *parts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecAggConfig:
+    """Validated SecAgg+ parameters for one consortium (see module docstring).
+
+    ``graph_seed`` is a public 32-byte value agreed by the consortium; the
+    neighbour graph of round r is a function of it and r only, so the server
+    cannot choose neighbourhoods (static corruption is assumed, as in Bell et al.).
+    """
+
+    n: int
+    k: int
+    t: int
+    bits: int = 64
+    dropout_fraction: float = 0.0
+    corrupt_fraction: float = 0.0
+    security_parameter: int = 40
+    graph_seed: bytes = bytes(32)
+
+    def __post_init__(self) -> None:
+        for name in ("n", "k", "t", "bits", "security_parameter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an int, got {value!r}")
+        if self.n < 2:
+            raise ConfigError(f"n must be >= 2, got {self.n}")
+        if not (self.k == self.n - 1 or (2 <= self.k < self.n - 1 and self.k % 2 == 0)):
+            raise ConfigError(f"k must be n-1 (complete graph) or even in [2, n-2], got {self.k}")
+        if not 1 <= self.t <= self.k + 1:
+            raise ConfigError(f"t must be in [1, k+1] = [1, {self.k + 1}], got {self.t}")
+        if not MIN_BITS <= self.bits <= MAX_BITS:
+            raise ConfigError(f"bits must be in [{MIN_BITS}, {MAX_BITS}], got {self.bits}")
+        if not isinstance(self.graph_seed, bytes) or len(self.graph_seed) != 32:
+            raise ConfigError("graph_seed must be 32 bytes")
+        check_threat_model(
+            n=self.n,
+            k=self.k,
+            t=self.t,
+            dropout_fraction=self.dropout_fraction,
+            corrupt_fraction=self.corrupt_fraction,
+            security_parameter=self.security_parameter,
+        )
+
+    @classmethod
+    def for_threat_model(
+        cls,
+        *,
+        n: int,
+        dropout_fraction: float,
+        corrupt_fraction: float,
+        bits: int = 64,
+        security_parameter: int = 40,
+        graph_seed: bytes = bytes(32),
+    ) -> SecAggConfig:
+        """The config with the smallest ``k`` and ``t`` that ``derive_parameters`` finds."""
+        k, t = derive_parameters(
+            n, dropout_fraction, corrupt_fraction, security_parameter=security_parameter
+        )
+        return cls(
+            n=n,
+            k=k,
+            t=t,
+            bits=bits,
+            dropout_fraction=dropout_fraction,
+            corrupt_fraction=corrupt_fraction,
+            security_parameter=security_parameter,
+            graph_seed=graph_seed,
+        )
+
+    @property
+    def quorum(self) -> int:
+        """Identical consistency signatures required (``consistency_quorum``)."""
+        return consistency_quorum(n=self.n, t=self.t, corrupt_fraction=self.corrupt_fraction)
+
+    @property
+    def complete_graph(self) -> bool:
+        return self.k == self.n - 1
+
+    @property
+    def protocol_name(self) -> str:
+        if self.complete_graph:
+            return "SecAgg (Bonawitz et al. 2017)"
+        return "SecAgg+ (Bell et al. 2020)"
+
+    def digest(self) -> bytes:
+        return setup_digest(
+            b"config",
+            encode_uint(PROTOCOL_VERSION),
+            encode_uint(self.n),
+            encode_uint(self.k),
+            encode_uint(self.t),
+            encode_uint(self.bits),
+            self.graph_seed,
+            struct.pack(">d", float(self.dropout_fraction)),
+            struct.pack(">d", float(self.corrupt_fraction)),
+            encode_uint(self.security_parameter),
+        )
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and 0.0 <= value < 1.0):
+        raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def _log_comb(a: int, b: int) -> float:
+    return math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)
+
+
+def hypergeometric_bound(*, population: int, marked: int, draws: int, epsilon: float) -> int:
+    """Smallest ``c`` with P[X > c] <= epsilon, X ~ Hypergeometric(population, marked, draws)."""
+    top = min(marked, draws)
+    log_total = _log_comb(population, draws)
+    tail = 0.0
+    for c in range(top, -1, -1):  # tail = P[X > c - 1] after adding x = c
+        x = c
+        if draws - x > population - marked:
+            continue
+        tail += math.exp(
+            _log_comb(marked, x) + _log_comb(population - marked, draws - x) - log_total
+        )
+        if tail > epsilon:
+            return c
+    return 0
+
+
+def neighbourhood_bounds(
+    *, n: int, k: int, dropout_fraction: float, corrupt_fraction: float, security_parameter: int
+) -> tuple[int, int]:
+    """Worst-case (corrupt, dropped) counts among one site's ``k + 1`` holders.
+
+    Exact global counts for the complete graph; for a sparse graph, hypergeometric
+    bounds holding for all ``n`` sites at once except with probability 2^-security_parameter
+    (the site itself counts as possibly corrupt and possibly dropped).
+    """
+    n_corrupt = math.floor(corrupt_fraction * n)
+    n_dropped = math.floor(dropout_fraction * n)
+    if k == n - 1:
+        return n_corrupt, n_dropped
+    epsilon = 2.0 ** (-security_parameter) / (2 * n)
+    c = 1 + hypergeometric_bound(population=n - 1, marked=n_corrupt, draws=k, epsilon=epsilon)
+    d = 1 + hypergeometric_bound(population=n - 1, marked=n_dropped, draws=k, epsilon=epsilon)
+    return min(c, n_corrupt), min(d, n_dropped)
+
+
+def check_threat_model(
+    *,
+    n: int,
+    k: int,
+    t: int,
+    dropout_fraction: float,
+    corrupt_fraction: float,
+    security_parameter: int = 40,
+) -> None:
+    """``ConfigError`` unless ``(n, k, t)`` is private and live for the declared fractions."""
+    _check_fraction("dropout_fraction", dropout_fraction)
+    _check_fraction("corrupt_fraction", corrupt_fraction)
+    if not 20 <= security_parameter <= 128:
+        raise ConfigError(f"security_parameter must be in [20, 128], got {security_parameter}")
+    c, d = neighbourhood_bounds(
+        n=n,
+        k=k,
+        dropout_fraction=dropout_fraction,
+        corrupt_fraction=corrupt_fraction,
+        security_parameter=security_parameter,
+    )
+    h = k + 1
+    if 2 * t <= h + c:
+        raise ConfigError(
+            f"t={t} is not private: need 2t > h + c = {h} + {c} "
+            f"(h={h} holders, up to c={c} corrupt among them)"
+        )
+    if t - c < 2:
+        raise ConfigError(
+            f"t={t} is not private: a sum over t sites with up to c={c} corrupt ones "
+            "must contain at least 2 honest inputs"
+        )
+    if h - d < t:
+        raise ConfigError(
+            f"t={t} is not live: up to d={d} of the h={h} holders may drop, leaving {h - d} < t"
+        )
+    quorum = consistency_quorum(n=n, t=t, corrupt_fraction=corrupt_fraction)
+    n_dropped = math.floor(dropout_fraction * n)
+    if n - n_dropped < quorum:
+        raise ConfigError(
+            f"not live: up to {n_dropped} of {n} sites may drop, leaving fewer than the "
+            f"{quorum} identical consistency signatures required"
+        )
+
+
+def consistency_quorum(*, n: int, t: int, corrupt_fraction: float) -> int:
+    """Identical consistency signatures a site needs before it reveals any share.
+
+    ``max(t, floor((n + c_global) / 2) + 1)`` with ``c_global = floor(corrupt_fraction * n)``:
+    two different survivor sets cannot both gather a quorum, since that needs
+    ``2 * quorum - c_global > n`` signers. For the complete graph this equals ``t``
+    (``2t > n + c`` already); for sparse graphs it stops a server from showing
+    the neighbours of one site a view in which it is alive and the neighbours of
+    another a view in which that one dropped (which per-neighbourhood thresholds
+    alone would not prevent when t is much smaller than n).
+    """
+    n_corrupt = math.floor(corrupt_fraction * n)
+    return max(t, (n + n_corrupt) // 2 + 1)
+
+
+def derive_parameters(
+    n: int,
+    dropout_fraction: float,
+    corrupt_fraction: float,
+    *,
+    security_parameter: int = 40,
+) -> tuple[int, int]:
+    """Return ``(k, t)`` for ``n`` sites under the declared dropout and corrupt fractions.
+
+    Consortia of at most ``COMPLETE_GRAPH_MAX_N`` sites, and larger ones for which
+    no sparse graph works, use the complete graph ``k = n - 1``; otherwise the
+    smallest even ``k`` whose neighbourhoods are private and live (Bell et al.).
+    ``t`` is the smallest private threshold, ``floor((h + c) / 2) + 1``.
+    ``ConfigError`` if no choice meets the threat model.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ConfigError(f"n must be an int >= 2, got {n!r}")
+    _check_fraction("dropout_fraction", dropout_fraction)
+    _check_fraction("corrupt_fraction", corrupt_fraction)
+    candidates = [] if n <= COMPLETE_GRAPH_MAX_N else list(range(2, n - 1, 2))
+    for k in [*candidates, n - 1]:
+        c, _ = neighbourhood_bounds(
+            n=n,
+            k=k,
+            dropout_fraction=dropout_fraction,
+            corrupt_fraction=corrupt_fraction,
+            security_parameter=security_parameter,
+        )
+        t = (k + 1 + c) // 2 + 1
+        try:
+            check_threat_model(
+                n=n,
+                k=k,
+                t=t,
+                dropout_fraction=dropout_fraction,
+                corrupt_fraction=corrupt_fraction,
+                security_parameter=security_parameter,
+            )
+        except ConfigError:
+            continue
+        return k, t
+    raise ConfigError(
+        f"no (k, t) is private and live for n={n}, dropout_fraction={dropout_fraction}, "
+        f"corrupt_fraction={corrupt_fraction}: need roughly corrupt + 2*dropout < 1"
+    )

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedmap_secure.crypto import labels
+from fedmap_secure.crypto.prg import expand_mask
+from fedmap_secure.errors import CryptoError
+
+SEED = bytes(range(32))
+LABEL = labels.LABEL_SELF_MASK
+
+
+def _expand(
+    seed: bytes = SEED,
+    *,
+    label: bytes = LABEL,
+    context: bytes = b"ctx",
+    length: int = 64,
+    bits: int = 32,
+) -> np.ndarray:
+    return expand_mask(seed, label=label, context=context, length=length, bits=bits)
+
+
+def test_deterministic_and_typed() -> None:
+    out = _expand()
+    assert out.dtype == np.uint64
+    assert out.shape == (64,)
+    assert np.array_equal(out, _expand())
+
+
+def test_output_is_a_fresh_writable_array() -> None:
+    out = _expand()
+    out[0] ^= np.uint64(1)
+    assert not np.array_equal(out, _expand())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"label": labels.LABEL_PAIRWISE_MASK_EXPANSION},
+        {"context": b"ctx2"},
+        {"seed": bytes(range(1, 33))},
+    ],
+)
+def test_label_context_and_seed_change_the_output(changes: dict[str, bytes]) -> None:
+    assert not np.array_equal(_expand(), _expand(**changes))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("byte_index", [0, 15, 31])
+def test_every_part_of_the_seed_matters(byte_index: int) -> None:
+    flipped = bytearray(SEED)
+    flipped[byte_index] ^= 0x80
+    assert not np.array_equal(_expand(), _expand(bytes(flipped)))
+
+
+def test_shorter_output_is_a_prefix_of_longer() -> None:
+    assert np.array_equal(_expand(length=10), _expand(length=1000)[:10])
+
+
+def test_values_are_the_64_bit_words_reduced_mod_2_to_bits() -> None:
+    full = _expand(bits=64, length=500)
+    for bits in (1, 7, 8, 33, 63):
+        assert np.array_equal(_expand(bits=bits, length=500), full & np.uint64((1 << bits) - 1))
+
+
+def test_bits_64_uses_the_whole_word() -> None:
+    out = _expand(bits=64, length=1000)
+    assert int(out.max()) >= 1 << 63
+    assert int(out.min()) < 1 << 62
+
+
+def test_bits_1_is_balanced_bits() -> None:
+    out = _expand(bits=1, length=10_000)
+    assert set(np.unique(out).tolist()) == {0, 1}
+    assert 4_700 < int(out.sum()) < 5_300
+
+
+def test_bits_33_stays_in_range_and_uses_the_top_bit() -> None:
+    out = _expand(bits=33, length=1000)
+    assert int(out.max()) < 1 << 33
+    assert int(out.max()) >= 1 << 32
+
+
+def test_bits_8_passes_a_generous_chi_square() -> None:
+    n = 256 * 400
+    counts = np.bincount(_expand(bits=8, length=n).astype(np.int64), minlength=256)
+    assert counts.shape == (256,)
+    expected = n / 256
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    # 255 degrees of freedom: mean 255, sd ~22.6; a biased generator lands far above 400.
+    assert 150 < chi2 < 400
+
+
+def test_zero_length() -> None:
+    assert _expand(length=0).shape == (0,)
+
+
+@pytest.mark.parametrize("bits", [0, 65, -1])
+def test_bits_out_of_range(bits: int) -> None:
+    with pytest.raises(ValueError, match="bits"):
+        _expand(bits=bits)
+
+
+def test_negative_length() -> None:
+    with pytest.raises(ValueError, match="length"):
+        _expand(length=-1)
+
+
+@pytest.mark.parametrize("size", [16, 31, 33])
+def test_seed_must_be_256_bits(size: int) -> None:
+    with pytest.raises(CryptoError, match="32 bytes"):
+        _expand(bytes(size))
+
+
+def test_label_is_required() -> None:
+    with pytest.raises(ValueError, match="label"):
+        _expand(label=b"self-mask")
