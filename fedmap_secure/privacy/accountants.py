@@ -135,6 +135,11 @@ def calibrate_noise_multiplier(
         )
         return chosen.epsilon([*extra, plan], budget.delta) <= budget.epsilon
 
+    if chosen.epsilon(extra, budget.delta) >= budget.epsilon:
+        raise BudgetExceededError(
+            f"the extra events alone already reach epsilon {budget.epsilon:g}: no noise "
+            "multiplier fits"
+        )
     high = 1.0
     while not fits(high):
         high *= 2.0
