@@ -33,6 +33,7 @@ from fedmap_secure.privacy.accountants import (
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.events import (
     ComposedEvent,
+    Event,
     GaussianEvent,
     NonPrivateRelease,
     SubsampledGaussianEvent,
@@ -100,7 +101,9 @@ def test_golden_gaussian_sigma_for_epsilon_1_delta_1e6() -> None:
     assert calibrate_gaussian(1.0, 1e-6, 2.5) == pytest.approx(2.5 * sigma)
     # The PLD accountant agrees the release costs epsilon 1 at delta 1e-6.
     pld = DpAccountingPldAccountant(value_discretization_interval=1e-4)
-    assert pld.epsilon([GaussianEvent(noise_multiplier=sigma)], 1e-6) == pytest.approx(1.0, abs=1e-3)
+    assert pld.epsilon([GaussianEvent(noise_multiplier=sigma)], 1e-6) == pytest.approx(
+        1.0, abs=1e-3
+    )
 
 
 def test_golden_abadi_2016_moments_accountant_needs_classic_conversion() -> None:
@@ -192,7 +195,10 @@ def test_contract_gaussian_is_an_upper_bound_on_the_exact_curve(accountant: Acco
 
 
 def test_contract_pld_is_not_looser(accountant: Accountant) -> None:
-    events = [SG(noise_multiplier=1.1, sample_rate=0.02, steps=300), GaussianEvent(noise_multiplier=6.0)]
+    events: list[Event] = [
+        SG(noise_multiplier=1.1, sample_rate=0.02, steps=300),
+        GaussianEvent(noise_multiplier=6.0),
+    ]
     pld = DpAccountingPldAccountant().epsilon(events, 1e-5)
     assert pld <= accountant.epsilon(events, 1e-5) * 1.01
 

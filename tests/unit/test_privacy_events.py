@@ -26,11 +26,17 @@ SG = SubsampledGaussianEvent
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"noise_multiplier": -1.0, "sample_rate": 0.1, "steps": 1}, "noise_multiplier must be > 0"),
+        (
+            {"noise_multiplier": -1.0, "sample_rate": 0.1, "steps": 1},
+            "noise_multiplier must be > 0",
+        ),
         ({"noise_multiplier": 0.0, "sample_rate": 0.1, "steps": 1}, "noise_multiplier must be > 0"),
         ({"noise_multiplier": math.nan, "sample_rate": 0.1, "steps": 1}, "finite"),
         ({"noise_multiplier": math.inf, "sample_rate": 0.1, "steps": 1}, "finite"),
-        ({"noise_multiplier": 1.0, "sample_rate": 1.5, "steps": 1}, r"sample_rate must be in \(0, 1\]"),
+        (
+            {"noise_multiplier": 1.0, "sample_rate": 1.5, "steps": 1},
+            r"sample_rate must be in \(0, 1\]",
+        ),
         ({"noise_multiplier": 1.0, "sample_rate": 0.0, "steps": 1}, "sample_rate"),
         ({"noise_multiplier": 1.0, "sample_rate": -0.1, "steps": 1}, "sample_rate"),
         ({"noise_multiplier": 1.0, "sample_rate": math.nan, "steps": 1}, "finite"),

@@ -31,9 +31,14 @@ def _ledger(epsilon: float = 3.0, *, allow_non_dp: bool = False) -> PrivacyLedge
 
 
 def test_budget_validation() -> None:
-    for bad in ({"epsilon": 0.0, "delta": 1e-5}, {"epsilon": float("inf"), "delta": 1e-5},
-                {"epsilon": float("nan"), "delta": 1e-5}, {"epsilon": 1.0, "delta": 0.0},
-                {"epsilon": 1.0, "delta": 1.0}, {"epsilon": -1.0, "delta": 1e-5}):
+    for bad in (
+        {"epsilon": 0.0, "delta": 1e-5},
+        {"epsilon": float("inf"), "delta": 1e-5},
+        {"epsilon": float("nan"), "delta": 1e-5},
+        {"epsilon": 1.0, "delta": 0.0},
+        {"epsilon": 1.0, "delta": 1.0},
+        {"epsilon": -1.0, "delta": 1e-5},
+    ):
         with pytest.raises(ConfigError):
             Budget(**bad)  # type: ignore[arg-type]
 
@@ -61,7 +66,8 @@ def test_charges_compose_and_history_recomputes() -> None:
     assert [e.epsilon_cumulative for e in history] == [first.epsilon_after, second.epsilon_after]
     assert history[1].remaining == pytest.approx(3.0 - second.epsilon_after)
     assert history[1].epsilon_at_charge == second.epsilon_after
-    assert history[0].note == "r0" and history[0].charged_at == "T"
+    assert history[0].note == "r0"
+    assert history[0].charged_at == "T"
 
 
 def test_over_budget_raises_and_writes_nothing() -> None:
@@ -110,7 +116,7 @@ def test_request_validation() -> None:
 def test_budget_or_accountant_mismatch_on_shared_store() -> None:
     store = MemoryLedgerStore()
     PrivacyLedger(store, Budget(epsilon=2.0, delta=1e-5), RDP)
-    with pytest.raises(LedgerMismatchError, match="epsilon: stored 2.0, configured 4.0"):
+    with pytest.raises(LedgerMismatchError, match=r"epsilon: stored 2\.0, configured 4\.0"):
         PrivacyLedger(store, Budget(epsilon=4.0, delta=1e-5), RDP)
     with pytest.raises(LedgerMismatchError, match="delta"):
         PrivacyLedger(store, Budget(epsilon=2.0, delta=1e-6), RDP)
@@ -125,7 +131,9 @@ def test_budget_or_accountant_mismatch_on_shared_store() -> None:
 def test_cross_check_reports_rdp_beside_pld() -> None:
     pld = create_accountant(AccountantName.DP_ACCOUNTING_PLD)
     rdp = create_accountant(AccountantName.OPACUS_RDP)
-    ledger = PrivacyLedger(MemoryLedgerStore(), Budget(epsilon=5.0, delta=1e-5), pld, cross_check=rdp)
+    ledger = PrivacyLedger(
+        MemoryLedgerStore(), Budget(epsilon=5.0, delta=1e-5), pld, cross_check=rdp
+    )
     ledger.charge(0, [ROUND, OMEGA], note="")
     cross = ledger.cross_check_epsilon()
     assert cross is not None
