@@ -49,6 +49,7 @@ from fedmap_secure.privacy.ledger import (
     events_from_json_text,
     events_to_json_text,
 )
+from fedmap_secure.privacy.report import LedgerReport, build_report
 
 LEDGER_FILENAME = "privacy_ledger.sqlite3"
 SCHEMA_VERSION = 1
@@ -330,3 +331,12 @@ def open_existing_ledger(
     except BaseException:
         store.close()
         raise
+
+
+def load_report(site_state_dir: Path | str, *, with_cross_check: bool = True) -> LedgerReport:
+    """The report of an existing site ledger, for ``fedmap-secure ledger show``.
+
+    Print ``report.to_table()`` with a rich Console, or ``json.dumps(report.to_json())``.
+    """
+    with open_existing_ledger(site_state_dir, with_cross_check=with_cross_check) as ledger:
+        return build_report(ledger)

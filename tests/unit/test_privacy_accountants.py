@@ -230,8 +230,8 @@ def test_calibrate_noise_multiplier_meets_budget_tightly() -> None:
 
 def test_calibrate_accounts_for_extra_events() -> None:
     budget = Budget(epsilon=2.0, delta=1e-5)
-    rdp = create_accountant(AccountantName.DP_ACCOUNTING_RDP)
-    kwargs = {"sample_rate": 0.05, "steps_per_round": 20, "rounds": 5, "accountant": rdp}
+    pld = DpAccountingPldAccountant()
+    kwargs = {"sample_rate": 0.05, "steps_per_round": 20, "rounds": 5, "accountant": pld}
     alone = calibrate_noise_multiplier(budget, **kwargs)  # type: ignore[arg-type]
     extra = [GaussianEvent(noise_multiplier=10.0, count=5)]
     with_extra = calibrate_noise_multiplier(budget, extra_events=extra, **kwargs)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from fedmap_secure.privacy.events import (
     SubsampledGaussianEvent,
 )
 from fedmap_secure.privacy.ledger import MemoryLedgerStore, PrivacyLedger
-from fedmap_secure.privacy.ledger_store import open_existing_ledger, open_site_ledger
+from fedmap_secure.privacy.ledger_store import load_report, open_existing_ledger, open_site_ledger
 from fedmap_secure.privacy.report import REPORT_SCHEMA, build_report
 
 ROUND = SubsampledGaussianEvent(noise_multiplier=1.2, sample_rate=0.05, steps=40)
@@ -37,6 +37,7 @@ def test_json_report_per_round(tmp_path: Path) -> None:
         last = led.charge(1, [ROUND, OMEGA], note="round 1")
     with open_existing_ledger(tmp_path) as ledger:
         report = ledger.report_json()
+    assert load_report(tmp_path).to_json() == report
     json.dumps(report, allow_nan=False)  # strictly valid JSON
     assert report["schema"] == REPORT_SCHEMA
     assert report["budget"] == {"epsilon": 4.0, "delta": 1e-5, "allow_non_dp_releases": False}
