@@ -273,6 +273,8 @@ class SqliteLedgerStore:
             pending = decide(existing)
             sequence = len(existing) + 1
             charged_at = self._now()
+            if not isinstance(charged_at, str):
+                raise ConfigError("the ledger clock must return an ISO timestamp string")
             row = (
                 sequence,
                 pending.round_index,
