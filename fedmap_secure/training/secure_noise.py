@@ -16,9 +16,10 @@ Construction
   state to copy. Only when the user explicitly asks for a reproducible run
   (``CsprngStream.seeded``) do the bits come from a ChaCha20 keystream keyed by
   SHA-256(domain label, stream label, seed); that stream checks the process id
-  on every read and, in a forked child, re-keys itself from its key and its
-  fork lineage (see ``_lineage``), so parallel simulated sites never share a
-  stream even when the parent created the source before forking.
+  on every read and, in a forked child, re-keys itself from its key and the
+  number of forks since its creation (see ``_count_fork``), so parallel
+  simulated sites never share a stream even when the parent created the
+  source before forking.
 * Uniforms: 53 random bits per float64, ``u = k / 2**53`` in ``[0, 1)``.
 * Normals: Box-Muller in float64, ``z = sqrt(-2 ln(1 - u1)) * cos(2 pi u2)``
   (and ``sin`` for the pair's second value).
@@ -47,6 +48,7 @@ import enum
 import hashlib
 import os
 import struct
+import weakref
 from typing import Protocol
 
 import numpy as np
@@ -74,27 +76,21 @@ class NormalSource(Protocol):
     def standard_normal(self, n: int) -> npt.NDArray[np.float64]: ...
 
 
-# --- fork lineage -----------------------------------------------------------
-# ``_lineage`` names this process among the forks of the process that created
-# a seeded stream: the child of the k-th fork of a process appends k. The
-# parent counts its forks in ``_forks_done``; os.register_at_fork keeps both
-# right without any call from user code.
-_lineage: tuple[int, ...] = ()
-_forks_done = 0
+# --- fork accounting ----------------------------------------------------------
+# Every live seeded stream counts the forks of its process since it was
+# created (os.register_at_fork runs ``_count_fork`` in the parent just before
+# each fork). A child sees the count *including* its own fork, so the k-th
+# child of a stream re-keys with k: distinct from its parent and its siblings,
+# and the same in every run that forks in the same order.
+_seeded_streams: weakref.WeakSet[CsprngStream] = weakref.WeakSet()
 
 
-def _after_fork_in_parent() -> None:
-    global _forks_done
-    _forks_done += 1
+def _count_fork() -> None:
+    for stream in list(_seeded_streams):
+        stream._forks += 1
 
 
-def _after_fork_in_child() -> None:
-    global _lineage, _forks_done
-    _lineage = (*_lineage, _forks_done)
-    _forks_done = 0
-
-
-os.register_at_fork(after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_count_fork)
 
 
 def _derive_key(*parts: bytes) -> bytes:
@@ -120,8 +116,10 @@ class CsprngStream:
         self.kind = kind
         self._key = key
         self._pid = os.getpid()
-        self._lineage = _lineage
+        self._forks = 0
         self._encryptor = self._new_encryptor(key) if key is not None else None
+        if key is not None:
+            _seeded_streams.add(self)
 
     @classmethod
     def os(cls) -> CsprngStream:
@@ -150,13 +148,10 @@ class CsprngStream:
         if os.getpid() == self._pid:
             return
         assert self._key is not None
-        # Lineage only grows (by appending, in children), so ours is a prefix.
-        suffix = _lineage[len(self._lineage) :]
-        encoded = b"".join(struct.pack(">Q", i) for i in suffix)
-        self._key = _derive_key(b"fork-child", self._key, encoded)
+        self._key = _derive_key(b"fork-child", self._key, struct.pack(">Q", self._forks))
         self._encryptor = self._new_encryptor(self._key)
         self._pid = os.getpid()
-        self._lineage = _lineage
+        self._forks = 0
 
     def random_bytes(self, n: int) -> bytes:
         if n < 0:
