@@ -187,16 +187,19 @@ class _DpLoop:
         per_epoch = steps_per_epoch(self.plan.sample_rate)
         last_epoch_start = self.plan.steps - min(per_epoch, self.plan.steps)
         loss_sum, seen, empty = 0.0, 0, 0
-        for step in range(self.plan.steps):
-            index = self.randomness.poisson_indices(self.n_train, self.plan.sample_rate)
-            batch_loss = self.privatised_data_gradient(x[index], y[index])
-            if prior is not None:
-                add_prior_gradient(self.gsm, self.params, prior)
-            self.inner.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            empty += int(len(index) == 0)
-            if step >= last_epoch_start:
-                loss_sum, seen = loss_sum + batch_loss, seen + len(index)
+        with warnings.catch_warnings():
+            # Opacus' full backward hooks warn when the inputs need no gradient (ours never do).
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for step in range(self.plan.steps):
+                index = self.randomness.poisson_indices(self.n_train, self.plan.sample_rate)
+                batch_loss = self.privatised_data_gradient(x[index], y[index])
+                if prior is not None:
+                    add_prior_gradient(self.gsm, self.params, prior)
+                self.inner.step()
+                empty += int(len(index) == 0)
+                if step >= last_epoch_start:
+                    loss_sum, seen = loss_sum + batch_loss, seen + len(index)
+        self.optimizer.zero_grad(set_to_none=True)
         return (loss_sum / seen if seen else float("nan")), empty
 
     def privatised_data_gradient(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
@@ -206,13 +209,10 @@ class _DpLoop:
             self.optimizer.noisy_step_without_data()
             return 0.0
         per_sample = torch.nn.functional.cross_entropy(self.gsm(xb), yb, reduction="none")
-        with warnings.catch_warnings():
-            # Opacus' full backward hooks warn when the inputs need no gradient (ours never do).
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            if self.config.grad_sample_mode is GradSampleMode.GHOST:
-                DPTensorFastGradientClipping(self.gsm, self.optimizer, per_sample, "sum").backward()
-            else:
-                torch.autograd.backward(per_sample.sum())
+        if self.config.grad_sample_mode is GradSampleMode.GHOST:
+            DPTensorFastGradientClipping(self.gsm, self.optimizer, per_sample, "sum").backward()
+        else:
+            torch.autograd.backward(per_sample.sum())
         if not self.optimizer.pre_step():
             raise RuntimeError("Opacus skipped a DP step; the accounting would be wrong")
         return float(per_sample.detach().sum())

@@ -182,6 +182,7 @@ def _manual_clipped_sum(x: torch.Tensor, y: torch.Tensor, bound: float) -> torch
     return total
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 @pytest.mark.parametrize("mode", list(GradSampleMode))
 def test_per_sample_clipping_bounds_the_data_term(mode: GradSampleMode) -> None:
     x, y = make_data(n=6, scale=50.0)
