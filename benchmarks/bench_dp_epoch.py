@@ -8,7 +8,8 @@ every Opacus grad-sample mode and batch size it times one epoch of
 machinery, and with the secure CSPRNG noise used in deployments) against one
 epoch of plain minibatch Adam with gradient-norm clipping (the FedMAP
 reference trainer). Each repeat times private and non-private back to back,
-so machine load affects both; the table reports medians and their ratio.
+so machine load affects both; the table reports the minimum over repeats
+(least disturbed by other processes on a shared machine) and their ratio.
 A second table times the noise samplers alone (secure vs ``torch.normal``).
 
 Run (single thread, ~2-4 minutes):
@@ -101,7 +102,7 @@ def measure(dataset: str, kind: str, batch: int, mode: GradSampleMode, repeats: 
         for secure, key in ((False, "torch"), (True, "secure")):
             trainer = trainers[secure]
             times[key].append(time_ms(partial(trainer.train, model, x_np, y_np, None, gen)))
-    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    med = {k: min(v[1:]) for k, v in times.items()}  # min: least disturbed by other load
     return Row(dataset, kind, batch, mode.value, med["plain"], med["torch"], med["secure"])
 
 

@@ -218,6 +218,28 @@ def test_noise_added_to_clipped_sum_has_the_accounted_std(randomness: object) ->
     assert abs(float(noise.std()) / (sigma * bound) - 1.0) < 0.02
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_noise_in_a_real_dp_step_has_the_accounted_std() -> None:
+    """Through pre_step on real data: (noisy - noiseless) * q n ~ N(0, (sigma C)^2)."""
+    from fedmap_secure.training.dp_training import _DpLoop, _grad_sample_module
+
+    sigma, bound = 0.8, 0.5
+    x, y = make_data(n=8, d=200)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    model = torch.nn.Sequential(torch.nn.Linear(200, 50), torch.nn.Linear(50, 2))
+    grads = {}
+    for noise in (0.0, sigma):
+        cfg = config(noise_multiplier=noise, max_grad_norm=bound, sample_rate=1.0, steps=1)
+        plan = DpSgdMapTrainer(cfg).planned_mechanism(len(x))
+        with _grad_sample_module(model, cfg) as gsm:
+            loop = _DpLoop(model, gsm, cfg, plan, CsprngRandomness(), len(x))
+            loop.privatised_data_gradient(xt, yt)
+            grads[noise] = grads_of(loop.params) * len(x)
+    noise_seen = (grads[sigma] - grads[0.0]).double()  # 10_152 coordinates
+    assert abs(float(noise_seen.std()) / (sigma * bound) - 1.0) < 0.05
+    assert float(grads[0.0].norm()) <= len(x) * bound * (1 + 1e-5)
+
+
 # --- the mechanism reported and planned ---------------------------------------------
 
 
