@@ -380,3 +380,28 @@ def test_non_scalar_prior_refused() -> None:
     model = make_model()
     with pytest.raises(ConfigError, match="scalar"):
         DpSgdMapTrainer(config()).train(model, x, y, lambda: torch.ones(2), GEN)
+
+
+class BareMatmul(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(5, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w
+
+
+def test_expanded_weights_mode_refuses_unsupported_layers_up_front() -> None:
+    x, y = make_data()
+    with pytest.raises(ConfigError, match="HOOKS"):
+        DpSgdMapTrainer(config(grad_sample_mode=GradSampleMode.EW)).train(
+            BareMatmul(), x, y, None, GEN
+        )
+    result = DpSgdMapTrainer(config(grad_sample_mode=GradSampleMode.HOOKS)).train(
+        BareMatmul(), x, y, None, GEN
+    )
+    assert result.steps == 4
+
+
+def test_default_grad_sample_mode_is_the_benchmarked_fastest() -> None:
+    assert config().grad_sample_mode is GradSampleMode.EW
