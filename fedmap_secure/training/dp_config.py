@@ -17,10 +17,11 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.training.dp_randomness import NoiseSourceKind
-from fedmap_secure.training.interface import LocalTrainingResult
+from fedmap_secure.training.interface import LocalTrainingConfig, LocalTrainingResult
 
 
 class GradSampleMode(enum.Enum):
@@ -99,6 +100,29 @@ class DpSgdConfig:
             raise ConfigError("weight_decay must be finite and >= 0")
         if self.reproducible_seed is not None and not 0 <= self.reproducible_seed < 2**64:
             raise ConfigError("reproducible_seed must be in [0, 2**64)")
+
+    @classmethod
+    def from_local_config(
+        cls,
+        local: LocalTrainingConfig,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        **overrides: Any,
+    ) -> DpSgdConfig:
+        """The DP counterpart of a non-private config: same epochs, batch size, Adam lr/wd.
+
+        ``local``'s early-stopping fields (patience, validation_fraction) and
+        its whole-gradient clip have no DP counterpart and are ignored.
+        """
+        fields: dict[str, Any] = {
+            "expected_batch_size": local.batch_size,
+            "epochs": local.epochs,
+            "learning_rate": local.learning_rate,
+            "weight_decay": local.weight_decay,
+        }
+        fields.update(overrides)
+        return cls(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, **fields)
 
     def sample_rate_for(self, n_train: int) -> float:
         """The Poisson sampling rate q for a site with ``n_train`` records."""

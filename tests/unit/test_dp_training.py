@@ -24,7 +24,7 @@ from fedmap_secure.training.dp_randomness import (
     TorchRandomness,
 )
 from fedmap_secure.training.dp_training import DpSgdMapTrainer, make_dp_optimizer
-from fedmap_secure.training.interface import LocalTrainer, PriorFn
+from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig, PriorFn
 
 Data = tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]
 
@@ -405,3 +405,11 @@ def test_expanded_weights_mode_refuses_unsupported_layers_up_front() -> None:
 
 def test_default_grad_sample_mode_is_the_benchmarked_fastest() -> None:
     assert config().grad_sample_mode is GradSampleMode.EW
+
+
+def test_config_from_the_non_private_config() -> None:
+    local = LocalTrainingConfig(epochs=3, batch_size=16, learning_rate=0.01, weight_decay=0.0)
+    cfg = DpSgdConfig.from_local_config(local, noise_multiplier=1.1, max_grad_norm=0.5, steps=7)
+    assert (cfg.expected_batch_size, cfg.epochs, cfg.steps) == (16, 3, 7)
+    assert (cfg.learning_rate, cfg.weight_decay) == (0.01, 0.0)
+    assert (cfg.noise_multiplier, cfg.max_grad_norm, cfg.sample_rate) == (1.1, 0.5, None)
