@@ -380,6 +380,10 @@ def test_non_scalar_prior_refused() -> None:
     model = make_model()
     with pytest.raises(ConfigError, match="scalar"):
         DpSgdMapTrainer(config()).train(model, x, y, lambda: torch.ones(2), GEN)
+    for p in model.parameters():  # a failed call still leaves the model clean
+        assert p.grad is None
+        assert not hasattr(p, "grad_sample")
+        assert not hasattr(p, "summed_grad")
 
 
 class BareMatmul(torch.nn.Module):
