@@ -36,7 +36,6 @@ from fedmap_secure.data.heart import load_heart
 from fedmap_secure.experiments.audit import (
     AuditConfig,
     AuditReport,
-    CanaryKind,
     claimed_epsilon,
     run_audit,
 )
@@ -85,7 +84,6 @@ def cases(sample_rate: float, steps: int) -> list[Case]:
 
 @dataclass(frozen=True)
 class Setup:
-    kind: CanaryKind
     canaries: int
     seeds: int
 
@@ -111,9 +109,7 @@ def one_audit(
         x=x,
         y=y,
         claimed_epsilon=claim,
-        config=AuditConfig(
-            n_canaries=setup.canaries, canary_kind=setup.kind, delta=DELTA, seed=seed
-        ),
+        config=AuditConfig(n_canaries=setup.canaries, delta=DELTA, seed=seed),
     )
     thresholds = [float(t) for t in np.quantile(report.scores, (0.5, 0.75, 0.9))]
     heuristic = threshold_audit(report.scores, report.included, thresholds=thresholds, delta=DELTA)
@@ -141,7 +137,7 @@ def run(setup: Setup) -> list[Row]:
 
 def print_table(rows: list[Row], setup: Setup) -> None:
     print(
-        f"canaries: {setup.canaries} {setup.kind.value}; delta {DELTA:g}; 95% confidence; "
+        f"canaries: {setup.canaries} Dirac; delta {DELTA:g}; 95% confidence; "
         f"{setup.seeds} seed(s); base: heart/cleveland (199 x 13)"
     )
     header = (
@@ -167,12 +163,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--canaries", type=int, default=1000)
-    parser.add_argument(
-        "--canary", choices=[k.value for k in CanaryKind], default=CanaryKind.DIRAC.value
-    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    setup = Setup(CanaryKind(args.canary), args.canaries, args.seeds)
+    setup = Setup(args.canaries, args.seeds)
     print_table(run(setup), setup)
 
 

@@ -15,9 +15,9 @@ Training Run", NeurIPS 2023). m canaries; canary i is included independently
 with probability 1/2 (``S_i in {-1, +1}`` uniform). After training, the
 auditor sees only the output and makes guesses ``T_i in {-1, 0, +1}`` (here:
 "in" for the k+ highest scores, "out" for the k- lowest, abstain otherwise),
-r = k+ + k- guesses, W = number of correct guesses. Their main theorem: if the
-training algorithm is (eps, delta)-DP with respect to adding or removing one
-canary, then for every v,
+r = k+ + k- guesses, W = number of correct guesses. Their Corollary 5.4 (the
+p-value computed in their Appendix D): if the training algorithm is
+(eps, delta)-DP with respect to adding or removing one canary, then for all v,
 
     P[W >= v] <= T(v) + 2 m delta * max_{1 <= i <= v} (T(v - i) - T(v)) / i,
 
@@ -193,8 +193,8 @@ def one_run_p_value(
 
     ``T(v) + 2 m delta max_{1<=i<=v} (T(v-i) - T(v)) / i`` with
     ``T(u) = P[Binomial(guesses, e^eps / (1 + e^eps)) >= u]``, m = ``canaries``
-    (Steinke, Nasr and Jagielski 2023, main theorem; delta = 0 is the pure-DP
-    binomial dominance). Clipped to 1.
+    (Steinke, Nasr and Jagielski 2023, Corollary 5.4; delta = 0 is the pure-DP
+    binomial dominance of their main theorem). Clipped to 1.
     """
     _check_counts(canaries=canaries, guesses=guesses, correct=correct)
     _check_delta(delta)
@@ -322,8 +322,8 @@ def one_run_audit_best(
     """
     if not candidates:
         raise ConfigError("give at least one (k_plus, k_minus) candidate")
-    per_test = 1.0 - (1.0 - confidence) / len(candidates)
     _check_confidence(confidence)
+    per_test = 1.0 - (1.0 - confidence) / len(candidates)
     results = [
         one_run_audit(scores, included, k_plus=kp, k_minus=km, delta=delta, confidence=per_test)
         for kp, km in candidates

@@ -20,12 +20,13 @@ from fedmap_secure.errors import ConfigError, DataError
 from fedmap_secure.experiments.audit import (
     AuditConfig,
     AuditReport,
-    CanaryKind,
     canary_scores,
     claimed_epsilon,
+    make_canaries,
     run_audit,
 )
 from fedmap_secure.privacy.accountants import calibrate_noise_multiplier
+from fedmap_secure.privacy.audit import AuditMethod
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.training.dp_config import DpSgdConfig, InnerOptimizer
 from fedmap_secure.training.dp_training import DpSgdMapTrainer
@@ -140,7 +141,7 @@ def test_audit_config_refusals() -> None:
     with pytest.raises(ConfigError, match="fractions"):
         AuditConfig(guess_fractions=(0.0,))
     with pytest.raises(ConfigError, match="canary_scale"):
-        AuditConfig(canary_scale=float("inf"), canary_kind=CanaryKind.OUT_OF_DISTRIBUTION)
+        AuditConfig(canary_scale=float("inf"))
 
 
 def test_run_audit_refuses_bad_base_data(base: tuple[np.ndarray, np.ndarray]) -> None:
@@ -154,3 +155,28 @@ def test_run_audit_refuses_bad_base_data(base: tuple[np.ndarray, np.ndarray]) ->
     bad[0, 0] = np.nan
     with pytest.raises(DataError, match="NaN"):
         run_audit(never, x=bad, y=y, claimed_epsilon=1.0, config=AuditConfig())
+
+
+def test_dirac_canaries_own_one_coordinate_each() -> None:
+    c = make_canaries(4, 3, 2, 7.5, np.random.default_rng(0))
+    assert c.x.shape == (4, 7)
+    assert np.all(c.x[:, :3] == 0.0)
+    assert np.array_equal(c.x[:, 3:], 7.5 * np.eye(4, dtype=np.float32))
+    assert set(c.y.tolist()) <= {0, 1}
+
+
+def test_seeded_audit_is_reproducible_and_threshold_method_runs(
+    base: tuple[np.ndarray, np.ndarray],
+) -> None:
+    first = _audit(base, actual_noise=2.0, told_noise=2.0, seed=3)
+    again = _audit(base, actual_noise=2.0, told_noise=2.0, seed=3)
+    assert np.array_equal(first.included, again.included)
+    assert np.array_equal(first.scores, again.scores)
+    assert first.result == again.result
+    dp = DpSgdConfig(noise_multiplier=0.0, max_grad_norm=1.0, sample_rate=1.0, steps=STEPS)
+    config = AuditConfig(n_canaries=400, method=AuditMethod.THRESHOLD, seed=5)
+    report = run_audit(
+        lambda: DpSgdMapTrainer(dp), x=base[0], y=base[1], claimed_epsilon=1.0, config=config
+    )
+    assert report.result.method is AuditMethod.THRESHOLD
+    assert report.refuted
