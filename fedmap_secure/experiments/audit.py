@@ -87,7 +87,8 @@ class AuditConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.n_canaries, bool) or self.n_canaries < 2:
+        m = self.n_canaries
+        if isinstance(m, bool) or not isinstance(m, int) or m < 2:
             raise ConfigError("AuditConfig.n_canaries must be an int >= 2")
         if not (math.isfinite(self.canary_scale) and self.canary_scale > 0):
             raise ConfigError("AuditConfig.canary_scale must be finite and > 0")
