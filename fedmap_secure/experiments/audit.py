@@ -127,6 +127,7 @@ class AuditReport:
             "canaries": r.canaries,
             "included": self.n_included,
             "base_records": self.n_base,
+            "training_steps": self.training.steps,
             "guesses": r.guesses,
             "correct": r.correct,
             "confidence": r.confidence,
