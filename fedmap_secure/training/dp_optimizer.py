@@ -22,16 +22,26 @@ from fedmap_secure.training.dp_randomness import DpRandomness
 
 
 def _add_injected_noise(optimizer: DPOptimizer, randomness: DpRandomness) -> None:
-    """``p.grad = p.summed_grad + N(0, (sigma C)^2)`` for every parameter."""
+    """``p.grad = p.summed_grad + N(0, (sigma C)^2)`` for every parameter.
+
+    One draw covers all parameters (then split), so the per-call cost of the
+    CSPRNG is paid once per step, not once per tensor.
+    """
     std = optimizer.noise_multiplier * optimizer.max_grad_norm
-    for p in optimizer.params:
-        if getattr(p.summed_grad, "_processed", False):
+    sums = [p.summed_grad for p in optimizer.params]
+    for s in sums:
+        if getattr(s, "_processed", False):
             raise PrivacyError(
                 "a clipped gradient sum would be noised twice; zero_grad was skipped"
             )
-        noise = randomness.gaussian_like(p.summed_grad, std)
-        p.grad = (p.summed_grad + noise).view_as(p)
-        p.summed_grad._processed = True
+    flat = torch.empty(sum(s.numel() for s in sums), dtype=sums[0].dtype)
+    noise = randomness.gaussian_like(flat, std)
+    offset = 0
+    for p, s in zip(optimizer.params, sums, strict=True):
+        part = noise[offset : offset + s.numel()].view_as(s).to(device=s.device, dtype=s.dtype)
+        p.grad = (s + part).view_as(p)
+        s._processed = True
+        offset += s.numel()
 
 
 def _noisy_step_without_data(optimizer: DPOptimizer, randomness: DpRandomness) -> None:

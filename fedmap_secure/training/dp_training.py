@@ -294,6 +294,8 @@ def _grad_sample_module(
         kwargs["force_functorch"] = True
     if mode is GradSampleMode.GHOST:
         kwargs.update(max_grad_norm=config.max_grad_norm, use_ghost_clipping=True)
+    if mode is GradSampleMode.EW:
+        _check_expanded_weights_support(model)
     try:
         gsm: AbstractGradSampleModule = get_gsm_class(mode.value)(model, **kwargs)
     except NotImplementedError as exc:
@@ -307,6 +309,31 @@ def _grad_sample_module(
             for attr in _LEFTOVER_PARAM_ATTRS:
                 if hasattr(p, attr):
                     delattr(p, attr)
+
+
+_EW_SUPPORTED = (
+    torch.nn.Linear,
+    torch.nn.Conv1d,
+    torch.nn.Conv2d,
+    torch.nn.Conv3d,
+    torch.nn.Embedding,
+    torch.nn.LayerNorm,
+    torch.nn.GroupNorm,
+    torch.nn.InstanceNorm1d,
+    torch.nn.InstanceNorm2d,
+    torch.nn.InstanceNorm3d,
+)
+
+
+def _check_expanded_weights_support(model: torch.nn.Module) -> None:
+    """torch's ExpandedWeights handles only these layers; refuse others up front."""
+    for name, module in model.named_modules():
+        owns_params = any(p.requires_grad for p in module.parameters(recurse=False))
+        if owns_params and not isinstance(module, _EW_SUPPORTED):
+            raise ConfigError(
+                f"grad_sample_mode 'ew' cannot handle layer {name or '<root>'} "
+                f"({type(module).__name__}); use GradSampleMode.HOOKS"
+            )
 
 
 def _incompatibilities(model: torch.nn.Module) -> list[str]:

@@ -120,12 +120,13 @@ def _draw_in_child(stream: CsprngStream, n: int) -> bytes:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.parametrize("make", [CsprngStream.os, lambda: CsprngStream.seeded(3, label="s")])
-def test_forked_children_never_share_the_parents_stream(make: object) -> None:
+@pytest.mark.parametrize("size", [64, 4096])  # direct os.urandom and the ChaCha20 expansion
+def test_forked_children_never_share_the_parents_stream(make: object, size: int) -> None:
     stream = make()  # type: ignore[operator]
-    first_child = _draw_in_child(stream, 64)
-    second_child = _draw_in_child(stream, 64)
-    parent = stream.random_bytes(64)
-    assert len(first_child) == len(second_child) == 64
+    first_child = _draw_in_child(stream, size)
+    second_child = _draw_in_child(stream, size)
+    parent = stream.random_bytes(size)
+    assert len(first_child) == len(second_child) == size
     assert len({first_child, second_child, parent}) == 3
 
 

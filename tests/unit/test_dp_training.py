@@ -218,6 +218,28 @@ def test_noise_added_to_clipped_sum_has_the_accounted_std(randomness: object) ->
     assert abs(float(noise.std()) / (sigma * bound) - 1.0) < 0.02
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_noise_in_a_real_dp_step_has_the_accounted_std() -> None:
+    """Through pre_step on real data: (noisy - noiseless) * q n ~ N(0, (sigma C)^2)."""
+    from fedmap_secure.training.dp_training import _DpLoop, _grad_sample_module
+
+    sigma, bound = 0.8, 0.5
+    x, y = make_data(n=8, d=200)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    model = torch.nn.Sequential(torch.nn.Linear(200, 50), torch.nn.Linear(50, 2))
+    grads = {}
+    for noise in (0.0, sigma):
+        cfg = config(noise_multiplier=noise, max_grad_norm=bound, sample_rate=1.0, steps=1)
+        plan = DpSgdMapTrainer(cfg).planned_mechanism(len(x))
+        with _grad_sample_module(model, cfg) as gsm:
+            loop = _DpLoop(model, gsm, cfg, plan, CsprngRandomness(), len(x))
+            loop.privatised_data_gradient(xt, yt)
+            grads[noise] = grads_of(loop.params) * len(x)
+    noise_seen = (grads[sigma] - grads[0.0]).double()  # 10_152 coordinates
+    assert abs(float(noise_seen.std()) / (sigma * bound) - 1.0) < 0.05
+    assert float(grads[0.0].norm()) <= len(x) * bound * (1 + 1e-5)
+
+
 # --- the mechanism reported and planned ---------------------------------------------
 
 
@@ -358,3 +380,28 @@ def test_non_scalar_prior_refused() -> None:
     model = make_model()
     with pytest.raises(ConfigError, match="scalar"):
         DpSgdMapTrainer(config()).train(model, x, y, lambda: torch.ones(2), GEN)
+
+
+class BareMatmul(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(5, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w
+
+
+def test_expanded_weights_mode_refuses_unsupported_layers_up_front() -> None:
+    x, y = make_data()
+    with pytest.raises(ConfigError, match="HOOKS"):
+        DpSgdMapTrainer(config(grad_sample_mode=GradSampleMode.EW)).train(
+            BareMatmul(), x, y, None, GEN
+        )
+    result = DpSgdMapTrainer(config(grad_sample_mode=GradSampleMode.HOOKS)).train(
+        BareMatmul(), x, y, None, GEN
+    )
+    assert result.steps == 4
+
+
+def test_default_grad_sample_mode_is_the_benchmarked_fastest() -> None:
+    assert config().grad_sample_mode is GradSampleMode.EW
