@@ -72,6 +72,10 @@ TIGHTNESS_ORDER: tuple[AccountantName, ...] = (
 MAX_NOISE_MULTIPLIER = 1e4
 """Calibration gives up (budget too small for the plan) above this noise multiplier."""
 
+MIN_NOISE_MULTIPLIER = 0.5
+"""Calibration never returns less: when 0.5 already fits, it returns 0.5. More noise than
+needed is always safe, and PLD accounting time grows quickly as sigma -> 0 (~40 s at 0.03)."""
+
 
 def create_accountant(name: AccountantName | str) -> Accountant:
     """A fresh accountant with default settings, by registry name."""
@@ -115,8 +119,9 @@ def calibrate_noise_multiplier(
     site has already spent, plus its other planned releases, e.g. one
     contribution-score Gaussian per round) stays within ``budget.epsilon`` at
     ``budget.delta``. Epsilon is decreasing in sigma, so bisection on
-    [0, hi] with hi the first feasible power of two is exact up to the
-    tolerance; the returned value is always on the feasible side.
+    [0.5, hi] with hi the first feasible power of two is exact up to the
+    tolerance; the returned value is always on the feasible side, and never
+    below ``MIN_NOISE_MULTIPLIER`` (0.5).
     Raises ``BudgetExceededError`` when no sigma <= 1e4 fits.
     """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
@@ -148,7 +153,9 @@ def calibrate_noise_multiplier(
                 f"no noise multiplier <= {MAX_NOISE_MULTIPLIER:g} fits epsilon "
                 f"{budget.epsilon:g} for {rounds} rounds x {steps_per_round} steps"
             )
-    low = 0.0
+    if fits(MIN_NOISE_MULTIPLIER):
+        return MIN_NOISE_MULTIPLIER
+    low = MIN_NOISE_MULTIPLIER
     while high - low > relative_tolerance * high:
         mid = (low + high) / 2.0
         if fits(mid):

@@ -14,11 +14,20 @@ tagged types (``events.py``), settings are one JSON row, and a
 corrupt row, a gap in the charge sequence (a deleted charge) or an unknown
 schema raises ``LedgerIntegrityError``.
 
+Each charge row also stores a SHA-256 hash chain link,
+``H(label || JSON([previous link, row fields]))``, rooted in the settings row.
+It detects accidental or careless edits that would still parse (a bit flip
+turning 2250 steps into 2050, a changed budget, a deleted or reordered row),
+which would otherwise under-count silently. It is not a defence against an
+operator who rewrites the file on purpose: anyone with write access can
+recompute the chain (that would need signatures or external anchoring).
+
 One file per site: ``<site state dir>/privacy_ledger.sqlite3``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -40,6 +49,7 @@ from fedmap_secure.privacy.ledger import (
     events_from_json_text,
     events_to_json_text,
 )
+from fedmap_secure.privacy.report import LedgerReport, build_report
 
 LEDGER_FILENAME = "privacy_ledger.sqlite3"
 SCHEMA_VERSION = 1
@@ -56,8 +66,16 @@ _SCHEMA = (
     " events_json TEXT NOT NULL,"
     " note TEXT NOT NULL,"
     " epsilon_after REAL NOT NULL,"
-    " charged_at TEXT NOT NULL)",
+    " charged_at TEXT NOT NULL,"
+    " row_hash TEXT NOT NULL)",
 )
+_HASH_LABEL = b"fedmap-secure/privacy-ledger/v1\x00"
+
+
+def _chain_hash(previous: str, row: Sequence[Any]) -> str:
+    """SHA-256 link of the hash chain: H(label || JSON([previous, *row]))."""
+    material = json.dumps([previous, *row], separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(_HASH_LABEL + material.encode("utf-8")).hexdigest()
 
 
 def iso_utc_now() -> str:
@@ -132,9 +150,10 @@ class SqliteLedgerStore:
             ) from exc
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction; ``write`` takes the write lock up front (BEGIN IMMEDIATE)."""
         with self._errors():
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
             try:
                 yield self._conn
             except BaseException:
@@ -186,15 +205,20 @@ class SqliteLedgerStore:
         return settings
 
     def load(self) -> list[StoredCharge]:
-        with self._transaction() as conn:
+        with self._transaction(write=False) as conn:
             return self._load(conn)
 
+    def _genesis(self, conn: sqlite3.Connection) -> str:
+        row = conn.execute("SELECT settings_json FROM ledger_settings").fetchone()
+        return _chain_hash("", ["settings", "" if row is None else str(row[0])])
+
     def _load(self, conn: sqlite3.Connection) -> list[StoredCharge]:
+        """All charges, each row validated, the sequence gap-free and the hash chain intact."""
         rows = conn.execute(
-            "SELECT sequence, round_index, events_json, note, epsilon_after, charged_at"
+            "SELECT sequence, round_index, events_json, note, epsilon_after, charged_at, row_hash"
             " FROM charges ORDER BY sequence"
         ).fetchall()
-        charges = [self._parse_row(row) for row in rows]
+        charges = [self._parse_row(row[:6]) for row in rows]
         high = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'charges'").fetchone()
         expected = list(range(1, (high[0] if high else 0) + 1))
         if [c.sequence for c in charges] != expected:
@@ -202,7 +226,19 @@ class SqliteLedgerStore:
                 f"{self._path}: charge sequence has gaps (a charge was deleted); "
                 "the ledger can no longer prove what was spent"
             )
+        link = self._genesis(conn)
+        for row in rows:
+            link = _chain_hash(link, row[:6])
+            if row[6] != link:
+                raise LedgerIntegrityError(
+                    f"{self._path}: charge #{row[0]} does not match the ledger's hash chain "
+                    "(the row or an earlier one, or the settings, were modified)"
+                )
         return charges
+
+    def _last_link(self, conn: sqlite3.Connection) -> str:
+        row = conn.execute("SELECT row_hash FROM charges ORDER BY sequence DESC LIMIT 1").fetchone()
+        return self._genesis(conn) if row is None else str(row[0])
 
     def _parse_row(self, row: Sequence[Any]) -> StoredCharge:
         sequence, round_index, events_json, note, epsilon_after, charged_at = row
@@ -233,22 +269,25 @@ class SqliteLedgerStore:
         self, decide: Callable[[Sequence[StoredCharge]], PendingCharge]
     ) -> StoredCharge:
         with self._transaction() as conn:
-            pending = decide(self._load(conn))
+            existing = self._load(conn)
+            pending = decide(existing)
+            sequence = len(existing) + 1
             charged_at = self._now()
-            cursor = conn.execute(
-                "INSERT INTO charges (round_index, events_json, note, epsilon_after, charged_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    pending.round_index,
-                    events_to_json_text(pending.events),
-                    pending.note,
-                    pending.epsilon_after,
-                    charged_at,
-                ),
+            if not isinstance(charged_at, str):
+                raise ConfigError("the ledger clock must return an ISO timestamp string")
+            row = (
+                sequence,
+                pending.round_index,
+                events_to_json_text(pending.events),
+                pending.note,
+                float(pending.epsilon_after),
+                charged_at,
             )
-            sequence = cursor.lastrowid
-        if sequence is None:
-            raise PrivacyError(f"privacy ledger {self._path}: insert returned no row id")
+            conn.execute(
+                "INSERT INTO charges (sequence, round_index, events_json, note, epsilon_after,"
+                " charged_at, row_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*row, _chain_hash(self._last_link(conn), row)),
+            )
         return StoredCharge(
             sequence=sequence,
             round_index=pending.round_index,
@@ -294,3 +333,12 @@ def open_existing_ledger(
     except BaseException:
         store.close()
         raise
+
+
+def load_report(site_state_dir: Path | str, *, with_cross_check: bool = True) -> LedgerReport:
+    """The report of an existing site ledger, for ``fedmap-secure ledger show``.
+
+    Print ``report.to_table()`` with a rich Console, or ``json.dumps(report.to_json())``.
+    """
+    with open_existing_ledger(site_state_dir, with_cross_check=with_cross_check) as ledger:
+        return build_report(ledger)

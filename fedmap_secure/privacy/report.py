@@ -29,6 +29,16 @@ def _number(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
+def _up(value: float) -> str:
+    """Epsilon for display, rounded *up* to 4 decimals: a claim is never understated."""
+    return f"{math.ceil(value * 1e4) / 1e4:.4f}" if math.isfinite(value) else str(value)
+
+
+def _down(value: float) -> str:
+    """Remaining budget for display, rounded *down* to 4 decimals."""
+    return f"{math.floor(value * 1e4) / 1e4:.4f}" if math.isfinite(value) else str(value)
+
+
 @dataclass(frozen=True, kw_only=True)
 class LedgerReport:
     """Everything ``ledger show`` prints, computed once from the ledger."""
@@ -49,7 +59,7 @@ class LedgerReport:
     @property
     def guarantee(self) -> str:
         base = (
-            f"record-level ({self.epsilon_spent:.4g}, {self.delta:g})-DP under add/remove-one "
+            f"record-level ({_up(self.epsilon_spent)}, {self.delta:g})-DP under add/remove-one "
             "adjacency for the composition of all recorded releases"
         )
         if self.non_dp_releases:
@@ -95,8 +105,8 @@ class LedgerReport:
                 str(entry.sequence),
                 str(entry.round_index),
                 "\n".join(leaf.describe() for leaf in flatten(list(entry.events))),
-                f"{entry.epsilon_cumulative:.4f}",
-                f"{entry.remaining:.4f}",
+                _up(entry.epsilon_cumulative),
+                _down(entry.remaining),
                 entry.note,
                 style="bold red" if entry.non_dp_releases else None,
             )
@@ -104,13 +114,13 @@ class LedgerReport:
 
     def _caption(self) -> str:
         lines = [
-            f"accountant {self.accountant.get('name')}: spent {self.epsilon_spent:.4f}, "
-            f"remaining {self.remaining:.4f}"
+            f"accountant {self.accountant.get('name')}: spent {_up(self.epsilon_spent)}, "
+            f"remaining {_down(self.remaining)}"
         ]
         if self.cross_check is not None:
             lines.append(
                 f"cross-check {self.cross_check['accountant'].get('name')}: "
-                f"{self.cross_check['epsilon']}"
+                f"epsilon {_up(float(self.cross_check['epsilon']))}"
             )
         if self.non_dp_releases:
             lines.append(f"FLAGGED: {len(self.non_dp_releases)} non-DP release(s)")

@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedmap_secure.errors import InvalidMechanismError
+from fedmap_secure.errors import ConfigError, InvalidMechanismError
 from fedmap_secure.privacy.accountant_base import Accountant
 from fedmap_secure.privacy.accountants import (
     AccountantName,
@@ -126,3 +126,33 @@ def test_reopened_ledger_reports_what_was_charged(plan: list[list[Event]], eps: 
             assert [e.epsilon_cumulative for e in history] == [r.epsilon_after for r in receipts]
             assert reopened.spent() == (receipts[-1].epsilon_after if receipts else 0.0)
             assert reopened.spent() <= eps
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5)),
+    st.integers(-3, 3),
+)
+def test_invalid_gaussian_parameters_are_refused(sigma: float, count: int) -> None:
+    valid = math.isfinite(sigma) and sigma > 0 and count >= 1
+    try:
+        GaussianEvent(noise_multiplier=sigma, count=count)
+    except InvalidMechanismError:
+        assert not valid
+    else:
+        assert valid
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_invalid_budgets_are_refused(epsilon: float, delta: float) -> None:
+    valid = math.isfinite(epsilon) and epsilon > 0 and 0 < delta < 1
+    try:
+        Budget(epsilon=epsilon, delta=delta)
+    except ConfigError:
+        assert not valid
+    else:
+        assert valid

@@ -230,8 +230,8 @@ def test_calibrate_noise_multiplier_meets_budget_tightly() -> None:
 
 def test_calibrate_accounts_for_extra_events() -> None:
     budget = Budget(epsilon=2.0, delta=1e-5)
-    rdp = create_accountant(AccountantName.DP_ACCOUNTING_RDP)
-    kwargs = {"sample_rate": 0.05, "steps_per_round": 20, "rounds": 5, "accountant": rdp}
+    pld = DpAccountingPldAccountant()
+    kwargs = {"sample_rate": 0.05, "steps_per_round": 20, "rounds": 5, "accountant": pld}
     alone = calibrate_noise_multiplier(budget, **kwargs)  # type: ignore[arg-type]
     extra = [GaussianEvent(noise_multiplier=10.0, count=5)]
     with_extra = calibrate_noise_multiplier(budget, extra_events=extra, **kwargs)  # type: ignore[arg-type]
@@ -263,3 +263,11 @@ def test_importing_privacy_and_default_accounting_does_not_load_torch() -> None:
         "assert 'torch' not in sys.modules and 'grpc' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_calibrate_never_goes_below_the_floor() -> None:
+    from fedmap_secure.privacy.accountants import MIN_NOISE_MULTIPLIER
+
+    huge = Budget(epsilon=500.0, delta=1e-5)
+    sigma = calibrate_noise_multiplier(huge, sample_rate=0.01, steps_per_round=10, rounds=1)
+    assert sigma == MIN_NOISE_MULTIPLIER

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -262,3 +263,39 @@ def test_concurrent_processes_cannot_both_pass_the_check(tmp_path: Path) -> None
     with open_existing_ledger(tmp_path, with_cross_check=False) as ledger:
         assert len(ledger.history()) == 1
         assert ledger.spent() <= budget_eps
+
+
+def test_valid_looking_edit_breaks_the_hash_chain(tmp_path: Path) -> None:
+    """An edit that still parses (fewer steps: an under-count) is caught by the chain."""
+    with open_site_ledger(tmp_path, budget=BUDGET, accountant=RDP) as ledger:
+        ledger.charge(0, [ROUND], note="a")
+        ledger.charge(1, [OMEGA], note="b")
+    fewer = SubsampledGaussianEvent(noise_multiplier=1.2, sample_rate=0.05, steps=4)
+    conn = sqlite3.connect(ledger_path(tmp_path))
+    conn.execute(
+        "UPDATE charges SET events_json = ? WHERE sequence = 1",
+        (json.dumps([fewer.to_json()], sort_keys=True),),
+    )
+    conn.commit()
+    conn.close()
+    with (
+        open_site_ledger(tmp_path, budget=BUDGET, accountant=RDP) as again,
+        pytest.raises(LedgerIntegrityError, match="charge #1 does not match the ledger's hash"),
+    ):
+        again.spent()
+
+
+def test_edited_settings_break_the_hash_chain(tmp_path: Path) -> None:
+    with open_site_ledger(tmp_path, budget=BUDGET, accountant=RDP) as ledger:
+        ledger.charge(0, [ROUND], note="a")
+    conn = sqlite3.connect(ledger_path(tmp_path))
+    (text,) = conn.execute("SELECT settings_json FROM ledger_settings").fetchone()
+    conn.execute("UPDATE ledger_settings SET settings_json = ?", (text.replace("3.0", "30.0"),))
+    conn.commit()
+    conn.close()
+    bigger = Budget(epsilon=30.0, delta=1e-5)
+    with (
+        open_site_ledger(tmp_path, budget=bigger, accountant=RDP) as again,
+        pytest.raises(LedgerIntegrityError, match="hash chain"),
+    ):
+        again.charge(1, [ROUND], note="would spend a budget nobody set")

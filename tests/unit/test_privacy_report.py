@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from rich.console import Console
@@ -16,7 +17,7 @@ from fedmap_secure.privacy.events import (
     SubsampledGaussianEvent,
 )
 from fedmap_secure.privacy.ledger import MemoryLedgerStore, PrivacyLedger
-from fedmap_secure.privacy.ledger_store import open_existing_ledger, open_site_ledger
+from fedmap_secure.privacy.ledger_store import load_report, open_existing_ledger, open_site_ledger
 from fedmap_secure.privacy.report import REPORT_SCHEMA, build_report
 
 ROUND = SubsampledGaussianEvent(noise_multiplier=1.2, sample_rate=0.05, steps=40)
@@ -37,6 +38,7 @@ def test_json_report_per_round(tmp_path: Path) -> None:
         last = led.charge(1, [ROUND, OMEGA], note="round 1")
     with open_existing_ledger(tmp_path) as ledger:
         report = ledger.report_json()
+    assert load_report(tmp_path).to_json() == report
     json.dumps(report, allow_nan=False)  # strictly valid JSON
     assert report["schema"] == REPORT_SCHEMA
     assert report["budget"] == {"epsilon": 4.0, "delta": 1e-5, "allow_non_dp_releases": False}
@@ -61,8 +63,9 @@ def test_table_shows_mechanisms_epsilon_and_remaining() -> None:
     assert "Poisson-subsampled Gaussian x40 steps" in text
     assert "noise multiplier 1.2, sample rate 0.05" in text
     assert "Gaussian x1 (noise multiplier 20)" in text
-    assert f"{receipt.epsilon_after:.4f}" in text
-    assert f"{4.0 - receipt.epsilon_after:.4f}" in text
+    # displayed epsilon is rounded up, remaining budget rounded down (never flattering)
+    assert f"{math.ceil(receipt.epsilon_after * 1e4) / 1e4:.4f}" in text
+    assert f"{math.floor((4.0 - receipt.epsilon_after) * 1e4) / 1e4:.4f}" in text
     assert "round seven" in text
     assert "delta 1e-05" in text
 
