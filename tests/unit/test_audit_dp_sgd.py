@@ -4,8 +4,8 @@ Setting: 60 base records with 5 features, 1000 Dirac canaries (each included
 with probability 1/2), logistic regression, full-batch Poisson sampling (q = 1),
 2 steps, clipping C = 1, delta = 1e-5, 95% confidence. The claims come from the
 site's default accountant (dp-accounting PLD) for the noise it was *told*.
-Checked locally on seeds 10-19: correct noise gives lower bounds 0.0-0.34
-(claim 1.0) and 0.61-1.30 (claim 2.94); both bugs give 4.68 on every seed.
+Checked locally on seeds 10-19: correct noise gives lower bounds 0.10-0.45
+(claim 1.0) and 0.92-1.23 (claim 2.94); both bugs give 4.68 on every seed.
 """
 
 from __future__ import annotations
