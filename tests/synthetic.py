@@ -7,7 +7,9 @@ import numpy as np
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 
 
-def _site(rng: np.random.Generator, name: str, tier: Tier, n_train: int, n_test: int, shift: float) -> SiteData:
+def _site(
+    rng: np.random.Generator, name: str, tier: Tier, n_train: int, n_test: int, shift: float
+) -> SiteData:
     d = 4
     w = np.array([1.5, -1.0, 0.5, 0.0]) + shift
 

@@ -48,7 +48,11 @@ def parse_config(text: str, *, source: str = "<config>") -> SimulationConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
     hints = typing.get_type_hints(SimulationConfig)
-    nested = {f.name for f in dataclasses.fields(SimulationConfig) if dataclasses.is_dataclass(hints[f.name])}
+    nested = {
+        f.name
+        for f in dataclasses.fields(SimulationConfig)
+        if dataclasses.is_dataclass(hints[f.name])
+    }
     values: dict[str, Any] = {}
     for table, content in doc.items():
         if not isinstance(content, dict):

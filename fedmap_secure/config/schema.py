@@ -148,6 +148,7 @@ class SimulationConfig:
     rounds: int = 20
     seed: int = 0
     finetune_rounds: int = 5
+    evaluate_every: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
     training: LocalTrainingConfig = field(default_factory=LocalTrainingConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
@@ -160,6 +161,10 @@ class SimulationConfig:
         if self.rounds < 1:
             raise ConfigError(f"simulation.rounds must be >= 1, got {self.rounds}")
         if self.finetune_rounds < 1:
-            raise ConfigError(f"simulation.finetune_rounds must be >= 1, got {self.finetune_rounds}")
+            raise ConfigError(
+                f"simulation.finetune_rounds must be >= 1, got {self.finetune_rounds}"
+            )
+        if self.evaluate_every < 0:
+            raise ConfigError(f"simulation.evaluate_every must be >= 0, got {self.evaluate_every}")
         if self.seed < 0:
             raise ConfigError(f"simulation.seed must be >= 0, got {self.seed}")

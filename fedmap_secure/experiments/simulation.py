@@ -9,6 +9,7 @@ site is evaluated. Everything is deterministic given ``config.seed``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -16,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from fedmap_secure.aggregation import Aggregator
 from fedmap_secure.config.loader import config_to_dict
@@ -155,8 +155,15 @@ def build_sites(
 
 
 def _report(
-    site: Site, round_index: int, phase: str, training: LocalTrainingResult | None, clipped: int, with_global: bool
+    site: Site,
+    round_index: int,
+    phase: str,
+    training: LocalTrainingResult | None,
+    clipped: int,
+    *,
+    evaluate: bool,
 ) -> SiteReport:
+    """The site's own record of a round; test metrics only when ``evaluate``."""
     score = site.last_score
     return SiteReport(
         site=site.name,
@@ -167,36 +174,51 @@ def _report(
         omega=score[0] if score else None,
         prior_value=score[1] if score else None,
         clipped_coordinates=clipped,
-        personalised=site.evaluate_personalised() if training is not None else None,
-        global_=site.evaluate_global() if with_global else None,
+        personalised=site.evaluate_personalised() if evaluate and training is not None else None,
+        global_=site.evaluate_global() if evaluate else None,
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Round:
+    strategy: MethodStrategy
+    aggregator: Aggregator
+    prior: ConvexPrior | None
+    evaluate: bool
+    evaluate_global: bool
+    context: bytes
+
+
 def _training_round(
-    strategy: MethodStrategy,
-    state: GlobalState,
-    sites: list[Site],
-    aggregator: Aggregator,
-    prior: ConvexPrior | None,
-    context: bytes,
+    spec: _Round, state: GlobalState, sites: list[Site]
 ) -> tuple[GlobalState, ServerLog | None]:
     """One federated round: local training, contributions, aggregation, server update."""
-    layout = strategy.layout(n_theta=state.gamma.size, n_psi=0 if state.psi is None else state.psi.size)
+    strategy = spec.strategy
+    layout = strategy.layout(
+        n_theta=state.gamma.size, n_psi=0 if state.psi is None else state.psi.size
+    )
     inputs = {}
     for site in sites:
         site.receive(state)
-        if site.data.tier is not Tier.TRAIN:
-            site.record(_report(site, state.round_index, "train", None, 0, strategy.aggregates))
-            continue
-        training = site.train(strategy, start_from_gamma=strategy.resets_to_gamma)
-        clipped = 0
-        if layout is not None:
-            inputs[site.name], clipped = site.contribute(strategy, layout)
-        site.record(_report(site, state.round_index, "train", training, clipped, strategy.aggregates))
+        training, clipped = None, 0
+        if site.data.tier is Tier.TRAIN:
+            training = site.train(strategy, start_from_gamma=strategy.resets_to_gamma)
+            if layout is not None:
+                inputs[site.name], clipped = site.contribute(strategy, layout)
+        report = _report(
+            site, state.round_index, "train", training, clipped, evaluate=spec.evaluate
+        )
+        if not spec.evaluate_global:
+            report = dataclasses.replace(report, global_=None)
+        site.record(report)
     if layout is None:
-        return GlobalState(round_index=state.round_index + 1, gamma=state.gamma, psi=state.psi), None
-    result = aggregator.aggregate(round_index=state.round_index, layout=layout, inputs=inputs, context=context)
-    mask = prior.psi_nonneg_mask() if prior is not None else None
+        return GlobalState(
+            round_index=state.round_index + 1, gamma=state.gamma, psi=state.psi
+        ), None
+    result = spec.aggregator.aggregate(
+        round_index=state.round_index, layout=layout, inputs=inputs, context=spec.context
+    )
+    mask = spec.prior.psi_nonneg_mask() if spec.prior is not None else None
     return strategy.server_update(state, result, mask)
 
 
@@ -207,7 +229,8 @@ def _finetune(strategy: MethodStrategy, state: GlobalState, site: Site, calls: i
         training = site.train(strategy, start_from_gamma=strategy.resets_to_gamma and i == 0)
         if strategy.uses_icnn:
             site.score()
-        site.record(_report(site, state.round_index + i, "finetune", training, 0, strategy.aggregates))
+        report = _report(site, state.round_index + i, "finetune", training, 0, evaluate=False)
+        site.record(report)
 
 
 def run_simulation(
@@ -228,7 +251,16 @@ def run_simulation(
     finetune = [s for s in sites if s.data.tier is Tier.FINETUNE]
     total = config.rounds + (1 if finetune else 0)
     for r in range(config.rounds):
-        state, log = _training_round(strategy, state, sites, aggregator, prior, round_context(config, state))
+        every = config.evaluate_every
+        spec = _Round(
+            strategy=strategy,
+            aggregator=aggregator,
+            prior=prior,
+            evaluate=every > 0 and (r + 1) % every == 0,
+            evaluate_global=strategy.aggregates,
+            context=round_context(config, state),
+        )
+        state, log = _training_round(spec, state, sites)
         if log is not None:
             logs.append(log)
         if progress is not None:

@@ -30,7 +30,9 @@ from fedmap_secure.config.schema import ScoreConfig
 from fedmap_secure.errors import ConfigError
 
 
-def contribution_score(*, nll_per_sample: FloatVector, prior_value: float, config: ScoreConfig) -> float:
+def contribution_score(
+    *, nll_per_sample: FloatVector, prior_value: float, config: ScoreConfig
+) -> float:
     """omega = exp(clamp(-mean(min(nll_n, C)) - prior / N, log omega_min, log omega_max)).
 
     ``nll_per_sample`` are the per-sample negative log-likelihoods of the

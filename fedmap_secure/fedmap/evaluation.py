@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 
@@ -48,11 +47,12 @@ def evaluate(
         return None
     proba = predict_proba(model, x)
     pred = proba.argmax(axis=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # sklearn warns on single-class y_true
-        acc = float(accuracy_score(y, pred))
-        bal = float(balanced_accuracy_score(y, pred))
-    return EvalMetrics(n=int(x.shape[0]), accuracy=acc, balanced_accuracy=bal, roc_auc=_auc(y, proba, n_classes))
+    acc = float(np.mean(pred == y))
+    # Balanced accuracy as sklearn defines it: mean recall over classes present in y.
+    bal = float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
+    return EvalMetrics(
+        n=int(x.shape[0]), accuracy=acc, balanced_accuracy=bal, roc_auc=_auc(y, proba, n_classes)
+    )
 
 
 def _auc(y: npt.NDArray[np.int64], proba: npt.NDArray[np.float64], n_classes: int) -> float | None:

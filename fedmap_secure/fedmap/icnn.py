@@ -25,6 +25,7 @@ convex in theta. Two forms of ``f_i``:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,7 +45,7 @@ class ICNN(nn.Module):
     def __init__(self, in_features: int, hidden: Sequence[int]) -> None:
         super().__init__()
         widths = [in_features, *hidden, 1]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
         self.clamp_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +102,9 @@ class ConvexPrior(nn.Module):
                 self.net_index = tuple(range(len(tensor_sizes)))
         self.nets = nn.ModuleList(nets)
 
-    def learned_part(self, theta: Sequence[torch.Tensor], gamma: Sequence[torch.Tensor]) -> torch.Tensor:
+    def learned_part(
+        self, theta: Sequence[torch.Tensor], gamma: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
         """sum_i f_i(theta_i, gamma_i): the only part that depends on psi."""
         self._check(theta, gamma)
         total = torch.zeros((), dtype=torch.float32)
@@ -126,7 +129,9 @@ class ConvexPrior(nn.Module):
         sizes_t = tuple(int(t.numel()) for t in theta)
         sizes_g = tuple(int(g.numel()) for g in gamma)
         if sizes_t != self.tensor_sizes or sizes_g != self.tensor_sizes:
-            raise ConfigError(f"prior built for tensors {self.tensor_sizes}, got {sizes_t} / {sizes_g}")
+            raise ConfigError(
+                f"prior built for tensors {self.tensor_sizes}, got {sizes_t} / {sizes_g}"
+            )
 
     def clamp_(self) -> None:
         for net in self.nets:
@@ -151,7 +156,9 @@ class ConvexPrior(nn.Module):
             parts.extend(net.nonneg_mask())
         return np.concatenate(parts)
 
-    def psi_gradient(self, theta: Sequence[torch.Tensor], gamma: Sequence[torch.Tensor]) -> FloatVector:
+    def psi_gradient(
+        self, theta: Sequence[torch.Tensor], gamma: Sequence[torch.Tensor]
+    ) -> FloatVector:
         """grad_psi R(theta; gamma) as a flat float64 vector (theta, gamma held fixed)."""
         params = list(self.parameters())
         previous = [p.requires_grad for p in params]

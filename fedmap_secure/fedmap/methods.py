@@ -68,7 +68,9 @@ class TrainedSite(Protocol):
         ...
 
 
-def encode_contribution(layout: VectorLayout, values: Mapping[str, FloatVector]) -> tuple[FloatVector, int]:
+def encode_contribution(
+    layout: VectorLayout, values: Mapping[str, FloatVector]
+) -> tuple[FloatVector, int]:
     """Flatten and clip to each field's declared bound; returns (vector, clipped count).
 
     Sites clip before contributing so that a plain-sum run and a secure run
@@ -155,7 +157,9 @@ class FedAvgStrategy(MethodStrategy):
         self, state: GlobalState, result: AggregateResult, psi_nonneg: npt.NDArray[np.bool_] | None
     ) -> tuple[GlobalState, ServerLog]:
         w = _weight_sum(result, "n")
-        nxt = GlobalState(round_index=state.round_index + 1, gamma=result.sums["n_theta"] / w, psi=state.psi)
+        nxt = GlobalState(
+            round_index=state.round_index + 1, gamma=result.sums["n_theta"] / w, psi=state.psi
+        )
         log = ServerLog(
             round_index=state.round_index,
             contributors=len(result.contributors),

@@ -21,7 +21,9 @@ from fedmap_secure.errors import ConfigError
 def build_model(config: ModelConfig, *, n_features: int, n_classes: int, seed: int) -> nn.Module:
     """A logistic regression ``Linear(d, classes)`` or an MLP, initialised from ``seed``."""
     if n_features < 1 or n_classes < 2:
-        raise ConfigError(f"model needs >= 1 feature and >= 2 classes, got {n_features}, {n_classes}")
+        raise ConfigError(
+            f"model needs >= 1 feature and >= 2 classes, got {n_features}, {n_classes}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if config.kind is ModelKind.LOGISTIC:

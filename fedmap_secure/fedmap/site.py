@@ -99,7 +99,9 @@ class Site:
         if start_from_gamma:
             self.model.load_state_dict(self._gamma_model.state_dict())
         prior_fn = strategy.site_prior(self.model, self._gamma, self._prior)
-        result = self._trainer.train(self.model, self.data.x_train, self.data.y_train, prior_fn, self._generator)
+        result = self._trainer.train(
+            self.model, self.data.x_train, self.data.y_train, prior_fn, self._generator
+        )
         self.trained = True
         self._score = None
         return result
@@ -128,9 +130,13 @@ class Site:
         self.model.eval()
         with torch.no_grad():
             logits = self.model(torch.from_numpy(self.data.x_train))
-            nll = nn.functional.cross_entropy(logits, torch.from_numpy(self.data.y_train), reduction="none")
+            nll = nn.functional.cross_entropy(
+                logits, torch.from_numpy(self.data.y_train), reduction="none"
+            )
         omega = contribution_score(
-            nll_per_sample=nll.to(torch.float64).numpy(), prior_value=prior_value, config=self._score_config
+            nll_per_sample=nll.to(torch.float64).numpy(),
+            prior_value=prior_value,
+            config=self._score_config,
         )
         return omega, prior_value
 
@@ -156,7 +162,9 @@ class Site:
     def evaluate_global(self) -> EvalMetrics | None:
         if self._gamma is None:
             return None
-        return evaluate(self._gamma_model, self.data.x_test, self.data.y_test, n_classes=self._n_classes)
+        return evaluate(
+            self._gamma_model, self.data.x_test, self.data.y_test, n_classes=self._n_classes
+        )
 
     def record(self, report: SiteReport) -> None:
         self.reports.append(report)
@@ -172,5 +180,3 @@ def make_generator(seed: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
-
-

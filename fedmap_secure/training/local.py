@@ -20,8 +20,10 @@ from fedmap_secure.errors import DataError
 from fedmap_secure.training.interface import LocalTrainingConfig, LocalTrainingResult, PriorFn
 
 
-def validation_split(n: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random (train, validation) row indices; no validation part if it would be empty or all rows."""
+def validation_split(
+    n: int, fraction: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (train, validation) row indices; no validation part if it would be empty or all."""
     perm = torch.randperm(n, generator=generator)
     n_val = int(n * fraction)
     if n_val < 1 or n_val >= n:
@@ -56,14 +58,16 @@ class AdamMapTrainer:
             raise DataError("local training needs at least one training row")
         x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
         train_idx, val_idx = validation_split(n, cfg.validation_fraction, generator)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        opt = torch.optim.Adam(
+            model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+        )
         best_val, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
         steps, epochs_run, epoch_loss = 0, 0, float("nan")
         for _ in range(cfg.epochs):
             model.train()
             order = train_idx[torch.randperm(train_idx.numel(), generator=generator)]
             total = 0.0
-            for batch in order.split(cfg.batch_size):
+            for batch in torch.split(order, cfg.batch_size):
                 opt.zero_grad()
                 loss = _objective(model, x[batch], y[batch], prior)
                 loss.backward()  # type: ignore[no-untyped-call]
