@@ -97,8 +97,8 @@ class ServerConfig:
 class ScoreConfig:
     """Contribution score omega = exp(clamp(mean clipped log-lik - prior/N, log lo, log hi)).
 
-    ``loglik_clip`` bounds each sample's negative log-likelihood to [0, clip],
-    so one sample moves the mean by at most clip / N.
+    ``loglik_clip`` = B clips each sample's log-likelihood into [-B, 0], so one
+    sample moves the mean by at most B / N.
     """
 
     omega_min: float = 1e-3

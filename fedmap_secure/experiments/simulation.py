@@ -23,6 +23,7 @@ from fedmap_secure.config.loader import config_to_dict
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 from fedmap_secure.errors import ConfigError
+from fedmap_secure.fedmap.contribution import MeanLoglikRelease, exact_clipped_mean
 from fedmap_secure.fedmap.evaluation import EvalMetrics
 from fedmap_secure.fedmap.icnn import ConvexPrior
 from fedmap_secure.fedmap.methods import GlobalState, MethodStrategy, ServerLog, make_strategy
@@ -32,6 +33,9 @@ from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig, 
 
 TrainerFactory = Callable[[SiteData, LocalTrainingConfig], LocalTrainer]
 """Makes the local trainer of one site (one per site: a DP trainer keeps a per-site ledger)."""
+
+ScoreReleaseFactory = Callable[[SiteData], MeanLoglikRelease]
+"""Makes one site's release of the mean log-likelihood in its score (DP: that site's ledger)."""
 
 ProgressFn = Callable[[str, int, int], None]
 """Called as progress(phase, completed, total) after every round."""
@@ -126,6 +130,7 @@ def build_sites(
     trainer_factory: TrainerFactory,
     initial: GlobalState,
     with_prior: bool,
+    score_release_factory: ScoreReleaseFactory | None = None,
 ) -> list[Site]:
     """One ``Site`` per dataset site; every model starts from the initial gamma."""
     d, c = len(dataset.feature_names), dataset.n_classes
@@ -149,6 +154,9 @@ def build_sites(
                 generator=make_generator(site_seed(config.seed, data.name)),
                 score_config=config.score,
                 n_classes=dataset.n_classes,
+                score_release=(
+                    score_release_factory(data) if score_release_factory else exact_clipped_mean
+                ),
             )
         )
     return sites
@@ -239,14 +247,21 @@ def run_simulation(
     aggregator: Aggregator,
     trainer_factory: TrainerFactory,
     progress: ProgressFn | None = None,
+    score_release_factory: ScoreReleaseFactory | None = None,
 ) -> SimulationResult:
-    """Run ``config.method`` on ``dataset`` for ``config.rounds`` rounds; see module docstring."""
+    """Run ``config.method`` on ``dataset`` for ``config.rounds`` rounds; see module docstring.
+
+    ``score_release_factory`` (default: the exact clipped mean) chooses how each
+    site releases the mean log-likelihood inside its FedMAP score.
+    """
     start = time.perf_counter()
     if not dataset.by_tier(Tier.TRAIN):
         raise ConfigError(f"dataset {dataset.name!r} has no training-tier site")
     strategy = make_strategy(config)
     state, prior = _initial_state(config, dataset, strategy)
-    sites = build_sites(config, dataset, trainer_factory, state, prior is not None)
+    sites = build_sites(
+        config, dataset, trainer_factory, state, prior is not None, score_release_factory
+    )
     logs: list[ServerLog] = []
     finetune = [s for s in sites if s.data.tier is Tier.FINETUNE]
     total = config.rounds + (1 if finetune else 0)

@@ -18,7 +18,11 @@ from fedmap_secure.aggregation import FloatVector, VectorLayout
 from fedmap_secure.config.schema import ScoreConfig
 from fedmap_secure.data.types import SiteData, Tier
 from fedmap_secure.errors import LocalProtocolError
-from fedmap_secure.fedmap.contribution import contribution_score
+from fedmap_secure.fedmap.contribution import (
+    MeanLoglikRelease,
+    contribution_score,
+    exact_clipped_mean,
+)
 from fedmap_secure.fedmap.evaluation import EvalMetrics, evaluate
 from fedmap_secure.fedmap.icnn import ConvexPrior
 from fedmap_secure.fedmap.methods import GlobalState, MethodStrategy, encode_contribution
@@ -61,6 +65,7 @@ class Site:
         generator: torch.Generator,
         score_config: ScoreConfig,
         n_classes: int,
+        score_release: MeanLoglikRelease = exact_clipped_mean,
     ) -> None:
         self.data = data
         self.model = model
@@ -71,6 +76,7 @@ class Site:
         self._trainer = trainer
         self._generator = generator
         self._score_config = score_config
+        self._score_release = score_release
         self._n_classes = n_classes
         self._gamma: list[torch.Tensor] | None = None
         self.trained = False
@@ -134,9 +140,10 @@ class Site:
                 logits, torch.from_numpy(self.data.y_train), reduction="none"
             )
         omega = contribution_score(
-            nll_per_sample=nll.to(torch.float64).numpy(),
+            per_sample_loglik=-nll.to(torch.float64).numpy(),
             prior_value=prior_value,
             config=self._score_config,
+            release=self._score_release,
         )
         return omega, prior_value
 
