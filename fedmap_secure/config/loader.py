@@ -4,7 +4,8 @@ Layout: a ``[simulation]`` table for the top-level scalars (method, rounds,
 seed, finetune_rounds) and one table per nested section (``[model]``,
 ``[training]``, ``[prior]``, ``[server]``, ``[score]``, ``[bounds]``,
 ``[fedprox]``). Unknown tables or keys, and values of the wrong type, raise
-``ConfigError`` naming ``section.key``. Missing keys keep their defaults.
+``ConfigError`` naming ``section.key``. Missing keys keep the defaults of
+``SimulationConfig()`` (the values documented in ``default.toml``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fedmap_secure.errors import ConfigError
 T = TypeVar("T")
 
 _TOP_LEVEL = "simulation"
+_DEFAULTS = SimulationConfig()
 
 
 def default_config_text() -> str:
@@ -63,7 +65,7 @@ def parse_config(text: str, *, source: str = "<config>") -> SimulationConfig:
                     raise ConfigError(f"{source}: unknown key {_TOP_LEVEL}.{key}")
                 values[key] = _convert(raw, hints[key], f"{_TOP_LEVEL}.{key}", source)
         elif table in nested:
-            values[table] = build_dataclass(hints[table], content, table, source)
+            values[table] = update_dataclass(getattr(_DEFAULTS, table), content, table, source)
         else:
             raise ConfigError(f"{source}: unknown table [{table}]")
     try:
@@ -72,17 +74,17 @@ def parse_config(text: str, *, source: str = "<config>") -> SimulationConfig:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def build_dataclass(cls: type[T], table: Mapping[str, Any], section: str, source: str) -> T:
-    """Build dataclass ``cls`` from a TOML table, converting and checking each key."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+def update_dataclass(base: T, table: Mapping[str, Any], section: str, source: str) -> T:
+    """``base`` with the keys of a TOML table replaced, each converted and checked."""
+    hints = typing.get_type_hints(type(base))
+    known = {f.name for f in dataclasses.fields(base)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, raw in table.items():
         if key not in known:
             raise ConfigError(f"{source}: unknown key {section}.{key}")
         kwargs[key] = _convert(raw, hints[key], f"{section}.{key}", source)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs)  # type: ignore[type-var]
     except ConfigError as exc:
         raise ConfigError(f"{source}: [{section}] {exc}") from None
 

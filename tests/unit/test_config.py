@@ -32,7 +32,7 @@ def test_partial_file_overrides_only_given_keys(tmp_path: Path) -> None:
     assert cfg.prior.form is PriorForm.COORDINATEWISE
     assert cfg.prior.hidden == (8,)
     assert cfg.model.kind is ModelKind.LOGISTIC
-    assert cfg.training.epochs == 5
+    assert cfg.training == SimulationConfig().training
 
 
 @pytest.mark.parametrize(
@@ -53,6 +53,12 @@ def test_partial_file_overrides_only_given_keys(tmp_path: Path) -> None:
 def test_bad_config_names_the_key(text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         parse_config(text, source="x.toml")
+
+
+def test_partial_section_keeps_simulation_defaults() -> None:
+    cfg = parse_config("[training]\nepochs = 3\n")
+    assert cfg.training.epochs == 3
+    assert cfg.training.learning_rate == SimulationConfig().training.learning_rate
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
