@@ -33,9 +33,13 @@ def _main(args: list[str]) -> tuple[int, str]:
 @pytest.mark.parametrize("method", ["fedmap", "local", "pooled"])
 def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> None:
     out = tmp_path / "run"
+    fast = tmp_path / "fast.toml"
+    fast.write_text("[training]\nepochs = 2\n")
     code, text = _main(
         [
             "simulate",
+            "--config",
+            str(fast),
             "--dataset",
             "tiny",
             "--method",
