@@ -75,7 +75,7 @@ def metrics_rows(result: SimulationResult) -> list[dict[str, object]]:
     for r in result.reports:
         row: dict[str, object] = {
             "round": r.round_index,
-            "phase": r.phase,
+            "phase": r.phase.value,
             "site": r.site,
             "tier": r.tier.value,
             "epochs_run": r.training.epochs_run if r.training else None,

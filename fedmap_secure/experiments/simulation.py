@@ -28,7 +28,7 @@ from fedmap_secure.fedmap.evaluation import EvalMetrics
 from fedmap_secure.fedmap.icnn import ConvexPrior
 from fedmap_secure.fedmap.methods import GlobalState, MethodStrategy, ServerLog, make_strategy
 from fedmap_secure.fedmap.models import build_model, flat_vector, load_flat_vector
-from fedmap_secure.fedmap.site import Site, SiteReport, make_generator, site_seed
+from fedmap_secure.fedmap.site import Phase, Site, SiteReport, make_generator, site_seed
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig, LocalTrainingResult
 
 TrainerFactory = Callable[[SiteData, LocalTrainingConfig], LocalTrainer]
@@ -165,7 +165,7 @@ def build_sites(
 def _report(
     site: Site,
     round_index: int,
-    phase: str,
+    phase: Phase,
     training: LocalTrainingResult | None,
     clipped: int,
     *,
@@ -214,7 +214,7 @@ def _training_round(
             if layout is not None:
                 inputs[site.name], clipped = site.contribute(strategy, layout)
         report = _report(
-            site, state.round_index, "train", training, clipped, evaluate=spec.evaluate
+            site, state.round_index, Phase.TRAIN, training, clipped, evaluate=spec.evaluate
         )
         if not spec.evaluate_global:
             report = dataclasses.replace(report, global_=None)
@@ -237,7 +237,7 @@ def _finetune(strategy: MethodStrategy, state: GlobalState, site: Site, calls: i
         training = site.train(strategy, start_from_gamma=strategy.resets_to_gamma and i == 0)
         if strategy.uses_icnn:
             site.score()
-        report = _report(site, state.round_index + i, "finetune", training, 0, evaluate=False)
+        report = _report(site, state.round_index + i, Phase.FINETUNE, training, 0, evaluate=False)
         site.record(report)
 
 

@@ -8,6 +8,7 @@ vector handed to the aggregator.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from dataclasses import dataclass
 
@@ -30,6 +31,13 @@ from fedmap_secure.fedmap.models import flat_vector, frozen_copies, load_flat_ve
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingResult
 
 
+class Phase(enum.Enum):
+    """When a site trained: a federated round, or fine-tuning after training."""
+
+    TRAIN = "train"
+    FINETUNE = "finetune"
+
+
 @dataclass(frozen=True, kw_only=True)
 class SiteReport:
     """A site's own record of one round. Produced and kept locally; never aggregated.
@@ -42,7 +50,7 @@ class SiteReport:
     site: str
     tier: Tier
     round_index: int
-    phase: str
+    phase: Phase
     training: LocalTrainingResult | None
     omega: float | None
     prior_value: float | None

@@ -12,6 +12,7 @@ from fedmap_secure.data.types import SiteData, Tier
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.experiments.pooled import run_pooled
 from fedmap_secure.experiments.simulation import SimulationResult, run_simulation
+from fedmap_secure.fedmap.site import Phase
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.training.local import AdamMapTrainer
 from tests.synthetic import tiny_dataset
@@ -80,8 +81,8 @@ def test_each_method_runs_end_to_end_with_tiers(method: Method) -> None:
     assert result.n_psi == (0 if method is not Method.FEDMAP else result.n_psi)
     assert result.n_theta == 10
     phases = {(r.site, r.phase) for r in result.reports}
-    assert ("d", "finetune") in phases
-    assert ("a", "finetune") not in phases
+    assert ("d", Phase.FINETUNE) in phases
+    assert ("a", Phase.FINETUNE) not in phases
 
 
 def test_fedmap_updates_psi_and_reports_scores() -> None:
@@ -89,7 +90,7 @@ def test_fedmap_updates_psi_and_reports_scores() -> None:
     assert result.final_state is not None
     assert result.final_state.psi is not None
     assert result.n_psi == result.final_state.psi.size > 0
-    train_reports = [r for r in result.reports if r.phase == "train" and r.training is not None]
+    train_reports = [r for r in result.reports if r.phase is Phase.TRAIN and r.training is not None]
     assert train_reports
     assert all(r.omega is not None and 1e-3 <= r.omega <= 1.0 for r in train_reports)
     assert len(result.server_logs) == 2
@@ -141,3 +142,33 @@ def test_pooled_reference_evaluates_every_site() -> None:
     result = run_pooled(_config(Method.FEDAVG), tiny_dataset(), _trainer)
     assert result.method == "pooled"
     assert all(s.personalised == s.global_ and s.global_ is not None for s in result.sites)
+
+
+class ReversedSum:
+    """Another Aggregator: sums in reverse site order with one numpy reduction."""
+
+    def aggregate(
+        self,
+        *,
+        round_index: int,
+        layout: VectorLayout,
+        inputs: Mapping[str, FloatVector],
+        context: bytes,
+    ) -> AggregateResult:
+        stacked = np.stack([inputs[k] for k in sorted(inputs, reverse=True)])
+        return AggregateResult(
+            sums=layout.unflatten(stacked.sum(axis=0)), contributors=frozenset(inputs)
+        )
+
+    def describe(self) -> dict[str, object]:
+        return {"protocol": "reversed plain sum (test)"}
+
+
+def test_engine_result_does_not_depend_on_how_sums_are_computed() -> None:
+    cfg = _config(Method.FEDMAP)
+    a = run_simulation(cfg, tiny_dataset(), PlainSum(), _trainer)
+    b = run_simulation(cfg, tiny_dataset(), ReversedSum(), _trainer)
+    assert a.final_state is not None
+    assert b.final_state is not None
+    np.testing.assert_allclose(a.final_state.gamma, b.final_state.gamma, rtol=1e-5, atol=1e-7)
+    assert [s.personalised for s in a.sites] == [s.personalised for s in b.sites]
