@@ -39,8 +39,8 @@ ROWS: tuple[tuple[str, Method | None, PriorForm | None], ...] = (
     ("fedavg", Method.FEDAVG, None),
     ("fedprox", Method.FEDPROX, None),
     ("fedmap", Method.FEDMAP, PriorForm.PER_TENSOR),
-    ("fedmap (coordinatewise prior)", Method.FEDMAP, PriorForm.COORDINATEWISE),
-    ("pooled (centralised reference)", None, None),
+    ("fedmap[coordinatewise]", Method.FEDMAP, PriorForm.COORDINATEWISE),
+    ("pooled (reference)", None, None),
 )
 
 
@@ -103,7 +103,7 @@ def bench_dataset(console: Console, base: SimulationConfig, spec: str, seeds: in
             f"{per_run:.1f}",
         ]
         if spec == "heart":
-            key = label.split(" ")[0]
+            key = label.split(" ")[0].split("[")[0]
             cells.append(f"{FLAMBY_HEART[key]:.3f}" if key in FLAMBY_HEART else "")
         table.add_row(*cells)
         sites = np.mean(
@@ -127,7 +127,7 @@ def main() -> None:
     base = load_config()
     if args.rounds is not None:
         base = dataclasses.replace(base, rounds=args.rounds)
-    console = Console()
+    console = Console(width=160)
     for spec in args.datasets:
         bench_dataset(console, base, spec, args.seeds)
 

@@ -82,7 +82,7 @@ def main() -> None:
                 f"{per_round:.3f}",
                 f"{per_round / len(train):.4f}",
             )
-    console = Console()
+    console = Console(width=160)
     console.print(table)
     ref = REFERENCE_SECONDS_PER_ROUND_20_SITES
     console.print(
