@@ -156,6 +156,10 @@ class ConvexPrior(nn.Module):
             parts.extend(net.nonneg_mask())
         return np.concatenate(parts)
 
+    def bind(self, gamma: Sequence[torch.Tensor]) -> BoundPrior:
+        """The prior as a function of theta alone, for fixed gamma and the current psi."""
+        return BoundPrior(self, gamma)
+
     def psi_gradient(
         self, theta: Sequence[torch.Tensor], gamma: Sequence[torch.Tensor]
     ) -> FloatVector:
@@ -176,3 +180,88 @@ class ConvexPrior(nn.Module):
             for g, p in zip(grads, params, strict=True)
         ]
         return np.concatenate(parts)
+
+
+def _linears(net: nn.Module) -> list[nn.Linear]:
+    assert isinstance(net, ICNN)
+    layers = [layer for layer in net.layers if isinstance(layer, nn.Linear)]
+    assert len(layers) == len(net.layers)
+    return layers
+
+
+class BoundPrior:
+    """theta -> R_psi(theta; gamma) for one fixed (gamma, psi): the training-time prior.
+
+        Within a site's local training gamma and psi do not change, so everything
+        that depends only on them is computed once: the gamma half of every first
+        layer (``W1 [theta; gamma] + b1 = W1_theta theta + (W1_gamma gamma + b1)``),
+        block-diagonal stacks of the later layers of all tensors' ICNNs (one matmul
+        per layer instead of one per tensor) and the quadratic terms expanded so
+    that only <theta, theta> and <theta, gamma> are computed per step.
+        Value and gradient equal ``ConvexPrior.forward`` (tested); this only
+        removes per-step overhead. psi must not change while it is in use.
+    """
+
+    def __init__(self, prior: ConvexPrior, gamma: Sequence[torch.Tensor]) -> None:
+        prior._check(gamma, gamma)
+        self._sizes = prior.tensor_sizes
+        self._alpha, self._form = prior.alpha, prior.form
+        nets = [_linears(prior.nets[prior.net_index[i]]) for i in range(len(gamma))]
+        with torch.no_grad():
+            g_flats = [g.detach().reshape(-1) for g in gamma]
+            self._gamma = torch.cat(g_flats)
+            # alpha/2 ||t - g||^2 + eps (||t||^2 + ||g||^2)
+            #   = (alpha/2 + eps) ||t||^2 - alpha <t, g> + (alpha/2 + eps) ||g||^2
+            self._square = 0.5 * prior.alpha + prior.epsilon
+            self._const = self._square * float(self._gamma.pow(2).sum())
+            self._first = [
+                _bind_first_layer(prior.form, n[0], g) for n, g in zip(nets, g_flats, strict=True)
+            ]
+            self._later: list[list[tuple[torch.Tensor, torch.Tensor]]] = [
+                [(layer.weight.detach().clone(), layer.bias.detach().clone()) for layer in n[1:]]
+                for n in nets
+            ]
+            if prior.form is PriorForm.PER_TENSOR:
+                # One block-diagonal layer stack for all tensors.
+                self._later = [
+                    [
+                        (
+                            torch.block_diag(*[n[k][0] for n in self._later]),  # type: ignore[no-untyped-call]
+                            torch.cat([n[k][1] for n in self._later]),
+                        )
+                        for k in range(len(self._later[0]))
+                    ]
+                ]
+
+    def __call__(self, theta: Sequence[torch.Tensor]) -> torch.Tensor:
+        flats = [t.reshape(-1) for t in theta]
+        if tuple(int(f.numel()) for f in flats) != self._sizes:
+            raise ConfigError(f"prior built for tensors {self._sizes}")
+        flat = torch.cat(flats)
+        if self._form is PriorForm.PER_TENSOR:
+            h = torch.cat([w @ t + c for (w, c), t in zip(self._first, flats, strict=True)])
+            learned = _later_layers(h, self._later[0])
+        else:
+            learned = torch.zeros((), dtype=torch.float32)
+            for (a, c), t, later in zip(self._first, flats, self._later, strict=True):
+                learned = learned + _later_layers(t.unsqueeze(1) * a + c, later)
+        quad = self._square * flat.dot(flat) - self._alpha * flat.dot(self._gamma)
+        return learned + quad + self._const
+
+
+def _bind_first_layer(
+    form: PriorForm, layer: nn.Linear, g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight acting on theta, constant from gamma and bias) of a first ICNN layer."""
+    w, b = layer.weight.detach(), layer.bias.detach()
+    if form is PriorForm.PER_TENSOR:
+        p = g.numel()
+        return w[:, :p].clone(), w[:, p:] @ g + b
+    return w[:, 0].clone(), torch.outer(g, w[:, 1]) + b
+
+
+def _later_layers(h: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Softplus then affine for each later layer; the sum of the outputs."""
+    for w, b in layers:
+        h = nn.functional.linear(nn.functional.softplus(h), w, b)
+    return h.sum()

@@ -216,7 +216,8 @@ class FedMapStrategy(MethodStrategy):
         if prior is None:
             raise LocalProtocolError("fedmap site has no ICNN prior")
         params = list(model.parameters())
-        return lambda: prior(params, gamma)
+        bound = prior.bind(gamma)
+        return lambda: bound(params)
 
     def contribution(self, site: TrainedSite) -> dict[str, FloatVector]:
         omega, prior_value = site.score()

@@ -162,3 +162,22 @@ def test_prior_rejects_wrong_tensor_sizes() -> None:
     prior = _prior()
     with pytest.raises(ConfigError, match="prior built for tensors"):
         prior([torch.zeros(3), torch.zeros(2)], [torch.zeros(3), torch.zeros(2)])
+
+
+@pytest.mark.parametrize(("form", "shared"), FORMS)
+def test_bound_prior_equals_prior_in_value_and_gradient(form: PriorForm, shared: bool) -> None:
+    gen = torch.Generator().manual_seed(8)
+    prior = _prior(form, shared)
+    _perturb_psi(prior, gen, steps=2)
+    prior.requires_grad_(False)
+    gamma = _rand(gen, 1.0)
+    bound = prior.bind(gamma)
+    for _ in range(5):
+        theta = [t.requires_grad_(True) for t in _rand(gen, 1.5)]
+        full = prior(theta, gamma)
+        fast = bound(theta)
+        assert float(fast.detach()) == pytest.approx(float(full.detach()), rel=1e-5, abs=1e-4)
+        g_full = torch.autograd.grad(full, theta)
+        g_fast = torch.autograd.grad(fast, theta)
+        for a, b in zip(g_full, g_fast, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
