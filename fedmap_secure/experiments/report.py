@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from fedmap_secure.errors import ConfigError
@@ -115,12 +116,18 @@ def _fmt(value: float | None) -> str:
 def site_table(result: SimulationResult) -> Table:
     """Per-site table: personalised and global accuracy, balanced accuracy, AUC."""
     table = Table(
-        title=f"{result.method} on {result.dataset}: {result.rounds} rounds, seed {result.seed}"
+        title=f"{result.method} on {result.dataset}: {result.rounds} rounds, seed {result.seed}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        show_edge=False,
     )
-    for col in ("site", "tier", "n_train", "n_test"):
-        table.add_column(col, justify="left" if col in ("site", "tier") else "right")
-    for prefix in ("pers.", "global"):
-        for name in ("acc", "bal.acc", "AUC"):
+    table.add_column("site", no_wrap=True)
+    table.add_column("tier", no_wrap=True)
+    for col in ("train", "test"):
+        table.add_column(col, justify="right")
+    for prefix in ("P", "G"):
+        for name in ("acc", "bal", "AUC"):
             table.add_column(f"{prefix} {name}", justify="right")
     for s in result.sites:
         cells = [s.site, s.tier.value, str(s.n_train), str(s.n_test)]
@@ -132,8 +139,10 @@ def site_table(result: SimulationResult) -> Table:
             ]
         table.add_row(*cells)
     table.caption = (
+        "P = personalised model, G = global model; acc = accuracy, bal = balanced accuracy; "
+        "AUC '-' = one class in the test data.\n"
         f"mean personalised acc {_fmt(result.mean_personalised_accuracy)}, "
         f"worst site {_fmt(result.worst_site_personalised_accuracy)}, "
-        f"mean global acc {_fmt(result.mean_global_accuracy)}; AUC '-' = one class in test data"
+        f"mean global acc {_fmt(result.mean_global_accuracy)}"
     )
     return table
