@@ -39,7 +39,7 @@ ROWS: tuple[tuple[str, Method | None, PriorForm | None], ...] = (
     ("fedavg", Method.FEDAVG, None),
     ("fedprox", Method.FEDPROX, None),
     ("fedmap", Method.FEDMAP, PriorForm.PER_TENSOR),
-    ("fedmap[coordinatewise]", Method.FEDMAP, PriorForm.COORDINATEWISE),
+    ("fedmap (coordinatewise)", Method.FEDMAP, PriorForm.COORDINATEWISE),
     ("pooled (reference)", None, None),
 )
 
@@ -103,7 +103,7 @@ def bench_dataset(console: Console, base: SimulationConfig, spec: str, seeds: in
             f"{per_run:.1f}",
         ]
         if spec == "heart":
-            key = label.split(" ")[0].split("[")[0]
+            key = label.split(" ")[0]
             cells.append(f"{FLAMBY_HEART[key]:.3f}" if key in FLAMBY_HEART else "")
         table.add_row(*cells)
         sites = np.mean(

@@ -74,7 +74,7 @@ def main() -> None:
     variants = (
         ("fedavg", Method.FEDAVG, PriorForm.PER_TENSOR),
         ("fedmap", Method.FEDMAP, PriorForm.PER_TENSOR),
-        ("fedmap[coordinatewise]", Method.FEDMAP, PriorForm.COORDINATEWISE),
+        ("fedmap (coordinatewise)", Method.FEDMAP, PriorForm.COORDINATEWISE),
     )
     for spec in args.datasets:
         ds = load(spec)
