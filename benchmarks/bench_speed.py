@@ -76,6 +76,8 @@ def main() -> None:
         ("fedmap", Method.FEDMAP, PriorForm.PER_TENSOR),
         ("fedmap (coordinatewise)", Method.FEDMAP, PriorForm.COORDINATEWISE),
     )
+    # Warm-up (lazy imports, allocator, first-call dispatch): one discarded round.
+    run_simulation(dataclasses.replace(base, rounds=1), load("heart"), PlainSum(), trainer)
     for spec in args.datasets:
         ds = load(spec)
         train = ds.by_tier(Tier.TRAIN)
