@@ -138,3 +138,24 @@ def test_missing_loaders_give_a_clear_error(
     err = capsys.readouterr().err
     # Before the data branch is merged the loader is absent; afterwards the run succeeds.
     assert (code == 2 and "dataset loaders are not installed" in err) or code == 0
+
+
+def test_prior_flag_and_label_column_reach_the_run(tmp_path: Path) -> None:
+    seen: list[tuple[str, str | None, int]] = []
+
+    def loader(spec: str, label_column: str | None, seed: int) -> FederatedDataset:
+        seen.append((spec, label_column, seed))
+        return tiny_dataset(seed=seed)
+
+    fast = tmp_path / "fast.toml"
+    fast.write_text("[training]\nepochs = 1\n")
+    psi = {}
+    for form in ("per-tensor", "coordinatewise"):
+        out = tmp_path / form
+        args = ["simulate", "--dataset", "csv:x", "--label-column", "target", "--seed", "4"]
+        args += ["--config", str(fast), "--rounds", "1", "--prior", form, "--out", str(out)]
+        code = main(args, dataset_loader=loader, console=Console(file=io.StringIO()))
+        assert code == 0
+        psi[form] = json.loads((out / "summary.json").read_text())["parameters"]["psi"]
+    assert seen == [("csv:x", "target", 4)] * 2
+    assert 0 < psi["coordinatewise"] < psi["per-tensor"]
