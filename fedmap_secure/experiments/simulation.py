@@ -132,7 +132,10 @@ def build_sites(
     with_prior: bool,
     score_release_factory: ScoreReleaseFactory | None = None,
 ) -> list[Site]:
-    """One ``Site`` per dataset site; every model starts from the initial gamma."""
+    """One ``Site`` per dataset site; every model starts from the initial gamma.
+
+    Only sites with training rows get a trainer (a DP trainer opens a ledger).
+    """
     d, c = len(dataset.feature_names), dataset.n_classes
     sites = []
     for data in dataset.sites:
@@ -150,7 +153,7 @@ def build_sites(
                 model=net,
                 gamma_model=gamma_net,
                 prior=prior,
-                trainer=trainer_factory(data, config.training),
+                trainer=trainer_factory(data, config.training) if data.n_train > 0 else None,
                 generator=make_generator(site_seed(config.seed, data.name)),
                 score_config=config.score,
                 n_classes=dataset.n_classes,

@@ -69,7 +69,7 @@ class Site:
         model: nn.Module,
         gamma_model: nn.Module,
         prior: ConvexPrior | None,
-        trainer: LocalTrainer,
+        trainer: LocalTrainer | None,
         generator: torch.Generator,
         score_config: ScoreConfig,
         n_classes: int,
@@ -110,6 +110,8 @@ class Site:
         """Local MAP training of theta_k under the strategy's prior, from gamma or from theta_k."""
         if self._gamma is None:
             raise LocalProtocolError(f"site {self.name!r}: train() before receive()")
+        if self._trainer is None:
+            raise LocalProtocolError(f"site {self.name!r} has no training data and no trainer")
         if start_from_gamma:
             self.model.load_state_dict(self._gamma_model.state_dict())
         prior_fn = strategy.site_prior(self.model, self._gamma, self._prior)

@@ -172,3 +172,14 @@ def test_engine_result_does_not_depend_on_how_sums_are_computed() -> None:
     assert b.final_state is not None
     np.testing.assert_allclose(a.final_state.gamma, b.final_state.gamma, rtol=1e-5, atol=1e-7)
     assert [s.personalised for s in a.sites] == [s.personalised for s in b.sites]
+
+
+def test_trainers_are_made_only_for_sites_with_training_data() -> None:
+    made: list[str] = []
+
+    def factory(site: SiteData, cfg: LocalTrainingConfig) -> LocalTrainer:
+        made.append(site.name)
+        return AdamMapTrainer(cfg)
+
+    run_simulation(_config(Method.FEDAVG), tiny_dataset(), PlainSum(), factory)
+    assert made == ["a", "b", "c", "d"]
