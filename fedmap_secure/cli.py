@@ -23,7 +23,7 @@ from fedmap_secure.config.loader import load_config
 from fedmap_secure.config.schema import Method, PriorForm, SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, SiteData
 from fedmap_secure.errors import ConfigError, FedMapError
-from fedmap_secure.experiments.simulation import TrainerFactory
+from fedmap_secure.experiments.simulation import ScoreReleaseFactory, TrainerFactory
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 
 DatasetLoader = Callable[[str, str | None, int], FederatedDataset]
@@ -86,6 +86,13 @@ def build_trainer_factory(args: argparse.Namespace, config: SimulationConfig) ->
     return factory
 
 
+def build_score_release_factory(
+    args: argparse.Namespace, config: SimulationConfig
+) -> ScoreReleaseFactory | None:
+    """How sites release the mean log-likelihood in omega (None: exact; DP chooses here)."""
+    return None
+
+
 def _load_dataset(spec: str, label_column: str | None, seed: int) -> FederatedDataset:
     load = getattr(importlib.import_module("fedmap_secure.data"), "load_dataset", None)
     if load is None:
@@ -111,6 +118,7 @@ def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console)
         out_dir=args.out,
         console=console,
         pooled=args.method == POOLED,
+        score_release_factory=build_score_release_factory(args, config),
     )
 
 

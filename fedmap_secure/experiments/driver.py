@@ -15,7 +15,12 @@ from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.data.types import FederatedDataset
 from fedmap_secure.experiments.pooled import run_pooled
 from fedmap_secure.experiments.report import site_table, summary_dict, write_outputs
-from fedmap_secure.experiments.simulation import ProgressFn, TrainerFactory, run_simulation
+from fedmap_secure.experiments.simulation import (
+    ProgressFn,
+    ScoreReleaseFactory,
+    TrainerFactory,
+    run_simulation,
+)
 
 
 @contextmanager
@@ -46,6 +51,7 @@ def simulate_to_dir(
     console: Console,
     pooled: bool = False,
     differential_privacy: dict[str, Any] | None = None,
+    score_release_factory: ScoreReleaseFactory | None = None,
 ) -> dict[str, Any]:
     """Run, write ``out_dir``/summary.json and metrics.csv, print the table; returns the summary."""
     label = "pooled" if pooled else config.method.value
@@ -53,7 +59,9 @@ def simulate_to_dir(
         if pooled:
             result = run_pooled(config, dataset, trainer_factory, progress)
         else:
-            result = run_simulation(config, dataset, aggregator, trainer_factory, progress)
+            result = run_simulation(
+                config, dataset, aggregator, trainer_factory, progress, score_release_factory
+            )
     privacy = {
         "secure_aggregation": None if pooled else aggregator.describe(),
         "differential_privacy": differential_privacy,
