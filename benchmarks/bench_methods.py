@@ -70,7 +70,9 @@ def run_one(
     return run_simulation(cfg, ds, PlainSum(), trainer)
 
 
-def bench_dataset(console: Console, base: SimulationConfig, spec: str, seeds: int) -> None:
+def bench_dataset(
+    console: Console, base: SimulationConfig, spec: str, seeds: int, only: list[str] | None
+) -> None:
     ds = load(spec)
     table = Table(title=f"{spec}: {base.rounds} rounds, {seeds} seeds (mean ± sd over seeds)")
     for col in (
@@ -86,6 +88,8 @@ def bench_dataset(console: Console, base: SimulationConfig, spec: str, seeds: in
     if spec == "heart":
         table.add_column("FLamby mean acc", justify="right")
     for label, method, form in ROWS:
+        if only is not None and label not in only:
+            continue
         results, start = [], time.perf_counter()
         for seed in range(seeds):
             results.append(run_one(base, ds, method, form, seed))
@@ -122,6 +126,9 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["heart", "thyroid"])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--rounds", type=int, help="override the default config's rounds")
+    parser.add_argument(
+        "--only", nargs="+", help="row labels to run, e.g. fedavg 'pooled (reference)'"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     base = load_config()
@@ -129,7 +136,7 @@ def main() -> None:
         base = dataclasses.replace(base, rounds=args.rounds)
     console = Console(width=160)
     for spec in args.datasets:
-        bench_dataset(console, base, spec, args.seeds)
+        bench_dataset(console, base, spec, args.seeds, args.only)
 
 
 if __name__ == "__main__":

@@ -206,7 +206,9 @@ def _training_round(
     """One federated round: local training, contributions, aggregation, server update."""
     strategy = spec.strategy
     layout = strategy.layout(
-        n_theta=state.gamma.size, n_psi=0 if state.psi is None else state.psi.size
+        n_theta=state.gamma.size,
+        n_psi=0 if state.psi is None else state.psi.size,
+        psi_grad_scale=1 if spec.prior is None else spec.prior.coordinates_per_net,
     )
     inputs = {}
     for site in sites:

@@ -139,6 +139,20 @@ class ConvexPrior(nn.Module):
             net.clamp_()
 
     @property
+    def coordinates_per_net(self) -> int:
+        """How many ICNN evaluations one net's psi-gradient sums (1 for per-tensor).
+
+        Coordinatewise, f_i = sum_j g(theta_ij, gamma_ij): the gradient of g's
+        last bias alone is p_i, so declared psi-gradient bounds scale with it.
+        """
+        if self.form is PriorForm.PER_TENSOR:
+            return 1
+        counts = [0] * len(self.nets)
+        for i, size in enumerate(self.tensor_sizes):
+            counts[self.net_index[i]] += size
+        return max(counts)
+
+    @property
     def psi_size(self) -> int:
         return parameter_count(self.parameters())
 

@@ -91,6 +91,10 @@ def _weight_sum(result: AggregateResult, name: str) -> float:
 
 
 class MethodStrategy(abc.ABC):
+    """Base of the methods; ``layout`` takes ``psi_grad_scale``, the number of
+    coordinates one ICNN is summed over (``ConvexPrior.coordinates_per_net``),
+    because the psi gradient of a sum of n ICNN evaluations grows like n."""
+
     method: ClassVar[Method]
     aggregates: ClassVar[bool] = True
     resets_to_gamma: ClassVar[bool] = True
@@ -100,7 +104,9 @@ class MethodStrategy(abc.ABC):
         self.config = config
 
     @abc.abstractmethod
-    def layout(self, *, n_theta: int, n_psi: int) -> VectorLayout | None: ...
+    def layout(
+        self, *, n_theta: int, n_psi: int, psi_grad_scale: int = 1
+    ) -> VectorLayout | None: ...
 
     def site_prior(
         self, model: nn.Module, gamma: Sequence[torch.Tensor], prior: ConvexPrior | None
@@ -123,7 +129,7 @@ class LocalStrategy(MethodStrategy):
     aggregates = False
     resets_to_gamma = False
 
-    def layout(self, *, n_theta: int, n_psi: int) -> VectorLayout | None:
+    def layout(self, *, n_theta: int, n_psi: int, psi_grad_scale: int = 1) -> VectorLayout | None:
         return None
 
     def contribution(self, site: TrainedSite) -> dict[str, FloatVector]:
@@ -140,7 +146,7 @@ class FedAvgStrategy(MethodStrategy):
 
     method = Method.FEDAVG
 
-    def layout(self, *, n_theta: int, n_psi: int) -> VectorLayout | None:
+    def layout(self, *, n_theta: int, n_psi: int, psi_grad_scale: int = 1) -> VectorLayout | None:
         b = self.config.bounds
         return VectorLayout(
             (
@@ -199,13 +205,17 @@ class FedMapStrategy(MethodStrategy):
     method = Method.FEDMAP
     uses_icnn = True
 
-    def layout(self, *, n_theta: int, n_psi: int) -> VectorLayout | None:
+    def layout(self, *, n_theta: int, n_psi: int, psi_grad_scale: int = 1) -> VectorLayout | None:
         b, s = self.config.bounds, self.config.score
         return VectorLayout(
             (
                 Field(name="omega_theta", length=n_theta, bound=s.omega_max * b.theta),
                 Field(name="omega", length=1, bound=s.omega_max),
-                Field(name="omega_grad_psi", length=n_psi, bound=s.omega_max * b.grad_psi),
+                Field(
+                    name="omega_grad_psi",
+                    length=n_psi,
+                    bound=s.omega_max * b.grad_psi * psi_grad_scale,
+                ),
                 Field(name="omega_prior", length=1, bound=s.omega_max * b.prior),
             )
         )

@@ -110,6 +110,12 @@ def test_psi_round_trip_and_sizes() -> None:
         prior.load_psi(psi[:-1])
 
 
+def test_coordinates_per_net() -> None:
+    assert _prior().coordinates_per_net == 1
+    assert _prior(PriorForm.COORDINATEWISE).coordinates_per_net == max(SIZES)
+    assert _prior(PriorForm.COORDINATEWISE, shared=True).coordinates_per_net == sum(SIZES)
+
+
 def test_coordinatewise_is_compact() -> None:
     per_tensor = _prior().psi_size
     coord = _prior(PriorForm.COORDINATEWISE).psi_size

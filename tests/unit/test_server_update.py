@@ -133,6 +133,9 @@ def test_fedmap_layout_fields_and_bounds_follow_config() -> None:
     assert layout.names == ("omega_theta", "omega", "omega_grad_psi", "omega_prior")
     assert layout.size == N_THETA + 1 + N_PSI + 1
     bounds = {f.name: f.bound for f in layout.fields}
+    scaled = make_strategy(cfg).layout(n_theta=N_THETA, n_psi=N_PSI, psi_grad_scale=26)
+    assert scaled is not None
+    assert {f.name: f.bound for f in scaled.fields}["omega_grad_psi"] == 0.5 * 26
     assert bounds["omega_theta"] == 3.0
     assert bounds["omega_grad_psi"] == 0.5
     assert bounds["omega"] == 1.0
