@@ -50,7 +50,7 @@ SEED_SIZE = 32
 """Seeds are 256-bit keys."""
 MAX_LENGTH = 2**35
 """Largest ``length`` one seed may expand to (keeps the AES birthday term below 2^-61)."""
-CHUNK_WORDS = 1 << 15
+CHUNK_WORDS = 1 << 16
 """Words per chunk in ``add_masks``: a chunk of output plus one of keystream stay in L2 cache."""
 
 MaskWords = npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
