@@ -227,33 +227,48 @@ class _Interpolator:
     With w_i = prod_{k != i} 1 / (x_i - x_k) and c_i = w_i y_i (mod p):
         L(x) = y_j                                     if x = x_j
         L(x) = prod_k (x - x_k) * sum_i c_i / (x - x_i)  otherwise.
-    Differences of share indices are small integers, so their inverses come
-    from one table and each evaluation costs O(t) multiplications.
+    Differences of share indices are small integers: 1/w_i is an exact integer
+    product, and all t weights come from one modular inversion (Montgomery's
+    batch trick), and so do the 1/(x - x_i) of each evaluation, which then
+    costs O(t) multiplications.
     """
 
     def __init__(self, points: Sequence[tuple[int, int]]) -> None:
         self._xs = [x for x, _ in points]
         self._ys = {x: y for x, y in points}
-        self._inverses: dict[int, int] = {}
-        self._cs = []
-        for i, (xi, yi) in enumerate(points):
-            weight = 1
-            for k, xk in enumerate(self._xs):
-                if k != i:
-                    weight = weight * self._inverse(xi - xk) % FIELD_PRIME
-            self._cs.append(weight * yi % FIELD_PRIME)
-
-    def _inverse(self, d: int) -> int:
-        if d not in self._inverses:
-            self._inverses[d] = pow(d % FIELD_PRIME, -1, FIELD_PRIME)
-        return self._inverses[d]
+        denominators = [_product_of_differences(xi, self._xs) for xi in self._xs]
+        weights = _batch_inverse(denominators)
+        self._cs = [w * y % FIELD_PRIME for w, (_, y) in zip(weights, points, strict=True)]
 
     def at(self, x: int) -> int:
         if x in self._ys:
             return self._ys[x]
+        inverses = _batch_inverse([(x - xi) % FIELD_PRIME for xi in self._xs])
         total = 0
         span = 1
-        for xi, ci in zip(self._xs, self._cs, strict=True):
-            total = (total + ci * self._inverse(x - xi)) % FIELD_PRIME
+        for xi, ci, inverse in zip(self._xs, self._cs, inverses, strict=True):
+            total = (total + ci * inverse) % FIELD_PRIME
             span = span * (x - xi) % FIELD_PRIME
         return span * total % FIELD_PRIME
+
+
+def _product_of_differences(xi: int, xs: Sequence[int]) -> int:
+    """prod_{x_k != x_i} (x_i - x_k) mod p, multiplied exactly (factors are below 2^16)."""
+    product = 1
+    for xk in xs:
+        if xk != xi:
+            product *= xi - xk
+    return product % FIELD_PRIME
+
+
+def _batch_inverse(values: Sequence[int]) -> list[int]:
+    """Inverses mod p of non-zero ``values`` with one modular inversion (Montgomery's trick)."""
+    prefix = [1]
+    for value in values:
+        prefix.append(prefix[-1] * value % FIELD_PRIME)
+    running = pow(prefix[-1], -1, FIELD_PRIME)
+    inverses = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        inverses[i] = running * prefix[i] % FIELD_PRIME
+        running = running * values[i] % FIELD_PRIME
+    return inverses
