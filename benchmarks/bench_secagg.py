@@ -60,6 +60,10 @@ def _s(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+def _x(ratio: float) -> str:
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x"
+
+
 def table(cells: list[Json], flwr: list[Json]) -> str:
     """Markdown table; ratios are against the plain float64 sum of the same survivors' vectors."""
     by_cell = {(f["n"], f["m"], f["dropout"]): f for f in flwr}
@@ -83,10 +87,10 @@ def table(cells: list[Json], flwr: list[Json]) -> str:
             _s(c["client_s"]),
             _s(c["client_masking_s"]),
             flwr_client,
-            f"{c['client_s'] / plain:.0f}x",
+            _x(c["client_s"] / plain),
             _s(c["server_s"]),
             flwr_server,
-            f"{c['server_s'] / plain:.0f}x",
+            _x(c["server_s"] / plain),
             _s(plain),
             f"{c['maxrss_mb']:.0f} MB",
             f"{c['server_traced_peak_bytes'] / 2**20:.1f} MB",

@@ -40,7 +40,7 @@ import numpy.typing as npt
 
 from fedmap_secure.aggregation import Field, VectorLayout
 from fedmap_secure.crypto import shamir
-from fedmap_secure.crypto.agreement import AgreementKeyPair, agree, agree_from_private
+from fedmap_secure.crypto.agreement import AgreementKeyPair, agree
 from fedmap_secure.crypto.envelope import envelope_ad, open_sealed, seal
 from fedmap_secure.crypto.labels import LABEL_CONSISTENCY, LABEL_PAIRWISE_MASK
 from fedmap_secure.crypto.signing import IdentityKey, verify
@@ -210,12 +210,8 @@ def unit_costs(t: int, h: int) -> dict[str, float]:
     ad = envelope_ad(session_id=SESSION, stage="share-keys", sender="a", receiver="b")
     sealed = seal(key, bytes(220), associated_data=ad)
     shares, commitment = shamir.split(os.urandom(32), threshold=t, n_shares=h)
-    private = mine.private_bytes()
     return {
         "agree": _per_call(lambda: agree(mine, other.public, label=label, context=SESSION)),
-        "agree_from_private": _per_call(
-            lambda: agree_from_private(private, other.public, label=label, context=SESSION)
-        ),
         "seal": _per_call(lambda: seal(key, bytes(220), associated_data=ad)),
         "open": _per_call(lambda: open_sealed(key, sealed, associated_data=ad)),
         "verify": _per_call(
@@ -308,7 +304,7 @@ def measure_components(n: int, m: int, dropout: float, bits: int) -> Json:
         * units["shamir_combine"]
         + survivors * (k + 1) * units["share_ok"],
         "signature checks (computed)": (n + survivors) * units["verify"],
-        "agreements (computed)": (2 * n + pairs) * units["agree_from_private"],
+        "agreements (computed)": (2 * n + pairs) * units["agree"],
     }
     return {
         "method": "components",

@@ -61,31 +61,49 @@ def _require_len(name: str, value: bytes, size: int) -> None:
         raise CryptoError(f"{name} must be {size} bytes, got {got}")
 
 
+class X25519Private:
+    """An X25519 private scalar, loaded once so that each agreement is one scalar multiplication.
+
+    Loading derives the public key u = X25519(k, 9) (RFC 7748 section 5); ``repr``
+    never shows the scalar.
+    """
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self, private_raw: bytes) -> None:
+        _require_len("X25519 private key", private_raw, X25519_KEY_SIZE)
+        self._key = X25519PrivateKey.from_private_bytes(bytes(private_raw))
+        self.public: bytes = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def __repr__(self) -> str:
+        return "X25519Private(<secret>)"
+
+    def shared_secret(self, peer_public: bytes) -> bytes:
+        """The raw X25519 output X25519(k, u) (RFC 7748 section 5).
+
+        Raises ``CryptoError`` if the output is all zero, which happens exactly when
+        ``peer_public`` is a point of small order (RFC 7748 section 6.1): such a key
+        would let an attacker force a known shared secret.
+        """
+        _require_len("X25519 peer public key", peer_public, X25519_KEY_SIZE)
+        try:
+            peer = X25519PublicKey.from_public_bytes(bytes(peer_public))
+            shared = self._key.exchange(peer)
+        except ValueError as exc:  # OpenSSL refuses an all-zero result
+            raise CryptoError("X25519 peer public key is a low-order point") from exc
+        if hmac.compare_digest(shared, bytes(X25519_KEY_SIZE)):
+            raise CryptoError("X25519 peer public key is a low-order point")
+        return shared
+
+
 def x25519_public_from_private(private_raw: bytes) -> bytes:
     """Return the X25519 public key u = X25519(k, 9) for the 32-byte scalar ``k``."""
-    _require_len("X25519 private key", private_raw, X25519_KEY_SIZE)
-    key = X25519PrivateKey.from_private_bytes(bytes(private_raw))
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return X25519Private(private_raw).public
 
 
 def x25519_shared_secret(private_raw: bytes, peer_public: bytes) -> bytes:
-    """Return the raw X25519 output X25519(k, u) (RFC 7748 section 5).
-
-    Raises ``CryptoError`` if the output is all zero, which happens exactly when
-    ``peer_public`` is a point of small order (RFC 7748 section 6.1): such a key
-    would let an attacker force a known shared secret.
-    """
-    _require_len("X25519 private key", private_raw, X25519_KEY_SIZE)
-    _require_len("X25519 peer public key", peer_public, X25519_KEY_SIZE)
-    key = X25519PrivateKey.from_private_bytes(bytes(private_raw))
-    try:
-        peer = X25519PublicKey.from_public_bytes(bytes(peer_public))
-        shared = key.exchange(peer)
-    except ValueError as exc:  # OpenSSL refuses an all-zero result
-        raise CryptoError("X25519 peer public key is a low-order point") from exc
-    if hmac.compare_digest(shared, bytes(X25519_KEY_SIZE)):
-        raise CryptoError("X25519 peer public key is a low-order point")
-    return shared
+    """``X25519Private(private_raw).shared_secret(peer_public)`` (one-off agreement)."""
+    return X25519Private(private_raw).shared_secret(peer_public)
 
 
 def hkdf_sha256(ikm: bytes, *, salt: bytes | None, info: bytes, length: int) -> bytes:

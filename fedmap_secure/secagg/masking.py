@@ -97,4 +97,6 @@ class RunningSum:
 
     def value(self) -> Vector:
         """The sum reduced modulo 2^bits (a fresh uint64 array)."""
-        return np.bitwise_and(self._total.astype(np.uint64), modulus_mask(self._bits))
+        out = self._total.astype(np.uint64)
+        np.bitwise_and(out, modulus_mask(self._bits), out=out)
+        return out

@@ -36,7 +36,7 @@ import numpy as np
 from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.crypto import shamir
-from fedmap_secure.crypto.agreement import AgreementKeyPair, agree_from_private
+from fedmap_secure.crypto.agreement import AgreementKeyPair, agree
 from fedmap_secure.crypto.labels import LABEL_CONSISTENCY, LABEL_PAIRWISE_MASK
 from fedmap_secure.crypto.prg import MaskTerm
 from fedmap_secure.crypto.signing import verify
@@ -483,13 +483,13 @@ class ServerSession:
         partners = sorted(s for s in self._survivors if gone in self._delivered[s])
         if not partners:
             return []
-        private = self._reconstruct(gone, MASK_KEY)
-        if AgreementKeyPair.from_private_bytes(private).public != self._ads[gone].mask_public:
+        keys = AgreementKeyPair.from_private_bytes(self._reconstruct(gone, MASK_KEY))
+        if keys.public != self._ads[gone].mask_public:
             self._abort(f"rebuilt mask key of {gone!r} does not match its advertised key")
         terms = []
         for site in partners:
-            seed = agree_from_private(
-                private, self._ads[site].mask_public, label=LABEL_PAIRWISE_MASK, context=session
+            seed = agree(
+                keys, self._ads[site].mask_public, label=LABEL_PAIRWISE_MASK, context=session
             )
             terms.append(pairwise_mask_term(seed, session=session, sign=-pairwise_sign(site, gone)))
         return terms
