@@ -41,6 +41,18 @@ def run_cell(n: int, m: int, dropout: float, bits: int) -> Json:
     return result
 
 
+def target_check(bits: int) -> str:
+    """The issue's target: one client's masking for m = 10^6 with k = 100, in its own process."""
+    lines = []
+    for b in sorted({bits, 64}):
+        command = [sys.executable, str(HERE / "secagg_cells.py"), "--method", "masking"]
+        command += ["--m", str(10**6), "--k", "100", "--bits", str(b)]
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        seconds = json.loads(done.stdout)["client_masking_s"]
+        lines.append(f"client masking, m = 10^6, k = 100, bits = {b}: {_s(seconds)} (target 0.2 s)")
+    return "\n".join(lines)
+
+
 def run_flwr(python: Path, cells: list[Json]) -> list[Json]:
     plan = [
         {key: c[key] for key in ("n", "m", "dropout", "survivors", "pairs")}
@@ -123,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     print(table(cells, flwr))
     print()
     print(breakdown(cells))
+    print()
+    print(target_check(args.bits))
     print(f"\nJSON: {out.relative_to(HERE.parent)}")
 
 

@@ -53,7 +53,7 @@ from fedmap_secure.secagg.masking import (
     pairwise_mask_term,
     self_mask_term,
 )
-from fedmap_secure.secagg.messages import ClientMessage, ServerMessage
+from fedmap_secure.secagg.messages import ClientMessage, MaskedInput, ServerMessage
 from fedmap_secure.secagg.server import ServerSession
 
 PRG_SAMPLE = 200
@@ -182,17 +182,22 @@ def _best(action: Callable[[], object], repeat: int = 3) -> float:
 
 
 def client_masking_seconds(k: int, m: int, bits: int) -> float:
-    """k X25519+HKDF agreements and apply_masks over k + 1 terms (ClientSession._mask)."""
+    """The steps of ClientSession._mask: range check, k X25519+HKDF agreements,
+    apply_masks over k + 1 terms, and the MaskedInput message (which copies y)."""
     mine = AgreementKeyPair.generate()
     peers = [AgreementKeyPair.generate().public for _ in range(k)]
     x = _input(0, m, bits)
+    limit = np.uint64((1 << bits) - 1)
 
     def mask() -> None:
+        if bits < 64 and bool(np.any(x > limit)):
+            raise AssertionError("input out of range")
         terms = [self_mask_term(os.urandom(32), session=SESSION, site="s0000")]
         for i, peer in enumerate(peers):
             seed = agree(mine, peer, label=LABEL_PAIRWISE_MASK, context=SESSION)
             terms.append(pairwise_mask_term(seed, session=SESSION, sign=1 - 2 * (i % 2)))
-        apply_masks(x, terms, bits=bits)
+        y = apply_masks(x, terms, bits=bits)
+        MaskedInput(version=1, session_id=SESSION, round_index=0, sender="s0000", masked=y)
 
     return _best(mask)
 
@@ -201,8 +206,12 @@ def _per_call(action: Callable[[], object], reps: int = 40) -> float:
     return _best(lambda: [action() for _ in range(reps)]) / reps
 
 
-def unit_costs(t: int, h: int) -> dict[str, float]:
-    """Seconds per unit operation of the m-independent protocol work (measured)."""
+def unit_costs(t: int, h: int, used: int) -> dict[str, float]:
+    """Seconds per unit operation of the m-independent protocol work (measured).
+
+    ``shamir_combine`` is given ``used`` shares, as many as the server holds for one
+    secret (the holders that answered); the ones beyond t are checked for consistency.
+    """
     mine, other = AgreementKeyPair.generate(), AgreementKeyPair.generate()
     identity = IdentityKey.generate()
     signature = identity.sign(b"payload", label=LABEL_CONSISTENCY)
@@ -220,7 +229,7 @@ def unit_costs(t: int, h: int) -> dict[str, float]:
         "sign": _per_call(lambda: identity.sign(b"payload", label=LABEL_CONSISTENCY)),
         "shamir_split": _best(lambda: shamir.split(os.urandom(32), threshold=t, n_shares=h)),
         "shamir_combine": _best(
-            lambda: shamir.combine(shares[:t], threshold=t, commitment=commitment)
+            lambda: shamir.combine(shares[:used], threshold=t, commitment=commitment)
         ),
         "share_ok": _per_call(
             lambda: shamir.share_ok(shares[0], commitment=commitment, n_shares=h)
@@ -293,7 +302,7 @@ def measure_components(n: int, m: int, dropout: float, bits: int) -> Json:
     k, t, q = config.k, config.t, config.quorum
     dropped, pairs = _dropped_and_pairs(n, dropout, config)
     survivors = n - len(dropped)
-    units = unit_costs(t, k + 1)
+    units = unit_costs(t, k + 1, max(t, round((k + 1) * survivors / n)))
     masking = client_masking_seconds(k, m, bits)
     prg, prg_scaled = _server_prg_seconds(survivors + pairs, m, bits)
     recovered = len([d for d in dropped if pairs])  # dropped sites whose mask key is rebuilt
@@ -335,13 +344,18 @@ def measure(n: int, m: int, dropout: float, bits: int, method: str) -> Json:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--m", type=int, required=True)
-    parser.add_argument("--dropout", type=float, required=True)
+    parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--bits", type=int, default=32)
-    parser.add_argument("--method", choices=["round", "components"], required=True)
+    parser.add_argument("--method", choices=["round", "components", "masking"], required=True)
+    parser.add_argument("--k", type=int, default=100, help="neighbours (method masking only)")
     args = parser.parse_args(argv)
-    result = measure(args.n, args.m, args.dropout, args.bits, args.method)
+    if args.method == "masking":
+        seconds = client_masking_seconds(args.k, args.m, args.bits)
+        result = {"k": args.k, "m": args.m, "bits": args.bits, "client_masking_s": seconds}
+    else:
+        result = measure(args.n, args.m, args.dropout, args.bits, args.method)
     json.dump(result, sys.stdout)
 
 
