@@ -107,7 +107,8 @@ def server_unmask(cell: Json) -> tuple[dict[str, float], bool]:
         )
 
     running, s1 = _timed(add, survivors, sample=200)
-    combine, s2 = _timed(lambda: shamir.combine_shares(shares[:t]), survivors + dropped, 2)
+    used = max(t, round((k + 1) * survivors / cell["n"]))  # all collected shares, as flwr does
+    combine, s2 = _timed(lambda: shamir.combine_shares(shares[:used]), survivors + dropped, 2)
     prg, s3 = _timed(expand, survivors + pairs)
     agree, s4 = _timed(lambda: sym.generate_shared_key(sk, pk), pairs, 50)
     parts = {
