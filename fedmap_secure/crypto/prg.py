@@ -52,6 +52,8 @@ MAX_LENGTH = 2**35
 """Largest ``length`` one seed may expand to (keeps the AES birthday term below 2^-61)."""
 CHUNK_WORDS = 1 << 16
 """Words per chunk in ``add_masks``: a chunk of output plus one of keystream stay in L2 cache."""
+TERM_BATCH = 256
+"""Terms expanded side by side in ``add_masks`` (bounds the live cipher states)."""
 
 MaskWords = npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
 
@@ -105,16 +107,31 @@ def add_masks(out: MaskWords, terms: Sequence[MaskTerm], *, bits: int) -> None:
 
     ``out`` is a writable, contiguous 1-D array of ``word_dtype(bits)`` with at
     most MAX_LENGTH entries; every PRG(seed_j) has ``len(out)`` values. The
-    keystreams are consumed chunk by chunk (CHUNK_WORDS words at a time): the
-    cost is the AES keystream plus one in-cache add per word and term, and the
-    extra memory is one chunk. Adding full words and reducing once at the end
-    is exact because 2^bits divides the word modulus.
+    keystreams are consumed chunk by chunk (CHUNK_WORDS words at a time), for
+    TERM_BATCH terms at a time: the cost is the AES keystream plus one in-cache
+    add per word and term, and the extra memory is one chunk and TERM_BATCH
+    cipher states, whatever the number of terms. Adding full words and reducing
+    once at the end is exact because 2^bits divides the word modulus.
     """
     dtype = word_dtype(bits)
     _check_output(out, dtype)
+    scratch = bytearray(CHUNK_WORDS * dtype.itemsize + _primitives.KEYSTREAM_SLACK)
+    for first in range(0, len(terms), TERM_BATCH):
+        _add_batch(out, terms[first : first + TERM_BATCH], scratch, dtype)
+    scratch[:] = bytes(len(scratch))  # do not leave keystream (mask) bytes behind
+    if bits < 8 * dtype.itemsize:
+        np.bitwise_and(out, dtype.type((1 << bits) - 1), out=out)
+
+
+def _add_batch(
+    out: MaskWords,
+    terms: Sequence[MaskTerm],
+    scratch: bytearray,
+    dtype: np.dtype[np.uint32] | np.dtype[np.uint64],
+) -> None:
+    """out += sum of the terms' full words (mod the word size), one chunk at a time."""
     width = dtype.itemsize
     streams = [(_primitives.Aes256CtrKeystream(_stream_key(t)), t.sign > 0) for t in terms]
-    scratch = bytearray(CHUNK_WORDS * width + _primitives.KEYSTREAM_SLACK)
     words = np.frombuffer(scratch, dtype=dtype.newbyteorder("<"), count=CHUNK_WORDS)
     for start in range(0, out.shape[0], CHUNK_WORDS):
         part = out[start : start + CHUNK_WORDS]
@@ -125,8 +142,6 @@ def add_masks(out: MaskWords, terms: Sequence[MaskTerm], *, bits: int) -> None:
                 np.add(part, chunk, out=part)
             else:
                 np.subtract(part, chunk, out=part)
-    if bits < 8 * width:
-        np.bitwise_and(out, dtype.type((1 << bits) - 1), out=out)
 
 
 def _stream_key(term: MaskTerm) -> bytes:

@@ -113,9 +113,10 @@ def test_expand_mask_is_the_keystream_words_reduced(seed: bytes, bits: int, leng
     bits=st.integers(min_value=1, max_value=64),
     length=st.integers(min_value=0, max_value=40),
     chunk=st.integers(min_value=1, max_value=9),
+    batch=st.integers(min_value=1, max_value=3),
 )
 def test_add_masks_is_the_signed_sum_of_expansions(
-    seeds: list[bytes], signs: list[int], bits: int, length: int, chunk: int
+    seeds: list[bytes], signs: list[int], bits: int, length: int, chunk: int, batch: int
 ) -> None:
     label, context = labels.LABEL_PAIRWISE_MASK_EXPANSION, b"session"
     start = np.arange(length, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
@@ -129,20 +130,20 @@ def test_add_masks_is_the_signed_sum_of_expansions(
         for seed, sign in zip(seeds, signs, strict=False)
     ]
     out = cast(MaskWords, start.astype(word_dtype(bits)))
-    with _chunk_words(chunk):
+    with _small_steps(chunk, batch):
         add_masks(out, terms, bits=bits)
     assert out.tolist() == expected
 
 
 @contextlib.contextmanager
-def _chunk_words(words: int) -> Iterator[None]:
-    """Force tiny chunks so chunk boundaries fall inside short vectors."""
-    saved = prg.CHUNK_WORDS
-    prg.CHUNK_WORDS = words
+def _small_steps(words: int, terms: int) -> Iterator[None]:
+    """Force tiny chunks and term batches so their boundaries fall inside short inputs."""
+    saved = prg.CHUNK_WORDS, prg.TERM_BATCH
+    prg.CHUNK_WORDS, prg.TERM_BATCH = words, terms
     try:
         yield
     finally:
-        prg.CHUNK_WORDS = saved
+        prg.CHUNK_WORDS, prg.TERM_BATCH = saved
 
 
 _FIELDS = st.lists(st.binary(max_size=6), max_size=4)
