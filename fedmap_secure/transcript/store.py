@@ -17,13 +17,17 @@ the exit status (0 verified, 1 verification failed, 2 unusable input).
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.errors import ConfigError, TranscriptError
-from fedmap_secure.secagg.config import Roster
+from fedmap_secure.secagg.config import Roster, SecAggConfig
+from fedmap_secure.transcript.aggregator import RecordingSecureAggregator
+from fedmap_secure.transcript.recorder import TranscriptChain
 from fedmap_secure.transcript.records import RoundTranscript, canonical_bytes
 from fedmap_secure.transcript.site_record import SiteRecord, cross_check
 from fedmap_secure.transcript.verify import verify_chain
@@ -61,6 +65,35 @@ class SiteRecordWriter:
 
     def __call__(self, record: SiteRecord) -> None:
         _write(round_file(self.directory / record.site, record.round_index), record.to_json())
+
+
+def recording_aggregator(
+    sites: Sequence[str],
+    out: Path,
+    *,
+    dropout_fraction: float = 0.1,
+    corrupt_fraction: float = 0.1,
+    bits: int = 64,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> RecordingSecureAggregator:
+    """Like ``SecureAggregator.simulated``, writing transcripts, site records and the roster
+    under ``out`` (``OUT/transcripts``, ``OUT/site-records``, ``OUT/roster.json``)."""
+    config = SecAggConfig.for_threat_model(
+        n=len(sites),
+        dropout_fraction=dropout_fraction,
+        corrupt_fraction=corrupt_fraction,
+        bits=bits,
+    )
+    identities = {s: IdentityKey.generate(random_bytes) for s in sites}
+    aggregator = RecordingSecureAggregator(
+        identities=identities,
+        config=config,
+        chain=TranscriptChain(sink=TranscriptWriter(out)),
+        site_sink=SiteRecordWriter(out),
+        random_bytes=random_bytes,
+    )
+    write_roster(Path(out) / "roster.json", aggregator.roster)
+    return aggregator
 
 
 def _json(path: Path) -> object:
