@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedmap_secure.aggregation import VectorLayout
+from fedmap_secure.crypto.hashing import DIGEST_SIZE
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.errors import TranscriptError
 from fedmap_secure.secagg.client import ClientSession
@@ -38,6 +39,7 @@ from fedmap_secure.secagg.messages import (
 )
 from fedmap_secure.transcript.message_hash import message_digest
 from fedmap_secure.transcript.records import (
+    MESSAGE_KINDS,
     Direction,
     RoundTranscript,
     ShareKind,
@@ -59,6 +61,28 @@ class SiteRecord:
     signed_survivors: tuple[str, ...]
     consistency_signature: bytes
     revealed: tuple[tuple[str, ShareKind], ...]
+
+    def __post_init__(self) -> None:
+        def bad(what: str) -> TranscriptError:
+            return TranscriptError(f"malformed site record: {what}", site=str(self.site))
+
+        if not isinstance(self.site, str) or not self.site:
+            raise bad("site must be a non-empty string")
+        if isinstance(self.round_index, bool) or not isinstance(self.round_index, int):
+            raise bad("round_index must be an int")
+        if self.round_index < 0:
+            raise bad("round_index must be >= 0")
+        if not isinstance(self.context_hash, bytes) or len(self.context_hash) != DIGEST_SIZE:
+            raise bad("context_hash must be 32 bytes")
+        for kind, digest in (*self.sent, *self.received):
+            if (
+                kind not in MESSAGE_KINDS
+                or not isinstance(digest, bytes)
+                or len(digest) != DIGEST_SIZE
+            ):
+                raise bad(f"bad message entry ({kind!r})")
+        if not all(isinstance(k, ShareKind) for _, k in self.revealed):
+            raise bad("revealed kinds must be ShareKind")
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -415,3 +415,14 @@ def test_transcript_modules_other_than_the_file_adapter_do_no_io() -> None:
         }
         assert not imported & forbidden, (module.name, imported & forbidden)
         assert "open" not in calls, module.name
+
+
+def test_malformed_site_record_is_refused(run: Run) -> None:
+    data = run.records[0].to_json()
+    data["sent"][0][0] = "Gossip"
+    with pytest.raises(TranscriptError, match="malformed site record"):
+        SiteRecord.from_json(data)
+    data = run.records[0].to_json()
+    data["context_hash"] = "00"
+    with pytest.raises(TranscriptError, match="context_hash"):
+        SiteRecord.from_json(data)
