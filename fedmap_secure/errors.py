@@ -72,3 +72,31 @@ class LedgerIntegrityError(PrivacyError):
 
 class LedgerMismatchError(PrivacyError):
     """A stored privacy ledger was opened with a different budget, delta or accountant."""
+
+
+class TranscriptError(FedMapError):
+    """A round transcript failed offline verification; names what failed and where.
+
+    ``round_index``, ``site`` and ``message`` locate the failure (each may be
+    None when it does not apply); the text always starts with the location.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        round_index: int | None = None,
+        site: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        where = [
+            f"round {round_index}" if round_index is not None else None,
+            f"site {site!r}" if site is not None else None,
+            f"message {message}" if message is not None else None,
+        ]
+        located = ", ".join(w for w in where if w)
+        super().__init__(f"{located}: {what}" if located else what)
+        self.what = what
+        self.round_index = round_index
+        self.site = site
+        self.message = message

@@ -155,23 +155,10 @@ class SecureAggregator:
         encoded: Mapping[str, npt.NDArray[np.uint64]],
     ) -> RoundOutput:
         """Run one round: every site's session and the server's, messages passed in memory."""
-        server = ServerSession(
-            roster=self._roster,
-            config=self._config,
-            layout=layout,
-            round_index=round_index,
-            context=context,
-        )
+        server = self._new_server(layout=layout, round_index=round_index, context=context)
         live = {
-            site: ClientSession(
-                site_id=site,
-                identity=key,
-                roster=self._roster,
-                config=self._config,
-                layout=layout,
-                round_index=round_index,
-                context=context,
-                random_bytes=self._random_bytes,
+            site: self._new_client(
+                site, key, layout=layout, round_index=round_index, context=context
             )
             for site, key in self._identities.items()
             if self._sends(site, DropPoint.BEFORE_KEYS, encoded)
@@ -191,6 +178,33 @@ class SecureAggregator:
                 if site in live:
                     _relay(server, live[site], message)
         return server.finish()
+
+    def _new_server(
+        self, *, layout: VectorLayout, round_index: int, context: bytes
+    ) -> ServerSession:
+        """Hook: the server session of one round (``transcript`` overrides it to record)."""
+        return ServerSession(
+            roster=self._roster,
+            config=self._config,
+            layout=layout,
+            round_index=round_index,
+            context=context,
+        )
+
+    def _new_client(
+        self, site: str, key: IdentityKey, *, layout: VectorLayout, round_index: int, context: bytes
+    ) -> ClientSession:
+        """Hook: one site's session of one round (``transcript`` overrides it to record)."""
+        return ClientSession(
+            site_id=site,
+            identity=key,
+            roster=self._roster,
+            config=self._config,
+            layout=layout,
+            round_index=round_index,
+            context=context,
+            random_bytes=self._random_bytes,
+        )
 
     def _sends(self, site: str, point: DropPoint, inputs: Mapping[str, object]) -> bool:
         """Whether ``site`` is still sending when stage ``point`` would cut it off."""
