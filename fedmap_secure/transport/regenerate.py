@@ -1,8 +1,10 @@
 """Regenerate ``fedmap_secure/transport/generated`` from ``proto/fedmap_secure/v1/*.proto``.
 
 Run from the repository root: ``python -m fedmap_secure.transport.regenerate``.
-It needs ``grpcio-tools`` (protoc, Python and gRPC plugins) and ``mypy-protobuf``
-(``.pyi`` stubs, so the hand-written code is type-checked against the schema).
+It needs ``grpcio-tools`` (protoc) and ``mypy-protobuf`` (``.pyi`` stubs, so the
+hand-written code is type-checked against the schema). No gRPC service stubs
+are generated: ``transport.rpc`` binds the two methods of the ``Federation``
+service by the names in the schema's descriptor, with typed signatures.
 
 protoc names the generated modules after the proto package (``fedmap_secure.v1``);
 their import lines are rewritten to ``fedmap_secure.transport.generated.v1`` so
@@ -27,8 +29,8 @@ PROTO_PACKAGE = "fedmap_secure/v1"
 GENERATED_ROOT = Path(__file__).resolve().parent / "generated"
 TARGET_MODULE = "fedmap_secure.transport.generated.v1"
 _IMPORT = re.compile(r"^(from |import )fedmap_secure\.v1\b", re.MULTILINE)
-_QUALIFIED = re.compile(r"(?<![\w.'\"])fedmap_secure\.v1\.(\w+_pb2(?:_grpc)?)\b")
-_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+_QUALIFIED = re.compile(r"(?<![\w.'\"])fedmap_secure\.v1\.(\w+_pb2)\b")
+_SUFFIXES = ("_pb2.py", "_pb2.pyi")
 
 
 def proto_files() -> list[Path]:
@@ -60,11 +62,8 @@ def generate(out_dir: Path) -> list[Path]:
             f"-I{PROTO_ROOT}",
             f"-I{include}",
             f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
-            f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
             f"--python_out={work}",
-            f"--grpc_python_out={work}",
             f"--mypy_out={work}",
-            f"--mypy_grpc_out={work}",
             *(str(p.relative_to(PROTO_ROOT)) for p in proto_files()),
         ]
         if protoc.main(args) != 0:

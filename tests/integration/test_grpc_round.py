@@ -1,0 +1,61 @@
+"""A full secure-aggregation round over real gRPC equals the in-process round."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedmap_secure.aggregation import AggregateResult, FloatVector
+from fedmap_secure.secagg.inprocess import SecureAggregator
+from fedmap_secure.transport import messages as tm
+from fedmap_secure.transport.site import SiteOutcome
+from tests.integration.grpc_harness import (
+    CONFIG,
+    CONTEXT,
+    LAYOUT,
+    SITES,
+    Consortium,
+    exact_inputs,
+    make_deployment,
+    plain_consortium,
+    play_round,
+    running_server,
+)
+
+
+def _in_process(consortium: Consortium, inputs: Mapping[str, FloatVector]) -> AggregateResult:
+    agg = SecureAggregator(identities=consortium.identities, config=CONFIG)
+    return agg.aggregate(round_index=0, layout=LAYOUT, inputs=inputs, context=CONTEXT)
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["mtls", "insecure"])
+def test_four_sites_sum_equals_in_process(tmp_path: Path, tls: bool) -> None:
+    consortium = make_deployment(tmp_path) if tls else plain_consortium()
+    inputs = exact_inputs()
+    with running_server(consortium) as server:
+        run = play_round(server, consortium, inputs)
+    assert run.error is None
+    assert run.result is not None
+    expected = _in_process(consortium, inputs)
+    assert run.result.contributors == frozenset(SITES) == expected.contributors
+    for name in LAYOUT.names:
+        np.testing.assert_array_equal(run.result.sums[name], expected.sums[name])
+    flat = LAYOUT.flatten(run.result.sums)
+    np.testing.assert_array_equal(flat, sum(inputs.values()))
+    assert {r.outcome for r in run.reports.values()} == {SiteOutcome.COMPLETED}
+
+
+def test_a_declining_site_is_a_dropout(tmp_path: Path) -> None:
+    consortium = plain_consortium()
+    inputs: dict[str, object] = dict(exact_inputs())
+    inputs["site-c"] = tm.DeclineReason.BUDGET_EXHAUSTED
+    with running_server(consortium) as server:
+        run = play_round(server, consortium, inputs)  # type: ignore[arg-type]
+    assert run.result is not None
+    assert run.result.contributors == frozenset(SITES) - {"site-c"}
+    assert run.reports["site-c"].outcome is SiteOutcome.DECLINED
+    expected = sum(v for s, v in exact_inputs().items() if s != "site-c")
+    np.testing.assert_array_equal(LAYOUT.flatten(run.result.sums), expected)
