@@ -311,6 +311,12 @@ class AggregationServer:
             clipped_coordinates=clipped,
         )
 
+    @property
+    def open_round(self) -> int | None:
+        """Index of the round in progress, if any."""
+        rnd = self._current()
+        return None if rnd is None else rnd.index
+
     def _open_round(self, min_round: int, context: grpc.ServicerContext) -> _Round:
         """Wait for a round with index >= ``min_round`` that still admits sites."""
         with self._cond:

@@ -9,9 +9,9 @@ Every protocol check is the session's; a refusal or abort ends the site's part
 in the round (it becomes a dropout for the others) and is reported, never
 retried with the same keys.
 
-``on_stage`` (tests, fault injection) is called with the name of each message
-type just before the site sends it; raising from it makes the site disconnect
-at that point, like a crashed process.
+``on_send`` (tests, fault injection) is called with each message just before
+the site sends it; raising from it makes the site disconnect at that point,
+like a crashed process.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class SiteClient:
         chunk_size: int = framing.DEFAULT_CHUNK_SIZE,
         max_message_bytes: int = framing.DEFAULT_MAX_MESSAGE_BYTES,
         random_bytes: Callable[[int], bytes] = os.urandom,
-        on_stage: Callable[[str], None] | None = None,
+        on_send: Callable[[codec.SiteWireMessage], None] | None = None,
     ) -> None:
         self.site_id = site_id
         self._stub = rpc.FederationStub(channel)
@@ -86,7 +86,7 @@ class SiteClient:
         self._chunk_size = chunk_size
         self._max_bytes = max_message_bytes
         self._random_bytes = random_bytes
-        self._on_stage = on_stage
+        self._on_send = on_send
 
     def run_round(
         self, contribute: Callable[[tm.SecAggSetup], Contribution], *, min_round: int = 0
@@ -171,8 +171,8 @@ class SiteClient:
         raise RemoteProtocolError(SERVER_ID, "stream ended before the round outcome")
 
     def _send(self, message: codec.SiteWireMessage) -> None:
-        if self._on_stage is not None:
-            self._on_stage(type(message).__name__)
+        if self._on_send is not None:
+            self._on_send(message)
         data = codec.encode_site_message(message).SerializeToString()
         frames = framing.split(data, codec.encode_header(message), chunk_size=self._chunk_size)
         self._stub.submit(iter(frames), timeout=self._round_timeout)

@@ -16,7 +16,8 @@ from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.errors import AbortedError
 from fedmap_secure.secagg.config import Roster, SecAggConfig
 from fedmap_secure.transport import messages as tm
-from fedmap_secure.transport.pki import Deployment, generate_deployment, load_identity, load_roster
+from fedmap_secure.transport.codec import SiteWireMessage
+from fedmap_secure.transport.pki import Deployment, generate_deployment, load_identity
 from fedmap_secure.transport.security import Insecure, MutualTls, channel_credentials
 from fedmap_secure.transport.server import AggregationServer, ServerSettings
 from fedmap_secure.transport.site import SiteClient, SiteReport
@@ -52,15 +53,14 @@ class Consortium:
         return MutualTls(files=files)
 
 
-def consortium_from(deployment: Deployment, sites: tuple[str, ...] = SITES) -> Consortium:
+def make_deployment(
+    root: Path, sites: tuple[str, ...] = SITES, outsiders: tuple[str, ...] = ()
+) -> Consortium:
+    """A test PKI for ``sites`` + ``outsiders`` (CA-signed certificates, not on the roster)."""
+    deployment = generate_deployment(root, sites + outsiders)
     identities = {s: load_identity(deployment.identity(s)) for s in sites}
-    return Consortium(
-        roster=load_roster(deployment.roster), identities=identities, deployment=deployment
-    )
-
-
-def make_deployment(root: Path, sites: tuple[str, ...] = SITES) -> Consortium:
-    return consortium_from(generate_deployment(root, sites), sites)
+    roster = Roster.from_mapping({s: k.public for s, k in identities.items()})
+    return Consortium(roster=roster, identities=identities, deployment=deployment)
 
 
 def plain_consortium(sites: tuple[str, ...] = SITES) -> Consortium:
@@ -95,6 +95,64 @@ class RoundRun:
     result: AggregateResult | None
     error: AbortedError | None
     reports: dict[str, SiteReport] = field(default_factory=dict)
+    killed: list[str] = field(default_factory=list)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _channels: list[grpc.Channel] = field(default_factory=list)
+
+    def join(self) -> None:
+        """Wait for the site threads and close their channels."""
+        for t in self._threads:
+            t.join(timeout=20)
+        for channel in self._channels:
+            channel.close()
+
+
+class SiteKilledError(Exception):
+    """Raised from a hook: the site's process 'dies' (its connection drops) at that point."""
+
+
+def kill_before(stage: str) -> Callable[[SiteWireMessage], None]:
+    def hook(message: SiteWireMessage) -> None:
+        if type(message).__name__ == stage:
+            raise SiteKilledError(stage)
+
+    return hook
+
+
+def start_sites(
+    server: AggregationServer,
+    consortium: Consortium,
+    inputs: Mapping[str, np.ndarray | tm.DeclineReason],
+    *,
+    round_index: int = 0,
+    config: SecAggConfig = CONFIG,
+    hooks: Mapping[str, Callable[[SiteWireMessage], None]] | None = None,
+) -> RoundRun:
+    """Start one thread per site in ``inputs``; each joins the round and plays it."""
+    run = RoundRun(result=None, error=None)
+
+    def site_main(site: str) -> None:
+        channel = open_channel(server.port, consortium.security(site))
+        run._channels.append(channel)
+        client = SiteClient(
+            channel=channel,
+            site_id=site,
+            identity=consortium.identities[site],
+            roster=consortium.roster,
+            config=config,
+            round_timeout=30.0,
+            on_send=(hooks or {}).get(site),
+        )
+        value = inputs[site]
+        try:
+            run.reports[site] = client.run_round(lambda _setup: value, min_round=round_index)
+        except SiteKilledError:
+            run.killed.append(site)
+
+    run._threads = [threading.Thread(target=site_main, args=(s,), daemon=True) for s in inputs]
+    for t in run._threads:
+        t.start()
+    return run
 
 
 def play_round(
@@ -104,38 +162,17 @@ def play_round(
     *,
     round_index: int = 0,
     config: SecAggConfig = CONFIG,
-    hooks: Mapping[str, Callable[[str], None]] | None = None,
+    hooks: Mapping[str, Callable[[SiteWireMessage], None]] | None = None,
+    join_sites: bool = True,
 ) -> RoundRun:
     """Run one round: a thread per site in ``inputs``, the server's side in this thread."""
-    reports: dict[str, SiteReport] = {}
-    channels: list[grpc.Channel] = []
-
-    def site_main(site: str) -> None:
-        channel = open_channel(server.port, consortium.security(site))
-        channels.append(channel)
-        client = SiteClient(
-            channel=channel,
-            site_id=site,
-            identity=consortium.identities[site],
-            roster=consortium.roster,
-            config=config,
-            round_timeout=30.0,
-            on_stage=(hooks or {}).get(site),
-        )
-        value = inputs[site]
-        reports[site] = client.run_round(lambda _setup: value, min_round=round_index)
-
-    threads = [threading.Thread(target=site_main, args=(s,), daemon=True) for s in inputs]
-    for t in threads:
-        t.start()
-    result: AggregateResult | None = None
-    error: AbortedError | None = None
+    run = start_sites(
+        server, consortium, inputs, round_index=round_index, config=config, hooks=hooks
+    )
     try:
-        result = server.run_round(round_index=round_index, layout=LAYOUT, context=CONTEXT)
+        run.result = server.run_round(round_index=round_index, layout=LAYOUT, context=CONTEXT)
     except AbortedError as exc:
-        error = exc
-    for t in threads:
-        t.join(timeout=20)
-    for channel in channels:
-        channel.close()
-    return RoundRun(result=result, error=error, reports=reports)
+        run.error = exc
+    if join_sites:
+        run.join()
+    return run
