@@ -142,7 +142,7 @@ def load_roster(path: Path) -> Roster:
             raise ConfigError(f"roster {path}: key of site {site!r} is not hex") from None
     try:
         return Roster.from_mapping(keys)
-    except Exception as exc:
+    except ConfigError as exc:
         raise ConfigError(f"roster {path}: {exc}") from None
 
 
