@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 
 from fedmap_secure.aggregation import AggregateResult, Field, VectorLayout
+from fedmap_secure.crypto.deterministic import DeterministicRandom
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.errors import AbortedError
 from fedmap_secure.secagg.config import Roster, SecAggConfig
@@ -65,6 +66,14 @@ def make_deployment(
 
 def plain_consortium(sites: tuple[str, ...] = SITES) -> Consortium:
     identities = {s: IdentityKey.generate() for s in sites}
+    roster = Roster.from_mapping({s: k.public for s, k in identities.items()})
+    return Consortium(roster=roster, identities=identities)
+
+
+def seeded_consortium(sites: tuple[str, ...] = SITES) -> Consortium:
+    """Identities from a fixed test seed, reproducible in another process (tests only)."""
+    rb = DeterministicRandom(b"grpc-integration-identities")
+    identities = {s: IdentityKey.generate(rb) for s in sites}
     roster = Roster.from_mapping({s: k.public for s, k in identities.items()})
     return Consortium(roster=roster, identities=identities)
 
