@@ -21,15 +21,16 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from fedmap_secure import PROTOCOL_VERSION
-from fedmap_secure.aggregation import Field, VectorLayout
+from fedmap_secure.aggregation import Field, FloatVector, VectorLayout
 from fedmap_secure.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from fedmap_secure.secagg import messages as sm
 from fedmap_secure.transport import messages as tm
+from fedmap_secure.transport.generated.v1 import fedmap_pb2 as fpb
 from fedmap_secure.transport.generated.v1 import secagg_pb2 as pb
 from fedmap_secure.transport.generated.v1 import service_pb2 as spb
 
 SiteWireMessage = sm.ClientMessage | tm.Decline
-ServerWireMessage = sm.ServerMessage | tm.SecAggSetup | tm.RoundOutcome
+ServerWireMessage = sm.ServerMessage | tm.SecAggSetup | tm.FedMapRound | tm.RoundOutcome
 T = TypeVar("T")
 
 _DECLINE = {
@@ -100,6 +101,19 @@ def decode_vector(data: bytes, *, peer: str) -> sm.MaskedVector:
     if not data:
         raise RemoteProtocolError(peer, "vector is empty")
     return np.frombuffer(data, dtype="<u8").astype(np.uint64)
+
+
+def encode_floats(values: FloatVector) -> bytes:
+    """float64 values as little-endian binary64, concatenated."""
+    return np.ascontiguousarray(values, dtype="<f8").tobytes()
+
+
+def decode_floats(data: bytes, *, peer: str, what: str) -> FloatVector:
+    if len(data) % 8:
+        raise RemoteProtocolError(
+            peer, f"{what} of {len(data)} bytes is not a whole number of float64 values"
+        )
+    return np.frombuffer(data, dtype="<f8").astype(np.float64)
 
 
 # ----------------------------------------------------------------------------- parts
@@ -258,20 +272,69 @@ def decode_site_message(proto: spb.SiteMessage, *, peer: str) -> SiteWireMessage
     raise RemoteProtocolError(peer, "site message has no body (unknown message type?)")
 
 
+def _encode_setup(message: tm.SecAggSetup) -> pb.SecAggSetup:
+    return pb.SecAggSetup(
+        header=encode_header(message),
+        layout=encode_layout(message.layout),
+        context=message.context,
+        config_digest=message.config_digest,
+        roster_digest=message.roster_digest,
+        stage_timeout_ms=message.stage_timeout_ms,
+    )
+
+
+def _decode_setup(s: pb.SecAggSetup, *, peer: str) -> tm.SecAggSetup:
+    return _build(
+        peer,
+        "SecAggSetup",
+        tm.SecAggSetup,
+        **_header(s.HasField("header"), s.header, peer=peer, what="SecAggSetup"),
+        layout=decode_layout(s.layout, peer=peer),
+        context=s.context,
+        config_digest=s.config_digest,
+        roster_digest=s.roster_digest,
+        stage_timeout_ms=s.stage_timeout_ms,
+    )
+
+
+def _encode_fedmap(message: tm.FedMapRound) -> fpb.FedMapRound:
+    proto = fpb.FedMapRound(
+        header=encode_header(message),
+        gamma=encode_floats(message.gamma),
+        has_psi=message.psi is not None,
+        psi=b"" if message.psi is None else encode_floats(message.psi),
+        config_json=message.config_json,
+        final=message.final,
+    )
+    if message.setup is not None:
+        proto.secagg.CopyFrom(_encode_setup(message.setup))
+    return proto
+
+
+def _decode_fedmap(f: fpb.FedMapRound, *, peer: str) -> tm.FedMapRound:
+    header = _header(f.HasField("header"), f.header, peer=peer, what="FedMapRound")
+    if f.psi and not f.has_psi:
+        raise RemoteProtocolError(peer, "FedMapRound carries psi but has_psi is false")
+    return _build(
+        peer,
+        "FedMapRound",
+        tm.FedMapRound,
+        **header,
+        gamma=decode_floats(f.gamma, peer=peer, what="gamma"),
+        psi=decode_floats(f.psi, peer=peer, what="psi") if f.has_psi else None,
+        config_json=f.config_json,
+        setup=_decode_setup(f.secagg, peer=peer) if f.HasField("secagg") else None,
+        final=f.final,
+    )
+
+
 def encode_server_message(message: ServerWireMessage) -> spb.ServerMessage:
     """Typed server message -> protobuf ``ServerMessage``."""
     h = encode_header(message)
     if isinstance(message, tm.SecAggSetup):
-        return spb.ServerMessage(
-            secagg_setup=pb.SecAggSetup(
-                header=h,
-                layout=encode_layout(message.layout),
-                context=message.context,
-                config_digest=message.config_digest,
-                roster_digest=message.roster_digest,
-                stage_timeout_ms=message.stage_timeout_ms,
-            )
-        )
+        return spb.ServerMessage(secagg_setup=_encode_setup(message))
+    if isinstance(message, tm.FedMapRound):
+        return spb.ServerMessage(fedmap_round=_encode_fedmap(message))
     if isinstance(message, sm.KeyBroadcast):
         ads = [_encode_advertise(a) for a in message.advertisements]
         return spb.ServerMessage(key_broadcast=pb.KeyBroadcast(header=h, advertisements=ads))
@@ -303,18 +366,9 @@ def decode_server_message(proto: spb.ServerMessage, *, peer: str) -> ServerWireM
     """Protobuf ``ServerMessage`` -> typed message, or ``RemoteProtocolError`` naming ``peer``."""
     kind = proto.WhichOneof("body")
     if kind == "secagg_setup":
-        s = proto.secagg_setup
-        return _build(
-            peer,
-            "SecAggSetup",
-            tm.SecAggSetup,
-            **_header(s.HasField("header"), s.header, peer=peer, what="SecAggSetup"),
-            layout=decode_layout(s.layout, peer=peer),
-            context=s.context,
-            config_digest=s.config_digest,
-            roster_digest=s.roster_digest,
-            stage_timeout_ms=s.stage_timeout_ms,
-        )
+        return _decode_setup(proto.secagg_setup, peer=peer)
+    if kind == "fedmap_round":
+        return _decode_fedmap(proto.fedmap_round, peer=peer)
     if kind == "key_broadcast":
         k = proto.key_broadcast
         header = _header(k.HasField("header"), k.header, peer=peer, what="KeyBroadcast")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from fedmap_secure.aggregation import VectorLayout
+import numpy as np
+
+from fedmap_secure.aggregation import FloatVector, VectorLayout
 from fedmap_secure.errors import LocalProtocolError
 from fedmap_secure.secagg.messages import ID_SIZE, Message
 
@@ -108,3 +110,58 @@ class RoundOutcome(Message):
             raise LocalProtocolError("contributors must be sorted and distinct")
         if not isinstance(self.detail, str):
             raise LocalProtocolError("detail must be a str")
+
+
+def _float_vector(name: str, value: object) -> None:
+    if not isinstance(value, np.ndarray) or value.dtype != np.float64 or value.ndim != 1:
+        raise LocalProtocolError(f"{name} must be a 1-D float64 array")
+    if not np.all(np.isfinite(value)):
+        raise LocalProtocolError(f"{name} contains NaN or infinity")
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class FedMapRound(Message):
+    """A FedMAP round: global state (gamma, psi), run configuration and the secure round.
+
+    ``setup`` is None only when ``final`` (training is over). Arrays are stored read-only.
+    """
+
+    gamma: FloatVector
+    psi: FloatVector | None
+    config_json: str
+    setup: SecAggSetup | None
+    final: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _float_vector("gamma", self.gamma)
+        if self.psi is not None:
+            _float_vector("psi", self.psi)
+        if not isinstance(self.config_json, str):
+            raise LocalProtocolError("config_json must be a str")
+        if not isinstance(self.final, bool):
+            raise LocalProtocolError("final must be a bool")
+        if (self.setup is None) != self.final:
+            raise LocalProtocolError("a FedMAP round has a secure-aggregation setup iff not final")
+        if self.setup is not None:
+            if not isinstance(self.setup, SecAggSetup):
+                raise LocalProtocolError("setup must be a SecAggSetup")
+            if (self.setup.session_id, self.setup.round_index) != (
+                self.session_id,
+                self.round_index,
+            ):
+                raise LocalProtocolError("setup header differs from the round's header")
+        for name in ("gamma", "psi"):
+            arr = getattr(self, name)
+            if arr is not None:
+                frozen = arr.copy()
+                frozen.flags.writeable = False
+                object.__setattr__(self, name, frozen)
+
+
+RoundOpening = SecAggSetup | FedMapRound
+"""The first message of a round."""
+
+
+def setup_of(opening: RoundOpening) -> SecAggSetup | None:
+    return opening if isinstance(opening, SecAggSetup) else opening.setup

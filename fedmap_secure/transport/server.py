@@ -30,7 +30,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from typing import NoReturn
@@ -39,7 +39,7 @@ import grpc
 
 from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import AggregateResult, VectorLayout
-from fedmap_secure.errors import AbortedError, RemoteProtocolError
+from fedmap_secure.errors import AbortedError, LocalProtocolError, RemoteProtocolError
 from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig
 from fedmap_secure.secagg.messages import CLIENT_MESSAGE_TYPES
 from fedmap_secure.secagg.quantize import Quantizer
@@ -90,10 +90,10 @@ def _late(message: object, stage: ServerStage) -> bool:
 class _Round:
     """The state of one open round; every method runs under ``self.cond``."""
 
-    def __init__(self, *, session: ServerSession, setup: tm.SecAggSetup, roster: Roster) -> None:
-        self.index = setup.round_index
+    def __init__(self, *, session: ServerSession, opening: tm.RoundOpening, roster: Roster) -> None:
+        self.index = opening.round_index
         self.session = session
-        self.setup = setup
+        self.opening = opening
         self.roster = roster
         self.cond = threading.Condition()
         self.queues: dict[str, queue.SimpleQueue[codec.ServerWireMessage]] = {}
@@ -111,7 +111,7 @@ class _Round:
                     f"site {site!r} already joined round {self.index}",
                 )
             q: queue.SimpleQueue[codec.ServerWireMessage] = queue.SimpleQueue()
-            q.put(self.setup)
+            q.put(self.opening)
             self.queues[site] = q
             return q
 
@@ -236,9 +236,19 @@ class AggregationServer:
     # ------------------------------------------------------------------ rounds
 
     def run_round(
-        self, *, round_index: int, layout: VectorLayout, context: bytes
+        self,
+        *,
+        round_index: int,
+        layout: VectorLayout,
+        context: bytes,
+        announce: Callable[[tm.SecAggSetup], tm.RoundOpening] | None = None,
     ) -> AggregateResult:
-        """Run one round with whoever joins; ``AbortedError`` if too few sites remain."""
+        """Run one round with whoever joins; ``AbortedError`` if too few sites remain.
+
+        ``announce`` wraps the round's ``SecAggSetup`` into the opening message
+        sites receive (e.g. a ``FedMapRound`` carrying the global model); by
+        default they receive the bare setup.
+        """
         session = ServerSession(
             roster=self.roster,
             config=self.config,
@@ -257,7 +267,10 @@ class AggregationServer:
             roster_digest=self.roster.digest(),
             stage_timeout_ms=max(1, int(self.settings.stage_timeout * 1000)),
         )
-        rnd = _Round(session=session, setup=setup, roster=self.roster)
+        opening = setup if announce is None else announce(setup)
+        if tm.setup_of(opening) != setup:
+            raise LocalProtocolError("announce() must embed the round's SecAggSetup unchanged")
+        rnd = _Round(session=session, opening=opening, roster=self.roster)
         with self._cond:
             self._round = rnd
             self._cond.notify_all()

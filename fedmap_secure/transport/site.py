@@ -27,7 +27,12 @@ import grpc
 from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import FloatVector
 from fedmap_secure.crypto.signing import IdentityKey
-from fedmap_secure.errors import AbortedError, ProtocolError, RemoteProtocolError
+from fedmap_secure.errors import (
+    AbortedError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 from fedmap_secure.secagg.client import ClientSession
 from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig
 from fedmap_secure.secagg.messages import ShareDelivery
@@ -36,13 +41,15 @@ from fedmap_secure.transport import codec, framing, rpc
 from fedmap_secure.transport import messages as tm
 
 log = logging.getLogger(__name__)
-Contribution = FloatVector | tm.DeclineReason
+Contribution = FloatVector | tm.DeclineReason | None
+"""A site's answer to a round: its vector, a reason to decline, or None (final round only)."""
 
 
 class SiteOutcome(enum.Enum):
     COMPLETED = "completed"  # the round completed; see ``contributed``
     ABORTED = "aborted"  # the server aborted the round; nothing was unmasked
     DECLINED = "declined"
+    FINAL = "final"  # the server announced the end of training (no secure round)
     FAILED = "failed"  # this site refused or lost the round (it counts as dropped)
 
 
@@ -89,19 +96,28 @@ class SiteClient:
         self._on_send = on_send
 
     def run_round(
-        self, contribute: Callable[[tm.SecAggSetup], Contribution], *, min_round: int = 0
+        self,
+        contribute: Callable[[tm.RoundOpening], Contribution],
+        *,
+        min_round: int = 0,
+        context_of: Callable[[tm.RoundOpening], bytes] | None = None,
     ) -> SiteReport:
-        """Take part in the first round with index >= ``min_round``."""
+        """Take part in the first round with index >= ``min_round``.
+
+        ``context_of`` recomputes the round context from what the server sent
+        (e.g. the digest of the announced model and configuration); the round is
+        refused unless it equals the context bound into the secure round.
+        """
         join = tm.JoinRequest(version=PROTOCOL_VERSION, round_index=min_round, sender=self.site_id)
         stream = self._stub.join(codec.encode_join(join), timeout=self._round_timeout)
         round_index: int | None = None
         try:
             messages = self._messages(stream)
-            setup = next(messages, None)
-            if not isinstance(setup, tm.SecAggSetup):
-                raise RemoteProtocolError(SERVER_ID, "round did not start with SecAggSetup")
-            round_index = setup.round_index
-            return self._play(setup, messages, contribute)
+            opening = next(messages, None)
+            if not isinstance(opening, tm.SecAggSetup | tm.FedMapRound):
+                raise RemoteProtocolError(SERVER_ID, "round did not start with a round opening")
+            round_index = opening.round_index
+            return self._play(opening, messages, contribute, context_of)
         except (ProtocolError, AbortedError) as exc:
             log.warning("site %s, round %s: %s", self.site_id, round_index, exc)
             return SiteReport(round_index=round_index, outcome=SiteOutcome.FAILED, detail=str(exc))
@@ -138,12 +154,23 @@ class SiteClient:
 
     def _play(
         self,
-        setup: tm.SecAggSetup,
+        opening: tm.RoundOpening,
         messages: Iterator[codec.ServerWireMessage],
-        contribute: Callable[[tm.SecAggSetup], Contribution],
+        contribute: Callable[[tm.RoundOpening], Contribution],
+        context_of: Callable[[tm.RoundOpening], bytes] | None,
     ) -> SiteReport:
+        setup = tm.setup_of(opening)
+        if setup is None:
+            contribute(opening)
+            return SiteReport(round_index=opening.round_index, outcome=SiteOutcome.FINAL)
+        if context_of is not None and context_of(opening) != setup.context:
+            raise RemoteProtocolError(
+                SERVER_ID, "the announced context does not match the announced model and config"
+            )
         session = self._session(setup)
-        value = contribute(setup)
+        value = contribute(opening)
+        if value is None:
+            raise LocalProtocolError("contribute() returned None for a training round")
         if isinstance(value, tm.DeclineReason):
             self._send(
                 tm.Decline(
@@ -161,8 +188,8 @@ class SiteClient:
         for message in messages:
             if isinstance(message, tm.RoundOutcome):
                 return _report(message, self.site_id)
-            if isinstance(message, tm.SecAggSetup):
-                raise RemoteProtocolError(SERVER_ID, "second SecAggSetup within one round")
+            if isinstance(message, tm.SecAggSetup | tm.FedMapRound):
+                raise RemoteProtocolError(SERVER_ID, "second round opening within one round")
             reply = session.receive(message)
             if isinstance(message, ShareDelivery):
                 reply = session.submit_input(encoded)

@@ -105,6 +105,7 @@ class RoundRun:
     error: AbortedError | None
     reports: dict[str, SiteReport] = field(default_factory=dict)
     killed: list[str] = field(default_factory=list)
+    openings: dict[str, tm.RoundOpening] = field(default_factory=dict)
     _threads: list[threading.Thread] = field(default_factory=list)
     _channels: list[grpc.Channel] = field(default_factory=list)
 
@@ -136,6 +137,7 @@ def start_sites(
     round_index: int = 0,
     config: SecAggConfig = CONFIG,
     hooks: Mapping[str, Callable[[SiteWireMessage], None]] | None = None,
+    context_of: Callable[[tm.RoundOpening], bytes] | None = None,
 ) -> RoundRun:
     """Start one thread per site in ``inputs``; each joins the round and plays it."""
     run = RoundRun(result=None, error=None)
@@ -153,8 +155,15 @@ def start_sites(
             on_send=(hooks or {}).get(site),
         )
         value = inputs[site]
+
+        def contribute(opening: tm.RoundOpening) -> np.ndarray | tm.DeclineReason:
+            run.openings[site] = opening
+            return value
+
         try:
-            run.reports[site] = client.run_round(lambda _setup: value, min_round=round_index)
+            run.reports[site] = client.run_round(
+                contribute, min_round=round_index, context_of=context_of
+            )
         except SiteKilledError:
             run.killed.append(site)
 
@@ -173,13 +182,24 @@ def play_round(
     config: SecAggConfig = CONFIG,
     hooks: Mapping[str, Callable[[SiteWireMessage], None]] | None = None,
     join_sites: bool = True,
+    context: bytes = CONTEXT,
+    announce: Callable[[tm.SecAggSetup], tm.RoundOpening] | None = None,
+    context_of: Callable[[tm.RoundOpening], bytes] | None = None,
 ) -> RoundRun:
     """Run one round: a thread per site in ``inputs``, the server's side in this thread."""
     run = start_sites(
-        server, consortium, inputs, round_index=round_index, config=config, hooks=hooks
+        server,
+        consortium,
+        inputs,
+        round_index=round_index,
+        config=config,
+        hooks=hooks,
+        context_of=context_of,
     )
     try:
-        run.result = server.run_round(round_index=round_index, layout=LAYOUT, context=CONTEXT)
+        run.result = server.run_round(
+            round_index=round_index, layout=LAYOUT, context=context, announce=announce
+        )
     except AbortedError as exc:
         run.error = exc
     if join_sites:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedmap_secure.aggregation import AggregateResult, FloatVector
+from fedmap_secure.errors import AbortedError
 from fedmap_secure.secagg.inprocess import SecureAggregator
 from fedmap_secure.transport import messages as tm
 from fedmap_secure.transport.site import SiteOutcome
@@ -59,3 +61,67 @@ def test_a_declining_site_is_a_dropout(tmp_path: Path) -> None:
     assert run.reports["site-c"].outcome is SiteOutcome.DECLINED
     expected = sum(v for s, v in exact_inputs().items() if s != "site-c")
     np.testing.assert_array_equal(LAYOUT.flatten(run.result.sums), expected)
+
+
+GAMMA = np.linspace(-1.0, 1.0, 5)
+
+
+def _digest(gamma: np.ndarray) -> bytes:
+    return hashlib.sha256(gamma.astype("<f8").tobytes()).digest()
+
+
+def _announce(gamma: np.ndarray) -> Callable[[tm.SecAggSetup], tm.RoundOpening]:
+    def wrap(setup: tm.SecAggSetup) -> tm.RoundOpening:
+        return tm.FedMapRound(
+            version=setup.version,
+            session_id=setup.session_id,
+            round_index=setup.round_index,
+            sender=setup.sender,
+            gamma=gamma,
+            psi=None,
+            config_json="{}",
+            setup=setup,
+        )
+
+    return wrap
+
+
+def _context_of(opening: tm.RoundOpening) -> bytes:
+    assert isinstance(opening, tm.FedMapRound)
+    return _digest(opening.gamma)
+
+
+def test_fedmap_announcement_with_verified_context() -> None:
+    consortium = plain_consortium()
+    with running_server(consortium) as server:
+        run = play_round(
+            server,
+            consortium,
+            exact_inputs(),
+            round_index=3,
+            context=_digest(GAMMA),
+            announce=_announce(GAMMA),
+            context_of=_context_of,
+        )
+    assert run.result is not None
+    assert run.result.contributors == frozenset(SITES)
+    for opening in run.openings.values():
+        assert isinstance(opening, tm.FedMapRound)
+        np.testing.assert_array_equal(opening.gamma, GAMMA)
+
+
+def test_sites_refuse_a_model_that_is_not_the_bound_one() -> None:
+    consortium = plain_consortium()
+    with running_server(consortium) as server:
+        run = play_round(
+            server,
+            consortium,
+            exact_inputs(),
+            context=_digest(GAMMA),
+            announce=_announce(GAMMA + 1.0),  # shows another model than the one bound
+            context_of=_context_of,
+        )
+    assert isinstance(run.error, AbortedError)
+    for report in run.reports.values():
+        assert report.outcome is SiteOutcome.FAILED
+        assert "does not match the announced model" in report.detail

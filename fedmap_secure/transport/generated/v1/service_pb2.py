@@ -22,26 +22,27 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from fedmap_secure.transport.generated.v1 import fedmap_pb2 as fedmap__secure_dot_v1_dot_fedmap__pb2
 from fedmap_secure.transport.generated.v1 import secagg_pb2 as fedmap__secure_dot_v1_dot_secagg__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64map_secure/v1/service.proto\x12\x10\x66\x65\x64map_secure.v1\x1a\x1d\x66\x65\x64map_secure/v1/secagg.proto\"\xee\x02\n\x0bSiteMessage\x12\x39\n\x0e\x61\x64vertise_keys\x18\x01 \x01(\x0b\x32\x1f.fedmap_secure.v1.AdvertiseKeysH\x00\x12\x31\n\nshare_keys\x18\x02 \x01(\x0b\x32\x1b.fedmap_secure.v1.ShareKeysH\x00\x12\x35\n\x0cmasked_input\x18\x03 \x01(\x0b\x32\x1d.fedmap_secure.v1.MaskedInputH\x00\x12G\n\x15\x63onsistency_signature\x18\x04 \x01(\x0b\x32&.fedmap_secure.v1.ConsistencySignatureH\x00\x12;\n\x0funmask_response\x18\x05 \x01(\x0b\x32 .fedmap_secure.v1.UnmaskResponseH\x00\x12,\n\x07\x64\x65\x63line\x18\x06 \x01(\x0b\x32\x19.fedmap_secure.v1.DeclineH\x00\x42\x06\n\x04\x62ody\"\xfb\x02\n\rServerMessage\x12\x35\n\x0csecagg_setup\x18\x01 \x01(\x0b\x32\x1d.fedmap_secure.v1.SecAggSetupH\x00\x12\x37\n\rkey_broadcast\x18\x02 \x01(\x0b\x32\x1e.fedmap_secure.v1.KeyBroadcastH\x00\x12\x39\n\x0eshare_delivery\x18\x03 \x01(\x0b\x32\x1f.fedmap_secure.v1.ShareDeliveryH\x00\x12\x43\n\x13\x63onsistency_request\x18\x04 \x01(\x0b\x32$.fedmap_secure.v1.ConsistencyRequestH\x00\x12\x39\n\x0eunmask_request\x18\x05 \x01(\x0b\x32\x1f.fedmap_secure.v1.UnmaskRequestH\x00\x12\x37\n\rround_outcome\x18\x06 \x01(\x0b\x32\x1e.fedmap_secure.v1.RoundOutcomeH\x00\x42\x06\n\x04\x62ody\"q\n\x05\x46rame\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x12\n\ntotal_size\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"7\n\x0bJoinRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\"5\n\tSubmitAck\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header2\x90\x01\n\nFederation\x12@\n\x04Join\x12\x1d.fedmap_secure.v1.JoinRequest\x1a\x17.fedmap_secure.v1.Frame0\x01\x12@\n\x06Submit\x12\x17.fedmap_secure.v1.Frame\x1a\x1b.fedmap_secure.v1.SubmitAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64map_secure/v1/service.proto\x12\x10\x66\x65\x64map_secure.v1\x1a\x1d\x66\x65\x64map_secure/v1/fedmap.proto\x1a\x1d\x66\x65\x64map_secure/v1/secagg.proto\"\xee\x02\n\x0bSiteMessage\x12\x39\n\x0e\x61\x64vertise_keys\x18\x01 \x01(\x0b\x32\x1f.fedmap_secure.v1.AdvertiseKeysH\x00\x12\x31\n\nshare_keys\x18\x02 \x01(\x0b\x32\x1b.fedmap_secure.v1.ShareKeysH\x00\x12\x35\n\x0cmasked_input\x18\x03 \x01(\x0b\x32\x1d.fedmap_secure.v1.MaskedInputH\x00\x12G\n\x15\x63onsistency_signature\x18\x04 \x01(\x0b\x32&.fedmap_secure.v1.ConsistencySignatureH\x00\x12;\n\x0funmask_response\x18\x05 \x01(\x0b\x32 .fedmap_secure.v1.UnmaskResponseH\x00\x12,\n\x07\x64\x65\x63line\x18\x06 \x01(\x0b\x32\x19.fedmap_secure.v1.DeclineH\x00\x42\x06\n\x04\x62ody\"\xb2\x03\n\rServerMessage\x12\x35\n\x0csecagg_setup\x18\x01 \x01(\x0b\x32\x1d.fedmap_secure.v1.SecAggSetupH\x00\x12\x37\n\rkey_broadcast\x18\x02 \x01(\x0b\x32\x1e.fedmap_secure.v1.KeyBroadcastH\x00\x12\x39\n\x0eshare_delivery\x18\x03 \x01(\x0b\x32\x1f.fedmap_secure.v1.ShareDeliveryH\x00\x12\x43\n\x13\x63onsistency_request\x18\x04 \x01(\x0b\x32$.fedmap_secure.v1.ConsistencyRequestH\x00\x12\x39\n\x0eunmask_request\x18\x05 \x01(\x0b\x32\x1f.fedmap_secure.v1.UnmaskRequestH\x00\x12\x37\n\rround_outcome\x18\x06 \x01(\x0b\x32\x1e.fedmap_secure.v1.RoundOutcomeH\x00\x12\x35\n\x0c\x66\x65\x64map_round\x18\x07 \x01(\x0b\x32\x1d.fedmap_secure.v1.FedMapRoundH\x00\x42\x06\n\x04\x62ody\"q\n\x05\x46rame\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x12\n\ntotal_size\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"7\n\x0bJoinRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\"5\n\tSubmitAck\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header2\x90\x01\n\nFederation\x12@\n\x04Join\x12\x1d.fedmap_secure.v1.JoinRequest\x1a\x17.fedmap_secure.v1.Frame0\x01\x12@\n\x06Submit\x12\x17.fedmap_secure.v1.Frame\x1a\x1b.fedmap_secure.v1.SubmitAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedmap_secure.v1.service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SITEMESSAGE']._serialized_start=84
-  _globals['_SITEMESSAGE']._serialized_end=450
-  _globals['_SERVERMESSAGE']._serialized_start=453
-  _globals['_SERVERMESSAGE']._serialized_end=832
-  _globals['_FRAME']._serialized_start=834
-  _globals['_FRAME']._serialized_end=947
-  _globals['_JOINREQUEST']._serialized_start=949
-  _globals['_JOINREQUEST']._serialized_end=1004
-  _globals['_SUBMITACK']._serialized_start=1006
-  _globals['_SUBMITACK']._serialized_end=1059
-  _globals['_FEDERATION']._serialized_start=1062
-  _globals['_FEDERATION']._serialized_end=1206
+  _globals['_SITEMESSAGE']._serialized_start=115
+  _globals['_SITEMESSAGE']._serialized_end=481
+  _globals['_SERVERMESSAGE']._serialized_start=484
+  _globals['_SERVERMESSAGE']._serialized_end=918
+  _globals['_FRAME']._serialized_start=920
+  _globals['_FRAME']._serialized_end=1033
+  _globals['_JOINREQUEST']._serialized_start=1035
+  _globals['_JOINREQUEST']._serialized_end=1090
+  _globals['_SUBMITACK']._serialized_start=1092
+  _globals['_SUBMITACK']._serialized_end=1145
+  _globals['_FEDERATION']._serialized_start=1148
+  _globals['_FEDERATION']._serialized_end=1292
 # @@protoc_insertion_point(module_scope)

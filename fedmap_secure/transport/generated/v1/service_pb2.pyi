@@ -17,6 +17,7 @@ models and vectors of any size stream without raising gRPC limits. The receiver 
 reassembled message larger than its configured maximum.
 """
 
+from fedmap_secure.transport.generated.v1 import fedmap_pb2 as _fedmap_pb2
 from fedmap_secure.transport.generated.v1 import secagg_pb2 as _secagg_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -77,7 +78,9 @@ Global___SiteMessage: _TypeAlias = SiteMessage  # noqa: Y015
 
 @_typing.final
 class ServerMessage(_message.Message):
-    """Everything the server sends a site in one round. Numbers 7 and up: fedmap.proto messages."""
+    """Everything the server sends a site in one round. The first message of a round is either
+    secagg_setup (a bare secure sum) or fedmap_round (which embeds its SecAggSetup).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -87,6 +90,7 @@ class ServerMessage(_message.Message):
     CONSISTENCY_REQUEST_FIELD_NUMBER: _builtins.int
     UNMASK_REQUEST_FIELD_NUMBER: _builtins.int
     ROUND_OUTCOME_FIELD_NUMBER: _builtins.int
+    FEDMAP_ROUND_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def secagg_setup(self) -> _secagg_pb2.SecAggSetup: ...
     @_builtins.property
@@ -99,6 +103,8 @@ class ServerMessage(_message.Message):
     def unmask_request(self) -> _secagg_pb2.UnmaskRequest: ...
     @_builtins.property
     def round_outcome(self) -> _secagg_pb2.RoundOutcome: ...
+    @_builtins.property
+    def fedmap_round(self) -> _fedmap_pb2.FedMapRound: ...
     def __init__(
         self,
         *,
@@ -108,12 +114,13 @@ class ServerMessage(_message.Message):
         consistency_request: _secagg_pb2.ConsistencyRequest | None = ...,
         unmask_request: _secagg_pb2.UnmaskRequest | None = ...,
         round_outcome: _secagg_pb2.RoundOutcome | None = ...,
+        fedmap_round: _fedmap_pb2.FedMapRound | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "consistency_request", b"consistency_request", "key_broadcast", b"key_broadcast", "round_outcome", b"round_outcome", "secagg_setup", b"secagg_setup", "share_delivery", b"share_delivery", "unmask_request", b"unmask_request"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "consistency_request", b"consistency_request", "fedmap_round", b"fedmap_round", "key_broadcast", b"key_broadcast", "round_outcome", b"round_outcome", "secagg_setup", b"secagg_setup", "share_delivery", b"share_delivery", "unmask_request", b"unmask_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "consistency_request", b"consistency_request", "key_broadcast", b"key_broadcast", "round_outcome", b"round_outcome", "secagg_setup", b"secagg_setup", "share_delivery", b"share_delivery", "unmask_request", b"unmask_request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "consistency_request", b"consistency_request", "fedmap_round", b"fedmap_round", "key_broadcast", b"key_broadcast", "round_outcome", b"round_outcome", "secagg_setup", b"secagg_setup", "share_delivery", b"share_delivery", "unmask_request", b"unmask_request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["secagg_setup", "key_broadcast", "share_delivery", "consistency_request", "unmask_request", "round_outcome"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["secagg_setup", "key_broadcast", "share_delivery", "consistency_request", "unmask_request", "round_outcome", "fedmap_round"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
