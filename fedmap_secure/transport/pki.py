@@ -90,6 +90,13 @@ def write_identity(path: Path, key: IdentityKey) -> None:
     _write_secret(path, pem)
 
 
+def create_identity(path: Path) -> IdentityKey:
+    """A fresh site identity key written to ``path`` (0600); its public key goes in the roster."""
+    key = IdentityKey.generate()
+    write_identity(path, key)
+    return key
+
+
 def load_identity(path: Path) -> IdentityKey:
     """Read a site identity key written by ``write_identity`` (refuses group/world access)."""
     try:

@@ -116,3 +116,8 @@ def test_missing_tls_file_is_named(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"ca\.pem"):
         files.read()
+
+
+def test_create_identity(tmp_path: Path) -> None:
+    key = pki.create_identity(tmp_path / "k" / "identity.pem")
+    assert pki.load_identity(tmp_path / "k" / "identity.pem").public == key.public
