@@ -103,13 +103,12 @@ class _Round:
         self.seen: set[bytes] = set()
         self.joining = True
 
-    def join(self, site: str) -> queue.SimpleQueue[codec.ServerWireMessage]:
+    def try_join(self, site: str) -> queue.SimpleQueue[codec.ServerWireMessage] | None:
+        """The site's outbox, or None if the round no longer admits it (first stage closed,
+        or the site already joined it, e.g. before a restart): it waits for the next round."""
         with self.cond:
-            if site in self.queues:
-                raise _RefusalError(
-                    grpc.StatusCode.ALREADY_EXISTS,
-                    f"site {site!r} already joined round {self.index}",
-                )
+            if not self.joining or site in self.queues:
+                return None
             q: queue.SimpleQueue[codec.ServerWireMessage] = queue.SimpleQueue()
             q.put(self.opening)
             self.queues[site] = q
@@ -330,13 +329,18 @@ class AggregationServer:
         rnd = self._current()
         return None if rnd is None else rnd.index
 
-    def _open_round(self, min_round: int, context: grpc.ServicerContext) -> _Round:
-        """Wait for a round with index >= ``min_round`` that still admits sites."""
+    def _admit(
+        self, site: str, min_round: int, context: grpc.ServicerContext
+    ) -> tuple[_Round, queue.SimpleQueue[codec.ServerWireMessage]]:
+        """Wait for a round with index >= ``min_round`` that admits ``site``."""
         with self._cond:
             while True:
                 rnd = self._round
-                if rnd is not None and rnd.index >= min_round and rnd.joining:
-                    return rnd
+                outbox = None
+                if rnd is not None and rnd.index >= min_round:
+                    outbox = rnd.try_join(site)
+                if rnd is not None and outbox is not None:
+                    return rnd, outbox
                 if self._stopping or not context.is_active():
                     raise _RefusalError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
                 self._cond.wait(_POLL)
@@ -381,8 +385,7 @@ class _Servicer:
             request = rpc.parse_join(data, peer=peer)
             join = codec.decode_join(request, peer=tls_identity(context) or request.header.sender)
             site = self._identity(context, join.sender)
-            rnd = self._server._open_round(join.round_index, context)
-            outbox = rnd.join(site)
+            rnd, outbox = self._server._admit(site, join.round_index, context)
         except RemoteProtocolError as exc:
             _abort(context, _RefusalError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
         except _RefusalError as refusal:

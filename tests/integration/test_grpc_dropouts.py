@@ -14,11 +14,14 @@ from fedmap_secure.transport.site import SiteOutcome
 from tests.integration.grpc_harness import (
     LAYOUT,
     SITES,
+    RoundRun,
+    SiteKilledError,
     exact_inputs,
     kill_before,
     plain_consortium,
     play_round,
     running_server,
+    start_sites,
 )
 
 STAGES = ["AdvertiseKeys", "ShareKeys", "MaskedInput", "ConsistencySignature", "UnmaskResponse"]
@@ -95,3 +98,28 @@ def test_silent_site_misses_the_deadline_and_is_dropped() -> None:
         "DEADLINE_EXCEEDED" in run.reports["site-d"].detail
         or "not open" in run.reports["site-d"].detail
     )
+
+
+def test_site_restarted_mid_round_rejoins_the_next_round() -> None:
+    consortium = plain_consortium()
+    inputs = exact_inputs()
+    restarted: list[RoundRun] = []
+
+    def crash_and_restart(message: SiteWireMessage) -> None:
+        if type(message).__name__ == "ShareKeys":
+            # The "new process" asks for round 0 again; round 0 no longer admits it.
+            restarted.append(start_sites(server, consortium, {"site-b": inputs["site-b"]}))
+            raise SiteKilledError("ShareKeys")
+
+    with running_server(consortium) as server:
+        first = play_round(server, consortium, inputs, hooks={"site-b": crash_and_restart})
+        others = {s: inputs[s] for s in SITES if s != "site-b"}
+        second = play_round(server, consortium, others, round_index=1)
+        restarted[0].join()
+    assert first.result is not None
+    assert first.result.contributors == frozenset(SITES) - {"site-b"}
+    assert second.result is not None
+    assert second.result.contributors == frozenset(SITES)
+    report = restarted[0].reports["site-b"]
+    assert report.round_index == 1
+    assert report.outcome is SiteOutcome.COMPLETED
