@@ -184,6 +184,47 @@ class _Round:
                     q.put(message)
 
 
+class _Publication:
+    """A message for every site that joins (e.g. the final global state); no secure round."""
+
+    def __init__(self, *, opening: tm.FedMapRound, roster: Roster) -> None:
+        self.index = opening.round_index
+        self.opening = opening
+        self.cond = threading.Condition()
+        self.expected = set(roster.sites)
+        self.delivered: set[str] = set()
+
+    def try_join(self, site: str) -> queue.SimpleQueue[codec.ServerWireMessage] | None:
+        with self.cond:
+            if site in self.delivered:
+                return None
+            q: queue.SimpleQueue[codec.ServerWireMessage] = queue.SimpleQueue()
+            q.put(self.opening)
+            q.put(
+                tm.RoundOutcome(
+                    version=PROTOCOL_VERSION,
+                    session_id=self.opening.session_id,
+                    round_index=self.index,
+                    sender=SERVER_ID,
+                    status=tm.RoundStatus.COMPLETED,
+                    contributors=(),
+                )
+            )
+            self.delivered.add(site)
+            self.cond.notify_all()
+            return q
+
+    def leave(self, site: str) -> None:
+        """Nothing to do: the publication does not wait for answers."""
+
+    def wait(self, timeout: float) -> frozenset[str]:
+        end = time.monotonic() + timeout
+        with self.cond:
+            while self.expected - self.delivered and time.monotonic() < end:
+                self.cond.wait(min(1.0, max(0.0, end - time.monotonic())))
+            return frozenset(self.delivered)
+
+
 class AggregationServer:
     """A gRPC endpoint that runs secure-aggregation rounds among the roster's sites."""
 
@@ -201,7 +242,7 @@ class AggregationServer:
         self.settings = settings or ServerSettings()
         self._security = security
         self._cond = threading.Condition()
-        self._round: _Round | None = None
+        self._round: _Round | _Publication | None = None
         self._stopping = False
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=2 * config.n + 8),
@@ -331,7 +372,7 @@ class AggregationServer:
 
     def _admit(
         self, site: str, min_round: int, context: grpc.ServicerContext
-    ) -> tuple[_Round, queue.SimpleQueue[codec.ServerWireMessage]]:
+    ) -> tuple[_Round | _Publication, queue.SimpleQueue[codec.ServerWireMessage]]:
         """Wait for a round with index >= ``min_round`` that admits ``site``."""
         with self._cond:
             while True:
@@ -345,7 +386,24 @@ class AggregationServer:
                     raise _RefusalError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
                 self._cond.wait(_POLL)
 
-    def _current(self) -> _Round | None:
+    def publish(self, message: tm.FedMapRound, *, timeout: float) -> frozenset[str]:
+        """Send ``message`` (a final round) to every site that joins within ``timeout``.
+
+        Returns the sites it reached; returns early once every roster site has it.
+        """
+        if not message.final:
+            raise LocalProtocolError("only a final FedMapRound is published without a secure round")
+        publication = _Publication(opening=message, roster=self.roster)
+        with self._cond:
+            self._round = publication
+            self._cond.notify_all()
+        try:
+            return publication.wait(timeout)
+        finally:
+            with self._cond:
+                self._round = None
+
+    def _current(self) -> _Round | _Publication | None:
         with self._cond:
             return self._round
 
@@ -422,7 +480,7 @@ class _Servicer:
                     f"peer {site!r}: frame header differs from the message",
                 )
             rnd = self._server._current()
-            if rnd is None or rnd.index != message.round_index:
+            if not isinstance(rnd, _Round) or rnd.index != message.round_index:
                 current = "none" if rnd is None else str(rnd.index)
                 raise _RefusalError(
                     grpc.StatusCode.FAILED_PRECONDITION,

@@ -25,6 +25,7 @@ from tests.integration.grpc_harness import (
     plain_consortium,
     play_round,
     running_server,
+    start_sites,
 )
 
 
@@ -125,3 +126,29 @@ def test_sites_refuse_a_model_that_is_not_the_bound_one() -> None:
     for report in run.reports.values():
         assert report.outcome is SiteOutcome.FAILED
         assert "does not match the announced model" in report.detail
+
+
+def test_final_state_is_published_to_every_site() -> None:
+    consortium = plain_consortium()
+    final = tm.FedMapRound(
+        version=1,
+        session_id=_digest(GAMMA),
+        round_index=7,
+        sender="@server",
+        gamma=GAMMA,
+        psi=np.ones(2),
+        config_json="{}",
+        setup=None,
+        final=True,
+    )
+    with running_server(consortium) as server:
+        sites = start_sites(server, consortium, exact_inputs(), round_index=7)
+        reached = server.publish(final, timeout=10)
+        sites.join()
+    assert reached == frozenset(SITES)
+    for site in SITES:
+        assert sites.reports[site].outcome is SiteOutcome.FINAL
+        opening = sites.openings[site]
+        assert isinstance(opening, tm.FedMapRound)
+        assert opening.final
+        np.testing.assert_array_equal(opening.gamma, GAMMA)
