@@ -122,6 +122,10 @@ def _bad_calls(consortium: Consortium, port: int) -> None:
         "round 5 is not open",
     )
     _check(_submit(d, _frames(_advertise())), code.FAILED_PRECONDITION, "join it first")
+    join = d.unary_stream(rpc.JOIN_METHOD)
+    with pytest.raises(grpc.RpcError) as info:
+        list(join(b"\xff\xfe", timeout=5))
+    _check(info.value, code.INVALID_ARGUMENT, "site-d", "undecodable JoinRequest")
     join = mallory.unary_stream(rpc.JOIN_METHOD)
     request = spb.JoinRequest(header=pb.Header(version=1, sender="mallory"))
     with pytest.raises(grpc.RpcError) as info:

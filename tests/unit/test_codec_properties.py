@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedmap_secure.aggregation import Field, VectorLayout
 from fedmap_secure.errors import RemoteProtocolError
 from fedmap_secure.secagg import messages as sm
 from fedmap_secure.transport import codec, framing
@@ -67,10 +68,30 @@ def _site_messages(h: dict[str, object]) -> st.SearchStrategy[codec.SiteWireMess
     )
 
 
+layouts = st.lists(
+    st.tuples(st.integers(1, 10**6), st.floats(min_value=1e-300, max_value=1e300, allow_nan=False)),
+    min_size=1,
+    max_size=4,
+).map(
+    lambda fs: VectorLayout(
+        tuple(Field(name=f"f{i}", length=n, bound=b) for i, (n, b) in enumerate(fs))
+    )
+)
+
+
 def _server_messages(h: dict[str, object]) -> st.SearchStrategy[codec.ServerWireMessage]:
     j = {k: st.just(v) for k, v in h.items()}
     names = st.lists(site_ids, max_size=6).map(tuple)
     return st.one_of(
+        st.builds(
+            tm.SecAggSetup,
+            **j,
+            layout=layouts,
+            context=st.binary(max_size=64),
+            config_digest=key32,
+            roster_digest=key32,
+            stage_timeout_ms=st.integers(1, 2**63),
+        ),
         st.builds(
             sm.KeyBroadcast, **j, advertisements=st.lists(_advertise(h), max_size=3).map(tuple)
         ),
