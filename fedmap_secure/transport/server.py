@@ -41,7 +41,7 @@ from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import AggregateResult, VectorLayout
 from fedmap_secure.errors import AbortedError, LocalProtocolError, RemoteProtocolError
 from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig
-from fedmap_secure.secagg.messages import CLIENT_MESSAGE_TYPES
+from fedmap_secure.secagg.messages import CLIENT_MESSAGE_TYPES, Message
 from fedmap_secure.secagg.quantize import Quantizer
 from fedmap_secure.secagg.server import ServerSession
 from fedmap_secure.secagg.stages import SERVER_ACCEPTS, ServerStage
@@ -78,13 +78,13 @@ class _RefusalError(Exception):
         self.message = message
 
 
-def _late(message: object, stage: ServerStage) -> bool:
+def _late(message: Message, stage: ServerStage) -> bool:
     """Whether ``message`` belongs to a stage before ``stage`` (it missed its deadline)."""
     current = SERVER_ACCEPTS.get(stage)
     if current is None:
         return True
     order = list(CLIENT_MESSAGE_TYPES)
-    return order.index(type(message)) < order.index(current)  # type: ignore[arg-type]
+    return order.index(type(message)) < order.index(current)
 
 
 class _Round:
@@ -333,18 +333,10 @@ class AggregationServer:
                 output = rnd.session.finish()
         except AbortedError as exc:
             log.warning("round %d aborted: %s", rnd.index, exc)
-            session_id = rnd.session.session_id or rnd.session.setup_id
-            rnd.broadcast(
-                tm.RoundOutcome(
-                    version=PROTOCOL_VERSION,
-                    round_index=rnd.index,
-                    sender=SERVER_ID,
-                    session_id=session_id,
-                    status=tm.RoundStatus.ABORTED,
-                    contributors=(),
-                    detail=str(exc),
-                )
-            )
+            self._announce_abort(rnd, str(exc))
+            raise
+        except BaseException:
+            self._announce_abort(rnd, "the server failed during the round")
             raise
         rnd.broadcast(
             tm.RoundOutcome(
@@ -362,6 +354,19 @@ class AggregationServer:
             sums=layout.unflatten(values),
             contributors=output.contributors,
             clipped_coordinates=clipped,
+        )
+
+    def _announce_abort(self, rnd: _Round, detail: str) -> None:
+        rnd.broadcast(
+            tm.RoundOutcome(
+                version=PROTOCOL_VERSION,
+                round_index=rnd.index,
+                sender=SERVER_ID,
+                session_id=rnd.session.session_id or rnd.session.setup_id,
+                status=tm.RoundStatus.ABORTED,
+                contributors=(),
+                detail=detail,
+            )
         )
 
     @property
@@ -441,7 +446,9 @@ class _Servicer:
         try:
             peer = tls_identity(context) or "unauthenticated peer"
             request = rpc.parse_join(data, peer=peer)
-            join = codec.decode_join(request, peer=tls_identity(context) or request.header.sender)
+            join = codec.decode_join(
+                request, peer=tls_identity(context) or request.header.sender or peer
+            )
             site = self._identity(context, join.sender)
             rnd, outbox = self._server._admit(site, join.round_index, context)
         except RemoteProtocolError as exc:
