@@ -12,6 +12,8 @@ server.toml::
     listen = "0.0.0.0:50051"        # address:port to listen on
     state_dir = "server-state"      # SQLite state, resumed on restart
     run_config = "experiment.toml"  # optional FedMAP run configuration (simulate's format)
+    features = 13                   # model input size and number of classes the consortium
+    classes = 2                     #   agreed on (every site's CSV columns in the same order)
     insecure = false                # true: plaintext gRPC, local experiments only
     [tls]                           # required unless insecure
     ca = "pki/ca.pem"
@@ -33,7 +35,8 @@ site.toml::
     server = "fedmap.example.org:50051"
     identity = "pki/sites/site-a/identity.pem"
     state_dir = "state"             # privacy ledger and personalised model
-    data = "data"                   # the site's CSV folder
+    data = "data"                   # the site's CSV folder (<id>_train.csv, <id>_test.csv)
+    label_column = "label"
     insecure = false
     [tls]
     ca = "pki/ca.pem"
@@ -69,6 +72,8 @@ class ServerDeployment:
     listen: str
     state_dir: Path
     run_config: Path | None
+    features: int
+    classes: int
     security: MutualTls | Insecure
     consortium: ConsortiumConfig
     settings: ServerSettings
@@ -81,6 +86,7 @@ class SiteDeployment:
     identity: Path
     state_dir: Path
     data: Path | None
+    label_column: str
     security: MutualTls | Insecure
     consortium: ConsortiumConfig
 
@@ -199,6 +205,9 @@ def load_server_deployment(path: Path) -> ServerDeployment:
     listen = server.string("listen", "127.0.0.1:50051")
     state_dir = _resolve(path, server.string("state_dir", "server-state"))
     run_config = server.optional_path("run_config")
+    features, classes = server.integer("features", 0), server.integer("classes", 2)
+    if features < 1 or classes < 2:
+        raise ConfigError(f"{path}: server.features must be >= 1 and server.classes >= 2")
     security = _security(path, server.flag("insecure"), document)
     server.done()
     timeouts = _Table(path, "timeouts", document.get("timeouts", {}))
@@ -216,6 +225,8 @@ def load_server_deployment(path: Path) -> ServerDeployment:
         listen=listen,
         state_dir=state_dir,
         run_config=run_config,
+        features=features,
+        classes=classes,
         security=security,
         consortium=_consortium(path, document["consortium"]),
         settings=settings,
@@ -235,6 +246,7 @@ def load_site_deployment(path: Path) -> SiteDeployment:
         identity=site.path("identity"),
         state_dir=_resolve(path, site.string("state_dir", "state")),
         data=site.optional_path("data"),
+        label_column=site.string("label_column", "label"),
         security=_security(path, site.flag("insecure"), document),
         consortium=_consortium(path, document["consortium"]),
     )

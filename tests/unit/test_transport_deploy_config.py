@@ -39,6 +39,7 @@ def test_server_config_with_tls(root: Path) -> None:
 [server]
 listen = "0.0.0.0:6000"
 state_dir = "state"
+features = 13
 [tls]
 ca = "pki/ca.pem"
 certificate = "pki/server/server.pem"
@@ -55,6 +56,7 @@ stage = 5.5
     assert isinstance(config.security, MutualTls)
     assert config.security.files.ca == root / "pki" / "ca.pem"
     assert config.settings.stage_timeout == 5.5
+    assert (config.features, config.classes) == (13, 2)
     assert config.consortium.roster.sites == ("site-a", "site-b", "site-c", "site-d")
     assert config.consortium.secagg.t == 3
 
@@ -111,12 +113,15 @@ def test_bad_site_configs(root: Path, text: str, match: str) -> None:
 
 
 def test_bad_consortium(root: Path) -> None:
-    text = "[server]\ninsecure = true\n" + CONSORTIUM.replace("0.25", "0.9")
+    text = "[server]\ninsecure = true\n" + CONSORTIUM
+    with pytest.raises(ConfigError, match=r"server\.features"):
+        load_server_deployment(_write(root, "server.toml", text))
+    text = "[server]\ninsecure = true\nfeatures = 3\n" + CONSORTIUM.replace("0.25", "0.9")
     with pytest.raises(ConfigError):
         load_server_deployment(_write(root, "server.toml", text))
-    text = "[server]\ninsecure = true\n" + CONSORTIUM + 'graph_seed = "zz"\n'
+    text = "[server]\ninsecure = true\nfeatures = 3\n" + CONSORTIUM + 'graph_seed = "zz"\n'
     with pytest.raises(ConfigError, match="graph_seed"):
         load_server_deployment(_write(root, "server.toml", text))
-    text = "[server]\ninsecure = true\n[timeouts]\nstage = 0\n" + CONSORTIUM
+    text = "[server]\ninsecure = true\nfeatures = 3\n[timeouts]\nstage = 0\n" + CONSORTIUM
     with pytest.raises(ConfigError, match="timeouts"):
         load_server_deployment(_write(root, "server.toml", text))
