@@ -121,3 +121,13 @@ def test_missing_tls_file_is_named(tmp_path: Path) -> None:
 def test_create_identity(tmp_path: Path) -> None:
     key = pki.create_identity(tmp_path / "k" / "identity.pem")
     assert pki.load_identity(tmp_path / "k" / "identity.pem").public == key.public
+
+
+def test_keygen_functions(tmp_path: Path) -> None:
+    from fedmap_secure.transport.keygen import keygen_consortium, keygen_identity
+
+    lines = keygen_consortium(tmp_path / "c", ["site-a", "site-b"])
+    assert any("roster" in line for line in lines)
+    assert pki.load_roster(tmp_path / "c" / "roster.json").sites == ("site-a", "site-b")
+    public = keygen_identity(tmp_path / "one.pem")
+    assert pki.load_identity(tmp_path / "one.pem").public.hex() == public
