@@ -5,11 +5,12 @@ back and *validate*: any malformed input (undecodable bytes, a missing header or
 body, the wrong protocol version, a wrong byte length, a vector that is not a
 whole number of 8-byte values, an unknown or unspecified enum value) raises
 ``RemoteProtocolError`` naming ``peer``, the authenticated party the bytes came
-from. Nothing else in the package touches generated code except ``framing``
-(frames) and the gRPC drivers (service stubs).
+from. Besides this module only ``framing`` (frames), ``rpc`` (the service
+binding) and the drivers (frame and ack objects) touch generated code.
 
 Vector encoding (SPEC section 5): ``MaskedInput.masked`` is m little-endian
-unsigned 8-byte integers, concatenated.
+unsigned 8-byte integers, concatenated; FedMAP's gamma and psi are
+little-endian IEEE-754 binary64 values, concatenated.
 """
 
 from __future__ import annotations
