@@ -56,3 +56,19 @@ class PrivacyError(FedMapError):
 
 class BudgetExceededError(PrivacyError):
     """Charging a release would take a site past its (epsilon, delta) budget."""
+
+
+class InvalidMechanismError(PrivacyError):
+    """A privacy mechanism event has invalid parameters (negative, NaN, infinite, q > 1...)."""
+
+
+class UnsupportedMechanismError(PrivacyError):
+    """An accountant was asked to compose an event it cannot account for."""
+
+
+class LedgerIntegrityError(PrivacyError):
+    """A stored privacy ledger is unreadable: corrupt row, unknown schema, not a database."""
+
+
+class LedgerMismatchError(PrivacyError):
+    """A stored privacy ledger was opened with a different budget, delta or accountant."""

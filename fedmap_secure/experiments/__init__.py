@@ -1,0 +1,1 @@
+"""Simulation driver, reports and reference runs (may use torch, the clock and files)."""

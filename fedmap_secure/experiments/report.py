@@ -1,0 +1,148 @@
+"""Outputs of a run: summary.json, metrics.csv and the per-site console table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from fedmap_secure.errors import ConfigError
+from fedmap_secure.experiments.simulation import SimulationResult
+from fedmap_secure.fedmap.evaluation import EvalMetrics
+
+METRICS_COLUMNS = (
+    "round",
+    "phase",
+    "site",
+    "tier",
+    "epochs_run",
+    "steps",
+    "train_loss",
+    "omega",
+    "prior_value",
+    "clipped_coordinates",
+    "personalised_accuracy",
+    "personalised_balanced_accuracy",
+    "personalised_roc_auc",
+    "global_accuracy",
+    "global_balanced_accuracy",
+    "global_roc_auc",
+)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _metrics(m: EvalMetrics | None) -> dict[str, float | None] | None:
+    return m.as_dict() if m is not None else None
+
+
+def summary_dict(result: SimulationResult, *, privacy: dict[str, Any]) -> dict[str, Any]:
+    """The summary.json document (keys fixed by issue 2)."""
+    return {
+        "dataset": result.dataset,
+        "method": result.method,
+        "rounds": result.rounds,
+        "seed": result.seed,
+        "privacy": privacy,
+        "wall_seconds": result.wall_seconds,
+        "parameters": {"theta": result.n_theta, "psi": result.n_psi},
+        "sites": [
+            {
+                "site": s.site,
+                "tier": s.tier.value,
+                "n_train": s.n_train,
+                "n_test": s.n_test,
+                "personalised": _metrics(s.personalised),
+                "global": _metrics(s.global_),
+                "epsilon_spent": None,
+            }
+            for s in result.sites
+        ],
+        "mean_personalised_accuracy": result.mean_personalised_accuracy,
+        "worst_site_personalised_accuracy": result.worst_site_personalised_accuracy,
+        "mean_global_accuracy": result.mean_global_accuracy,
+    }
+
+
+def metrics_rows(result: SimulationResult) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for r in result.reports:
+        row: dict[str, object] = {
+            "round": r.round_index,
+            "phase": r.phase.value,
+            "site": r.site,
+            "tier": r.tier.value,
+            "epochs_run": r.training.epochs_run if r.training else None,
+            "steps": r.training.steps if r.training else None,
+            "train_loss": _finite(r.training.final_train_loss) if r.training else None,
+            "omega": r.omega,
+            "prior_value": r.prior_value,
+            "clipped_coordinates": r.clipped_coordinates,
+        }
+        for prefix, m in (("personalised", r.personalised), ("global", r.global_)):
+            d = m.as_dict() if m is not None else {}
+            for key in ("accuracy", "balanced_accuracy", "roc_auc"):
+                row[f"{prefix}_{key}"] = d.get(key)
+        rows.append(row)
+    return rows
+
+
+def write_outputs(out_dir: Path, result: SimulationResult, summary: dict[str, Any]) -> None:
+    """Write DIR/summary.json and DIR/metrics.csv (empty cells for missing values)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(summary, indent=2, allow_nan=False)
+        (out_dir / "summary.json").write_text(text + "\n", encoding="utf-8")
+        with (out_dir / "metrics.csv").open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=METRICS_COLUMNS)
+            writer.writeheader()
+            for row in metrics_rows(result):
+                writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    except OSError as exc:
+        raise ConfigError(f"cannot write results to {str(out_dir)!r}: {exc.strerror}") from None
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def site_table(result: SimulationResult) -> Table:
+    """Per-site table: personalised and global accuracy, balanced accuracy, AUC."""
+    table = Table(
+        title=f"{result.method} on {result.dataset}: {result.rounds} rounds, seed {result.seed}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        show_edge=False,
+    )
+    table.add_column("site", no_wrap=True)
+    table.add_column("tier", no_wrap=True)
+    for col in ("train", "test"):
+        table.add_column(col, justify="right")
+    for prefix in ("P", "G"):
+        for name in ("acc", "bal", "AUC"):
+            table.add_column(f"{prefix} {name}", justify="right")
+    for s in result.sites:
+        cells = [s.site, s.tier.value, str(s.n_train), str(s.n_test)]
+        for m in (s.personalised, s.global_):
+            cells += [
+                _fmt(m.accuracy if m else None),
+                _fmt(m.balanced_accuracy if m else None),
+                _fmt(m.roc_auc if m else None),
+            ]
+        table.add_row(*cells)
+    table.caption = (
+        "P = personalised model, G = global model; acc = accuracy, bal = balanced accuracy; "
+        "AUC '-' = one class in the test data.\n"
+        f"mean personalised acc {_fmt(result.mean_personalised_accuracy)}, "
+        f"worst site {_fmt(result.worst_site_personalised_accuracy)}, "
+        f"mean global acc {_fmt(result.mean_global_accuracy)}"
+    )
+    return table

@@ -1,0 +1,1 @@
+"""The FedMAP algorithm: ICNN prior, MAP objective, contribution score, server update from sums."""

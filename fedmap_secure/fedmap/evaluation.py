@@ -1,0 +1,66 @@
+"""Test metrics of one model on one site's test data (computed at the site)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalMetrics:
+    """Accuracy, balanced accuracy and ROC AUC on ``n`` test rows.
+
+    ``roc_auc`` is None when undefined: the test labels contain a single
+    class (or, for more than two classes, not every class).
+    """
+
+    n: int
+    accuracy: float
+    balanced_accuracy: float
+    roc_auc: float | None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
+            "roc_auc": self.roc_auc,
+        }
+
+
+def predict_proba(model: nn.Module, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x))
+        return torch.softmax(logits, dim=1).to(torch.float64).numpy()
+
+
+def evaluate(
+    model: nn.Module, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], *, n_classes: int
+) -> EvalMetrics | None:
+    """Metrics of ``model`` on (x, y); None when there are no test rows."""
+    if x.shape[0] == 0:
+        return None
+    proba = predict_proba(model, x)
+    pred = proba.argmax(axis=1)
+    acc = float(np.mean(pred == y))
+    # Balanced accuracy as sklearn defines it: mean recall over classes present in y.
+    bal = float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
+    return EvalMetrics(
+        n=int(x.shape[0]), accuracy=acc, balanced_accuracy=bal, roc_auc=_auc(y, proba, n_classes)
+    )
+
+
+def _auc(y: npt.NDArray[np.int64], proba: npt.NDArray[np.float64], n_classes: int) -> float | None:
+    present = np.unique(y)
+    if present.size < 2:
+        return None
+    if n_classes == 2:
+        return float(roc_auc_score(y, proba[:, 1]))
+    if present.size < n_classes:
+        return None
+    return float(roc_auc_score(y, proba, multi_class="ovr"))

@@ -1,0 +1,199 @@
+"""One site: its data, its personalised model theta_k and what it computes locally.
+
+A ``Site`` holds everything that never leaves the site: data, the trained
+model, its random generator and its per-round ``SiteReport`` (training loss,
+score, test metrics). What leaves the site is only the clipped contribution
+vector handed to the aggregator.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedmap_secure.aggregation import FloatVector, VectorLayout
+from fedmap_secure.config.schema import ScoreConfig
+from fedmap_secure.data.types import SiteData, Tier
+from fedmap_secure.errors import LocalProtocolError
+from fedmap_secure.fedmap.contribution import (
+    MeanLoglikRelease,
+    contribution_score,
+    exact_clipped_mean,
+)
+from fedmap_secure.fedmap.evaluation import EvalMetrics, evaluate
+from fedmap_secure.fedmap.icnn import ConvexPrior
+from fedmap_secure.fedmap.methods import GlobalState, MethodStrategy, encode_contribution
+from fedmap_secure.fedmap.models import flat_vector, frozen_copies, load_flat_vector
+from fedmap_secure.training.interface import LocalTrainer, LocalTrainingResult
+
+
+class Phase(enum.Enum):
+    """When a site trained: a federated round, or fine-tuning after training."""
+
+    TRAIN = "train"
+    FINETUNE = "finetune"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteReport:
+    """A site's own record of one round. Produced and kept locally; never aggregated.
+
+    In a simulation the operator of every site is the same process, so the
+    engine may read these reports directly; in a deployment each hospital
+    keeps its own.
+    """
+
+    site: str
+    tier: Tier
+    round_index: int
+    phase: Phase
+    training: LocalTrainingResult | None
+    omega: float | None
+    prior_value: float | None
+    clipped_coordinates: int
+    personalised: EvalMetrics | None
+    global_: EvalMetrics | None
+
+
+class Site:
+    """A site's local state and computations (implements ``TrainedSite``)."""
+
+    def __init__(
+        self,
+        *,
+        data: SiteData,
+        model: nn.Module,
+        gamma_model: nn.Module,
+        prior: ConvexPrior | None,
+        trainer: LocalTrainer | None,
+        generator: torch.Generator,
+        score_config: ScoreConfig,
+        n_classes: int,
+        score_release: MeanLoglikRelease = exact_clipped_mean,
+    ) -> None:
+        self.data = data
+        self.model = model
+        self._gamma_model = gamma_model
+        self._prior = prior
+        if prior is not None:
+            prior.requires_grad_(False)
+        self._trainer = trainer
+        self._generator = generator
+        self._score_config = score_config
+        self._score_release = score_release
+        self._n_classes = n_classes
+        self._gamma: list[torch.Tensor] | None = None
+        self.trained = False
+        self._score: tuple[float, float] | None = None
+        self.reports: list[SiteReport] = []
+
+    @property
+    def name(self) -> str:
+        return self.data.name
+
+    @property
+    def n_train(self) -> int:
+        return self.data.n_train
+
+    def receive(self, state: GlobalState) -> None:
+        """Load the broadcast gamma (and psi) for this round."""
+        load_flat_vector(self._gamma_model.parameters(), state.gamma)
+        self._gamma = frozen_copies(self._gamma_model.parameters())
+        if self._prior is not None and state.psi is not None:
+            self._prior.load_psi(state.psi)
+
+    def train(self, strategy: MethodStrategy, *, start_from_gamma: bool) -> LocalTrainingResult:
+        """Local MAP training of theta_k under the strategy's prior, from gamma or from theta_k."""
+        if self._gamma is None:
+            raise LocalProtocolError(f"site {self.name!r}: train() before receive()")
+        if self._trainer is None:
+            raise LocalProtocolError(f"site {self.name!r} has no training data and no trainer")
+        if start_from_gamma:
+            self.model.load_state_dict(self._gamma_model.state_dict())
+        prior_fn = strategy.site_prior(self.model, self._gamma, self._prior)
+        result = self._trainer.train(
+            self.model, self.data.x_train, self.data.y_train, prior_fn, self._generator
+        )
+        self.trained = True
+        self._score = None
+        return result
+
+    # --- TrainedSite -----------------------------------------------------------
+    def theta_vector(self) -> FloatVector:
+        return flat_vector(self.model.parameters())
+
+    def prior_value(self) -> float:
+        prior, gamma = self._require_prior()
+        with torch.no_grad():
+            return float(prior(list(self.model.parameters()), gamma))
+
+    def score(self) -> tuple[float, float]:
+        if self._score is None:
+            self._score = self._compute_score()
+        return self._score
+
+    @property
+    def last_score(self) -> tuple[float, float] | None:
+        """The score of the current theta_k if it was computed (for the site's report)."""
+        return self._score
+
+    def _compute_score(self) -> tuple[float, float]:
+        prior_value = self.prior_value()
+        self.model.eval()
+        with torch.no_grad():
+            logits = self.model(torch.from_numpy(self.data.x_train))
+            nll = nn.functional.cross_entropy(
+                logits, torch.from_numpy(self.data.y_train), reduction="none"
+            )
+        omega = contribution_score(
+            per_sample_loglik=-nll.to(torch.float64).numpy(),
+            prior_value=prior_value,
+            config=self._score_config,
+            release=self._score_release,
+        )
+        return omega, prior_value
+
+    def psi_gradient(self) -> FloatVector:
+        prior, gamma = self._require_prior()
+        return prior.psi_gradient(list(self.model.parameters()), gamma)
+
+    def _require_prior(self) -> tuple[ConvexPrior, list[torch.Tensor]]:
+        if self._prior is None or self._gamma is None:
+            raise LocalProtocolError(f"site {self.name!r}: no ICNN prior or gamma received")
+        return self._prior, self._gamma
+
+    # --- contribution and evaluation ------------------------------------------
+    def contribute(self, strategy: MethodStrategy, layout: VectorLayout) -> tuple[FloatVector, int]:
+        """The clipped flat vector for the aggregator and how many coordinates were clipped."""
+        return encode_contribution(layout, strategy.contribution(self))
+
+    def evaluate_personalised(self) -> EvalMetrics | None:
+        if not self.trained:
+            return None
+        return evaluate(self.model, self.data.x_test, self.data.y_test, n_classes=self._n_classes)
+
+    def evaluate_global(self) -> EvalMetrics | None:
+        if self._gamma is None:
+            return None
+        return evaluate(
+            self._gamma_model, self.data.x_test, self.data.y_test, n_classes=self._n_classes
+        )
+
+    def record(self, report: SiteReport) -> None:
+        self.reports.append(report)
+
+
+def site_seed(run_seed: int, site_name: str) -> int:
+    """A per-site seed derived from the run seed (stable across runs and platforms)."""
+    digest = hashlib.sha256(f"fedmap-secure/site/{run_seed}/{site_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def make_generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g

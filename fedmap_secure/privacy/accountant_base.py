@@ -1,0 +1,78 @@
+"""The one interface every privacy accountant adapter implements.
+
+An accountant turns a list of events into the smallest epsilon it can prove for
+a given delta under record-level add/remove-one DP. Each adapter **checks then
+composes**: it first verifies it supports every leaf event and raises
+``UnsupportedMechanismError`` naming the first one it cannot handle, before any
+computation. ``epsilon([])`` is 0.
+
+Sans-I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from fedmap_secure.errors import ConfigError, PrivacyError, UnsupportedMechanismError
+from fedmap_secure.privacy.events import Event, NonPrivateRelease, check_events, flatten
+
+
+class AccountantName(enum.StrEnum):
+    """Registry names of the supported accountants (also stored in the ledger)."""
+
+    OPACUS_RDP = "opacus-rdp"
+    OPACUS_PRV = "opacus-prv"
+    DP_ACCOUNTING_RDP = "dp-accounting-rdp"
+    DP_ACCOUNTING_PLD = "dp-accounting-pld"
+
+
+class Accountant(Protocol):
+    """Composes events into an (epsilon, delta) guarantee."""
+
+    @property
+    def name(self) -> str:
+        """The ``AccountantName`` value of this adapter."""
+        ...
+
+    def supports(self, event: Event) -> bool:
+        """True when every leaf of ``event`` can be accounted for."""
+        ...
+
+    def epsilon(self, events: Sequence[Event], delta: float) -> float:
+        """Epsilon of the sequential composition of ``events`` at ``delta`` (an upper bound)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready settings (name, conversion, orders, discretisation...) for reports."""
+        ...
+
+
+def supports_dp_leaves(event: Event) -> bool:
+    """Support rule shared by all adapters: every leaf is a DP Gaussian-family event."""
+    return not any(isinstance(leaf, NonPrivateRelease) for leaf in flatten([event]))
+
+
+def check_supported(accountant: Accountant, events: Sequence[Event], delta: float) -> None:
+    """Validate ``delta`` and raise if ``accountant`` does not support some event."""
+    if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0 < delta < 1:
+        raise ConfigError(f"delta must be a number in (0, 1), got {delta!r}")
+    for event in check_events(events):
+        if not accountant.supports(event):
+            raise UnsupportedMechanismError(
+                f"accountant {accountant.name} does not support {event.describe()}"
+            )
+
+
+def checked_epsilon(value: float, accountant_name: str) -> float:
+    """Turn a library result into a float: NaN raises, inf stays inf, negatives become 0.
+
+    A negative value from a conversion formula is still a valid guarantee at
+    epsilon = 0, since (eps', delta)-DP with eps' < 0 implies (0, delta)-DP.
+    """
+    result = float(value)
+    if math.isnan(result):
+        raise PrivacyError(f"accountant {accountant_name} returned NaN for epsilon")
+    return max(result, 0.0)

@@ -1,0 +1,69 @@
+"""Reduce a list of events to a canonical multiset of mechanisms before accounting.
+
+Sequential composition is commutative, so the privacy loss of a list of events
+depends only on how many times each distinct mechanism appears. Grouping
+identical mechanisms and self-composing them with their total count lets the
+PLD/PRV accountants use one FFT self-convolution per distinct mechanism instead
+of one convolution per round (same value, far faster). Two exact identities
+are used:
+
+- a Poisson-subsampled Gaussian with sample rate 1 is the plain Gaussian
+  mechanism (every record is always included);
+- parameters are grouped by exact float equality; nothing is rounded.
+
+Sans-I/O.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fedmap_secure.privacy.events import (
+    Event,
+    GaussianEvent,
+    NonPrivateRelease,
+    SubsampledGaussianEvent,
+    flatten,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MechanismMix:
+    """Distinct mechanisms with their total repetition counts, sorted for determinism.
+
+    ``subsampled``: (noise_multiplier, sample_rate, steps) with sample_rate < 1.
+    ``gaussian``: (noise_multiplier, count).
+    ``non_private``: descriptions of the non-DP releases (not composable).
+    """
+
+    subsampled: tuple[tuple[float, float, int], ...]
+    gaussian: tuple[tuple[float, int], ...]
+    non_private: tuple[str, ...]
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.subsampled or self.gaussian or self.non_private)
+
+
+def mechanism_mix(events: Sequence[Event]) -> MechanismMix:
+    """Flatten compositions and group identical mechanisms, summing their counts."""
+    subsampled: Counter[tuple[float, float]] = Counter()
+    gaussian: Counter[float] = Counter()
+    non_private: list[str] = []
+    for leaf in flatten(list(events)):
+        if isinstance(leaf, SubsampledGaussianEvent):
+            if leaf.sample_rate == 1.0:
+                gaussian[leaf.noise_multiplier] += leaf.steps
+            else:
+                subsampled[(leaf.noise_multiplier, leaf.sample_rate)] += leaf.steps
+        elif isinstance(leaf, GaussianEvent):
+            gaussian[leaf.noise_multiplier] += leaf.count
+        elif isinstance(leaf, NonPrivateRelease):
+            non_private.append(leaf.description)
+    return MechanismMix(
+        subsampled=tuple(sorted((s, q, n) for (s, q), n in subsampled.items())),
+        gaussian=tuple(sorted(gaussian.items())),
+        non_private=tuple(non_private),
+    )

@@ -1,0 +1,396 @@
+"""A site's privacy ledger: check, then commit, every release against its budget.
+
+The ledger is the site's own evidence for the statement "everything that left
+this site did so through mechanisms whose composition is (epsilon, delta)-DP
+at the record level". It stores *events*, never epsilons to trust: ``spent()``
+and ``history()`` recompute epsilon from the stored events with the configured
+accountant every time, so the report can always be re-derived from the file.
+
+Protocol for a site in each round (the order is the safety argument):
+
+1. describe every planned release as events (DP-SGD steps, contribution score,
+   shared metrics...);
+2. ``charge(round, events, note=...)``: under the store's write lock it reads
+   all stored events, composes them with the new ones, and if the result
+   exceeds ``budget.epsilon`` raises ``BudgetExceededError`` having written
+   nothing (the site then declines the round); otherwise it commits the charge
+   durably and only then returns;
+3. release. A crash between 2 and 3 leaves a charge for a release that never
+   happened: the ledger can over-count, never under-count.
+
+Non-DP releases (``NonPrivateRelease``) are refused with ``PrivacyError``
+unless ``budget.allow_non_dp_releases``; when allowed they are stored, left out
+of the epsilon composition (they have no finite epsilon), and every entry and
+report from then on is flagged ``non_dp_releases`` so the (epsilon, delta)
+statement is never presented as covering them.
+
+This module is sans-I/O: the ``LedgerStore`` protocol is the seam; the SQLite
+adapter lives in ``ledger_store.py`` and ``MemoryLedgerStore`` below serves
+tests and in-memory simulations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+from fedmap_secure.errors import (
+    BudgetExceededError,
+    ConfigError,
+    LedgerIntegrityError,
+    LedgerMismatchError,
+    PrivacyError,
+)
+from fedmap_secure.privacy.accountant_base import Accountant
+from fedmap_secure.privacy.budget import Budget
+from fedmap_secure.privacy.events import (
+    Event,
+    LeafEvent,
+    NonPrivateRelease,
+    check_events,
+    event_from_json,
+    flatten,
+)
+
+MAX_NOTE_LENGTH = 500
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerSettings:
+    """What a ledger file is bound to for life: budget, delta, non-DP policy, accountant."""
+
+    epsilon: float
+    delta: float
+    allow_non_dp_releases: bool
+    accountant: str
+
+    @classmethod
+    def of(cls, budget: Budget, accountant: Accountant) -> LedgerSettings:
+        return cls(
+            epsilon=budget.epsilon,
+            delta=budget.delta,
+            allow_non_dp_releases=budget.allow_non_dp_releases,
+            accountant=accountant.name,
+        )
+
+    def budget(self) -> Budget:
+        return Budget(
+            epsilon=self.epsilon,
+            delta=self.delta,
+            allow_non_dp_releases=self.allow_non_dp_releases,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: object) -> LedgerSettings:
+        try:
+            if not isinstance(data, dict) or set(data) != {f.name for f in fields(cls)}:
+                raise TypeError("unexpected fields")
+            settings = cls(**data)
+            settings.budget()
+            if not isinstance(settings.accountant, str):
+                raise TypeError("accountant must be a str")
+        except (TypeError, ConfigError) as exc:
+            raise LedgerIntegrityError(f"stored ledger settings are invalid: {exc}") from None
+        return settings
+
+    def differences(self, other: LedgerSettings) -> list[str]:
+        """Human-readable 'field: stored X, configured Y' lines (empty when equal)."""
+        return [
+            f"{f.name}: stored {getattr(self, f.name)!r}, configured {getattr(other, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PendingCharge:
+    """A charge the ledger has approved, handed to the store to write."""
+
+    round_index: int
+    events: tuple[Event, ...]
+    note: str
+    epsilon_after: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredCharge:
+    """One committed charge as read back from the store (``sequence`` from 1, in order)."""
+
+    sequence: int
+    round_index: int
+    events: tuple[Event, ...]
+    note: str
+    epsilon_after: float
+    charged_at: str
+
+
+def events_to_json_text(events: Sequence[Event]) -> str:
+    """Canonical JSON text of a list of events (what stores persist)."""
+    return json.dumps([e.to_json() for e in events], sort_keys=True, allow_nan=False)
+
+
+def events_from_json_text(text: str) -> tuple[Event, ...]:
+    """Parse stored events; NaN/Infinity literals and any invalid event raise."""
+
+    def refuse(literal: str) -> None:
+        raise ValueError(f"non-finite literal {literal}")
+
+    items = json.loads(text, parse_constant=refuse)
+    if not isinstance(items, list) or not items:
+        raise ValueError("events must be a non-empty JSON list")
+    return tuple(event_from_json(item) for item in items)
+
+
+class LedgerStore(Protocol):
+    """Durable storage for one site's ledger (see ``ledger_store.SqliteLedgerStore``)."""
+
+    def initialise_or_read(self, settings: LedgerSettings) -> LedgerSettings:
+        """Store ``settings`` if the ledger is new; return the settings it is bound to."""
+        ...
+
+    def read_settings(self) -> LedgerSettings | None:
+        """The stored settings, or None for a ledger never initialised."""
+        ...
+
+    def load(self) -> list[StoredCharge]:
+        """Every committed charge in order; a corrupt row raises ``LedgerIntegrityError``."""
+        ...
+
+    def append_checked(
+        self, decide: Callable[[Sequence[StoredCharge]], PendingCharge]
+    ) -> StoredCharge:
+        """Atomically: read all charges, call ``decide`` (which may raise: nothing is
+        written), durably commit its result, and return it as stored."""
+        ...
+
+    def close(self) -> None:
+        """Release the underlying resources (file handles, connections)."""
+        ...
+
+
+class MemoryLedgerStore:
+    """A ``LedgerStore`` in memory (tests, throw-away simulations). Not durable."""
+
+    def __init__(self, *, now: Callable[[], str] = lambda: "") -> None:
+        self._settings: LedgerSettings | None = None
+        self._charges: list[StoredCharge] = []
+        self._now = now
+
+    def initialise_or_read(self, settings: LedgerSettings) -> LedgerSettings:
+        if self._settings is None:
+            self._settings = settings
+        return self._settings
+
+    def read_settings(self) -> LedgerSettings | None:
+        return self._settings
+
+    def load(self) -> list[StoredCharge]:
+        return list(self._charges)
+
+    def append_checked(
+        self, decide: Callable[[Sequence[StoredCharge]], PendingCharge]
+    ) -> StoredCharge:
+        pending = decide(list(self._charges))
+        stored = StoredCharge(
+            sequence=len(self._charges) + 1,
+            round_index=pending.round_index,
+            events=pending.events,
+            note=pending.note,
+            epsilon_after=pending.epsilon_after,
+            charged_at=self._now(),
+        )
+        self._charges.append(stored)
+        return stored
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChargeReceipt:
+    """Proof that a charge was committed; the release may leave the site after this."""
+
+    sequence: int
+    round_index: int
+    epsilon_after: float
+    remaining: float
+    charged_at: str
+    non_dp_releases: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class LedgerEntry:
+    """One charge with the cumulative epsilon recomputed from the stored events."""
+
+    sequence: int
+    round_index: int
+    events: tuple[Event, ...]
+    note: str
+    charged_at: str
+    epsilon_cumulative: float
+    remaining: float
+    epsilon_at_charge: float
+    non_dp_releases: bool
+
+
+def _dp_leaves(events: Sequence[Event]) -> list[LeafEvent]:
+    return [leaf for leaf in flatten(list(events)) if not isinstance(leaf, NonPrivateRelease)]
+
+
+def _has_non_dp(events: Sequence[Event]) -> bool:
+    return len(_dp_leaves(events)) != len(flatten(list(events)))
+
+
+class PrivacyLedger:
+    """Check-then-commit budget enforcement over a ``LedgerStore``.
+
+    Opening binds the store to (budget, delta, non-DP policy, accountant name);
+    a store already bound to different settings raises ``LedgerMismatchError``:
+    a site's budget never changes silently. Not thread-safe; concurrent
+    processes are serialised by the store's write lock in ``append_checked``.
+    """
+
+    def __init__(
+        self,
+        store: LedgerStore,
+        budget: Budget,
+        accountant: Accountant,
+        *,
+        cross_check: Accountant | None = None,
+    ) -> None:
+        configured = LedgerSettings.of(budget, accountant)
+        stored = store.initialise_or_read(configured)
+        problems = stored.differences(configured)
+        if problems:
+            raise LedgerMismatchError(
+                "the privacy ledger is bound to other settings ("
+                + "; ".join(problems)
+                + "); a site's budget cannot change silently: keep the stored settings "
+                "or start a new site state directory"
+            )
+        self._store = store
+        self._budget = budget
+        self._accountant = accountant
+        self._cross_check = cross_check
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> PrivacyLedger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def budget(self) -> Budget:
+        return self._budget
+
+    @property
+    def accountant(self) -> Accountant:
+        return self._accountant
+
+    @property
+    def cross_check(self) -> Accountant | None:
+        return self._cross_check
+
+    def _epsilon(self, events: Sequence[Event]) -> float:
+        return self._accountant.epsilon(_dp_leaves(events), self._budget.delta)
+
+    def _check_request(self, round_index: int, events: Sequence[Event]) -> tuple[Event, ...]:
+        if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < 0:
+            raise ConfigError(f"round_index must be an int >= 0, got {round_index!r}")
+        checked = check_events(events)
+        if not checked:
+            raise ConfigError("a charge needs at least one event")
+        if _has_non_dp(checked) and not self._budget.allow_non_dp_releases:
+            raise PrivacyError(
+                f"round {round_index}: a non-DP release was requested but the budget does "
+                "not allow non-DP releases (allow_non_dp_releases=False)"
+            )
+        return checked
+
+    def preview(self, round_index: int, events: Sequence[Event]) -> float:
+        """Epsilon (at the budget's delta) after charging ``events``; nothing is written."""
+        checked = self._check_request(round_index, events)
+        stored = [e for charge in self._store.load() for e in charge.events]
+        return self._epsilon([*stored, *checked])
+
+    def charge(self, round_index: int, events: Sequence[Event], *, note: str) -> ChargeReceipt:
+        """Commit ``events`` if the total stays within budget, else raise and write nothing.
+
+        Returns only after the store has durably committed the charge.
+        """
+        checked = self._check_request(round_index, events)
+        if not isinstance(note, str) or len(note) > MAX_NOTE_LENGTH:
+            raise ConfigError(f"note must be a str of at most {MAX_NOTE_LENGTH} characters")
+
+        def decide(existing: Sequence[StoredCharge]) -> PendingCharge:
+            before = [e for charge in existing for e in charge.events]
+            after = self._epsilon([*before, *checked])
+            if not after <= self._budget.epsilon:
+                raise BudgetExceededError(
+                    f"round {round_index}: epsilon would reach {after:.6g} > budget "
+                    f"{self._budget.epsilon:.6g} at delta {self._budget.delta:g}; nothing charged"
+                )
+            return PendingCharge(
+                round_index=round_index, events=checked, note=note, epsilon_after=after
+            )
+
+        stored = self._store.append_checked(decide)
+        all_events = [e for charge in self._store.load() for e in charge.events]
+        return ChargeReceipt(
+            sequence=stored.sequence,
+            round_index=stored.round_index,
+            epsilon_after=stored.epsilon_after,
+            remaining=self._budget.epsilon - stored.epsilon_after,
+            charged_at=stored.charged_at,
+            non_dp_releases=_has_non_dp(all_events),
+        )
+
+    def spent(self) -> float:
+        """Epsilon of every stored event, recomputed now (never a cached number)."""
+        return self._epsilon([e for charge in self._store.load() for e in charge.events])
+
+    def remaining(self) -> float:
+        return self._budget.epsilon - self.spent()
+
+    def history(self) -> list[LedgerEntry]:
+        """Every charge with its cumulative epsilon recomputed from the stored events."""
+        entries: list[LedgerEntry] = []
+        prefix: list[Event] = []
+        for charge in self._store.load():
+            prefix.extend(charge.events)
+            cumulative = self._epsilon(prefix)
+            entries.append(
+                LedgerEntry(
+                    sequence=charge.sequence,
+                    round_index=charge.round_index,
+                    events=charge.events,
+                    note=charge.note,
+                    charged_at=charge.charged_at,
+                    epsilon_cumulative=cumulative,
+                    remaining=self._budget.epsilon - cumulative,
+                    epsilon_at_charge=charge.epsilon_after,
+                    non_dp_releases=_has_non_dp(prefix),
+                )
+            )
+        return entries
+
+    def cross_check_epsilon(self) -> float | None:
+        """Total epsilon by the cross-check accountant (None when none configured)."""
+        if self._cross_check is None:
+            return None
+        stored = [e for charge in self._store.load() for e in charge.events]
+        return self._cross_check.epsilon(_dp_leaves(stored), self._budget.delta)
+
+    def report_json(self) -> dict[str, Any]:
+        """The ledger report as JSON-ready data (see ``report.py``)."""
+        from fedmap_secure.privacy.report import build_report
+
+        return build_report(self).to_json()

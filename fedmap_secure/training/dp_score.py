@@ -1,0 +1,106 @@
+"""Differentially private release of the mean log-likelihood behind FedMAP's omega_k.
+
+FedMAP's contribution score is ``omega_k = exp(mean_i log p(y_i | x_i, theta_k)
+- R(theta_k) / N_k)``. The prior term is post-processing of the DP model, but
+the mean log-likelihood reads every training record again, so it needs its
+own mechanism and its own ledger charge.
+
+Mechanism (Gaussian mechanism on a clipped sum; Dwork and Roth 2014, thm A.1;
+Mironov 2017 for its RDP curve ``alpha / (2 sigma^2)``):
+
+* clip each record's log-likelihood into ``[-B, 0]`` (log-likelihoods of a
+  classifier are <= 0 already; the lower clip bounds a record's influence);
+* ``S = sum_i clip(l_i)``;  release ``S~ = S + N(0, (sigma B)^2)``;
+* return ``S~ / N_pub`` (optionally clamped to ``[-B, 0]``: post-processing).
+
+Sensitivity: every clipped term lies in ``[-B, 0]``, so adding or removing one
+record (the adjacency DP-SGD's accountants use) changes ``S`` by at most
+``B``, and so does replacing one; ``sigma`` is therefore the usual noise
+multiplier and the ledger charges ``GaussianEvent(noise_multiplier=sigma,
+count=1)`` (``gaussian_release_event_params``).
+
+Choice about N: the divisor ``N_pub`` is the site's *declared* size from the
+federation roster, treated as public, never the count of records read here.
+Dividing by a public constant is post-processing, so the guarantee holds
+under add/remove adjacency too (the released mean is then ``S~ / N_pub`` even
+if the true count differs by one). A site whose size must stay secret should
+not use this score: the data-independent weights (omega = 1, or a declared-n
+weight) are a configuration choice of the site code.
+
+Threat addressed: a server (or colluding sites) reading omega_k, directly or
+through the omega-weighted sums of secure aggregation, learning whether a
+given patient was in site k's training data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from fedmap_secure.errors import ConfigError, DataError
+from fedmap_secure.training.secure_noise import NormalSource, SecureGaussian
+
+
+@dataclass(frozen=True, kw_only=True)
+class GaussianReleaseParams:
+    """What the ledger needs to charge one score release (a ``GaussianEvent``)."""
+
+    noise_multiplier: float
+    count: int
+    sensitivity: float
+    noise_std: float
+
+
+def _check_mechanism(clip: float, noise_multiplier: float) -> None:
+    if not (math.isfinite(clip) and clip > 0.0):
+        raise ConfigError("clip (the log-likelihood bound B) must be finite and > 0")
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0.0):
+        raise ConfigError("noise_multiplier must be finite and > 0 for a DP release")
+
+
+def gaussian_release_event_params(*, clip: float, noise_multiplier: float) -> GaussianReleaseParams:
+    """Parameters of the Gaussian mechanism ``release_mean_loglik`` runs once."""
+    _check_mechanism(clip, noise_multiplier)
+    return GaussianReleaseParams(
+        noise_multiplier=noise_multiplier,
+        count=1,
+        sensitivity=clip,
+        noise_std=noise_multiplier * clip,
+    )
+
+
+def clipped_loglik_sum(per_sample_loglik: npt.NDArray[np.floating], clip: float) -> float:
+    """``sum_i clip(l_i, -B, 0)``; -inf (probability 0) clips to -B, NaN is refused."""
+    values = np.asarray(per_sample_loglik, dtype=np.float64)
+    if values.ndim != 1:
+        raise DataError("per_sample_loglik must be a 1-D array")
+    if np.isnan(values).any():
+        raise DataError("per_sample_loglik contains NaN")
+    return float(np.clip(values, -clip, 0.0).sum())
+
+
+def release_mean_loglik(
+    per_sample_loglik: npt.NDArray[np.floating],
+    *,
+    clip: float,
+    noise_multiplier: float,
+    public_n: int,
+    random: NormalSource | None = None,
+    clamp: bool = True,
+) -> float:
+    """The DP mean log-likelihood ``(S + N(0, (sigma B)^2)) / N_pub``; see the module doc.
+
+    ``random`` defaults to the OS-CSPRNG, floating-point-hardened sampler;
+    tests may inject any ``standard_normal(n)`` source (e.g. a numpy Generator).
+    """
+    _check_mechanism(clip, noise_multiplier)
+    if isinstance(public_n, bool) or not isinstance(public_n, int) or public_n < 1:
+        raise ConfigError("public_n (the declared site size) must be an integer >= 1")
+    source = random if random is not None else SecureGaussian()
+    total = clipped_loglik_sum(per_sample_loglik, clip)
+    noisy = total + float(source.standard_normal(1)[0]) * noise_multiplier * clip
+    mean = noisy / public_n
+    return min(0.0, max(-clip, mean)) if clamp else mean
