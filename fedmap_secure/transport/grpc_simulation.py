@@ -1,0 +1,182 @@
+"""``simulate --transport grpc``: the server here, one OS process per training site, on 127.0.0.1.
+
+The driver creates a throwaway consortium in ``out_dir/grpc`` (test CA and
+certificates, site identity keys, roster; plaintext only when ``insecure``),
+starts the ``AggregationServer`` and FedMAP's server loop in this process, and
+launches ``python -m fedmap_secure.transport.site_process JOB.json`` for each
+training-tier site. Each site process loads the same dataset with the same
+seed, keeps only its own site, trains, contributes through SecAgg+ over mutual
+TLS, evaluates on the final state and writes its result JSON. Fine-tune and
+unseen tiers take no part in secure rounds; the driver fine-tunes/evaluates
+them on the final state in this process, as the in-process engine does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedmap_secure.config.schema import SimulationConfig
+from fedmap_secure.data.types import FederatedDataset, Tier
+from fedmap_secure.errors import ConfigError
+from fedmap_secure.experiments.simulation import SimulationResult, SiteResult
+from fedmap_secure.fedmap.evaluation import EvalMetrics
+from fedmap_secure.fedmap.methods import ServerLog
+from fedmap_secure.secagg.config import Roster, SecAggConfig
+from fedmap_secure.transport.fedmap_server import serve_fedmap
+from fedmap_secure.transport.fedmap_wire import config_json
+from fedmap_secure.transport.pki import (
+    Deployment,
+    create_identity,
+    generate_deployment,
+    load_roster,
+    write_roster,
+)
+from fedmap_secure.transport.security import Insecure, MutualTls
+from fedmap_secure.transport.server import AggregationServer, ServerSettings
+from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
+
+
+@dataclass(frozen=True, kw_only=True)
+class GrpcSimulation:
+    """How to run the sites: dataset spec (as for ``simulate``) and the threat model."""
+
+    dataset_spec: str
+    label_column: str | None = None
+    dropout_fraction: float = 0.25
+    corrupt_fraction: float = 0.0
+    insecure: bool = False
+    join_timeout: float = 600.0
+    stage_timeout: float = 60.0
+
+
+def _consortium(root: Path, sites: list[str], insecure: bool) -> tuple[Roster, Path | None]:
+    if not insecure:
+        deployment = generate_deployment(root / "pki", sites)
+        return load_roster(deployment.roster), root / "pki"
+    keys = {s: create_identity(root / "pki" / "sites" / s / "identity.pem").public for s in sites}
+    roster = Roster.from_mapping(keys)
+    write_roster(root / "pki" / "roster.json", roster)
+    return roster, None
+
+
+def _job(root: Path, site: str, port: int, spec: GrpcSimulation, seed: int) -> Path:
+    job = {
+        "site": site,
+        "address": f"127.0.0.1:{port}",
+        "dataset": spec.dataset_spec,
+        "label_column": spec.label_column,
+        "seed": seed,
+        "pki": None if spec.insecure else str(root / "pki"),
+        "roster": str(root / "pki" / "roster.json"),
+        "identity": str(root / "pki" / "sites" / site / "identity.pem"),
+        "dropout_fraction": spec.dropout_fraction,
+        "corrupt_fraction": spec.corrupt_fraction,
+        "result": str(root / "sites" / f"{site}.json"),
+    }
+    path = root / "sites" / f"{site}.job.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(job, indent=2))
+    return path
+
+
+def _metrics(raw: dict[str, Any] | None) -> EvalMetrics | None:
+    return None if raw is None else EvalMetrics(**raw)
+
+
+def _site_result(path: Path) -> SiteResult:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"site process left no usable result {path}: {exc}") from None
+    return SiteResult(
+        site=raw["site"],
+        tier=Tier(raw["tier"]),
+        n_train=raw["n_train"],
+        n_test=raw["n_test"],
+        personalised=_metrics(raw["personalised"]),
+        global_=_metrics(raw["global"]),
+    )
+
+
+def simulate_over_grpc(
+    *,
+    config: SimulationConfig,
+    dataset: FederatedDataset,
+    spec: GrpcSimulation,
+    out_dir: Path,
+) -> SimulationResult:
+    """Run ``config`` with the server here and one process per training site; see module doc."""
+    start = time.perf_counter()
+    root = out_dir / "grpc"
+    training = [s.name for s in dataset.by_tier(Tier.TRAIN)]
+    if len(training) < 2:
+        raise ConfigError("secure aggregation over gRPC needs at least 2 training sites")
+    roster, pki = _consortium(root, training, spec.insecure)
+    secagg = SecAggConfig.for_threat_model(
+        n=len(training),
+        dropout_fraction=spec.dropout_fraction,
+        corrupt_fraction=spec.corrupt_fraction,
+    )
+    security = Insecure() if pki is None else MutualTls(files=Deployment(root=pki).server_tls())
+    server = AggregationServer(
+        roster=roster,
+        config=secagg,
+        security=security,
+        settings=ServerSettings(join_timeout=spec.join_timeout, stage_timeout=spec.stage_timeout),
+    ).start()
+    logs: list[ServerLog] = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    processes = [
+        subprocess.Popen(  # noqa: S603 (our interpreter, our module, our job file)
+            [
+                sys.executable,
+                "-m",
+                "fedmap_secure.transport.site_process",
+                str(_job(root, site, server.port, spec, config.seed)),
+            ],
+            env=env,
+        )
+        for site in training
+    ]
+    try:
+        store = ServerStateStore(
+            root / "server-state" / STATE_FILENAME, run_config_json=config_json(config)
+        )
+        final = serve_fedmap(
+            server=server,
+            config=config,
+            n_features=len(dataset.feature_names),
+            n_classes=dataset.n_classes,
+            store=store,
+            final_timeout=spec.join_timeout,
+            on_round=lambda _state, log: logs.append(log),
+        )
+        for process in processes:
+            if process.wait(timeout=spec.join_timeout) != 0:
+                raise ConfigError(f"a site process exited with status {process.returncode}")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        server.stop()
+    results = {r.site: r for r in (_site_result(root / "sites" / f"{s}.json") for s in training)}
+    return SimulationResult(
+        method=config.method.value,
+        dataset=dataset.name,
+        rounds=config.rounds,
+        seed=config.seed,
+        sites=tuple(results[s.name] for s in dataset.sites if s.name in results),
+        reports=(),
+        server_logs=tuple(logs),
+        final_state=final,
+        n_theta=int(final.gamma.size),
+        n_psi=0 if final.psi is None else int(final.psi.size),
+        wall_seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,106 @@
+"""``fedmap-secure server --config server.toml`` and ``fedmap-secure site --config site.toml``.
+
+``run_server`` listens (mutual TLS unless ``insecure``), runs the remaining
+FedMAP rounds from its SQLite state and publishes the final state.
+``run_site`` connects outbound to the server, loads only its own CSV files,
+trains and contributes each round through SecAgg+, and writes its final
+evaluation to ``<state_dir>/result.json``. Both return an exit code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import grpc
+
+from fedmap_secure.config.loader import load_config
+from fedmap_secure.data.csv_sites import load_csv_sites
+from fedmap_secure.data.types import SiteData
+from fedmap_secure.errors import ConfigError
+from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
+from fedmap_secure.transport.deploy_config import load_server_deployment, load_site_deployment
+from fedmap_secure.transport.fedmap_server import serve_fedmap
+from fedmap_secure.transport.fedmap_site import run_fedmap_site
+from fedmap_secure.transport.fedmap_wire import config_json
+from fedmap_secure.transport.pki import load_identity
+from fedmap_secure.transport.security import MutualTls, channel_credentials
+from fedmap_secure.transport.server import AggregationServer
+from fedmap_secure.transport.site import SiteClient
+from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
+
+log = logging.getLogger(__name__)
+
+
+def _trainer(site: SiteData, training: LocalTrainingConfig) -> LocalTrainer:
+    from fedmap_secure.training.local import AdamMapTrainer
+
+    return AdamMapTrainer(training)
+
+
+def run_server(path: Path) -> None:
+    """Serve the FedMAP run described by ``server.toml`` until the final state is published."""
+    deployment = load_server_deployment(path)
+    config = load_config(deployment.run_config)
+    store = ServerStateStore(
+        deployment.state_dir / STATE_FILENAME, run_config_json=config_json(config)
+    )
+    server = AggregationServer(
+        roster=deployment.consortium.roster,
+        config=deployment.consortium.secagg,
+        security=deployment.security,
+        address=deployment.listen,
+        settings=deployment.settings,
+    ).start()
+    log.info("listening on %s (port %d)", deployment.listen, server.port)
+    try:
+        serve_fedmap(
+            server=server,
+            config=config,
+            n_features=deployment.features,
+            n_classes=deployment.classes,
+            store=store,
+            final_timeout=deployment.settings.join_timeout,
+        )
+    finally:
+        server.stop()
+
+
+def run_site(path: Path) -> None:
+    """Take part in the run as the site described by ``site.toml``."""
+    deployment = load_site_deployment(path)
+    if deployment.data is None:
+        raise ConfigError(f"{path}: site.data (the site's CSV folder) is required")
+    dataset = load_csv_sites(deployment.data, label_column=deployment.label_column)
+    mine = [s for s in dataset.sites if s.name == deployment.site_id]
+    if len(mine) != 1:
+        raise ConfigError(f"{deployment.data}: no {deployment.site_id}_train/test.csv files")
+    if isinstance(deployment.security, MutualTls):
+        credentials = channel_credentials(deployment.security)
+        channel = grpc.secure_channel(deployment.server, credentials)
+    else:
+        channel = grpc.insecure_channel(deployment.server)
+    client = SiteClient(
+        channel=channel,
+        site_id=deployment.site_id,
+        identity=load_identity(deployment.identity),
+        roster=deployment.consortium.roster,
+        config=deployment.consortium.secagg,
+    )
+    try:
+        run = run_fedmap_site(
+            client=client,
+            data=mine[0],
+            feature_names=dataset.feature_names,
+            n_classes=dataset.n_classes,
+            trainer_factory=_trainer,
+        )
+    finally:
+        channel.close()
+    deployment.state_dir.mkdir(parents=True, exist_ok=True)
+    result = None if run.result is None else dataclasses.asdict(run.result)
+    (deployment.state_dir / "result.json").write_text(
+        json.dumps(result, indent=2, default=str) + "\n"
+    )
