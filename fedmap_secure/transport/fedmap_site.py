@@ -200,3 +200,27 @@ def run_fedmap_site(
         next_round = report.round_index + 1 if done else report.round_index
         if not done:
             log.info("site %s: round %d %s", data.name, report.round_index, report.outcome.value)
+
+
+def finish_offline(
+    *,
+    data: SiteData,
+    feature_names: tuple[str, ...],
+    n_classes: int,
+    final: tm.FedMapRound,
+    trainer_factory: TrainerFactory,
+    score_release_factory: ScoreReleaseFactory | None = None,
+) -> FedMapSiteRun:
+    """A site that took no part in training, given the final announcement directly.
+
+    Fine-tune-tier sites train under the final state; every site evaluates.
+    """
+    runner = _SiteRunner(
+        data=data,
+        feature_names=feature_names,
+        n_classes=n_classes,
+        trainer_factory=trainer_factory,
+        score_release_factory=score_release_factory,
+    )
+    runner.contribute(final)
+    return runner.run

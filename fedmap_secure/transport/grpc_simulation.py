@@ -6,7 +6,7 @@ starts the ``AggregationServer`` and FedMAP's server loop in this process, and
 launches ``python -m fedmap_secure.transport.site_process JOB.json`` for each
 training-tier site. Each site process loads the same dataset with the same
 seed, keeps only its own site, trains, contributes through SecAgg+ over mutual
-TLS, evaluates on the final state and writes its result JSON. Fine-tune and
+TLS, evaluates on the final state and writes its records (``site_records``). Fine-tune and
 unseen tiers take no part in secure rounds; the driver fine-tunes/evaluates
 them on the final state in this process, as the in-process engine does.
 """
@@ -18,7 +18,8 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,12 @@ from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.experiments.simulation import SimulationResult, SiteResult
-from fedmap_secure.fedmap.evaluation import EvalMetrics
 from fedmap_secure.fedmap.methods import ServerLog
+from fedmap_secure.fedmap.site import SiteReport
 from fedmap_secure.secagg.config import Roster, SecAggConfig
 from fedmap_secure.transport.fedmap_server import serve_fedmap
-from fedmap_secure.transport.fedmap_wire import config_json
+from fedmap_secure.transport.fedmap_site import finish_offline
+from fedmap_secure.transport.fedmap_wire import announcement, config_json
 from fedmap_secure.transport.pki import (
     Deployment,
     create_identity,
@@ -40,6 +42,8 @@ from fedmap_secure.transport.pki import (
 )
 from fedmap_secure.transport.security import Insecure, MutualTls
 from fedmap_secure.transport.server import AggregationServer, ServerSettings
+from fedmap_secure.transport.site_process import load_factories
+from fedmap_secure.transport.site_records import read_records
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
 
 
@@ -54,6 +58,10 @@ class GrpcSimulation:
     insecure: bool = False
     join_timeout: float = 600.0
     stage_timeout: float = 60.0
+    # ``module:function`` building each site's (trainer, score release) factories from its job
+    # (site_process.load_factories); ``options`` is passed through as JSON.
+    factories: str = "fedmap_secure.transport.site_process:plain_factories"
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _consortium(root: Path, sites: list[str], insecure: bool) -> tuple[Roster, Path | None]:
@@ -79,30 +87,14 @@ def _job(root: Path, site: str, port: int, spec: GrpcSimulation, seed: int) -> P
         "dropout_fraction": spec.dropout_fraction,
         "corrupt_fraction": spec.corrupt_fraction,
         "result": str(root / "sites" / f"{site}.json"),
+        "state_dir": str(root / "sites" / site),
+        "factories": spec.factories,
+        "options": dict(spec.options),
     }
     path = root / "sites" / f"{site}.job.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(job, indent=2))
     return path
-
-
-def _metrics(raw: dict[str, Any] | None) -> EvalMetrics | None:
-    return None if raw is None else EvalMetrics(**raw)
-
-
-def _site_result(path: Path) -> SiteResult:
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"site process left no usable result {path}: {exc}") from None
-    return SiteResult(
-        site=raw["site"],
-        tier=Tier(raw["tier"]),
-        n_train=raw["n_train"],
-        n_test=raw["n_test"],
-        personalised=_metrics(raw["personalised"]),
-        global_=_metrics(raw["global"]),
-    )
 
 
 def simulate_over_grpc(
@@ -166,14 +158,35 @@ def simulate_over_grpc(
             if process.poll() is None:
                 process.kill()
         server.stop()
-    results = {r.site: r for r in (_site_result(root / "sites" / f"{s}.json") for s in training)}
+    results: dict[str, SiteResult] = {}
+    reports: list[SiteReport] = []
+    for site in training:
+        results[site], site_reports = read_records(root / "sites" / f"{site}.json")
+        reports += site_reports
+    others = [s for s in dataset.sites if s.tier is not Tier.TRAIN]
+    if others:
+        job = {"site": None, "state_dir": str(root), "options": dict(spec.options)}
+        trainer, score_release = load_factories({**job, "factories": spec.factories})
+        final_opening = announcement(config_text=config_json(config), state=final, setup=None)
+        for data in others:
+            run = finish_offline(
+                data=data,
+                feature_names=dataset.feature_names,
+                n_classes=dataset.n_classes,
+                final=final_opening,
+                trainer_factory=trainer,
+                score_release_factory=score_release,
+            )
+            if run.result is not None:
+                results[data.name] = run.result
+            reports += run.reports
     return SimulationResult(
         method=config.method.value,
         dataset=dataset.name,
         rounds=config.rounds,
         seed=config.seed,
-        sites=tuple(results[s.name] for s in dataset.sites if s.name in results),
-        reports=(),
+        sites=tuple(results[s.name] for s in dataset.sites),
+        reports=tuple(sorted(reports, key=lambda r: (r.round_index, r.site))),
         server_logs=tuple(logs),
         final_state=final,
         n_theta=int(final.gamma.size),

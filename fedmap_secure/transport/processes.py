@@ -9,18 +9,16 @@ evaluation to ``<state_dir>/result.json``. Both return an exit code.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.data.csv_sites import load_csv_sites
-from fedmap_secure.data.types import SiteData
 from fedmap_secure.errors import ConfigError
-from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.transport.deploy_config import load_server_deployment, load_site_deployment
 from fedmap_secure.transport.fedmap_server import serve_fedmap
 from fedmap_secure.transport.fedmap_site import run_fedmap_site
@@ -29,15 +27,12 @@ from fedmap_secure.transport.pki import load_identity
 from fedmap_secure.transport.security import MutualTls, channel_credentials
 from fedmap_secure.transport.server import AggregationServer
 from fedmap_secure.transport.site import SiteClient
+from fedmap_secure.transport.site_process import Factories, plain_factories
+from fedmap_secure.transport.site_records import write_records
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
 
 log = logging.getLogger(__name__)
-
-
-def _trainer(site: SiteData, training: LocalTrainingConfig) -> LocalTrainer:
-    from fedmap_secure.training.local import AdamMapTrainer
-
-    return AdamMapTrainer(training)
+FactoryBuilder = Callable[[Mapping[str, Any]], Factories]
 
 
 def run_server(path: Path) -> None:
@@ -68,8 +63,13 @@ def run_server(path: Path) -> None:
         server.stop()
 
 
-def run_site(path: Path) -> None:
-    """Take part in the run as the site described by ``site.toml``."""
+def run_site(path: Path, *, factories: FactoryBuilder = plain_factories) -> None:
+    """Take part in the run as the site described by ``site.toml``.
+
+    ``factories`` builds the site's (trainer, score release) from
+    ``{"site", "state_dir", "options"}``: the seam where DP-SGD and the DP score
+    release (with the site's ledger in its state folder) are chosen.
+    """
     deployment = load_site_deployment(path)
     if deployment.data is None:
         raise ConfigError(f"{path}: site.data (the site's CSV folder) is required")
@@ -89,18 +89,20 @@ def run_site(path: Path) -> None:
         roster=deployment.consortium.roster,
         config=deployment.consortium.secagg,
     )
+    job = {"site": deployment.site_id, "state_dir": str(deployment.state_dir), "options": {}}
+    trainer, score_release = factories(job)
     try:
         run = run_fedmap_site(
             client=client,
             data=mine[0],
             feature_names=dataset.feature_names,
             n_classes=dataset.n_classes,
-            trainer_factory=_trainer,
+            trainer_factory=trainer,
+            score_release_factory=score_release,
         )
     finally:
         channel.close()
+    if run.result is None:
+        raise ConfigError(f"site {deployment.site_id}: the run ended without a final state")
     deployment.state_dir.mkdir(parents=True, exist_ok=True)
-    result = None if run.result is None else dataclasses.asdict(run.result)
-    (deployment.state_dir / "result.json").write_text(
-        json.dumps(result, indent=2, default=str) + "\n"
-    )
+    write_records(deployment.state_dir / "result.json", run.result, run.reports)

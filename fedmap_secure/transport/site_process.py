@@ -9,9 +9,10 @@ result. The process keeps only its own site's data.
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +21,42 @@ import torch
 
 from fedmap_secure.data.types import SiteData
 from fedmap_secure.errors import ConfigError, FedMapError
-from fedmap_secure.fedmap.evaluation import EvalMetrics
+from fedmap_secure.experiments.simulation import ScoreReleaseFactory, TrainerFactory
 from fedmap_secure.secagg.config import SecAggConfig
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.transport.fedmap_site import run_fedmap_site
 from fedmap_secure.transport.pki import Deployment, load_identity, load_roster
 from fedmap_secure.transport.security import MutualTls, channel_credentials
 from fedmap_secure.transport.site import SiteClient
+from fedmap_secure.transport.site_records import write_records
+
+Factories = tuple[TrainerFactory, ScoreReleaseFactory | None]
+"""How a site trains and releases its score: (trainer factory, score-release factory)."""
 
 
-def _trainer(site: SiteData, training: LocalTrainingConfig) -> LocalTrainer:
+def plain_factories(job: Mapping[str, Any]) -> Factories:
+    """Non-private local training (Adam MAP) and the exact clipped score: the default."""
     from fedmap_secure.training.local import AdamMapTrainer
 
-    return AdamMapTrainer(training)
+    def trainer(site: SiteData, training: LocalTrainingConfig) -> LocalTrainer:
+        return AdamMapTrainer(training)
+
+    return trainer, None
 
 
-def _metrics(m: EvalMetrics | None) -> dict[str, Any] | None:
-    return None if m is None else dataclasses.asdict(m)
+def load_factories(job: Mapping[str, Any]) -> Factories:
+    """Call the ``module:function`` named in ``job["factories"]`` with the job.
+
+    The function gets the whole job (site id, ``state_dir`` for a privacy ledger,
+    and the driver's ``options``) and returns the site's factories; this is the
+    seam where DP-SGD training and the DP score release are chosen.
+    """
+    module_name, _, function_name = str(job["factories"]).partition(":")
+    builder = getattr(importlib.import_module(module_name), function_name, None)
+    if builder is None:
+        raise ConfigError(f"no factory builder {job['factories']!r}")
+    factories: Factories = builder(job)
+    return factories
 
 
 def run_job(job: dict[str, Any]) -> None:
@@ -64,30 +84,21 @@ def run_job(job: dict[str, Any]) -> None:
         roster=roster,
         config=config,
     )
-    run = run_fedmap_site(
-        client=client,
-        data=data,
-        feature_names=dataset.feature_names,
-        n_classes=dataset.n_classes,
-        trainer_factory=_trainer,
-    )
-    channel.close()
+    trainer, score_release = load_factories(job)
+    try:
+        run = run_fedmap_site(
+            client=client,
+            data=data,
+            feature_names=dataset.feature_names,
+            n_classes=dataset.n_classes,
+            trainer_factory=trainer,
+            score_release_factory=score_release,
+        )
+    finally:
+        channel.close()
     if run.result is None:
         raise ConfigError(f"site {site_id}: the run ended without a final state")
-    result = run.result
-    Path(job["result"]).write_text(
-        json.dumps(
-            {
-                "site": result.site,
-                "tier": result.tier.value,
-                "n_train": result.n_train,
-                "n_test": result.n_test,
-                "personalised": _metrics(result.personalised),
-                "global": _metrics(result.global_),
-            },
-            indent=2,
-        )
-    )
+    write_records(Path(job["result"]), run.result, run.reports)
 
 
 def main(argv: list[str]) -> int:

@@ -98,6 +98,6 @@ def test_server_and_sites_from_toml(tmp_path: Path) -> None:
     )
     assert [m["contributors"] for m in store.history()] == [4, 4]
     for site in sites:
-        result = json.loads((tmp_path / "state" / site / "result.json").read_text())
+        result = json.loads((tmp_path / "state" / site / "result.json").read_text())["result"]
         assert result["site"] == site
         assert 0.0 <= result["personalised"]["accuracy"] <= 1.0

@@ -16,18 +16,20 @@ from fedmap_secure.config.loader import load_config
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.data import load_dataset
-from fedmap_secure.data.types import FederatedDataset, SiteData
+from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 from fedmap_secure.experiments.simulation import run_simulation
 from fedmap_secure.fedmap.methods import GlobalState, ServerLog
+from fedmap_secure.fedmap.site import Phase
 from fedmap_secure.secagg.config import Roster, SecAggConfig
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.training.local import AdamMapTrainer
 from fedmap_secure.transport.fedmap_server import serve_fedmap
-from fedmap_secure.transport.fedmap_site import FedMapSiteRun, run_fedmap_site
-from fedmap_secure.transport.fedmap_wire import config_json
+from fedmap_secure.transport.fedmap_site import FedMapSiteRun, finish_offline, run_fedmap_site
+from fedmap_secure.transport.fedmap_wire import announcement, config_json
 from fedmap_secure.transport.security import Insecure
 from fedmap_secure.transport.server import AggregationServer, ServerSettings
 from fedmap_secure.transport.site import SiteClient
+from fedmap_secure.transport.site_records import read_records, write_records
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
 
 
@@ -168,3 +170,28 @@ def test_simulate_over_grpc_with_site_processes(tmp_path: Path) -> None:
     np.testing.assert_allclose(result.final_state.gamma, reference.final_state.gamma, atol=1e-6)
     assert [s.site for s in result.sites] == [s.site for s in reference.sites]
     assert len(result.server_logs) == 2
+
+
+def test_non_training_site_finishes_offline_like_in_process(tmp_path: Path) -> None:
+    heart = load_dataset("heart", label_column=None, seed=0)
+    sites = tuple(
+        dataclasses.replace(s, tier=Tier.FINETUNE) if s.name == "va" else s for s in heart.sites
+    )
+    dataset = dataclasses.replace(heart, sites=sites)
+    config = _config(rounds=1)
+    reference = run_simulation(config, dataset, PlainSum(), _trainer)
+    assert reference.final_state is not None
+    final = announcement(config_text=config_json(config), state=reference.final_state, setup=None)
+    (va,) = [s for s in sites if s.name == "va"]
+    run = finish_offline(
+        data=va,
+        feature_names=dataset.feature_names,
+        n_classes=dataset.n_classes,
+        final=final,
+        trainer_factory=_trainer,
+    )
+    (expected,) = [s for s in reference.sites if s.site == "va"]
+    assert run.result == expected
+    assert [r.phase for r in run.reports] == [Phase.FINETUNE] * config.finetune_rounds
+    write_records(tmp_path / "va.json", run.result, run.reports)
+    assert read_records(tmp_path / "va.json") == (run.result, run.reports)
