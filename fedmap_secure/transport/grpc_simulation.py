@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.errors import ConfigError
+from fedmap_secure.experiments.report import site_table, summary_dict, write_outputs
 from fedmap_secure.experiments.simulation import SimulationResult, SiteResult
 from fedmap_secure.fedmap.methods import ServerLog
 from fedmap_secure.fedmap.site import SiteReport
@@ -193,3 +196,43 @@ def simulate_over_grpc(
         n_psi=0 if final.psi is None else int(final.psi.size),
         wall_seconds=time.perf_counter() - start,
     )
+
+
+def describe_secure_aggregation(spec: GrpcSimulation, n_sites: int) -> dict[str, object]:
+    """The ``summary.json['privacy']['secure_aggregation']`` entry of a grpc run."""
+    c = SecAggConfig.for_threat_model(
+        n=n_sites, dropout_fraction=spec.dropout_fraction, corrupt_fraction=spec.corrupt_fraction
+    )
+    return {
+        "protocol": c.protocol_name,
+        "transport": "grpc (plaintext, local)" if spec.insecure else "grpc (mutual TLS)",
+        "n": c.n,
+        "k": c.k,
+        "t": c.t,
+        "bits": c.bits,
+        "dropout_fraction": c.dropout_fraction,
+        "corrupt_fraction": c.corrupt_fraction,
+    }
+
+
+def simulate_grpc_to_dir(
+    *,
+    config: SimulationConfig,
+    dataset: FederatedDataset,
+    spec: GrpcSimulation,
+    out_dir: Path,
+    console: Console,
+    differential_privacy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``simulate --transport grpc``: run, write summary.json and metrics.csv, print the table."""
+    result = simulate_over_grpc(config=config, dataset=dataset, spec=spec, out_dir=out_dir)
+    n_train = len(dataset.by_tier(Tier.TRAIN))
+    privacy = {
+        "secure_aggregation": describe_secure_aggregation(spec, n_train),
+        "differential_privacy": differential_privacy,
+    }
+    summary = summary_dict(result, privacy=privacy)
+    write_outputs(out_dir, result, summary)
+    console.print(site_table(result))
+    console.print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'metrics.csv'}")
+    return summary

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import threading
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 
 from fedmap_secure.aggregation import PlainSum
 from fedmap_secure.config.loader import load_config
@@ -154,22 +157,38 @@ def test_server_restarted_between_rounds_resumes(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_simulate_over_grpc_with_site_processes(tmp_path: Path) -> None:
-    from fedmap_secure.transport.grpc_simulation import GrpcSimulation, simulate_over_grpc
+    """One OS process per site over mutual TLS; summary.json as for the in-process run."""
+    from fedmap_secure.transport.grpc_simulation import GrpcSimulation, simulate_grpc_to_dir
 
     dataset = load_dataset("heart", label_column=None, seed=0)
     config = _config(rounds=2)
-    result = simulate_over_grpc(
+    summary = simulate_grpc_to_dir(
         config=config,
         dataset=dataset,
         spec=GrpcSimulation(dataset_spec="heart", join_timeout=120, stage_timeout=30),
         out_dir=tmp_path,
+        console=Console(file=io.StringIO()),
     )
     reference = run_simulation(config, dataset, PlainSum(), _trainer)
-    assert result.final_state is not None
     assert reference.final_state is not None
-    np.testing.assert_allclose(result.final_state.gamma, reference.final_state.gamma, atol=1e-6)
-    assert [s.site for s in result.sites] == [s.site for s in reference.sites]
-    assert len(result.server_logs) == 2
+    store = ServerStateStore(
+        tmp_path / "grpc" / "server-state" / STATE_FILENAME, run_config_json=config_json(config)
+    )
+    stored = store.latest()
+    assert stored is not None
+    assert stored.next_round == 2
+    np.testing.assert_allclose(stored.gamma, reference.final_state.gamma, atol=1e-6)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == summary
+    assert [s["site"] for s in summary["sites"]] == [s.site for s in reference.sites]
+    assert summary["privacy"]["secure_aggregation"]["transport"] == "grpc (mutual TLS)"
+    for site, expected in zip(summary["sites"], reference.sites, strict=True):
+        assert expected.personalised is not None
+        assert site["personalised"]["accuracy"] == pytest.approx(
+            expected.personalised.accuracy, abs=0.02
+        )
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 4  # header, then 2 rounds x 4 training sites
 
 
 def test_non_training_site_finishes_offline_like_in_process(tmp_path: Path) -> None:
