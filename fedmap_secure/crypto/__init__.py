@@ -5,7 +5,7 @@ is a small recipe with a label for every derived key:
 
 - ``agreement``: X25519 + HKDF-SHA256 (``agree``, ``agree_from_private``),
 - ``envelope``: ChaCha20-Poly1305 with associated data (``seal``, ``open_sealed``),
-- ``prg``: mask expansion from a 256-bit seed with ChaCha20 (``expand_mask``),
+- ``prg``: mask expansion from a 256-bit seed with AES-256-CTR (``expand_mask``, ``add_masks``),
 - ``shamir``: t-of-n secret sharing with per-share commitments (``split``, ``combine``),
 - ``signing``: Ed25519 with labelled messages (``IdentityKey``, ``verify``),
 - ``hashing``: length-prefixed encoding and labelled SHA-256 (``encode_fields``, ``digest``).

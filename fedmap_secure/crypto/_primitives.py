@@ -9,7 +9,7 @@ Primitives (all from ``cryptography``, backed by OpenSSL):
 - X25519 Diffie-Hellman (RFC 7748),
 - HKDF-SHA256 (RFC 5869),
 - ChaCha20-Poly1305 AEAD (RFC 8439) with a 96-bit nonce,
-- the raw ChaCha20 keystream (RFC 8439, 32-bit block counter, 96-bit nonce),
+- the AES-256-CTR keystream (FIPS 197, NIST SP 800-38A; 128-bit big-endian counter),
 - Ed25519 signatures (RFC 8032, pure Ed25519),
 - SHA-256 (FIPS 180-4).
 
@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-import numpy as np
-import numpy.typing as npt
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -36,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,
     X25519PublicKey,
 )
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -50,13 +48,11 @@ ED25519_SIGNATURE_SIZE = 64
 AEAD_KEY_SIZE = 32
 AEAD_NONCE_SIZE = 12
 AEAD_TAG_SIZE = 16
-CHACHA20_KEY_SIZE = 32
-CHACHA20_NONCE_SIZE = 12
-CHACHA20_BLOCK_SIZE = 64
+AES256_KEY_SIZE = 32
+AES_BLOCK_SIZE = 16
+KEYSTREAM_SLACK = AES_BLOCK_SIZE - 1
 SHA256_SIZE = 32
 HKDF_MAX_OUTPUT = 255 * SHA256_SIZE
-# RFC 8439 uses a 32-bit block counter: at most 2^32 blocks of 64 bytes per (key, nonce).
-CHACHA20_MAX_KEYSTREAM = (2**32) * CHACHA20_BLOCK_SIZE
 
 
 def _require_len(name: str, value: bytes, size: int) -> None:
@@ -65,31 +61,49 @@ def _require_len(name: str, value: bytes, size: int) -> None:
         raise CryptoError(f"{name} must be {size} bytes, got {got}")
 
 
+class X25519Private:
+    """An X25519 private scalar, loaded once so that each agreement is one scalar multiplication.
+
+    Loading derives the public key u = X25519(k, 9) (RFC 7748 section 5); ``repr``
+    never shows the scalar.
+    """
+
+    __slots__ = ("_key", "public")
+
+    def __init__(self, private_raw: bytes) -> None:
+        _require_len("X25519 private key", private_raw, X25519_KEY_SIZE)
+        self._key = X25519PrivateKey.from_private_bytes(bytes(private_raw))
+        self.public: bytes = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def __repr__(self) -> str:
+        return "X25519Private(<secret>)"
+
+    def shared_secret(self, peer_public: bytes) -> bytes:
+        """The raw X25519 output X25519(k, u) (RFC 7748 section 5).
+
+        Raises ``CryptoError`` if the output is all zero, which happens exactly when
+        ``peer_public`` is a point of small order (RFC 7748 section 6.1): such a key
+        would let an attacker force a known shared secret.
+        """
+        _require_len("X25519 peer public key", peer_public, X25519_KEY_SIZE)
+        try:
+            peer = X25519PublicKey.from_public_bytes(bytes(peer_public))
+            shared = self._key.exchange(peer)
+        except ValueError as exc:  # OpenSSL refuses an all-zero result
+            raise CryptoError("X25519 peer public key is a low-order point") from exc
+        if hmac.compare_digest(shared, bytes(X25519_KEY_SIZE)):
+            raise CryptoError("X25519 peer public key is a low-order point")
+        return shared
+
+
 def x25519_public_from_private(private_raw: bytes) -> bytes:
     """Return the X25519 public key u = X25519(k, 9) for the 32-byte scalar ``k``."""
-    _require_len("X25519 private key", private_raw, X25519_KEY_SIZE)
-    key = X25519PrivateKey.from_private_bytes(bytes(private_raw))
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return X25519Private(private_raw).public
 
 
 def x25519_shared_secret(private_raw: bytes, peer_public: bytes) -> bytes:
-    """Return the raw X25519 output X25519(k, u) (RFC 7748 section 5).
-
-    Raises ``CryptoError`` if the output is all zero, which happens exactly when
-    ``peer_public`` is a point of small order (RFC 7748 section 6.1): such a key
-    would let an attacker force a known shared secret.
-    """
-    _require_len("X25519 private key", private_raw, X25519_KEY_SIZE)
-    _require_len("X25519 peer public key", peer_public, X25519_KEY_SIZE)
-    key = X25519PrivateKey.from_private_bytes(bytes(private_raw))
-    try:
-        peer = X25519PublicKey.from_public_bytes(bytes(peer_public))
-        shared = key.exchange(peer)
-    except ValueError as exc:  # OpenSSL refuses an all-zero result
-        raise CryptoError("X25519 peer public key is a low-order point") from exc
-    if hmac.compare_digest(shared, bytes(X25519_KEY_SIZE)):
-        raise CryptoError("X25519 peer public key is a low-order point")
-    return shared
+    """``X25519Private(private_raw).shared_secret(peer_public)`` (one-off agreement)."""
+    return X25519Private(private_raw).shared_secret(peer_public)
 
 
 def hkdf_sha256(ikm: bytes, *, salt: bytes | None, info: bytes, length: int) -> bytes:
@@ -119,43 +133,50 @@ def aead_decrypt(key: bytes, nonce: bytes, ciphertext: bytes, associated_data: b
         raise CryptoError("AEAD authentication tag did not verify") from exc
 
 
-def chacha20_keystream(key: bytes, nonce: bytes, length: int) -> bytes:
-    """The first ``length`` bytes of the RFC 8439 ChaCha20 keystream, counter starting at 0.
+class Aes256CtrKeystream:
+    """The AES-256-CTR keystream (NIST SP 800-38A section 6.5) of one key, read in order.
 
-    Computed by encrypting ``length`` zero bytes in one call, which runs at
-    OpenSSL's vectorised speed (several hundred MB/s or more).
+    Block j of the stream is AES-256_K(CB_j) with CB_j = (initial_counter + j) mod 2^128
+    encoded as 16 big-endian bytes; the default initial counter block is 16 zero bytes.
+    The stream is produced by encrypting zero bytes, which runs at OpenSSL's AES-NI
+    speed (several GB/s) and writes straight into the caller's buffer (no copies).
     """
-    _require_len("ChaCha20 key", key, CHACHA20_KEY_SIZE)
-    _require_len("ChaCha20 nonce", nonce, CHACHA20_NONCE_SIZE)
-    if not 0 <= length <= CHACHA20_MAX_KEYSTREAM:
-        raise ValueError(f"keystream length must be in 0..{CHACHA20_MAX_KEYSTREAM}, got {length}")
-    # cryptography's ChaCha20 takes a 16-byte value: 4-byte little-endian counter || 12-byte nonce.
-    full_nonce = (0).to_bytes(4, "little") + bytes(nonce)
-    encryptor = Cipher(algorithms.ChaCha20(bytes(key), full_nonce), mode=None).encryptor()
-    stream = encryptor.update(bytes(length))
-    tail = encryptor.finalize()  # always empty for a stream cipher; avoid copying ``stream``
-    return stream + tail if tail else stream
+
+    __slots__ = ("_encryptor",)
+
+    def __init__(self, key: bytes, *, initial_counter: bytes = bytes(AES_BLOCK_SIZE)) -> None:
+        _require_len("AES-256 key", key, AES256_KEY_SIZE)
+        _require_len("AES-CTR initial counter block", initial_counter, AES_BLOCK_SIZE)
+        cipher = Cipher(algorithms.AES(bytes(key)), modes.CTR(bytes(initial_counter)))
+        self._encryptor = cipher.encryptor()
+
+    def read_into(self, out: bytearray, nbytes: int) -> None:
+        """Write the next ``nbytes`` keystream bytes to ``out[:nbytes]``.
+
+        ``out`` must hold at least ``nbytes + KEYSTREAM_SLACK`` bytes (the room the
+        underlying ``update_into`` may ask for); bytes past ``nbytes`` are unspecified.
+        """
+        if not 0 <= nbytes <= len(out) - KEYSTREAM_SLACK:
+            raise ValueError(f"buffer of {len(out)} bytes cannot take {nbytes} keystream bytes")
+        written = self._encryptor.update_into(_zeros(nbytes), out)
+        if written != nbytes:
+            raise CryptoError("AES-CTR produced a keystream of unexpected length")
+
+    def read(self, nbytes: int) -> bytes:
+        """The next ``nbytes`` keystream bytes as a fresh ``bytes`` object."""
+        out = bytearray(nbytes + KEYSTREAM_SLACK)
+        self.read_into(out, nbytes)
+        return bytes(out[:nbytes])
 
 
-def chacha20_keystream_words(key: bytes, nonce: bytes, count: int) -> npt.NDArray[np.uint64]:
-    """The keystream of ``chacha20_keystream`` read as ``count`` little-endian uint64 words.
+def _zeros(nbytes: int) -> bytes | memoryview:
+    """``nbytes`` zero bytes: a view of one shared block when small enough (no allocation)."""
+    if nbytes <= len(_ZERO_BLOCK):
+        return memoryview(_ZERO_BLOCK)[:nbytes]
+    return bytes(nbytes)
 
-    Word i is bytes [8i, 8i + 8) of the keystream, interpreted little-endian.
-    Encrypts a zero buffer straight into a fresh numpy array (no extra copies),
-    so 10^6 words take a few milliseconds.
-    """
-    _require_len("ChaCha20 key", key, CHACHA20_KEY_SIZE)
-    _require_len("ChaCha20 nonce", nonce, CHACHA20_NONCE_SIZE)
-    if not 0 <= count <= CHACHA20_MAX_KEYSTREAM // 8:
-        raise ValueError(f"word count must be in 0..{CHACHA20_MAX_KEYSTREAM // 8}, got {count}")
-    full_nonce = (0).to_bytes(4, "little") + bytes(nonce)
-    encryptor = Cipher(algorithms.ChaCha20(bytes(key), full_nonce), mode=None).encryptor()
-    out = bytearray(8 * count)
-    written = encryptor.update_into(bytes(8 * count), out)
-    if written != 8 * count or encryptor.finalize():
-        raise CryptoError("ChaCha20 produced a keystream of unexpected length")
-    # frombuffer over a bytearray is writable and shares its memory: no copy.
-    return np.frombuffer(out, dtype="<u8").astype(np.uint64, copy=False)
+
+_ZERO_BLOCK = bytes(1 << 20)
 
 
 def ed25519_public_from_seed(seed: bytes) -> bytes:

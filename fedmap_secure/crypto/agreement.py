@@ -55,11 +55,13 @@ class AgreementKeyPair:
 
     public: bytes
     _private: bytes = field(repr=False, compare=False)
+    _loaded: _primitives.X25519Private = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        derived = _primitives.x25519_public_from_private(self._private)
-        if not _primitives.constant_time_equal(derived, self.public):
+        loaded = _primitives.X25519Private(self._private)
+        if not _primitives.constant_time_equal(loaded.public, self.public):
             raise CryptoError("X25519 public key does not match its private key")
+        object.__setattr__(self, "_loaded", loaded)
 
     @classmethod
     def generate(cls, random_bytes: Callable[[int], bytes] = os.urandom) -> AgreementKeyPair:
@@ -85,7 +87,7 @@ def agree(own: AgreementKeyPair, peer_public: bytes, *, label: bytes, context: b
 
     ``CryptoError`` if ``peer_public`` is malformed or of low order.
     """
-    return _derive(own.private_bytes(), own.public, peer_public, label=label, context=context)
+    return _derive(own._loaded, peer_public, label=label, context=context)
 
 
 def agree_from_private(
@@ -96,15 +98,15 @@ def agree_from_private(
     The server uses this after a site dropped out: it rebuilds the site's mask
     private key and recomputes each pairwise seed to cancel the orphaned masks.
     """
-    own_public = _primitives.x25519_public_from_private(bytes(private_raw))
-    return _derive(bytes(private_raw), own_public, peer_public, label=label, context=context)
+    loaded = _primitives.X25519Private(bytes(private_raw))
+    return _derive(loaded, peer_public, label=label, context=context)
 
 
 def _derive(
-    private_raw: bytes, own_public: bytes, peer_public: bytes, *, label: bytes, context: bytes
+    own: _primitives.X25519Private, peer_public: bytes, *, label: bytes, context: bytes
 ) -> bytes:
     require_label(label)
-    shared = _primitives.x25519_shared_secret(private_raw, bytes(peer_public))
-    lo, hi = sorted((own_public, bytes(peer_public)))
+    shared = own.shared_secret(bytes(peer_public))
+    lo, hi = sorted((own.public, bytes(peer_public)))
     info = encode_fields(label, bytes(context), lo, hi)
     return _primitives.hkdf_sha256(shared, salt=None, info=info, length=DERIVED_KEY_SIZE)

@@ -149,7 +149,7 @@ def combine(shares: Sequence[Share], *, threshold: int, commitment: bytes) -> by
             f"only {len(good)} valid shares, need {threshold}; bad share indices: {bad}"
         )
     points = [(share.index, share.y) for share in good]
-    interpolator = _Interpolator(points[:threshold])
+    interpolator = _Interpolator(points[:threshold], max_x=n_shares)
     for x, y in points[threshold:]:
         if interpolator.at(x) != y:
             raise CryptoError(f"share {x} is committed but inconsistent with the others")
@@ -203,11 +203,16 @@ def _random_element(random_bytes: Callable[[int], bytes]) -> int:
 
 
 def _evaluate(coefficients: Sequence[int], x: int) -> int:
-    """f(x) by Horner's rule, mod p."""
+    """f(x) by Horner's rule over the integers, reduced mod p once at the end.
+
+    x is a share index (below 2^16), so each step only multiplies by a small
+    integer: the intermediate grows by 16 bits per coefficient, which is far
+    cheaper than a modular reduction per step.
+    """
     result = 0
     for coefficient in reversed(coefficients):
-        result = (result * x + coefficient) % FIELD_PRIME
-    return result
+        result = result * x + coefficient
+    return result % FIELD_PRIME
 
 
 def _encode_secret(secret: bytes) -> int:
@@ -227,33 +232,54 @@ class _Interpolator:
     With w_i = prod_{k != i} 1 / (x_i - x_k) and c_i = w_i y_i (mod p):
         L(x) = y_j                                     if x = x_j
         L(x) = prod_k (x - x_k) * sum_i c_i / (x - x_i)  otherwise.
-    Differences of share indices are small integers, so their inverses come
-    from one table and each evaluation costs O(t) multiplications.
+    Share indices are small positive integers (at most ``max_x``), so every
+    difference is a small non-zero integer: 1/w_i is an exact integer product,
+    and the inverses of 1 .. max_x come from one table. Both the weights and the
+    table cost a single modular inversion each (Montgomery's batch trick), and
+    each evaluation costs O(t) multiplications.
     """
 
-    def __init__(self, points: Sequence[tuple[int, int]]) -> None:
+    def __init__(self, points: Sequence[tuple[int, int]], *, max_x: int) -> None:
         self._xs = [x for x, _ in points]
         self._ys = {x: y for x, y in points}
-        self._inverses: dict[int, int] = {}
-        self._cs = []
-        for i, (xi, yi) in enumerate(points):
-            weight = 1
-            for k, xk in enumerate(self._xs):
-                if k != i:
-                    weight = weight * self._inverse(xi - xk) % FIELD_PRIME
-            self._cs.append(weight * yi % FIELD_PRIME)
+        denominators = [_product_of_differences(xi, self._xs) for xi in self._xs]
+        weights = _batch_inverse(denominators)
+        self._cs = [w * y % FIELD_PRIME for w, (_, y) in zip(weights, points, strict=True)]
+        self._small_inverses = _batch_inverse(range(1, max_x + 1))
 
     def _inverse(self, d: int) -> int:
-        if d not in self._inverses:
-            self._inverses[d] = pow(d % FIELD_PRIME, -1, FIELD_PRIME)
-        return self._inverses[d]
+        """1/d mod p for 0 < |d| <= max_x."""
+        if d > 0:
+            return self._small_inverses[d - 1]
+        return FIELD_PRIME - self._small_inverses[-d - 1]
 
     def at(self, x: int) -> int:
         if x in self._ys:
             return self._ys[x]
-        total = 0
+        total = sum(ci * self._inverse(x - xi) for xi, ci in zip(self._xs, self._cs, strict=True))
         span = 1
-        for xi, ci in zip(self._xs, self._cs, strict=True):
-            total = (total + ci * self._inverse(x - xi)) % FIELD_PRIME
-            span = span * (x - xi) % FIELD_PRIME
-        return span * total % FIELD_PRIME
+        for xi in self._xs:
+            span *= x - xi
+        return span % FIELD_PRIME * (total % FIELD_PRIME) % FIELD_PRIME
+
+
+def _product_of_differences(xi: int, xs: Sequence[int]) -> int:
+    """prod_{x_k != x_i} (x_i - x_k) mod p, multiplied exactly (factors are below 2^16)."""
+    product = 1
+    for xk in xs:
+        if xk != xi:
+            product *= xi - xk
+    return product % FIELD_PRIME
+
+
+def _batch_inverse(values: Sequence[int] | range) -> list[int]:
+    """Inverses mod p of non-zero ``values`` with one modular inversion (Montgomery's trick)."""
+    prefix = [1]
+    for value in values:
+        prefix.append(prefix[-1] * value % FIELD_PRIME)
+    running = pow(prefix[-1], -1, FIELD_PRIME)
+    inverses = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        inverses[i] = running * prefix[i] % FIELD_PRIME
+        running = running * values[i] % FIELD_PRIME
+    return inverses

@@ -62,10 +62,11 @@ from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig, layout_
 from fedmap_secure.secagg.graph import neighbour_graph
 from fedmap_secure.secagg.masking import (
     Vector,
+    apply_masks,
     modulus_mask,
-    pairwise_mask,
+    pairwise_mask_term,
     pairwise_sign,
-    self_mask,
+    self_mask_term,
 )
 from fedmap_secure.secagg.messages import (
     AdvertiseKeys,
@@ -425,14 +426,7 @@ class ClientSession:
             raise LocalProtocolError(f"input has values outside Z_2^{bits}")
         assert self._self_seed is not None
         assert self._mask_keys is not None
-        y = encoded.copy()
-        y += self_mask(
-            self._self_seed,
-            session=self._session,
-            site=self.site_id,
-            length=self._length,
-            bits=bits,
-        )
+        terms = [self_mask_term(self._self_seed, session=self._session, site=self.site_id)]
         for peer in sorted(self._received_from):
             seed = agree(
                 self._mask_keys,
@@ -440,12 +434,9 @@ class ClientSession:
                 label=LABEL_PAIRWISE_MASK,
                 context=self._session,
             )
-            mask = pairwise_mask(seed, session=self._session, length=self._length, bits=bits)
-            if pairwise_sign(self.site_id, peer) > 0:
-                y += mask
-            else:
-                y -= mask
-        np.bitwise_and(y, modulus_mask(bits), out=y)
+            sign = pairwise_sign(self.site_id, peer)
+            terms.append(pairwise_mask_term(seed, session=self._session, sign=sign))
+        y = apply_masks(encoded, terms, bits=bits)
         return MaskedInput(
             version=PROTOCOL_VERSION,
             session_id=self._session,

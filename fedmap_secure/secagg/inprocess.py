@@ -28,7 +28,7 @@ from fedmap_secure.aggregation import AggregateResult, FloatVector, VectorLayout
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.errors import AbortedError, ConfigError, RemoteProtocolError
 from fedmap_secure.secagg.client import ClientSession
-from fedmap_secure.secagg.config import Roster, SecAggConfig
+from fedmap_secure.secagg.config import DEFAULT_BITS, Roster, SecAggConfig
 from fedmap_secure.secagg.messages import ClientMessage, ServerMessage
 from fedmap_secure.secagg.quantize import Quantizer
 from fedmap_secure.secagg.server import RoundOutput, ServerSession
@@ -79,7 +79,7 @@ class SecureAggregator:
         *,
         dropout_fraction: float = 0.1,
         corrupt_fraction: float = 0.1,
-        bits: int = 64,
+        bits: int = DEFAULT_BITS,
         random_bytes: Callable[[int], bytes] = os.urandom,
         dropouts: Mapping[str, DropPoint] | None = None,
     ) -> SecureAggregator:

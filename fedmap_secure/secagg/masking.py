@@ -11,19 +11,25 @@ site d that dropped after sharing keys, the orphaned terms PRG(s_{u,d}) after
 rebuilding d's mask private key from t shares. Each PRG output is exactly
 uniform (crypto.prg), so y_u alone is a one-time pad of x_u.
 
-numpy uint64 arithmetic wraps modulo 2^64; since 2^bits divides 2^64 the
-result reduced modulo 2^bits is the sum in Z_{2^bits}. The server keeps one
-running sum of length m (O(m) memory, not O(n m)).
+Arithmetic runs in the PRG's word (``crypto.prg.word_dtype``: uint32 for
+bits <= 32, else uint64); numpy wraps modulo 2^32 or 2^64, and since 2^bits
+divides that modulus the result reduced modulo 2^bits is the sum in
+Z_{2^bits}. Messages always carry uint64 values. All masks of one party are
+summed in one chunked pass (``crypto.prg.add_masks``), so no mask is held
+whole; the server keeps one running sum of length m (O(m) memory, not O(n m)).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
 from fedmap_secure.crypto.hashing import encode_fields, encode_str
 from fedmap_secure.crypto.labels import LABEL_PAIRWISE_MASK_EXPANSION, LABEL_SELF_MASK
-from fedmap_secure.crypto.prg import expand_mask
+from fedmap_secure.crypto.prg import MaskTerm, MaskWords, add_masks, expand_mask, word_dtype
 
 Vector = npt.NDArray[np.uint64]
 
@@ -32,14 +38,25 @@ def modulus_mask(bits: int) -> np.uint64:
     return np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(2**64 - 1)
 
 
-def self_mask(seed: bytes, *, session: bytes, site: str, length: int, bits: int) -> Vector:
-    """PRG(b_u): expanded under LABEL_SELF_MASK with context (session id, site id)."""
+def self_mask_term(seed: bytes, *, session: bytes, site: str, sign: int = 1) -> MaskTerm:
+    """sign * PRG(b_u): expanded under LABEL_SELF_MASK with context (session id, site id)."""
     context = encode_fields(session, encode_str(site))
-    return expand_mask(seed, label=LABEL_SELF_MASK, context=context, length=length, bits=bits)
+    return MaskTerm(seed=seed, label=LABEL_SELF_MASK, context=context, sign=sign)
+
+
+def pairwise_mask_term(seed: bytes, *, session: bytes, sign: int) -> MaskTerm:
+    """sign * PRG(s_uv): expanded under LABEL_PAIRWISE_MASK_EXPANSION, context the session id."""
+    return MaskTerm(seed=seed, label=LABEL_PAIRWISE_MASK_EXPANSION, context=session, sign=sign)
+
+
+def self_mask(seed: bytes, *, session: bytes, site: str, length: int, bits: int) -> Vector:
+    """PRG(b_u) as a whole vector (for tests and vectors; rounds use ``apply_masks``)."""
+    term = self_mask_term(seed, session=session, site=site)
+    return expand_mask(term.seed, label=term.label, context=term.context, length=length, bits=bits)
 
 
 def pairwise_mask(seed: bytes, *, session: bytes, length: int, bits: int) -> Vector:
-    """PRG(s_uv): expanded under LABEL_PAIRWISE_MASK_EXPANSION with the session id as context."""
+    """PRG(s_uv) as a whole vector (for tests and vectors; rounds use ``apply_masks``)."""
     return expand_mask(
         seed, label=LABEL_PAIRWISE_MASK_EXPANSION, context=session, length=length, bits=bits
     )
@@ -50,19 +67,36 @@ def pairwise_sign(site: str, peer: str) -> int:
     return 1 if site < peer else -1
 
 
+def apply_masks(vector: Vector, terms: Sequence[MaskTerm], *, bits: int) -> Vector:
+    """(vector + sum of the terms) mod 2^bits as a fresh uint64 array; ``vector`` is unchanged."""
+    work = cast(MaskWords, vector.astype(word_dtype(bits)))
+    add_masks(work, terms, bits=bits)
+    return work.astype(np.uint64, copy=False)
+
+
 class RunningSum:
-    """An accumulator in Z_{2^bits} of fixed length: the server's O(m) state."""
+    """An accumulator in Z_{2^bits} of fixed length: the server's O(m) state.
+
+    Held in the PRG word type, so masks are added without widening.
+    """
 
     def __init__(self, length: int, bits: int) -> None:
         self._bits = bits
-        self._total = np.zeros(length, dtype=np.uint64)
+        self._total: MaskWords = np.zeros(length, dtype=word_dtype(bits))
 
     def add(self, vector: Vector, sign: int = 1) -> None:
+        """Add (sign = 1) or subtract (-1) a uint64 vector, modulo the word size."""
         if sign == 1:
-            np.add(self._total, vector, out=self._total)
+            np.add(self._total, vector, out=self._total, casting="unsafe")
         else:
-            np.subtract(self._total, vector, out=self._total)
+            np.subtract(self._total, vector, out=self._total, casting="unsafe")
+
+    def add_masks(self, terms: Sequence[MaskTerm]) -> None:
+        """Add sum_j sign_j * PRG(seed_j) in one chunked pass (no whole mask is materialised)."""
+        add_masks(self._total, terms, bits=self._bits)
 
     def value(self) -> Vector:
-        """The sum reduced modulo 2^bits (a fresh array)."""
-        return np.bitwise_and(self._total, modulus_mask(self._bits))
+        """The sum reduced modulo 2^bits (a fresh uint64 array)."""
+        out = self._total.astype(np.uint64)
+        np.bitwise_and(out, modulus_mask(self._bits), out=out)
+        return out

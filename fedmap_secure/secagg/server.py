@@ -36,8 +36,9 @@ import numpy as np
 from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.crypto import shamir
-from fedmap_secure.crypto.agreement import AgreementKeyPair, agree_from_private
+from fedmap_secure.crypto.agreement import AgreementKeyPair, agree
 from fedmap_secure.crypto.labels import LABEL_CONSISTENCY, LABEL_PAIRWISE_MASK
+from fedmap_secure.crypto.prg import MaskTerm
 from fedmap_secure.crypto.signing import verify
 from fedmap_secure.errors import (
     AbortedError,
@@ -54,9 +55,9 @@ from fedmap_secure.secagg.masking import (
     RunningSum,
     Vector,
     modulus_mask,
-    pairwise_mask,
+    pairwise_mask_term,
     pairwise_sign,
-    self_mask,
+    self_mask_term,
 )
 from fedmap_secure.secagg.messages import (
     AdvertiseKeys,
@@ -462,27 +463,36 @@ class ServerSession:
             raise  # unreachable: _abort raises
 
     def _unmask(self) -> RoundOutput:
+        """Rebuild every needed seed first, then remove all masks in one chunked pass."""
         self._need(set(self._responses), "unmask responses")
-        bits, length, session = self._config.bits, self._length, self._session
+        session = self._session
         alive = frozenset(self._survivors)
         dropped = frozenset(self._shares) - alive
-        for site in self._survivors:
-            seed = self._reconstruct(site, SELF_MASK)
-            self._sum.add(self_mask(seed, session=session, site=site, length=length, bits=bits), -1)
+        terms: list[MaskTerm] = [
+            self_mask_term(self._reconstruct(site, SELF_MASK), session=session, site=site, sign=-1)
+            for site in self._survivors
+        ]
         for gone in sorted(dropped):
-            partners = sorted(s for s in self._survivors if gone in self._delivered[s])
-            if not partners:
-                continue
-            private = self._reconstruct(gone, MASK_KEY)
-            if AgreementKeyPair.from_private_bytes(private).public != self._ads[gone].mask_public:
-                self._abort(f"rebuilt mask key of {gone!r} does not match its advertised key")
-            for site in partners:
-                seed = agree_from_private(
-                    private, self._ads[site].mask_public, label=LABEL_PAIRWISE_MASK, context=session
-                )
-                mask = pairwise_mask(seed, session=session, length=length, bits=bits)
-                self._sum.add(mask, -pairwise_sign(site, gone))
+            terms.extend(self._orphaned_masks(gone))
+        self._sum.add_masks(terms)
         return RoundOutput(total=self._sum.value(), contributors=alive, dropped=dropped)
+
+    def _orphaned_masks(self, gone: str) -> list[MaskTerm]:
+        """Terms cancelling the pairwise masks survivors share with the dropped site ``gone``."""
+        session = self._session
+        partners = sorted(s for s in self._survivors if gone in self._delivered[s])
+        if not partners:
+            return []
+        keys = AgreementKeyPair.from_private_bytes(self._reconstruct(gone, MASK_KEY))
+        if keys.public != self._ads[gone].mask_public:
+            self._abort(f"rebuilt mask key of {gone!r} does not match its advertised key")
+        terms = []
+        for site in partners:
+            seed = agree(
+                keys, self._ads[site].mask_public, label=LABEL_PAIRWISE_MASK, context=session
+            )
+            terms.append(pairwise_mask_term(seed, session=session, sign=-pairwise_sign(site, gone)))
+        return terms
 
 
 def check_header(message: Message, *, session: bytes, round_index: int) -> None:

@@ -170,8 +170,9 @@ def prg_vectors() -> dict[str, Any]:
             }
         )
     return _document(
-        "ChaCha20(HKDF(seed, info=encode_fields(label, context)), zero nonce) as LE uint64 "
-        "words mod 2^bits; first_values are decimal, values_sha256 hashes all values as LE uint64",
+        "AES-256-CTR(HKDF(seed, info=encode_fields(label, context)), counter block 0^128) read "
+        "as LE uint32 words (bits <= 32) or LE uint64 words (bits > 32), each mod 2^bits; "
+        "first_values are decimal, values_sha256 hashes all values as LE uint64",
         vectors,
     )
 

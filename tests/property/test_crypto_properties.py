@@ -1,16 +1,27 @@
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import cast
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedmap_secure.crypto import labels
+from fedmap_secure.crypto import _primitives, labels, prg
 from fedmap_secure.crypto.agreement import AgreementKeyPair, agree
 from fedmap_secure.crypto.deterministic import DeterministicRandom
 from fedmap_secure.crypto.envelope import open_sealed, seal
 from fedmap_secure.crypto.hashing import encode_fields
-from fedmap_secure.crypto.prg import expand_mask
+from fedmap_secure.crypto.prg import (
+    MaskTerm,
+    MaskWords,
+    add_masks,
+    derive_stream_key,
+    expand_mask,
+    word_dtype,
+)
 from fedmap_secure.crypto.shamir import combine, split
 from fedmap_secure.errors import CryptoError
 
@@ -84,13 +95,55 @@ def test_agreement_is_symmetric_for_any_keys(
     bits=st.integers(min_value=1, max_value=64),
     length=st.integers(min_value=0, max_value=300),
 )
-def test_expand_mask_is_the_64_bit_stream_reduced(seed: bytes, bits: int, length: int) -> None:
-    def expand(b: int) -> np.ndarray:
-        return expand_mask(seed, label=labels.LABEL_SELF_MASK, context=b"c", length=length, bits=b)
+def test_expand_mask_is_the_keystream_words_reduced(seed: bytes, bits: int, length: int) -> None:
+    context = b"c"
+    out = expand_mask(seed, label=labels.LABEL_SELF_MASK, context=context, length=length, bits=bits)
+    key = derive_stream_key(seed, label=labels.LABEL_SELF_MASK, context=context)
+    width = 4 if bits <= 32 else 8
+    raw = _primitives.Aes256CtrKeystream(key).read(width * length)
+    words = [int.from_bytes(raw[width * i : width * (i + 1)], "little") for i in range(length)]
+    assert out.dtype == np.uint64
+    assert out.tolist() == [w % (1 << bits) for w in words]
 
-    out = expand(bits)
-    assert out.shape == (length,)
-    assert np.array_equal(out, expand(64) & np.uint64((1 << bits) - 1))
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seeds=st.lists(st.binary(min_size=32, max_size=32), min_size=0, max_size=5),
+    signs=st.lists(st.sampled_from([1, -1]), min_size=5, max_size=5),
+    bits=st.integers(min_value=1, max_value=64),
+    length=st.integers(min_value=0, max_value=40),
+    chunk=st.integers(min_value=1, max_value=9),
+    batch=st.integers(min_value=1, max_value=3),
+)
+def test_add_masks_is_the_signed_sum_of_expansions(
+    seeds: list[bytes], signs: list[int], bits: int, length: int, chunk: int, batch: int
+) -> None:
+    label, context = labels.LABEL_PAIRWISE_MASK_EXPANSION, b"session"
+    start = np.arange(length, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    start &= np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(2**64 - 1)
+    expected = [int(v) for v in start]
+    for seed, sign in zip(seeds, signs, strict=False):
+        mask = expand_mask(seed, label=label, context=context, length=length, bits=bits)
+        expected = [(e + sign * int(v)) % (1 << bits) for e, v in zip(expected, mask, strict=True)]
+    terms = [
+        MaskTerm(seed=seed, label=label, context=context, sign=sign)
+        for seed, sign in zip(seeds, signs, strict=False)
+    ]
+    out = cast(MaskWords, start.astype(word_dtype(bits)))
+    with _small_steps(chunk, batch):
+        add_masks(out, terms, bits=bits)
+    assert out.tolist() == expected
+
+
+@contextlib.contextmanager
+def _small_steps(words: int, terms: int) -> Iterator[None]:
+    """Force tiny chunks and term batches so their boundaries fall inside short inputs."""
+    saved = prg.CHUNK_WORDS, prg.TERM_BATCH
+    prg.CHUNK_WORDS, prg.TERM_BATCH = words, terms
+    try:
+        yield
+    finally:
+        prg.CHUNK_WORDS, prg.TERM_BATCH = saved
 
 
 _FIELDS = st.lists(st.binary(max_size=6), max_size=4)

@@ -116,7 +116,7 @@ def test_float_inputs_decode_within_the_documented_bound(
     clipped = [np.clip(v, -bounds, bounds) for v in inputs.values()]
     exact = np.sum(clipped, axis=0)
     got = np.concatenate([result.sums["w"], result.sums["n"]])
-    bound = Quantizer.auto(LAYOUT, n_max=n, bits=64).error_bound(len(inputs))
+    bound = Quantizer.auto(LAYOUT, n_max=n, bits=aggregator.config.bits).error_bound(len(inputs))
     assert np.all(np.abs(got - exact) <= bound)
     assert result.clipped_coordinates == sum(
         int(np.sum(np.abs(v) > bounds)) for v in inputs.values()

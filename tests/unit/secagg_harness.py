@@ -53,7 +53,7 @@ class Round:
     ) -> None:
         self.keys = dict(keys) if keys is not None else identities(n)
         self.roster = Roster.from_mapping({s: k.public for s, k in self.keys.items()})
-        self.config = SecAggConfig(n=n, k=n - 1 if k is None else k, t=t)
+        self.config = SecAggConfig(n=n, k=n - 1 if k is None else k, t=t, bits=64)
         self.layout = LAYOUT
         self.round_index = round_index
         self.random = DeterministicRandom(seed + str(round_index).encode())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedmap_secure.crypto import labels
-from fedmap_secure.crypto.prg import expand_mask
+from fedmap_secure.crypto.prg import CHUNK_WORDS, MaskTerm, add_masks, expand_mask, word_dtype
 from fedmap_secure.errors import CryptoError
 
 SEED = bytes(range(32))
@@ -58,10 +58,74 @@ def test_shorter_output_is_a_prefix_of_longer() -> None:
     assert np.array_equal(_expand(length=10), _expand(length=1000)[:10])
 
 
-def test_values_are_the_64_bit_words_reduced_mod_2_to_bits() -> None:
-    full = _expand(bits=64, length=500)
-    for bits in (1, 7, 8, 33, 63):
-        assert np.array_equal(_expand(bits=bits, length=500), full & np.uint64((1 << bits) - 1))
+def test_values_are_the_word_stream_reduced_mod_2_to_bits() -> None:
+    full32, full64 = _expand(bits=32, length=500), _expand(bits=64, length=500)
+    for bits in (1, 7, 8, 31):
+        assert np.array_equal(_expand(bits=bits, length=500), full32 & np.uint64((1 << bits) - 1))
+    for bits in (33, 63):
+        assert np.array_equal(_expand(bits=bits, length=500), full64 & np.uint64((1 << bits) - 1))
+
+
+def test_32_bit_words_are_the_halves_of_the_64_bit_words() -> None:
+    low, high = _expand(bits=32, length=200)[0::2], _expand(bits=32, length=200)[1::2]
+    assert np.array_equal(low | (high << np.uint64(32)), _expand(bits=64, length=100))
+
+
+def test_word_dtype() -> None:
+    assert word_dtype(1) == np.uint32
+    assert word_dtype(32) == np.uint32
+    assert word_dtype(33) == np.uint64
+    assert word_dtype(64) == np.uint64
+    with pytest.raises(ValueError, match="bits"):
+        word_dtype(0)
+
+
+@pytest.mark.parametrize("bits", [16, 32, 40, 64])
+def test_add_masks_across_chunks_equals_signed_expansions(bits: int) -> None:
+    length = 2 * CHUNK_WORDS + 5
+    seeds = [bytes([i]) * 32 for i in range(1, 4)]
+    terms = [
+        MaskTerm(seed=s, label=LABEL, context=b"ctx", sign=sign)
+        for s, sign in zip(seeds, [1, -1, 1], strict=True)
+    ]
+    out = np.full(length, 7, dtype=word_dtype(bits))
+    add_masks(out, terms, bits=bits)
+    m = [_expand(s, length=length, bits=bits) for s in seeds]
+    expected = (np.uint64(7) + m[0] - m[1] + m[2]) & np.uint64(
+        (1 << bits) - 1 if bits < 64 else 2**64 - 1
+    )
+    assert np.array_equal(out.astype(np.uint64), expected)
+
+
+def test_add_masks_with_no_terms_only_reduces() -> None:
+    out = np.array([0xFFFFFFFF, 5], dtype=np.uint32)
+    add_masks(out, [], bits=16)
+    assert out.tolist() == [0xFFFF, 5]
+
+
+@pytest.mark.parametrize(
+    "out",
+    [
+        np.zeros(4, dtype=np.uint64),
+        np.zeros((2, 2), dtype=np.uint32),
+        np.zeros(8, dtype=np.uint32)[::2],
+    ],
+)
+def test_add_masks_refuses_a_wrong_accumulator(out: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="accumulator"):
+        add_masks(out, [], bits=32)
+
+
+def test_mask_term_validates_and_hides_its_seed() -> None:
+    term = MaskTerm(seed=SEED, label=LABEL, context=b"c", sign=-1)
+    assert SEED.hex() not in repr(term)
+    assert "-1" in repr(term)
+    with pytest.raises(ValueError, match="sign"):
+        MaskTerm(seed=SEED, label=LABEL, context=b"c", sign=2)
+    with pytest.raises(CryptoError, match="32 bytes"):
+        MaskTerm(seed=SEED[:31], label=LABEL, context=b"c")
+    with pytest.raises(ValueError, match="label"):
+        MaskTerm(seed=SEED, label=b"self-mask", context=b"c")
 
 
 def test_bits_64_uses_the_whole_word() -> None:

@@ -1,4 +1,4 @@
-"""Standard known-answer tests for the primitives under the recipes (RFC 7748, 8032, 8439)."""
+"""Known-answer tests for the primitives under the recipes (RFC 7748, 8032, 5869, SP 800-38A)."""
 
 from __future__ import annotations
 
@@ -31,24 +31,41 @@ def test_ed25519_rfc8032_test_1() -> None:
     _primitives.ed25519_verify(bytes.fromhex(public), b"", bytes.fromhex(signature))
 
 
-def test_chacha20_rfc8439_section_2_4_2_first_block() -> None:
-    # RFC 8439 2.4.2 uses counter 1; our stream starts at counter 0, so block 1 is bytes 64..127.
-    key = bytes(range(32))
-    nonce = bytes.fromhex("000000000000004a00000000")
-    plaintext = b"Ladies and Gentlemen of the class of '99: If I could offer you o"
-    expected = (
-        "6e2e359a2568f98041ba0728dd0d6981e97e7aec1d4360c20a27afccfd9fae0b"
-        "f91b65c5524733ab8f593dabcd62b3571639d624e65152ab8f530c359f0861d8"
+def test_aes256_ctr_sp800_38a_f_5_5() -> None:
+    # NIST SP 800-38A F.5.5 CTR-AES256.Encrypt: ciphertext = plaintext XOR keystream.
+    key = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+    counter = bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff")
+    plaintext = bytes.fromhex(
+        "6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51"
+        "30c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710"
     )
-    stream = _primitives.chacha20_keystream(key, nonce, 128)[64:]
+    expected = (
+        "601ec313775789a5b7a7f504bbf3d228f443e3ca4d62b59aca84e990cacaf5c5"
+        "2b0930daa23de94ce87017ba2d84988ddfc9c58db67aada613c2dd08457941a6"
+    )
+    stream = _primitives.Aes256CtrKeystream(key, initial_counter=counter).read(64)
     assert bytes(a ^ b for a, b in zip(plaintext, stream, strict=True)).hex() == expected
 
 
-def test_keystream_words_match_keystream_bytes() -> None:
-    key, nonce = bytes(range(32)), bytes(12)
-    words = _primitives.chacha20_keystream_words(key, nonce, 20)
-    raw = _primitives.chacha20_keystream(key, nonce, 160)
-    assert [int.from_bytes(raw[8 * i : 8 * i + 8], "little") for i in range(20)] == words.tolist()
+def test_keystream_reads_continue_where_the_last_stopped() -> None:
+    key = bytes(range(32))
+    whole = _primitives.Aes256CtrKeystream(key).read(100)
+    stream = _primitives.Aes256CtrKeystream(key)
+    buffer = bytearray(64 + _primitives.KEYSTREAM_SLACK)
+    parts = b""
+    for size in (7, 16, 64, 13):
+        stream.read_into(buffer, size)
+        parts += bytes(buffer[:size])
+    assert parts == whole
+    assert len(_primitives.Aes256CtrKeystream(key).read(3 << 20)) == 3 << 20  # past the zero block
+
+
+def test_keystream_refuses_a_short_buffer_and_bad_keys() -> None:
+    stream = _primitives.Aes256CtrKeystream(bytes(32))
+    with pytest.raises(ValueError, match="buffer"):
+        stream.read_into(bytearray(16), 16)
+    with pytest.raises(CryptoError, match="AES-256 key"):
+        _primitives.Aes256CtrKeystream(bytes(16))
 
 
 def test_hkdf_rfc5869_test_case_1() -> None:

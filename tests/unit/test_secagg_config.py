@@ -142,7 +142,7 @@ def test_config_digest_binds_every_parameter() -> None:
     base = SecAggConfig(n=10, k=9, t=6)
     variants = [
         SecAggConfig(n=10, k=9, t=7),
-        SecAggConfig(n=10, k=9, t=6, bits=32),
+        SecAggConfig(n=10, k=9, t=6, bits=64),
         SecAggConfig(n=10, k=9, t=6, graph_seed=b"\x01" * 32),
         SecAggConfig(n=11, k=10, t=6),
         SecAggConfig(n=10, k=9, t=6, dropout_fraction=0.1),

@@ -10,9 +10,11 @@ import pytest
 from fedmap_secure.aggregation import Aggregator, Field, PlainSum, VectorLayout
 from fedmap_secure.crypto.deterministic import DeterministicRandom
 from fedmap_secure.errors import AbortedError, ConfigError, LocalProtocolError
+from fedmap_secure.secagg.config import DEFAULT_BITS
 from fedmap_secure.secagg.inprocess import DropPoint, SecureAggregator
 from fedmap_secure.secagg.masking import RunningSum
 from fedmap_secure.secagg.messages import MaskedInput, UnmaskResponse
+from fedmap_secure.secagg.quantize import Quantizer
 from fedmap_secure.secagg.stages import ServerStage
 
 from .secagg_harness import Round, expected_sum
@@ -26,6 +28,11 @@ SITES = [f"h{i}" for i in range(6)]
 def _inputs(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {s: np.concatenate([rng.uniform(-4, 4, 6), [rng.uniform(0, 1)]]) for s in SITES}
+
+
+def _error_bound(summands: int) -> np.ndarray:
+    """The documented decoding error bound at the default 32-bit ring (quantize.error_bound)."""
+    return Quantizer.auto(LAYOUT, n_max=len(SITES), bits=DEFAULT_BITS).error_bound(summands)
 
 
 def _aggregator(**kwargs: object) -> SecureAggregator:
@@ -43,8 +50,9 @@ def test_secure_sum_matches_plain_sum() -> None:
     secure = _aggregator().aggregate(round_index=0, layout=LAYOUT, inputs=inputs, context=b"g")
     plain = PlainSum().aggregate(round_index=0, layout=LAYOUT, inputs=inputs, context=b"g")
     assert secure.contributors == plain.contributors
+    bound = LAYOUT.unflatten(_error_bound(len(inputs)))
     for name in LAYOUT.names:
-        np.testing.assert_allclose(secure.sums[name], plain.sums[name], rtol=0, atol=1e-9)
+        assert np.all(np.abs(secure.sums[name] - plain.sums[name]) <= bound[name])
 
 
 @pytest.mark.parametrize("point", list(DropPoint))
@@ -58,7 +66,7 @@ def test_one_site_dropping_at_each_stage(point: DropPoint) -> None:
         included.discard("h2")
     assert result.contributors == frozenset(included)
     exact = sum(inputs[s] for s in included)
-    np.testing.assert_allclose(LAYOUT.flatten(result.sums), exact, rtol=0, atol=1e-9)
+    assert np.all(np.abs(LAYOUT.flatten(result.sums) - exact) <= _error_bound(len(included)))
 
 
 def test_absent_sites_are_recovered_and_too_few_abort() -> None:
@@ -84,7 +92,7 @@ def test_clipped_coordinates_are_reported_and_logged(caplog: pytest.LogCaptureFi
 def test_describe_names_protocol_and_parameters() -> None:
     info = _aggregator().describe()
     assert info["protocol"] == "SecAgg (Bonawitz et al. 2017)"
-    assert (info["n"], info["k"], info["t"], info["bits"]) == (6, 5, 4, 64)
+    assert (info["n"], info["k"], info["t"], info["bits"]) == (6, 5, 4, DEFAULT_BITS)
     big = SecureAggregator.simulated(
         [f"x{i}" for i in range(40)], dropout_fraction=0.05, corrupt_fraction=0.05
     )
