@@ -1,10 +1,11 @@
 """``fedmap-secure server --config server.toml`` and ``fedmap-secure site --config site.toml``.
 
-``run_server`` listens (mutual TLS unless ``insecure``), runs the remaining
+``run_server`` listens (mutual TLS; plaintext only with ``insecure = true`` in
+the file *and* ``insecure=True``, the command's ``--insecure``), runs the remaining
 FedMAP rounds from its SQLite state and publishes the final state.
 ``run_site`` connects outbound to the server, loads only its own CSV files,
 trains and contributes each round through SecAgg+, and writes its final
-evaluation to ``<state_dir>/result.json``. Both return an exit code.
+evaluation to ``<state_dir>/result.json``. Refusals raise ``FedMapError``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fedmap_secure.transport.fedmap_server import serve_fedmap
 from fedmap_secure.transport.fedmap_site import run_fedmap_site
 from fedmap_secure.transport.fedmap_wire import config_json
 from fedmap_secure.transport.pki import load_identity
-from fedmap_secure.transport.security import MutualTls, channel_credentials
+from fedmap_secure.transport.security import Insecure, MutualTls, channel_credentials
 from fedmap_secure.transport.server import AggregationServer
 from fedmap_secure.transport.site import SiteClient
 from fedmap_secure.transport.site_process import Factories, plain_factories
@@ -35,9 +36,18 @@ log = logging.getLogger(__name__)
 FactoryBuilder = Callable[[Mapping[str, Any]], Factories]
 
 
-def run_server(path: Path) -> None:
+def _require_flag(path: Path, security: MutualTls | Insecure, insecure: bool) -> None:
+    """Plaintext needs both ``insecure = true`` in the file and ``--insecure`` on the command."""
+    if isinstance(security, Insecure) and not insecure:
+        raise ConfigError(f"{path} asks for plaintext gRPC: pass --insecure to confirm")
+    if isinstance(security, MutualTls) and insecure:
+        raise ConfigError(f"--insecure given but {path} configures TLS; set insecure = true")
+
+
+def run_server(path: Path, *, insecure: bool = False) -> None:
     """Serve the FedMAP run described by ``server.toml`` until the final state is published."""
     deployment = load_server_deployment(path)
+    _require_flag(path, deployment.security, insecure)
     config = load_config(deployment.run_config)
     store = ServerStateStore(
         deployment.state_dir / STATE_FILENAME, run_config_json=config_json(config)
@@ -63,7 +73,9 @@ def run_server(path: Path) -> None:
         server.stop()
 
 
-def run_site(path: Path, *, factories: FactoryBuilder = plain_factories) -> None:
+def run_site(
+    path: Path, *, insecure: bool = False, factories: FactoryBuilder = plain_factories
+) -> None:
     """Take part in the run as the site described by ``site.toml``.
 
     ``factories`` builds the site's (trainer, score release) from
@@ -71,6 +83,7 @@ def run_site(path: Path, *, factories: FactoryBuilder = plain_factories) -> None
     release (with the site's ledger in its state folder) are chosen.
     """
     deployment = load_site_deployment(path)
+    _require_flag(path, deployment.security, insecure)
     if deployment.data is None:
         raise ConfigError(f"{path}: site.data (the site's CSV folder) is required")
     dataset = load_csv_sites(deployment.data, label_column=deployment.label_column)

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.data import load_dataset
+from fedmap_secure.errors import ConfigError
 from fedmap_secure.transport.fedmap_wire import config_json
 from fedmap_secure.transport.keygen import keygen_consortium
 from fedmap_secure.transport.processes import run_server, run_site
@@ -101,3 +103,25 @@ def test_server_and_sites_from_toml(tmp_path: Path) -> None:
         result = json.loads((tmp_path / "state" / site / "result.json").read_text())["result"]
         assert result["site"] == site
         assert 0.0 <= result["personalised"]["accuracy"] <= 1.0
+
+
+def test_plaintext_needs_the_explicit_flag(tmp_path: Path) -> None:
+    keygen_consortium(tmp_path / "pki", ["site-a", "site-b"])
+    consortium = (
+        '[consortium]\nroster = "pki/roster.json"\ndropout_fraction = 0.0\ncorrupt_fraction = 0.0\n'
+    )
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[site]\nid = "site-a"\nserver = "127.0.0.1:1"\n'
+        'identity = "pki/sites/site-a/identity.pem"\ndata = "nowhere"\ninsecure = true\n'
+        + consortium
+    )
+    with pytest.raises(ConfigError, match="pass --insecure"):
+        run_site(path)
+    server = tmp_path / "server.toml"
+    server.write_text(
+        '[server]\nfeatures = 3\n[tls]\nca = "pki/ca.pem"\ncertificate = "pki/server/server.pem"\n'
+        'private_key = "pki/server/server.key"\n' + consortium
+    )
+    with pytest.raises(ConfigError, match="set insecure = true"):
+        run_server(server, insecure=True)
