@@ -29,6 +29,13 @@ def _metrics_from(raw: Any) -> EvalMetrics | None:
     return None if raw is None else EvalMetrics(**raw)
 
 
+def _training(t: LocalTrainingResult | None) -> dict[str, Any] | None:
+    """The fields every trainer reports (a DP trainer's result extends them)."""
+    if t is None:
+        return None
+    return {f.name: getattr(t, f.name) for f in dataclasses.fields(LocalTrainingResult)}
+
+
 def write_records(path: Path, result: SiteResult, reports: list[SiteReport]) -> None:
     document = {
         "result": {
@@ -45,7 +52,7 @@ def write_records(path: Path, result: SiteResult, reports: list[SiteReport]) -> 
                 "tier": r.tier.value,
                 "round_index": r.round_index,
                 "phase": r.phase.value,
-                "training": None if r.training is None else dataclasses.asdict(r.training),
+                "training": _training(r.training),
                 "omega": r.omega,
                 "prior_value": r.prior_value,
                 "clipped_coordinates": r.clipped_coordinates,
