@@ -20,18 +20,19 @@ from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.data import load_dataset
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
-from fedmap_secure.experiments.simulation import run_simulation
+from fedmap_secure.errors import BudgetExceededError
+from fedmap_secure.experiments.simulation import TrainerFactory, run_simulation
 from fedmap_secure.fedmap.methods import GlobalState, ServerLog
 from fedmap_secure.fedmap.site import Phase
 from fedmap_secure.secagg.config import Roster, SecAggConfig
-from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
+from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig, LocalTrainingResult
 from fedmap_secure.training.local import AdamMapTrainer
 from fedmap_secure.transport.fedmap_server import serve_fedmap
 from fedmap_secure.transport.fedmap_site import FedMapSiteRun, finish_offline, run_fedmap_site
 from fedmap_secure.transport.fedmap_wire import announcement, config_json
 from fedmap_secure.transport.security import Insecure
 from fedmap_secure.transport.server import AggregationServer, ServerSettings
-from fedmap_secure.transport.site import SiteClient
+from fedmap_secure.transport.site import SiteClient, SiteOutcome
 from fedmap_secure.transport.site_records import read_records, write_records
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
 
@@ -55,6 +56,7 @@ def _run_wire(
     config: SimulationConfig,
     state_dir: Path,
     crash_after_round: int | None = None,
+    trainer: TrainerFactory = _trainer,
 ) -> tuple[np.ndarray, dict[str, FedMapSiteRun]]:
     torch.set_num_threads(1)
     identities = {s.name: IdentityKey.generate() for s in dataset.sites}
@@ -84,7 +86,7 @@ def _run_wire(
             data=data,
             feature_names=dataset.feature_names,
             n_classes=dataset.n_classes,
-            trainer_factory=_trainer,
+            trainer_factory=trainer,
         )
         channel.close()
 
@@ -142,6 +144,24 @@ def test_fedmap_over_grpc_matches_in_process(tmp_path: Path) -> None:
         assert wire.personalised is not None
         assert site.personalised is not None
         assert wire.personalised.accuracy == pytest.approx(site.personalised.accuracy, abs=0.02)
+
+
+class _ExhaustedTrainer:
+    def train(self, *args: object, **kwargs: object) -> LocalTrainingResult:
+        raise BudgetExceededError("site switzerland: epsilon budget 1.0 would be exceeded")
+
+
+def test_site_with_exhausted_budget_declines_and_the_round_goes_on(tmp_path: Path) -> None:
+    def trainer(site: SiteData, training: LocalTrainingConfig) -> LocalTrainer:
+        return _ExhaustedTrainer() if site.name == "switzerland" else AdamMapTrainer(training)
+
+    dataset = load_dataset("heart", label_column=None, seed=0)
+    config = _config(rounds=2)
+    _, runs = _run_wire(dataset, config, tmp_path, trainer=trainer)
+    declined = [r.outcome for r in runs["switzerland"].rounds[:2]]
+    assert declined == [SiteOutcome.DECLINED, SiteOutcome.DECLINED]
+    store = ServerStateStore(tmp_path / STATE_FILENAME, run_config_json=config_json(config))
+    assert [m["contributors"] for m in store.history()] == [3, 3]
 
 
 def test_server_restarted_between_rounds_resumes(tmp_path: Path) -> None:
