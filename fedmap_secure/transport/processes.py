@@ -15,17 +15,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.data.csv_sites import load_csv_sites
 from fedmap_secure.errors import ConfigError
+from fedmap_secure.transport.channels import open_channel
 from fedmap_secure.transport.deploy_config import load_server_deployment, load_site_deployment
 from fedmap_secure.transport.fedmap_server import serve_fedmap
 from fedmap_secure.transport.fedmap_site import run_fedmap_site
 from fedmap_secure.transport.fedmap_wire import config_json
 from fedmap_secure.transport.pki import load_identity
-from fedmap_secure.transport.security import Insecure, MutualTls, channel_credentials
+from fedmap_secure.transport.security import Insecure, MutualTls
 from fedmap_secure.transport.server import AggregationServer
 from fedmap_secure.transport.site import SiteClient
 from fedmap_secure.transport.site_process import Factories, plain_factories
@@ -90,11 +89,7 @@ def run_site(
     mine = [s for s in dataset.sites if s.name == deployment.site_id]
     if len(mine) != 1:
         raise ConfigError(f"{deployment.data}: no {deployment.site_id}_train/test.csv files")
-    if isinstance(deployment.security, MutualTls):
-        credentials = channel_credentials(deployment.security)
-        channel = grpc.secure_channel(deployment.server, credentials)
-    else:
-        channel = grpc.insecure_channel(deployment.server)
+    channel = open_channel(deployment.server, deployment.security)
     client = SiteClient(
         channel=channel,
         site_id=deployment.site_id,

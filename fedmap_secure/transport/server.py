@@ -47,11 +47,11 @@ from fedmap_secure.secagg.server import ServerSession
 from fedmap_secure.secagg.stages import SERVER_ACCEPTS, ServerStage
 from fedmap_secure.transport import codec, framing, rpc
 from fedmap_secure.transport import messages as tm
+from fedmap_secure.transport.channels import GRPC_MESSAGE_LIMIT, SERVER_OPTIONS
 from fedmap_secure.transport.generated.v1 import service_pb2 as spb
 from fedmap_secure.transport.security import Insecure, MutualTls, server_credentials, tls_identity
 
 log = logging.getLogger(__name__)
-GRPC_MESSAGE_LIMIT = 4 << 20
 _POLL = 0.2
 
 
@@ -246,10 +246,7 @@ class AggregationServer:
         self._stopping = False
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=2 * config.n + 8),
-            options=[
-                ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
-                ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
-            ],
+            options=SERVER_OPTIONS,
         )
         self._grpc.add_generic_rpc_handlers((rpc.service_handler(_Servicer(self)),))
         if isinstance(security, MutualTls):

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import grpc
 import torch
 
 from fedmap_secure.data.types import SiteData
@@ -24,9 +23,10 @@ from fedmap_secure.errors import ConfigError, FedMapError
 from fedmap_secure.experiments.simulation import ScoreReleaseFactory, TrainerFactory
 from fedmap_secure.secagg.config import SecAggConfig
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
+from fedmap_secure.transport.channels import open_channel
 from fedmap_secure.transport.fedmap_site import run_fedmap_site
 from fedmap_secure.transport.pki import Deployment, load_identity, load_roster
-from fedmap_secure.transport.security import MutualTls, channel_credentials
+from fedmap_secure.transport.security import Insecure, MutualTls
 from fedmap_secure.transport.site import SiteClient
 from fedmap_secure.transport.site_records import write_records
 
@@ -72,11 +72,10 @@ def run_job(job: dict[str, Any]) -> None:
         dropout_fraction=job["dropout_fraction"],
         corrupt_fraction=job["corrupt_fraction"],
     )
-    if job["pki"] is None:
-        channel = grpc.insecure_channel(job["address"])
-    else:
-        files = Deployment(root=Path(job["pki"])).site_tls(site_id)
-        channel = grpc.secure_channel(job["address"], channel_credentials(MutualTls(files=files)))
+    security: MutualTls | Insecure = Insecure()
+    if job["pki"] is not None:
+        security = MutualTls(files=Deployment(root=Path(job["pki"])).site_tls(site_id))
+    channel = open_channel(job["address"], security)
     client = SiteClient(
         channel=channel,
         site_id=site_id,

@@ -16,10 +16,11 @@ from fedmap_secure.crypto.deterministic import DeterministicRandom
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.errors import AbortedError
 from fedmap_secure.secagg.config import Roster, SecAggConfig
+from fedmap_secure.transport import channels
 from fedmap_secure.transport import messages as tm
 from fedmap_secure.transport.codec import SiteWireMessage
 from fedmap_secure.transport.pki import Deployment, generate_deployment, load_identity
-from fedmap_secure.transport.security import Insecure, MutualTls, channel_credentials
+from fedmap_secure.transport.security import Insecure, MutualTls
 from fedmap_secure.transport.server import AggregationServer, ServerSettings
 from fedmap_secure.transport.site import SiteClient, SiteReport
 
@@ -79,10 +80,7 @@ def seeded_consortium(sites: tuple[str, ...] = SITES) -> Consortium:
 
 
 def open_channel(port: int, security: MutualTls | Insecure) -> grpc.Channel:
-    target = f"127.0.0.1:{port}"
-    if isinstance(security, MutualTls):
-        return grpc.secure_channel(target, channel_credentials(security))
-    return grpc.insecure_channel(target)
+    return channels.open_channel(f"127.0.0.1:{port}", security)
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedmap_secure.aggregation import Field, VectorLayout
-from fedmap_secure.transport.server import GRPC_MESSAGE_LIMIT
+from fedmap_secure.transport.channels import GRPC_MESSAGE_LIMIT
 from tests.integration.grpc_harness import SITES, plain_consortium, running_server, start_sites
 
 LENGTH = 600_000  # 8 bytes each: about 4.6 MiB per masked input
