@@ -1,0 +1,104 @@
+"""Argument parsing and handlers for ``fedmap-secure server | site | keygen``.
+
+``cli.py`` adds these subcommands with ``add_commands(subparsers)`` and hands a
+parsed namespace to ``run_command(args, console)``, which returns False for a
+command that is not one of these. ``simulate --transport grpc`` uses
+``add_simulate_options`` and ``grpc_spec(args)``. Torch is imported only by
+the commands that train (``server``, ``site``, ``simulate``), not by ``keygen``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+
+from fedmap_secure.errors import ConfigError
+from fedmap_secure.transport.keygen import keygen_consortium, keygen_identity
+
+if TYPE_CHECKING:
+    from fedmap_secure.transport.grpc_simulation import GrpcSimulation
+
+COMMANDS = ("server", "site", "keygen")
+
+
+def add_commands(sub: Any) -> None:
+    """Add the three subcommands to an ``argparse`` subparsers object."""
+    for name, text in (
+        ("server", "run the aggregation server of a deployment"),
+        ("site", "run one site of a deployment (outbound connections only)"),
+    ):
+        parser = sub.add_parser(name, help=text)
+        parser.add_argument("--config", type=Path, required=True, help=f"{name}.toml")
+        parser.add_argument(
+            "--insecure",
+            action="store_true",
+            help="confirm plaintext gRPC (also needs insecure = true in the file); local use only",
+        )
+    keygen = sub.add_parser("keygen", help="create identity keys, certificates and the roster")
+    what = keygen.add_mutually_exclusive_group(required=True)
+    what.add_argument("--sites", help="comma-separated site ids: a whole test consortium")
+    what.add_argument("--identity", type=Path, help="write one site identity key to this file")
+    keygen.add_argument("--out", type=Path, default=Path("pki"), help="output folder (--sites)")
+    keygen.add_argument(
+        "--server-host",
+        action="append",
+        help="host name or IP in the server certificate (repeatable; default localhost)",
+    )
+
+
+def add_simulate_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--transport",
+        choices=["inprocess", "grpc"],
+        default="inprocess",
+        help="grpc: the server here, one process per site on 127.0.0.1",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="grpc transport without TLS (local only)"
+    )
+
+
+def grpc_spec(args: argparse.Namespace, **overrides: Any) -> GrpcSimulation:
+    """The grpc simulation of ``simulate`` arguments (dataset spec, label column, TLS)."""
+    from fedmap_secure.transport.grpc_simulation import GrpcSimulation  # imports torch
+
+    return GrpcSimulation(
+        dataset_spec=args.dataset,
+        label_column=getattr(args, "label_column", None),
+        insecure=bool(getattr(args, "insecure", False)),
+        **overrides,
+    )
+
+
+def run_command(args: argparse.Namespace, console: Console) -> bool:
+    """Run ``server``, ``site`` or ``keygen``; False if ``args.command`` is another command."""
+    if args.command not in COMMANDS:
+        return False
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.command == "keygen":
+        _keygen(args, console)
+        return True
+    from fedmap_secure.transport.processes import run_server, run_site
+
+    if args.command == "server":
+        run_server(args.config, insecure=args.insecure)
+    else:
+        run_site(args.config, insecure=args.insecure)
+    return True
+
+
+def _keygen(args: argparse.Namespace, console: Console) -> None:
+    if args.identity is not None:
+        public = keygen_identity(args.identity)
+        console.print(f"wrote {args.identity} (mode 0600); roster entry public key: {public}")
+        return
+    sites = [s.strip() for s in args.sites.split(",") if s.strip()]
+    if len(sites) < 2:
+        raise ConfigError("--sites needs at least two site ids")
+    hosts = args.server_host or ["localhost", "127.0.0.1"]
+    for line in keygen_consortium(args.out, sites, hosts):
+        console.print(line)

@@ -1,0 +1,256 @@
+"""Deployment configuration of the server and site processes (``server.toml``, ``site.toml``).
+
+Strict TOML: unknown tables or keys and values of the wrong type raise
+``ConfigError`` naming ``file: table.key``. Relative paths are relative to the
+configuration file. Both files share the ``[consortium]`` table (roster and
+threat model), which every party must set identically: the SecAgg setup id
+binds it, so a mismatch is refused at the first round. See DEPLOYMENT.md.
+
+server.toml::
+
+    [server]
+    listen = "0.0.0.0:50051"        # address:port to listen on
+    state_dir = "server-state"      # SQLite state, resumed on restart
+    run_config = "experiment.toml"  # optional FedMAP run configuration (simulate's format)
+    features = 13                   # model input size and number of classes the consortium
+    classes = 2                     #   agreed on (every site's CSV columns in the same order)
+    insecure = false                # true: plaintext gRPC, local experiments only
+    [tls]                           # required unless insecure
+    ca = "pki/ca.pem"
+    certificate = "pki/server/server.pem"
+    private_key = "pki/server/server.key"
+    [consortium]
+    roster = "pki/roster.json"
+    dropout_fraction = 0.1
+    corrupt_fraction = 0.1
+    bits = 64                       # optional
+    [timeouts]                      # optional, seconds
+    join = 600.0                    # first stage: covers the sites' local training
+    stage = 60.0                    # every later SecAgg stage
+
+site.toml::
+
+    [site]
+    id = "site-a"
+    server = "fedmap.example.org:50051"
+    identity = "pki/sites/site-a/identity.pem"
+    state_dir = "state"             # privacy ledger and personalised model
+    data = "data"                   # the site's CSV folder (<id>_train.csv, <id>_test.csv)
+    label_column = "label"
+    insecure = false
+    [tls]
+    ca = "pki/ca.pem"
+    certificate = "pki/sites/site-a/site.pem"
+    private_key = "pki/sites/site-a/site.key"
+    [consortium]                    # same as the server's
+    ...
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from fedmap_secure.errors import ConfigError
+from fedmap_secure.secagg.config import Roster, SecAggConfig, check_site_id
+from fedmap_secure.transport.pki import TlsFiles, load_roster
+from fedmap_secure.transport.security import Insecure, MutualTls
+from fedmap_secure.transport.server import ServerSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsortiumConfig:
+    roster: Roster
+    secagg: SecAggConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerDeployment:
+    listen: str
+    state_dir: Path
+    run_config: Path | None
+    features: int
+    classes: int
+    security: MutualTls | Insecure
+    consortium: ConsortiumConfig
+    settings: ServerSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteDeployment:
+    site_id: str
+    server: str
+    identity: Path
+    state_dir: Path
+    data: Path | None
+    label_column: str
+    security: MutualTls | Insecure
+    consortium: ConsortiumConfig
+
+
+class _Table:
+    """One TOML table with typed, strict access; ``done()`` refuses leftover keys."""
+
+    def __init__(self, source: Path, name: str, content: object) -> None:
+        if not isinstance(content, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        self.source, self.name, self.rest = source, name, dict(content)
+
+    def _take(self, key: str, kinds: tuple[type, ...], default: object) -> Any:
+        if key not in self.rest:
+            if default is _REQUIRED:
+                raise ConfigError(f"{self.source}: {self.name}.{key} is required")
+            return default
+        value = self.rest.pop(key)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(f"{self.source}: {self.name}.{key} must be {names}")
+        return value
+
+    def string(self, key: str, default: str | None = None) -> str:
+        """A string; required when ``default`` is None."""
+        value: str = self._take(key, (str,), _REQUIRED if default is None else default)
+        return value
+
+    def optional_string(self, key: str) -> str | None:
+        value: str | None = self._take(key, (str,), None)
+        return value
+
+    def number(self, key: str, default: float | None = None) -> float:
+        value = self._take(key, (int, float), _REQUIRED if default is None else default)
+        return float(value)
+
+    def integer(self, key: str, default: int) -> int:
+        value: int = self._take(key, (int,), default)
+        return value
+
+    def flag(self, key: str) -> bool:
+        value: bool = self._take(key, (bool,), False)
+        return value
+
+    def path(self, key: str) -> Path:
+        return _resolve(self.source, self.string(key))
+
+    def optional_path(self, key: str) -> Path | None:
+        value = self.optional_string(key)
+        return None if value is None else _resolve(self.source, value)
+
+    def done(self) -> None:
+        if self.rest:
+            keys = ", ".join(f"{self.name}.{k}" for k in sorted(self.rest))
+            raise ConfigError(f"{self.source}: unknown keys {keys}")
+
+
+_REQUIRED = object()
+
+
+def _resolve(source: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else source.parent / path
+
+
+def _read(path: Path, allowed: set[str]) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(path.read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    unknown = sorted(set(document) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown tables {unknown}")
+    return document
+
+
+def _security(source: Path, insecure: bool, document: Mapping[str, Any]) -> MutualTls | Insecure:
+    if insecure:
+        if "tls" in document:
+            raise ConfigError(f"{source}: [tls] given but insecure = true; choose one")
+        return Insecure()
+    if "tls" not in document:
+        raise ConfigError(f"{source}: [tls] is required (or insecure = true for local runs)")
+    tls = _Table(source, "tls", document["tls"])
+    files = TlsFiles(
+        ca=tls.path("ca"), certificate=tls.path("certificate"), private_key=tls.path("private_key")
+    )
+    tls.done()
+    return MutualTls(files=files)
+
+
+def _consortium(source: Path, content: object) -> ConsortiumConfig:
+    table = _Table(source, "consortium", content)
+    roster = load_roster(table.path("roster"))
+    seed_hex = table.optional_string("graph_seed")
+    try:
+        secagg = SecAggConfig.for_threat_model(
+            n=len(roster.sites),
+            dropout_fraction=table.number("dropout_fraction"),
+            corrupt_fraction=table.number("corrupt_fraction"),
+            bits=table.integer("bits", 64),
+        )
+        if seed_hex is not None:
+            secagg = replace(secagg, graph_seed=bytes.fromhex(seed_hex))
+    except ValueError:
+        raise ConfigError(f"{source}: consortium.graph_seed must be 64 hex digits") from None
+    table.done()
+    return ConsortiumConfig(roster=roster, secagg=secagg)
+
+
+def load_server_deployment(path: Path) -> ServerDeployment:
+    document = _read(path, {"server", "tls", "consortium", "timeouts"})
+    server = _Table(path, "server", document.get("server", {}))
+    listen = server.string("listen", "127.0.0.1:50051")
+    state_dir = _resolve(path, server.string("state_dir", "server-state"))
+    run_config = server.optional_path("run_config")
+    features, classes = server.integer("features", 0), server.integer("classes", 2)
+    if features < 1 or classes < 2:
+        raise ConfigError(f"{path}: server.features must be >= 1 and server.classes >= 2")
+    security = _security(path, server.flag("insecure"), document)
+    server.done()
+    timeouts = _Table(path, "timeouts", document.get("timeouts", {}))
+    try:
+        settings = ServerSettings(
+            join_timeout=timeouts.number("join", 600.0),
+            stage_timeout=timeouts.number("stage", 60.0),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{path}: timeouts: {exc}") from None
+    timeouts.done()
+    if "consortium" not in document:
+        raise ConfigError(f"{path}: [consortium] is required")
+    return ServerDeployment(
+        listen=listen,
+        state_dir=state_dir,
+        run_config=run_config,
+        features=features,
+        classes=classes,
+        security=security,
+        consortium=_consortium(path, document["consortium"]),
+        settings=settings,
+    )
+
+
+def load_site_deployment(path: Path) -> SiteDeployment:
+    document = _read(path, {"site", "tls", "consortium"})
+    if "site" not in document or "consortium" not in document:
+        raise ConfigError(f"{path}: [site] and [consortium] are required")
+    site = _Table(path, "site", document["site"])
+    site_id = site.string("id")
+    check_site_id(site_id)
+    deployment = SiteDeployment(
+        site_id=site_id,
+        server=site.string("server"),
+        identity=site.path("identity"),
+        state_dir=_resolve(path, site.string("state_dir", "state")),
+        data=site.optional_path("data"),
+        label_column=site.string("label_column", "label"),
+        security=_security(path, site.flag("insecure"), document),
+        consortium=_consortium(path, document["consortium"]),
+    )
+    site.done()
+    if site_id not in deployment.consortium.roster:
+        raise ConfigError(f"{path}: site {site_id!r} is not on the roster")
+    return deployment

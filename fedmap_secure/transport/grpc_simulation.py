@@ -1,0 +1,238 @@
+"""``simulate --transport grpc``: the server here, one OS process per training site, on 127.0.0.1.
+
+The driver creates a throwaway consortium in ``out_dir/grpc`` (test CA and
+certificates, site identity keys, roster; plaintext only when ``insecure``),
+starts the ``AggregationServer`` and FedMAP's server loop in this process, and
+launches ``python -m fedmap_secure.transport.site_process JOB.json`` for each
+training-tier site. Each site process loads the same dataset with the same
+seed, keeps only its own site, trains, contributes through SecAgg+ over mutual
+TLS, evaluates on the final state and writes its records (``site_records``). Fine-tune and
+unseen tiers take no part in secure rounds; the driver fine-tunes/evaluates
+them on the final state in this process, as the in-process engine does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from fedmap_secure.config.schema import SimulationConfig
+from fedmap_secure.data.types import FederatedDataset, Tier
+from fedmap_secure.errors import ConfigError
+from fedmap_secure.experiments.report import site_table, summary_dict, write_outputs
+from fedmap_secure.experiments.simulation import SimulationResult, SiteResult
+from fedmap_secure.fedmap.methods import ServerLog
+from fedmap_secure.fedmap.site import SiteReport
+from fedmap_secure.secagg.config import Roster, SecAggConfig
+from fedmap_secure.transport.fedmap_server import serve_fedmap
+from fedmap_secure.transport.fedmap_site import finish_offline
+from fedmap_secure.transport.fedmap_wire import announcement, config_json
+from fedmap_secure.transport.pki import (
+    Deployment,
+    create_identity,
+    generate_deployment,
+    load_roster,
+    write_roster,
+)
+from fedmap_secure.transport.security import Insecure, MutualTls
+from fedmap_secure.transport.server import AggregationServer, ServerSettings
+from fedmap_secure.transport.site_process import load_factories
+from fedmap_secure.transport.site_records import read_records
+from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
+
+
+@dataclass(frozen=True, kw_only=True)
+class GrpcSimulation:
+    """How to run the sites: dataset spec (as for ``simulate``) and the threat model."""
+
+    dataset_spec: str
+    label_column: str | None = None
+    dropout_fraction: float = 0.25
+    corrupt_fraction: float = 0.0
+    insecure: bool = False
+    join_timeout: float = 600.0
+    stage_timeout: float = 60.0
+    # ``module:function`` building each site's (trainer, score release) factories from its job
+    # (site_process.load_factories); ``options`` is passed through as JSON.
+    factories: str = "fedmap_secure.transport.site_process:plain_factories"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _consortium(root: Path, sites: list[str], insecure: bool) -> tuple[Roster, Path | None]:
+    if not insecure:
+        deployment = generate_deployment(root / "pki", sites)
+        return load_roster(deployment.roster), root / "pki"
+    keys = {s: create_identity(root / "pki" / "sites" / s / "identity.pem").public for s in sites}
+    roster = Roster.from_mapping(keys)
+    write_roster(root / "pki" / "roster.json", roster)
+    return roster, None
+
+
+def _job(root: Path, site: str, port: int, spec: GrpcSimulation, seed: int) -> Path:
+    job = {
+        "site": site,
+        "address": f"127.0.0.1:{port}",
+        "dataset": spec.dataset_spec,
+        "label_column": spec.label_column,
+        "seed": seed,
+        "pki": None if spec.insecure else str(root / "pki"),
+        "roster": str(root / "pki" / "roster.json"),
+        "identity": str(root / "pki" / "sites" / site / "identity.pem"),
+        "dropout_fraction": spec.dropout_fraction,
+        "corrupt_fraction": spec.corrupt_fraction,
+        "result": str(root / "sites" / f"{site}.json"),
+        "state_dir": str(root / "sites" / site),
+        "factories": spec.factories,
+        "options": dict(spec.options),
+    }
+    path = root / "sites" / f"{site}.job.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(job, indent=2))
+    return path
+
+
+def simulate_over_grpc(
+    *,
+    config: SimulationConfig,
+    dataset: FederatedDataset,
+    spec: GrpcSimulation,
+    out_dir: Path,
+) -> SimulationResult:
+    """Run ``config`` with the server here and one process per training site; see module doc."""
+    start = time.perf_counter()
+    root = out_dir / "grpc"
+    training = [s.name for s in dataset.by_tier(Tier.TRAIN)]
+    if len(training) < 2:
+        raise ConfigError("secure aggregation over gRPC needs at least 2 training sites")
+    roster, pki = _consortium(root, training, spec.insecure)
+    secagg = SecAggConfig.for_threat_model(
+        n=len(training),
+        dropout_fraction=spec.dropout_fraction,
+        corrupt_fraction=spec.corrupt_fraction,
+    )
+    security = Insecure() if pki is None else MutualTls(files=Deployment(root=pki).server_tls())
+    server = AggregationServer(
+        roster=roster,
+        config=secagg,
+        security=security,
+        settings=ServerSettings(join_timeout=spec.join_timeout, stage_timeout=spec.stage_timeout),
+    ).start()
+    logs: list[ServerLog] = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    processes = [
+        subprocess.Popen(  # noqa: S603 (our interpreter, our module, our job file)
+            [
+                sys.executable,
+                "-m",
+                "fedmap_secure.transport.site_process",
+                str(_job(root, site, server.port, spec, config.seed)),
+            ],
+            env=env,
+        )
+        for site in training
+    ]
+    try:
+        store = ServerStateStore(
+            root / "server-state" / STATE_FILENAME, run_config_json=config_json(config)
+        )
+        final = serve_fedmap(
+            server=server,
+            config=config,
+            n_features=len(dataset.feature_names),
+            n_classes=dataset.n_classes,
+            store=store,
+            final_timeout=spec.join_timeout,
+            on_round=lambda _state, log: logs.append(log),
+        )
+        for process in processes:
+            if process.wait(timeout=spec.join_timeout) != 0:
+                raise ConfigError(f"a site process exited with status {process.returncode}")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        server.stop()
+    results: dict[str, SiteResult] = {}
+    reports: list[SiteReport] = []
+    for site in training:
+        results[site], site_reports = read_records(root / "sites" / f"{site}.json")
+        reports += site_reports
+    others = [s for s in dataset.sites if s.tier is not Tier.TRAIN]
+    if others:
+        job = {"site": None, "state_dir": str(root), "options": dict(spec.options)}
+        trainer, score_release = load_factories({**job, "factories": spec.factories})
+        final_opening = announcement(config_text=config_json(config), state=final, setup=None)
+        for data in others:
+            run = finish_offline(
+                data=data,
+                feature_names=dataset.feature_names,
+                n_classes=dataset.n_classes,
+                final=final_opening,
+                trainer_factory=trainer,
+                score_release_factory=score_release,
+            )
+            if run.result is not None:
+                results[data.name] = run.result
+            reports += run.reports
+    return SimulationResult(
+        method=config.method.value,
+        dataset=dataset.name,
+        rounds=config.rounds,
+        seed=config.seed,
+        sites=tuple(results[s.name] for s in dataset.sites),
+        reports=tuple(sorted(reports, key=lambda r: (r.round_index, r.site))),
+        server_logs=tuple(logs),
+        final_state=final,
+        n_theta=int(final.gamma.size),
+        n_psi=0 if final.psi is None else int(final.psi.size),
+        wall_seconds=time.perf_counter() - start,
+    )
+
+
+def describe_secure_aggregation(spec: GrpcSimulation, n_sites: int) -> dict[str, object]:
+    """The ``summary.json['privacy']['secure_aggregation']`` entry of a grpc run."""
+    c = SecAggConfig.for_threat_model(
+        n=n_sites, dropout_fraction=spec.dropout_fraction, corrupt_fraction=spec.corrupt_fraction
+    )
+    return {
+        "protocol": c.protocol_name,
+        "transport": "grpc (plaintext, local)" if spec.insecure else "grpc (mutual TLS)",
+        "n": c.n,
+        "k": c.k,
+        "t": c.t,
+        "bits": c.bits,
+        "dropout_fraction": c.dropout_fraction,
+        "corrupt_fraction": c.corrupt_fraction,
+    }
+
+
+def simulate_grpc_to_dir(
+    *,
+    config: SimulationConfig,
+    dataset: FederatedDataset,
+    spec: GrpcSimulation,
+    out_dir: Path,
+    console: Console,
+    differential_privacy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``simulate --transport grpc``: run, write summary.json and metrics.csv, print the table."""
+    result = simulate_over_grpc(config=config, dataset=dataset, spec=spec, out_dir=out_dir)
+    n_train = len(dataset.by_tier(Tier.TRAIN))
+    privacy = {
+        "secure_aggregation": describe_secure_aggregation(spec, n_train),
+        "differential_privacy": differential_privacy,
+    }
+    summary = summary_dict(result, privacy=privacy)
+    write_outputs(out_dir, result, summary)
+    console.print(site_table(result))
+    console.print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'metrics.csv'}")
+    return summary

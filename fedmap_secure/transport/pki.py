@@ -1,0 +1,295 @@
+"""Key material for a deployment: TLS certificates, site identity keys, the roster.
+
+``generate_deployment`` writes everything a small consortium needs to try a
+mutual-TLS deployment (a test CA; production consortia use their own PKI)::
+
+    out/ca.pem                          CA certificate (every party pins it)
+    out/ca.key                          CA private key (0600; keep offline)
+    out/server/server.pem, server.key   server certificate (SAN: the given host names / IPs)
+    out/sites/<id>/site.pem, site.key   client certificate of site <id> (CN = <id>)
+    out/sites/<id>/identity.pem         the site's Ed25519 identity key (PKCS#8 PEM, 0600)
+    out/roster.json                     {"version": 1, "sites": {"<id>": "<hex public key>"}}
+
+TLS keys are ECDSA P-256 (what every gRPC TLS stack accepts). The site's
+certificate common name is its site id: the server binds every message to the
+identity of the TLS channel it arrived on. The Ed25519 identity key signs the
+site's SecAgg key advertisements; the roster of identity public keys is pinned
+by every site (the server cannot substitute a key). Private key files are
+created with mode 0600 and never overwritten.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedmap_secure.crypto.signing import IdentityKey
+from fedmap_secure.errors import ConfigError
+from fedmap_secure.secagg.config import Roster, check_site_id
+
+ROSTER_VERSION = 1
+_VALIDITY = datetime.timedelta(days=365)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsFiles:
+    """PEM files of one party: the CA it trusts, its certificate and its private key."""
+
+    ca: Path
+    certificate: Path
+    private_key: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(ca, certificate, private key) bytes; ``ConfigError`` names a missing file."""
+        out = []
+        for path in (self.ca, self.certificate, self.private_key):
+            try:
+                out.append(path.read_bytes())
+            except OSError as exc:
+                raise ConfigError(f"cannot read TLS file {path}: {exc.strerror}") from None
+        return out[0], out[1], out[2]
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0600 (refuse to overwrite an existing key)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists; refusing to overwrite a private key") from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def write_identity(path: Path, key: IdentityKey) -> None:
+    """Store a site identity key as PKCS#8 PEM with mode 0600."""
+    private = ed25519.Ed25519PrivateKey.from_private_bytes(key.seed_bytes())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_secret(path, pem)
+
+
+def create_identity(path: Path) -> IdentityKey:
+    """A fresh site identity key written to ``path`` (0600); its public key goes in the roster."""
+    key = IdentityKey.generate()
+    write_identity(path, key)
+    return key
+
+
+def load_identity(path: Path) -> IdentityKey:
+    """Read a site identity key written by ``write_identity`` (refuses group/world access)."""
+    try:
+        mode = path.stat().st_mode & 0o077
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read identity key {path}: {exc.strerror}") from None
+    if mode:
+        raise ConfigError(f"identity key {path} is readable by others; chmod 600 it")
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(private, ed25519.Ed25519PrivateKey):
+        raise ConfigError(f"{path} is not an Ed25519 key")
+    seed = private.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+    return IdentityKey.from_seed(seed)
+
+
+def write_roster(path: Path, roster: Roster) -> None:
+    document = {
+        "version": ROSTER_VERSION,
+        "sites": {site: key.hex() for site, key in roster.entries},
+    }
+    _write_public(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+
+
+def load_roster(path: Path) -> Roster:
+    """Read ``roster.json``; ``ConfigError`` names the file and the bad entry."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read roster {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"roster {path} is not valid JSON: {exc}") from None
+    if not isinstance(document, dict) or document.get("version") != ROSTER_VERSION:
+        raise ConfigError(f"roster {path}: expected an object with version {ROSTER_VERSION}")
+    sites = document.get("sites")
+    if not isinstance(sites, dict) or not sites:
+        raise ConfigError(f"roster {path}: 'sites' must be a non-empty object")
+    keys: dict[str, bytes] = {}
+    for site, value in sites.items():
+        try:
+            keys[site] = bytes.fromhex(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"roster {path}: key of site {site!r} is not hex") from None
+    try:
+        return Roster.from_mapping(keys)
+    except ConfigError as exc:
+        raise ConfigError(f"roster {path}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- certificates
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedmap-secure test deployment"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _certificate(
+    *,
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+    now: datetime.datetime,
+    usage: x509.ObjectIdentifier | None = None,
+    alt_names: Iterable[x509.GeneralName] = (),
+) -> x509.Certificate:
+    issuer_name, issuer_key = issuer if issuer else (_name(subject), key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    names = list(alt_names)
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _alt_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Deployment:
+    """Paths written by ``generate_deployment``."""
+
+    root: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "ca.pem"
+
+    @property
+    def roster(self) -> Path:
+        return self.root / "roster.json"
+
+    def server_tls(self) -> TlsFiles:
+        d = self.root / "server"
+        return TlsFiles(ca=self.ca, certificate=d / "server.pem", private_key=d / "server.key")
+
+    def site_tls(self, site: str) -> TlsFiles:
+        d = self.root / "sites" / site
+        return TlsFiles(ca=self.ca, certificate=d / "site.pem", private_key=d / "site.key")
+
+    def identity(self, site: str) -> Path:
+        return self.root / "sites" / site / "identity.pem"
+
+
+def generate_deployment(
+    out: Path,
+    sites: Iterable[str],
+    *,
+    server_hosts: Iterable[str] = ("localhost", "127.0.0.1"),
+    now: datetime.datetime | None = None,
+) -> Deployment:
+    """Create a test CA, server and site certificates, identity keys and the roster."""
+    site_ids = sorted(set(sites))
+    for site in site_ids:
+        check_site_id(site)
+    when = now or datetime.datetime.now(datetime.UTC)
+    layout = Deployment(root=out)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = _certificate(subject="fedmap-secure test CA", key=ca_key, issuer=None, now=when)
+    issuer = (ca_cert.subject, ca_key)
+    _write_secret(out / "ca.key", _key_pem(ca_key))
+    _write_public(layout.ca, ca_cert.public_bytes(serialization.Encoding.PEM))
+    hosts = list(server_hosts)
+    _issue(
+        layout.server_tls(),
+        subject=hosts[0],
+        issuer=issuer,
+        now=when,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        alt_names=[_alt_name(h) for h in hosts],
+    )
+    keys: dict[str, bytes] = {}
+    for site in site_ids:
+        _issue(
+            layout.site_tls(site),
+            subject=site,
+            issuer=issuer,
+            now=when,
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+            alt_names=[x509.DNSName(site)],
+        )
+        identity = IdentityKey.generate()
+        write_identity(layout.identity(site), identity)
+        keys[site] = identity.public
+    write_roster(layout.roster, Roster.from_mapping(keys))
+    return layout
+
+
+def _issue(
+    files: TlsFiles,
+    *,
+    subject: str,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey],
+    now: datetime.datetime,
+    usage: x509.ObjectIdentifier,
+    alt_names: list[x509.GeneralName],
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _certificate(
+        subject=subject, key=key, issuer=issuer, now=now, usage=usage, alt_names=alt_names
+    )
+    _write_secret(files.private_key, _key_pem(key))
+    _write_public(files.certificate, cert.public_bytes(serialization.Encoding.PEM))

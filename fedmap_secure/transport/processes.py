@@ -1,0 +1,116 @@
+"""``fedmap-secure server --config server.toml`` and ``fedmap-secure site --config site.toml``.
+
+``run_server`` listens (mutual TLS; plaintext only with ``insecure = true`` in
+the file *and* ``insecure=True``, the command's ``--insecure``), runs the remaining
+FedMAP rounds from its SQLite state and publishes the final state.
+``run_site`` connects outbound to the server, loads only its own CSV files,
+trains and contributes each round through SecAgg+, and writes its final
+evaluation to ``<state_dir>/result.json``. Refusals raise ``FedMapError``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fedmap_secure.config.loader import load_config
+from fedmap_secure.data.csv_sites import load_csv_sites
+from fedmap_secure.errors import ConfigError
+from fedmap_secure.transport.channels import open_channel
+from fedmap_secure.transport.deploy_config import load_server_deployment, load_site_deployment
+from fedmap_secure.transport.fedmap_server import serve_fedmap
+from fedmap_secure.transport.fedmap_site import run_fedmap_site
+from fedmap_secure.transport.fedmap_wire import config_json
+from fedmap_secure.transport.pki import load_identity
+from fedmap_secure.transport.security import Insecure, MutualTls
+from fedmap_secure.transport.server import AggregationServer
+from fedmap_secure.transport.site import SiteClient
+from fedmap_secure.transport.site_process import Factories, plain_factories
+from fedmap_secure.transport.site_records import write_records
+from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
+
+log = logging.getLogger(__name__)
+FactoryBuilder = Callable[[Mapping[str, Any]], Factories]
+
+
+def _require_flag(path: Path, security: MutualTls | Insecure, insecure: bool) -> None:
+    """Plaintext needs both ``insecure = true`` in the file and ``--insecure`` on the command."""
+    if isinstance(security, Insecure) and not insecure:
+        raise ConfigError(f"{path} asks for plaintext gRPC: pass --insecure to confirm")
+    if isinstance(security, MutualTls) and insecure:
+        raise ConfigError(f"--insecure given but {path} configures TLS; set insecure = true")
+
+
+def run_server(path: Path, *, insecure: bool = False) -> None:
+    """Serve the FedMAP run described by ``server.toml`` until the final state is published."""
+    deployment = load_server_deployment(path)
+    _require_flag(path, deployment.security, insecure)
+    config = load_config(deployment.run_config)
+    store = ServerStateStore(
+        deployment.state_dir / STATE_FILENAME, run_config_json=config_json(config)
+    )
+    server = AggregationServer(
+        roster=deployment.consortium.roster,
+        config=deployment.consortium.secagg,
+        security=deployment.security,
+        address=deployment.listen,
+        settings=deployment.settings,
+    ).start()
+    log.info("listening on %s (port %d)", deployment.listen, server.port)
+    try:
+        serve_fedmap(
+            server=server,
+            config=config,
+            n_features=deployment.features,
+            n_classes=deployment.classes,
+            store=store,
+            final_timeout=deployment.settings.join_timeout,
+        )
+    finally:
+        server.stop()
+
+
+def run_site(
+    path: Path, *, insecure: bool = False, factories: FactoryBuilder = plain_factories
+) -> None:
+    """Take part in the run as the site described by ``site.toml``.
+
+    ``factories`` builds the site's (trainer, score release) from
+    ``{"site", "state_dir", "options"}``: the seam where DP-SGD and the DP score
+    release (with the site's ledger in its state folder) are chosen.
+    """
+    deployment = load_site_deployment(path)
+    _require_flag(path, deployment.security, insecure)
+    if deployment.data is None:
+        raise ConfigError(f"{path}: site.data (the site's CSV folder) is required")
+    dataset = load_csv_sites(deployment.data, label_column=deployment.label_column)
+    mine = [s for s in dataset.sites if s.name == deployment.site_id]
+    if len(mine) != 1:
+        raise ConfigError(f"{deployment.data}: no {deployment.site_id}_train/test.csv files")
+    channel = open_channel(deployment.server, deployment.security)
+    client = SiteClient(
+        channel=channel,
+        site_id=deployment.site_id,
+        identity=load_identity(deployment.identity),
+        roster=deployment.consortium.roster,
+        config=deployment.consortium.secagg,
+    )
+    job = {"site": deployment.site_id, "state_dir": str(deployment.state_dir), "options": {}}
+    trainer, score_release = factories(job)
+    try:
+        run = run_fedmap_site(
+            client=client,
+            data=mine[0],
+            feature_names=dataset.feature_names,
+            n_classes=dataset.n_classes,
+            trainer_factory=trainer,
+            score_release_factory=score_release,
+        )
+    finally:
+        channel.close()
+    if run.result is None:
+        raise ConfigError(f"site {deployment.site_id}: the run ended without a final state")
+    deployment.state_dir.mkdir(parents=True, exist_ok=True)
+    write_records(deployment.state_dir / "result.json", run.result, run.reports)

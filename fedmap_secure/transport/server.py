@@ -1,0 +1,501 @@
+"""gRPC server driver: runs ``ServerSession`` rounds for sites that connect to it.
+
+The driver only moves bytes and keeps time; every protocol rule is the
+session's. Per round (``AggregationServer.run_round``):
+
+1. the round opens: sites calling ``Join`` (for this round or an earlier index)
+   receive ``SecAggSetup`` and answer with AdvertiseKeys or Decline;
+2. each collecting stage closes when every site still expected has answered,
+   declined or disconnected, or when its deadline passes (``join_timeout`` for
+   the first, which covers a site's local work, ``stage_timeout`` after that);
+   a site that misses a deadline is absent from the next U-set, i.e. dropped;
+3. ``close_stage`` output is queued to each recipient's ``Join`` stream; after
+   the unmask stage ``finish`` yields the sum, decoded to floats, and every
+   connected site receives ``RoundOutcome`` (also on abort, with no sum).
+
+Refusals are gRPC statuses with a message naming the peer: INVALID_ARGUMENT
+(undecodable or malformed), UNAUTHENTICATED / PERMISSION_DENIED (the message
+names another sender than the TLS identity, or a site off the roster),
+ALREADY_EXISTS (an identical message was already received: a replay),
+FAILED_PRECONDITION (no such round open, not joined, or the session refused the
+message and excluded the site), DEADLINE_EXCEEDED (the stage already closed),
+RESOURCE_EXHAUSTED (message above the size limit). Nothing a site sends can stop
+the server serving the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from typing import NoReturn
+
+import grpc
+
+from fedmap_secure import PROTOCOL_VERSION
+from fedmap_secure.aggregation import AggregateResult, VectorLayout
+from fedmap_secure.errors import AbortedError, LocalProtocolError, RemoteProtocolError
+from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig
+from fedmap_secure.secagg.messages import CLIENT_MESSAGE_TYPES, Message
+from fedmap_secure.secagg.quantize import Quantizer
+from fedmap_secure.secagg.server import ServerSession
+from fedmap_secure.secagg.stages import SERVER_ACCEPTS, ServerStage
+from fedmap_secure.transport import codec, framing, rpc
+from fedmap_secure.transport import messages as tm
+from fedmap_secure.transport.channels import GRPC_MESSAGE_LIMIT, SERVER_OPTIONS
+from fedmap_secure.transport.generated.v1 import service_pb2 as spb
+from fedmap_secure.transport.security import Insecure, MutualTls, server_credentials, tls_identity
+
+log = logging.getLogger(__name__)
+_POLL = 0.2
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSettings:
+    """Timing and size limits of the server."""
+
+    join_timeout: float = 600.0
+    stage_timeout: float = 60.0
+    chunk_size: int = framing.DEFAULT_CHUNK_SIZE
+    max_message_bytes: int = framing.DEFAULT_MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if not (self.join_timeout > 0 and self.stage_timeout > 0):
+            raise ValueError("timeouts must be > 0")
+        if not 1 <= self.chunk_size <= GRPC_MESSAGE_LIMIT - (64 << 10):
+            raise ValueError("chunk_size must fit in one gRPC message")
+
+
+class _RefusalError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _late(message: Message, stage: ServerStage) -> bool:
+    """Whether ``message`` belongs to a stage before ``stage`` (it missed its deadline)."""
+    current = SERVER_ACCEPTS.get(stage)
+    if current is None:
+        return True
+    order = list(CLIENT_MESSAGE_TYPES)
+    return order.index(type(message)) < order.index(current)
+
+
+class _Round:
+    """The state of one open round; every method runs under ``self.cond``."""
+
+    def __init__(self, *, session: ServerSession, opening: tm.RoundOpening, roster: Roster) -> None:
+        self.index = opening.round_index
+        self.session = session
+        self.opening = opening
+        self.roster = roster
+        self.cond = threading.Condition()
+        self.queues: dict[str, queue.SimpleQueue[codec.ServerWireMessage]] = {}
+        self.gone: set[str] = set()  # disconnected or declined
+        self.answered: set[str] = set()
+        self.expected: set[str] = set(roster.sites)
+        self.seen: set[bytes] = set()
+        self.joining = True
+
+    def try_join(self, site: str) -> queue.SimpleQueue[codec.ServerWireMessage] | None:
+        """The site's outbox, or None if the round no longer admits it (first stage closed,
+        or the site already joined it, e.g. before a restart): it waits for the next round."""
+        with self.cond:
+            if not self.joining or site in self.queues:
+                return None
+            q: queue.SimpleQueue[codec.ServerWireMessage] = queue.SimpleQueue()
+            q.put(self.opening)
+            self.queues[site] = q
+            return q
+
+    def leave(self, site: str) -> None:
+        with self.cond:
+            self.gone.add(site)
+            self.cond.notify_all()
+
+    def submit(self, message: codec.SiteWireMessage, digest: bytes) -> None:
+        peer = message.sender
+        with self.cond:
+            if digest in self.seen:
+                raise _RefusalError(
+                    grpc.StatusCode.ALREADY_EXISTS, f"peer {peer!r}: replayed message"
+                )
+            if peer not in self.queues or peer in self.gone:
+                raise _RefusalError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"peer {peer!r}: not taking part in round {self.index} (join it first)",
+                )
+            if isinstance(message, tm.Decline):
+                self.seen.add(digest)
+                self.gone.add(peer)
+                self.cond.notify_all()
+                log.info("round %d: %s declined (%s)", self.index, peer, message.reason.value)
+                return
+            if _late(message, self.session.stage):
+                raise _RefusalError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"peer {peer!r}: {type(message).__name__} arrived after its stage closed; "
+                    "the site is treated as dropped",
+                )
+            try:
+                self.session.receive(message)
+            except RemoteProtocolError as exc:
+                self.cond.notify_all()
+                raise _RefusalError(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"{exc} (excluded from the round)"
+                ) from None
+            self.seen.add(digest)
+            self.answered.add(peer)
+            self.cond.notify_all()
+
+    def wait_stage(self, timeout: float) -> None:
+        """Block until every expected site answered, left or was excluded, or ``timeout``."""
+        end = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                pending = self.expected - self.answered - self.gone - self.session.excluded
+                left = end - time.monotonic()
+                if not pending or left <= 0:
+                    if pending:
+                        log.info(
+                            "round %d: stage deadline missed by %s", self.index, sorted(pending)
+                        )
+                    return
+                self.cond.wait(min(left, 1.0))
+
+    def deliver(self, outgoing: dict[str, codec.ServerWireMessage]) -> None:
+        """Queue each recipient's message; the recipients are the next stage's expected sites."""
+        with self.cond:
+            self.answered = set()
+            self.expected = {s for s in outgoing if s in self.queues and s not in self.gone}
+            for site in self.expected:
+                self.queues[site].put(outgoing[site])
+
+    def broadcast(self, message: tm.RoundOutcome) -> None:
+        with self.cond:
+            for site, q in self.queues.items():
+                if site not in self.gone:
+                    q.put(message)
+
+
+class _Publication:
+    """A message for every site that joins (e.g. the final global state); no secure round."""
+
+    def __init__(self, *, opening: tm.FedMapRound, roster: Roster) -> None:
+        self.index = opening.round_index
+        self.opening = opening
+        self.cond = threading.Condition()
+        self.expected = set(roster.sites)
+        self.delivered: set[str] = set()
+
+    def try_join(self, site: str) -> queue.SimpleQueue[codec.ServerWireMessage] | None:
+        with self.cond:
+            if site in self.delivered:
+                return None
+            q: queue.SimpleQueue[codec.ServerWireMessage] = queue.SimpleQueue()
+            q.put(self.opening)
+            q.put(
+                tm.RoundOutcome(
+                    version=PROTOCOL_VERSION,
+                    session_id=self.opening.session_id,
+                    round_index=self.index,
+                    sender=SERVER_ID,
+                    status=tm.RoundStatus.COMPLETED,
+                    contributors=(),
+                )
+            )
+            self.delivered.add(site)
+            self.cond.notify_all()
+            return q
+
+    def leave(self, site: str) -> None:
+        """Nothing to do: the publication does not wait for answers."""
+
+    def wait(self, timeout: float) -> frozenset[str]:
+        end = time.monotonic() + timeout
+        with self.cond:
+            while self.expected - self.delivered and time.monotonic() < end:
+                self.cond.wait(min(1.0, max(0.0, end - time.monotonic())))
+            return frozenset(self.delivered)
+
+
+class AggregationServer:
+    """A gRPC endpoint that runs secure-aggregation rounds among the roster's sites."""
+
+    def __init__(
+        self,
+        *,
+        roster: Roster,
+        config: SecAggConfig,
+        security: MutualTls | Insecure,
+        address: str = "127.0.0.1:0",
+        settings: ServerSettings | None = None,
+    ) -> None:
+        self.roster = roster
+        self.config = config
+        self.settings = settings or ServerSettings()
+        self._security = security
+        self._cond = threading.Condition()
+        self._round: _Round | _Publication | None = None
+        self._stopping = False
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=2 * config.n + 8),
+            options=SERVER_OPTIONS,
+        )
+        self._grpc.add_generic_rpc_handlers((rpc.service_handler(_Servicer(self)),))
+        if isinstance(security, MutualTls):
+            self.port = self._grpc.add_secure_port(address, server_credentials(security))
+        else:
+            self.port = self._grpc.add_insecure_port(address)
+
+    def start(self) -> AggregationServer:
+        self._grpc.start()
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._grpc.stop(grace).wait()
+
+    def __enter__(self) -> AggregationServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ rounds
+
+    def run_round(
+        self,
+        *,
+        round_index: int,
+        layout: VectorLayout,
+        context: bytes,
+        announce: Callable[[tm.SecAggSetup], tm.RoundOpening] | None = None,
+    ) -> AggregateResult:
+        """Run one round with whoever joins; ``AbortedError`` if too few sites remain.
+
+        ``announce`` wraps the round's ``SecAggSetup`` into the opening message
+        sites receive (e.g. a ``FedMapRound`` carrying the global model); by
+        default they receive the bare setup.
+        """
+        session = ServerSession(
+            roster=self.roster,
+            config=self.config,
+            layout=layout,
+            round_index=round_index,
+            context=context,
+        )
+        setup = tm.SecAggSetup(
+            version=PROTOCOL_VERSION,
+            session_id=session.setup_id,
+            round_index=round_index,
+            sender=SERVER_ID,
+            layout=layout,
+            context=context,
+            config_digest=self.config.digest(),
+            roster_digest=self.roster.digest(),
+            stage_timeout_ms=max(1, int(self.settings.stage_timeout * 1000)),
+        )
+        opening = setup if announce is None else announce(setup)
+        if tm.setup_of(opening) != setup:
+            raise LocalProtocolError("announce() must embed the round's SecAggSetup unchanged")
+        rnd = _Round(session=session, opening=opening, roster=self.roster)
+        with self._cond:
+            self._round = rnd
+            self._cond.notify_all()
+        try:
+            return self._play(rnd, layout)
+        finally:
+            with self._cond:
+                self._round = None
+
+    def _play(self, rnd: _Round, layout: VectorLayout) -> AggregateResult:
+        try:
+            rnd.wait_stage(self.settings.join_timeout)
+            for _ in range(4):
+                with rnd.cond:
+                    rnd.joining = False
+                    outgoing = rnd.session.close_stage()
+                rnd.deliver(dict(outgoing))
+                rnd.wait_stage(self.settings.stage_timeout)
+            with rnd.cond:
+                output = rnd.session.finish()
+        except AbortedError as exc:
+            log.warning("round %d aborted: %s", rnd.index, exc)
+            self._announce_abort(rnd, str(exc))
+            raise
+        except BaseException:
+            self._announce_abort(rnd, "the server failed during the round")
+            raise
+        rnd.broadcast(
+            tm.RoundOutcome(
+                version=PROTOCOL_VERSION,
+                round_index=rnd.index,
+                sender=SERVER_ID,
+                session_id=rnd.session.session_id,
+                status=tm.RoundStatus.COMPLETED,
+                contributors=tuple(sorted(output.contributors)),
+            )
+        )
+        quantizer = Quantizer.auto(layout, n_max=self.config.n, bits=self.config.bits)
+        values, clipped = quantizer.decode(output.total)
+        return AggregateResult(
+            sums=layout.unflatten(values),
+            contributors=output.contributors,
+            clipped_coordinates=clipped,
+        )
+
+    def _announce_abort(self, rnd: _Round, detail: str) -> None:
+        rnd.broadcast(
+            tm.RoundOutcome(
+                version=PROTOCOL_VERSION,
+                round_index=rnd.index,
+                sender=SERVER_ID,
+                session_id=rnd.session.session_id or rnd.session.setup_id,
+                status=tm.RoundStatus.ABORTED,
+                contributors=(),
+                detail=detail,
+            )
+        )
+
+    @property
+    def open_round(self) -> int | None:
+        """Index of the round in progress, if any."""
+        rnd = self._current()
+        return None if rnd is None else rnd.index
+
+    def _admit(
+        self, site: str, min_round: int, context: grpc.ServicerContext
+    ) -> tuple[_Round | _Publication, queue.SimpleQueue[codec.ServerWireMessage]]:
+        """Wait for a round with index >= ``min_round`` that admits ``site``."""
+        with self._cond:
+            while True:
+                rnd = self._round
+                outbox = None
+                if rnd is not None and rnd.index >= min_round:
+                    outbox = rnd.try_join(site)
+                if rnd is not None and outbox is not None:
+                    return rnd, outbox
+                if self._stopping or not context.is_active():
+                    raise _RefusalError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+                self._cond.wait(_POLL)
+
+    def publish(self, message: tm.FedMapRound, *, timeout: float) -> frozenset[str]:
+        """Send ``message`` (a final round) to every site that joins within ``timeout``.
+
+        Returns the sites it reached; returns early once every roster site has it.
+        """
+        if not message.final:
+            raise LocalProtocolError("only a final FedMapRound is published without a secure round")
+        publication = _Publication(opening=message, roster=self.roster)
+        with self._cond:
+            self._round = publication
+            self._cond.notify_all()
+        try:
+            return publication.wait(timeout)
+        finally:
+            with self._cond:
+                self._round = None
+
+    def _current(self) -> _Round | _Publication | None:
+        with self._cond:
+            return self._round
+
+
+def _abort(context: grpc.ServicerContext, refusal: _RefusalError) -> NoReturn:
+    context.abort(refusal.code, refusal.message)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+class _Servicer:
+    """The two RPCs; identity checks here, protocol rules in the session."""
+
+    def __init__(self, server: AggregationServer) -> None:
+        self._server = server
+
+    def _identity(self, context: grpc.ServicerContext, claimed: str) -> str:
+        """The authenticated sender: the TLS identity, which must equal the claimed sender."""
+        roster = self._server.roster
+        if isinstance(self._server._security, MutualTls):
+            identity = tls_identity(context)
+            if identity is None:
+                raise _RefusalError(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+            if claimed != identity:
+                raise _RefusalError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"peer {identity!r}: message claims sender {claimed!r}",
+                )
+        if claimed not in roster:
+            raise _RefusalError(
+                grpc.StatusCode.PERMISSION_DENIED, f"peer {claimed!r}: not on the roster"
+            )
+        return claimed
+
+    def join(self, data: bytes, context: grpc.ServicerContext) -> Iterator[spb.Frame]:
+        try:
+            peer = tls_identity(context) or "unauthenticated peer"
+            request = rpc.parse_join(data, peer=peer)
+            join = codec.decode_join(
+                request, peer=tls_identity(context) or request.header.sender or peer
+            )
+            site = self._identity(context, join.sender)
+            rnd, outbox = self._server._admit(site, join.round_index, context)
+        except RemoteProtocolError as exc:
+            _abort(context, _RefusalError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+        except _RefusalError as refusal:
+            _abort(context, refusal)
+        context.add_callback(lambda: rnd.leave(site))
+        yield from self._stream(outbox, context)
+
+    def _stream(
+        self, outbox: queue.SimpleQueue[codec.ServerWireMessage], context: grpc.ServicerContext
+    ) -> Iterator[spb.Frame]:
+        chunk = self._server.settings.chunk_size
+        while context.is_active():
+            try:
+                message = outbox.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+            data = codec.encode_server_message(message).SerializeToString()
+            yield from framing.split(data, codec.encode_header(message), chunk_size=chunk)
+            if isinstance(message, tm.RoundOutcome):
+                return
+
+    def submit(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> spb.SubmitAck:
+        settings = self._server.settings
+        try:
+            identity = tls_identity(context)
+            peer = identity or "unauthenticated peer"
+            frames = (rpc.parse_frame(raw, peer=peer) for raw in requests)
+            header, data = framing.read_one(frames, peer=peer, max_bytes=settings.max_message_bytes)
+            message = codec.parse_site_message(data, peer=identity or header.sender or "unknown")
+            site = self._identity(context, message.sender)
+            if header != codec.encode_header(message):
+                raise _RefusalError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"peer {site!r}: frame header differs from the message",
+                )
+            rnd = self._server._current()
+            if not isinstance(rnd, _Round) or rnd.index != message.round_index:
+                current = "none" if rnd is None else str(rnd.index)
+                raise _RefusalError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"peer {site!r}: round {message.round_index} is not open "
+                    f"(open round: {current})",
+                )
+            rnd.submit(message, hashlib.sha256(data).digest())
+        except framing.OversizedMessageError as exc:
+            _abort(context, _RefusalError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
+        except RemoteProtocolError as exc:
+            _abort(context, _RefusalError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+        except _RefusalError as refusal:
+            _abort(context, refusal)
+        return spb.SubmitAck(header=codec.encode_header(message))

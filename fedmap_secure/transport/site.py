@@ -1,0 +1,219 @@
+"""gRPC site driver: plays one ``ClientSession`` per round over outbound calls only.
+
+``SiteClient.run_round(contribute)`` opens the round's ``Join`` stream, checks
+the server's ``SecAggSetup`` against the site's own pinned roster and
+configuration (the setup id must be the one the site derives itself), asks
+``contribute(setup)`` for the flat float vector (or a ``DeclineReason``), then
+answers each server message through ``Submit`` until the ``RoundOutcome``.
+Every protocol check is the session's; a refusal or abort ends the site's part
+in the round (it becomes a dropout for the others) and is reported, never
+retried with the same keys.
+
+``on_send`` (tests, fault injection) is called with each message just before
+the site sends it; raising from it makes the site disconnect at that point,
+like a crashed process.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from fedmap_secure import PROTOCOL_VERSION
+from fedmap_secure.aggregation import FloatVector
+from fedmap_secure.crypto.signing import IdentityKey
+from fedmap_secure.errors import (
+    AbortedError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from fedmap_secure.secagg.client import ClientSession
+from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig
+from fedmap_secure.secagg.messages import ShareDelivery
+from fedmap_secure.secagg.quantize import Quantizer
+from fedmap_secure.transport import codec, framing, rpc
+from fedmap_secure.transport import messages as tm
+
+log = logging.getLogger(__name__)
+Contribution = FloatVector | tm.DeclineReason | None
+"""A site's answer to a round: its vector, a reason to decline, or None (final round only)."""
+
+
+class SiteOutcome(enum.Enum):
+    COMPLETED = "completed"  # the round completed; see ``contributed``
+    ABORTED = "aborted"  # the server aborted the round; nothing was unmasked
+    DECLINED = "declined"
+    FINAL = "final"  # the server announced the end of training (no secure round)
+    FAILED = "failed"  # this site refused or lost the round (it counts as dropped)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteReport:
+    """What one site saw of one round."""
+
+    round_index: int | None
+    outcome: SiteOutcome
+    contributors: tuple[str, ...] = ()
+    detail: str = ""
+
+    @property
+    def contributed(self) -> bool:
+        return self.outcome is SiteOutcome.COMPLETED
+
+
+class SiteClient:
+    """One site's connection to the aggregation server."""
+
+    def __init__(
+        self,
+        *,
+        channel: grpc.Channel,
+        site_id: str,
+        identity: IdentityKey,
+        roster: Roster,
+        config: SecAggConfig,
+        round_timeout: float = 3600.0,
+        chunk_size: int = framing.DEFAULT_CHUNK_SIZE,
+        max_message_bytes: int = framing.DEFAULT_MAX_MESSAGE_BYTES,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        on_send: Callable[[codec.SiteWireMessage], None] | None = None,
+    ) -> None:
+        self.site_id = site_id
+        self._stub = rpc.FederationStub(channel)
+        self._identity = identity
+        self._roster = roster
+        self._config = config
+        self._round_timeout = round_timeout
+        self._chunk_size = chunk_size
+        self._max_bytes = max_message_bytes
+        self._random_bytes = random_bytes
+        self._on_send = on_send
+
+    def run_round(
+        self,
+        contribute: Callable[[tm.RoundOpening], Contribution],
+        *,
+        min_round: int = 0,
+        context_of: Callable[[tm.RoundOpening], bytes] | None = None,
+    ) -> SiteReport:
+        """Take part in the first round with index >= ``min_round``.
+
+        ``context_of`` recomputes the round context from what the server sent
+        (e.g. the digest of the announced model and configuration); the round is
+        refused unless it equals the context bound into the secure round.
+        """
+        join = tm.JoinRequest(version=PROTOCOL_VERSION, round_index=min_round, sender=self.site_id)
+        stream = self._stub.join(codec.encode_join(join), timeout=self._round_timeout)
+        round_index: int | None = None
+        try:
+            messages = self._messages(stream)
+            opening = next(messages, None)
+            if not isinstance(opening, tm.SecAggSetup | tm.FedMapRound):
+                raise RemoteProtocolError(SERVER_ID, "round did not start with a round opening")
+            round_index = opening.round_index
+            return self._play(opening, messages, contribute, context_of)
+        except (ProtocolError, AbortedError) as exc:
+            log.warning("site %s, round %s: %s", self.site_id, round_index, exc)
+            return SiteReport(round_index=round_index, outcome=SiteOutcome.FAILED, detail=str(exc))
+        except grpc.RpcError as exc:
+            detail = f"{exc.code().name}: {exc.details()}"
+            log.warning("site %s, round %s: %s", self.site_id, round_index, detail)
+            return SiteReport(round_index=round_index, outcome=SiteOutcome.FAILED, detail=detail)
+        finally:
+            stream.cancel()
+
+    def _messages(self, stream: Iterator[bytes]) -> Iterator[codec.ServerWireMessage]:
+        frames = (rpc.parse_frame(raw, peer=SERVER_ID) for raw in stream)
+        for _, data in framing.read_messages(frames, peer=SERVER_ID, max_bytes=self._max_bytes):
+            yield codec.parse_server_message(data, peer=SERVER_ID)
+
+    def _session(self, setup: tm.SecAggSetup) -> ClientSession:
+        if setup.config_digest != self._config.digest():
+            raise RemoteProtocolError(SERVER_ID, "server runs another SecAgg configuration")
+        if setup.roster_digest != self._roster.digest():
+            raise RemoteProtocolError(SERVER_ID, "server runs with another roster")
+        session = ClientSession(
+            site_id=self.site_id,
+            identity=self._identity,
+            roster=self._roster,
+            config=self._config,
+            layout=setup.layout,
+            round_index=setup.round_index,
+            context=setup.context,
+            random_bytes=self._random_bytes,
+        )
+        if session.setup_id != setup.session_id:
+            raise RemoteProtocolError(SERVER_ID, "announced setup id differs from the derived one")
+        return session
+
+    def _play(
+        self,
+        opening: tm.RoundOpening,
+        messages: Iterator[codec.ServerWireMessage],
+        contribute: Callable[[tm.RoundOpening], Contribution],
+        context_of: Callable[[tm.RoundOpening], bytes] | None,
+    ) -> SiteReport:
+        setup = tm.setup_of(opening)
+        if setup is None:
+            contribute(opening)
+            return SiteReport(round_index=opening.round_index, outcome=SiteOutcome.FINAL)
+        if context_of is not None and context_of(opening) != setup.context:
+            raise RemoteProtocolError(
+                SERVER_ID, "the announced context does not match the announced model and config"
+            )
+        session = self._session(setup)
+        value = contribute(opening)
+        if value is None:
+            raise LocalProtocolError("contribute() returned None for a training round")
+        if isinstance(value, tm.DeclineReason):
+            self._send(
+                tm.Decline(
+                    version=PROTOCOL_VERSION,
+                    session_id=setup.session_id,
+                    round_index=setup.round_index,
+                    sender=self.site_id,
+                    reason=value,
+                )
+            )
+            return SiteReport(round_index=setup.round_index, outcome=SiteOutcome.DECLINED)
+        quantizer = Quantizer.auto(setup.layout, n_max=self._config.n, bits=self._config.bits)
+        encoded = quantizer.encode(value, random_bytes=self._random_bytes)
+        self._send(session.start())
+        for message in messages:
+            if isinstance(message, tm.RoundOutcome):
+                return _report(message, self.site_id)
+            if isinstance(message, tm.SecAggSetup | tm.FedMapRound):
+                raise RemoteProtocolError(SERVER_ID, "second round opening within one round")
+            reply = session.receive(message)
+            if isinstance(message, ShareDelivery):
+                reply = session.submit_input(encoded)
+            if reply is not None:
+                self._send(reply)
+        raise RemoteProtocolError(SERVER_ID, "stream ended before the round outcome")
+
+    def _send(self, message: codec.SiteWireMessage) -> None:
+        if self._on_send is not None:
+            self._on_send(message)
+        data = codec.encode_site_message(message).SerializeToString()
+        frames = framing.split(data, codec.encode_header(message), chunk_size=self._chunk_size)
+        self._stub.submit(iter(frames), timeout=self._round_timeout)
+
+
+def _report(outcome: tm.RoundOutcome, site: str) -> SiteReport:
+    if outcome.status is tm.RoundStatus.ABORTED:
+        return SiteReport(
+            round_index=outcome.round_index, outcome=SiteOutcome.ABORTED, detail=outcome.detail
+        )
+    inside = site in outcome.contributors
+    return SiteReport(
+        round_index=outcome.round_index,
+        outcome=SiteOutcome.COMPLETED if inside else SiteOutcome.FAILED,
+        contributors=outcome.contributors,
+        detail="" if inside else "the round completed without this site's input",
+    )

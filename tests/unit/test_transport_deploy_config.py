@@ -1,0 +1,127 @@
+"""server.toml / site.toml: strict parsing, relative paths, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedmap_secure.errors import ConfigError
+from fedmap_secure.transport.deploy_config import load_server_deployment, load_site_deployment
+from fedmap_secure.transport.pki import generate_deployment
+from fedmap_secure.transport.security import Insecure, MutualTls
+
+CONSORTIUM = """
+[consortium]
+roster = "pki/roster.json"
+dropout_fraction = 0.25
+corrupt_fraction = 0.0
+"""
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    generate_deployment(tmp_path / "pki", ["site-a", "site-b", "site-c", "site-d"])
+    return tmp_path
+
+
+def _write(root: Path, name: str, text: str) -> Path:
+    path = root / name
+    path.write_text(text)
+    return path
+
+
+def test_server_config_with_tls(root: Path) -> None:
+    path = _write(
+        root,
+        "server.toml",
+        """
+[server]
+listen = "0.0.0.0:6000"
+state_dir = "state"
+features = 13
+[tls]
+ca = "pki/ca.pem"
+certificate = "pki/server/server.pem"
+private_key = "pki/server/server.key"
+[timeouts]
+join = 30
+stage = 5.5
+"""
+        + CONSORTIUM,
+    )
+    config = load_server_deployment(path)
+    assert config.listen == "0.0.0.0:6000"
+    assert config.state_dir == root / "state"
+    assert isinstance(config.security, MutualTls)
+    assert config.security.files.ca == root / "pki" / "ca.pem"
+    assert config.settings.stage_timeout == 5.5
+    assert (config.features, config.classes) == (13, 2)
+    assert config.consortium.roster.sites == ("site-a", "site-b", "site-c", "site-d")
+    assert config.consortium.secagg.t == 3
+
+
+def test_site_config_insecure(root: Path) -> None:
+    path = _write(
+        root,
+        "site.toml",
+        """
+[site]
+id = "site-b"
+server = "127.0.0.1:6000"
+identity = "pki/sites/site-b/identity.pem"
+data = "/data/b"
+insecure = true
+"""
+        + CONSORTIUM,
+    )
+    config = load_site_deployment(path)
+    assert config.site_id == "site-b"
+    assert isinstance(config.security, Insecure)
+    assert config.data == Path("/data/b")
+    assert config.state_dir == root / "state"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('[site]\nid = "site-a"\n', "required"),
+        (
+            '[site]\nid = "x"\nserver = "s"\nidentity = "i"\ninsecure = true\n' + CONSORTIUM,
+            "not on the roster",
+        ),
+        (
+            '[site]\nid = "site-a"\nserver = "s"\nidentity = "i"\n' + CONSORTIUM,
+            r"\[tls\] is required",
+        ),
+        (
+            '[site]\nid = "site-a"\nserver = "s"\nidentity = "i"\ninsecure = "yes"\n' + CONSORTIUM,
+            "site.insecure must be bool",
+        ),
+        (
+            '[site]\nid = "site-a"\nserver = "s"\nidentity = "i"\ninsecure = true\nport = 1\n'
+            + CONSORTIUM,
+            "unknown keys site.port",
+        ),
+        ("[sight]\n" + CONSORTIUM, "unknown tables"),
+        ("[site\n", "invalid TOML"),
+    ],
+)
+def test_bad_site_configs(root: Path, text: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_site_deployment(_write(root, "site.toml", text))
+
+
+def test_bad_consortium(root: Path) -> None:
+    text = "[server]\ninsecure = true\n" + CONSORTIUM
+    with pytest.raises(ConfigError, match=r"server\.features"):
+        load_server_deployment(_write(root, "server.toml", text))
+    text = "[server]\ninsecure = true\nfeatures = 3\n" + CONSORTIUM.replace("0.25", "0.9")
+    with pytest.raises(ConfigError):
+        load_server_deployment(_write(root, "server.toml", text))
+    text = "[server]\ninsecure = true\nfeatures = 3\n" + CONSORTIUM + 'graph_seed = "zz"\n'
+    with pytest.raises(ConfigError, match="graph_seed"):
+        load_server_deployment(_write(root, "server.toml", text))
+    text = "[server]\ninsecure = true\nfeatures = 3\n[timeouts]\nstage = 0\n" + CONSORTIUM
+    with pytest.raises(ConfigError, match="timeouts"):
+        load_server_deployment(_write(root, "server.toml", text))
