@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedmap_secure.config.privacy import OmegaRelease, PrivacyConfig
@@ -182,15 +182,7 @@ class SitePrivacyGuard:
         return False
 
     def _note(self) -> str:
-        parts = [f"DP-SGD local MAP training ({self.plan.steps_per_round} steps)"]
+        note = f"DP-SGD training, {self.plan.steps_per_round} steps"
         if self.plan.omega_noise_multiplier is not None:
-            parts.append("Gaussian release of the mean log-likelihood in omega")
-        return "; ".join(parts)
-
-
-def round_events_epsilon(plan: SitePrivacyPlan, rounds: int) -> float:
-    """Epsilon of ``rounds`` rounds of ``plan`` by its budget's delta (for tests and reports)."""
-    from fedmap_secure.privacy.accountants import default_accountant
-
-    events: Sequence[Event] = plan.round_events() * rounds
-    return default_accountant(events).epsilon(events, plan.budget.delta)
+            note += "; omega score release"
+        return note

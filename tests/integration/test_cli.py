@@ -71,11 +71,17 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
     assert summary["method"] == method
     assert summary["rounds"] == 2
     assert summary["seed"] == 3
-    assert summary["privacy"]["differential_privacy"] is None
+    dp = summary["privacy"]["differential_privacy"]
+    assert summary["privacy"]["metrics_released"] is False
     assert len(summary["sites"]) == 5
     for site in summary["sites"]:
         assert set(site) == SITE_KEYS
-        assert site["epsilon_spent"] is None
+        if method == "pooled":
+            assert dp is None and site["epsilon_spent"] is None
+        elif method == "local" or site["tier"] != "train":  # releases nothing: no charge
+            assert site["epsilon_spent"] == 0.0
+        else:
+            assert 0 < site["epsilon_spent"] <= dp["target_epsilon"]
         for part in ("personalised", "global"):
             assert site[part] is None or set(site[part]) == METRIC_KEYS
     worst = summary["worst_site_personalised_accuracy"]
