@@ -132,12 +132,14 @@ def run_private_simulation(
         )
         secure = {**agg.describe(), "encoding": check.encoding if check else None}
         secure["clipped_coordinates"] = _clipped(result)
+        spent = private.epsilon_spent() if private else None
         privacy = {
             "secure_aggregation": secure,
-            "differential_privacy": private.describe() if private else None,
+            "differential_privacy": (
+                None if private is None or spent is None else private.describe(spent)
+            ),
             "metrics_released": False,
         }
-        spent = private.epsilon_spent() if private else None
     finally:
         if private is not None:
             private.close()

@@ -92,14 +92,14 @@ class PrivateRun:
         privacy = config.privacy
         if not scores:
             privacy = dataclasses.replace(privacy, omega_release=OmegaRelease.UNIFORM)
-        plans = [plan_site_privacy(s, privacy, config.rounds) for s in sites]
-        for plan in plans:
-            state = site_state_dir(out_dir, plan.site)
+        for site in sites:
+            state = site_state_dir(out_dir, site.name)
             if state.exists():
                 raise ConfigError(
                     f"site state directory {str(state)!r} already exists: its ledger would keep "
                     "spending an earlier run's budget; choose a new --out or remove it"
                 )
+        plans = [plan_site_privacy(s, privacy, config.rounds) for s in sites]
         run = cls(config=config, guards={})
         try:
             for plan in plans:
@@ -192,8 +192,8 @@ class PrivateRun:
         """Each private site's epsilon, recomputed from its ledger."""
         return {site: guard.ledger.spent() for site, guard in self.guards.items()}
 
-    def describe(self) -> dict[str, Any]:
-        """``privacy.differential_privacy`` of summary.json."""
+    def describe(self, epsilon_spent: Mapping[str, float]) -> dict[str, Any]:
+        """``privacy.differential_privacy`` of summary.json (``epsilon_spent`` from the ledgers)."""
         p = self._privacy
         reproducible = p.reproducible_noise
         kind = NoiseSourceKind.SEEDED_CHACHA20 if reproducible else NoiseSourceKind.OS_CSPRNG
@@ -203,7 +203,7 @@ class PrivateRun:
             ledger = guard.ledger
             sites[site] = {
                 **guard.plan.describe(),
-                "epsilon_spent": ledger.spent(),
+                "epsilon_spent": epsilon_spent[site],
                 "cross_check_epsilon": ledger.cross_check_epsilon(),
                 "declined_rounds": list(guard.declined_rounds),
                 "ledger": str(Path(SITES_DIR) / site),

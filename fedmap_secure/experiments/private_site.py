@@ -7,12 +7,12 @@ What a site does, all from its own configuration (never from the server):
    expected batch size), calibrate the score-release noise (when
    ``omega_release = gaussian``) and then the DP-SGD noise multiplier with
    ``calibrate_noise_multiplier``, so the whole plan fits the budget.
-2. ``SitePrivacyGuard.admit(round)`` before touching data in a round: preview
+2. ``SitePrivacyGuard.admit(round)`` before touching data in a round: compute
    epsilon after this round's events (DP-SGD steps + one score release); if it
    would exceed the budget, DECLINE (the site sends nothing: a SecAgg dropout).
-   Otherwise charge the ledger durably (SQLite, fsync'd) and only then let the
-   site train, score and contribute. A crash after the charge over-counts; it
-   never under-counts.
+   Otherwise charge the ledger durably (SQLite, fsync'd; check and insert in one
+   transaction) and only then let the site train, score and contribute. A crash
+   after the charge over-counts; it never under-counts.
 
 Threat addressed: a server (or anyone seeing the sums) learning about one
 patient of site k beyond the (epsilon, delta) the site's own ledger proves.
@@ -154,14 +154,15 @@ class SitePrivacyGuard:
         self.declined_rounds: list[int] = []
 
     def admit(self, round_index: int) -> bool:
-        """Charge this round's events durably and return True, or decline (False)."""
-        events = self.plan.round_events()
-        budget = self.plan.budget
-        after = self.ledger.preview(round_index, events)
-        if not after <= budget.epsilon:
-            return self._decline(round_index, f"epsilon would reach {after:.4g}")
+        """Charge this round's events durably and return True, or decline (False).
+
+        ``PrivacyLedger.charge`` is the check-then-commit: inside one write
+        transaction it recomputes epsilon over the stored events plus this
+        round's and either commits (fsync) or raises ``BudgetExceededError``
+        having written nothing, in which case the site declines.
+        """
         try:
-            receipt = self.ledger.charge(round_index, events, note=self._note())
+            receipt = self.ledger.charge(round_index, self.plan.round_events(), note=self._note())
         except BudgetExceededError as exc:
             return self._decline(round_index, str(exc))
         if self._after_charge is not None:
@@ -171,13 +172,11 @@ class SitePrivacyGuard:
     def _decline(self, round_index: int, why: str) -> bool:
         self.declined_rounds.append(round_index)
         log.warning(
-            "site %s DECLINES round %d: %s > budget %g at delta %g (it sends nothing; "
-            "secure aggregation treats it as a dropout)",
+            "site %s DECLINES round %d (it sends nothing; secure aggregation treats it as "
+            "a dropout): %s",
             self.plan.site,
             round_index,
             why,
-            self.plan.budget.epsilon,
-            self.plan.budget.delta,
         )
         return False
 

@@ -77,7 +77,8 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
     for site in summary["sites"]:
         assert set(site) == SITE_KEYS
         if method == "pooled":
-            assert dp is None and site["epsilon_spent"] is None
+            assert dp is None
+            assert site["epsilon_spent"] is None
         elif method == "local" or site["tier"] != "train":  # releases nothing: no charge
             assert site["epsilon_spent"] == 0.0
         else:
@@ -102,6 +103,7 @@ def test_config_file_and_flag_override(tmp_path: Path) -> None:
     out = tmp_path / "o"
     code, _ = _main(
         ["simulate", "--dataset", "tiny", "--config", str(cfg), "--rounds", "2", "--out", str(out)]
+        + ["--no-dp"]
     )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -160,6 +162,7 @@ def test_prior_flag_and_label_column_reach_the_run(tmp_path: Path) -> None:
         out = tmp_path / form
         args = ["simulate", "--dataset", "csv:x", "--label-column", "target", "--seed", "4"]
         args += ["--config", str(fast), "--rounds", "1", "--prior", form, "--out", str(out)]
+        args += ["--no-dp"]
         code = main(args, dataset_loader=loader, console=Console(file=io.StringIO()))
         assert code == 0
         psi[form] = json.loads((out / "summary.json").read_text())["parameters"]["psi"]

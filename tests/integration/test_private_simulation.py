@@ -63,8 +63,14 @@ def _config(**privacy: object) -> SimulationConfig:
     )
 
 
-def test_dp_and_secagg_run_spends_within_budget_and_ledger_agrees(tmp_path: Path) -> None:
-    out = _simulate(tmp_path, "--epsilon", "2")
+@pytest.fixture(scope="module")
+def private_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One DP + SecAgg run (epsilon 2, 2 rounds) shared by the read-only tests below."""
+    return _simulate(tmp_path_factory.mktemp("private"), "--epsilon", "2")
+
+
+def test_dp_and_secagg_run_spends_within_budget_and_ledger_agrees(private_run: Path) -> None:
+    out = private_run
     summary = json.loads((out / "summary.json").read_text())
     secure = summary["privacy"]["secure_aggregation"]
     assert (secure["n"], secure["k"], secure["t"]) == (3, 2, 2)
@@ -75,10 +81,12 @@ def test_dp_and_secagg_run_spends_within_budget_and_ledger_agrees(tmp_path: Path
     }
     dp = summary["privacy"]["differential_privacy"]
     assert dp["target_epsilon"] == 2.0
-    assert dp["reproducible"] is False and dp["noise_source"] == "os-csprng"
+    assert dp["reproducible"] is False
+    assert dp["noise_source"] == "os-csprng"
     assert dp["metrics_released"] is False
     spent = {s["site"]: s["epsilon_spent"] for s in summary["sites"]}
-    assert spent["d"] == 0.0 and spent["e"] == 0.0  # fine-tune / unseen: nothing released
+    assert spent["d"] == 0.0
+    assert spent["e"] == 0.0
     for site in "abc":
         assert 0 < spent[site] <= 2.0
         report = load_report(out / "sites" / site)
@@ -86,21 +94,24 @@ def test_dp_and_secagg_run_spends_within_budget_and_ledger_agrees(tmp_path: Path
         assert [e.round_index for e in report.entries] == [0, 1]
         info = dp["sites"][site]
         assert info["cross_check_epsilon"] >= spent[site] * 0.9
-        assert info["noise_multiplier"] >= 0.5 and info["omega_noise_multiplier"] > 0
+        assert info["noise_multiplier"] >= 0.5
+        assert info["omega_noise_multiplier"] > 0
 
 
-def test_ledger_show_text_and_json(tmp_path: Path) -> None:
-    out = _simulate(tmp_path, "--epsilon", "3")
+def test_ledger_show_text_and_json(private_run: Path) -> None:
+    out = private_run
     code, text = _cli(["ledger", "show", "--site-state", str(out / "sites" / "a")])
     assert code == 0
-    assert "budget epsilon 3" in text and "Poisson-subsam" in text and "cumulative" in text
+    assert "budget epsilon 2" in text
+    assert "Poisson-subsam" in text
+    assert "cumulative" in text
     code, text = _cli(["ledger", "show", "--site-state", str(out / "sites" / "a"), "--json"])
     assert code == 0
     doc = json.loads(text)
-    assert doc["budget"]["epsilon"] == 3.0
+    assert doc["budget"]["epsilon"] == 2.0
     assert [e["round"] for e in doc["entries"]] == [0, 1]
     assert {m["type"] for e in doc["entries"] for m in e["mechanisms"]} >= {"gaussian"}
-    assert doc["epsilon_spent"] <= 3.0
+    assert doc["epsilon_spent"] <= 2.0
 
 
 def test_site_out_of_budget_declines_and_the_round_completes(tmp_path: Path) -> None:
@@ -126,7 +137,8 @@ def test_dp_changes_the_model_and_secagg_matches_plain_sum_within_encoding_error
     assert isinstance(secure_agg, SecureAggregator)
     secure = run_private_simulation(plain_cfg, data, tmp_path / "s", aggregator=secure_agg)
     private = run_private_simulation(dataclasses.replace(_config(), rounds=1), data, tmp_path / "d")
-    assert plain.result.final_state is not None and secure.result.final_state is not None
+    assert plain.result.final_state is not None
+    assert secure.result.final_state is not None
     assert private.result.final_state is not None
     g_plain, g_secure = plain.result.final_state.gamma, secure.result.final_state.gamma
     # gamma = sum(omega theta) / sum(omega): bound the error of both sums (Quantizer.error_bound).
@@ -136,7 +148,8 @@ def test_dp_changes_the_model_and_secagg_matches_plain_sum_within_encoding_error
     tolerance = (e_num + np.abs(g_secure) * e_den) / (w - e_den)
     assert np.all(np.abs(g_secure - g_plain) <= tolerance)
     assert np.max(np.abs(private.result.final_state.gamma - g_plain)) > 1e-3
-    assert private.epsilon_spent is not None and plain.epsilon_spent is None
+    assert private.epsilon_spent is not None
+    assert plain.epsilon_spent is None
 
 
 def test_layout_bounds_pass_the_secagg_wraparound_check() -> None:
@@ -166,14 +179,17 @@ def test_privacy_errors_exit_2(
     args = ["simulate", "--dataset", "tiny", "--rounds", "2", "--out", str(tmp_path / "o")]
     code, _ = _cli([*args, *extra])
     err = capsys.readouterr().err
-    assert code == 2 and message in err and "Traceback" not in err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
 
 
-def test_existing_site_state_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = _simulate(tmp_path)
-    cfg = tmp_path / "cfg.toml"
-    code, _ = _cli(["simulate", "--dataset", "tiny", "--config", str(cfg), "--out", str(out)])
-    assert code == 2 and "already exists" in capsys.readouterr().err
+def test_existing_site_state_is_refused(
+    private_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _ = _cli(["simulate", "--dataset", "tiny", "--out", str(private_run)])
+    assert code == 2
+    assert "already exists" in capsys.readouterr().err
 
 
 CRASH_SCRIPT = textwrap.dedent(
