@@ -102,8 +102,18 @@ def test_config_file_and_flag_override(tmp_path: Path) -> None:
     cfg.write_text('[simulation]\nmethod = "fedavg"\nrounds = 1\n[training]\nepochs = 1\n')
     out = tmp_path / "o"
     code, _ = _main(
-        ["simulate", "--dataset", "tiny", "--config", str(cfg), "--rounds", "2", "--out", str(out)]
-        + ["--no-dp"]
+        [
+            "simulate",
+            "--dataset",
+            "tiny",
+            "--config",
+            str(cfg),
+            "--rounds",
+            "2",
+            "--out",
+            str(out),
+            "--no-dp",
+        ]
     )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
