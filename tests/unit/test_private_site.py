@@ -75,7 +75,7 @@ def test_guard_charges_each_round_then_declines_past_its_plan() -> None:
 
 
 def test_too_small_budget_is_a_clear_error_naming_the_site() -> None:
-    with pytest.raises(BudgetExceededError, match="site 'h1'.*too small"):
+    with pytest.raises(BudgetExceededError, match=r"site 'h1'.*too small"):
         plan_site_privacy(_site(), dataclasses.replace(PRIVACY, epsilon=1e-4), rounds=3)
 
 
