@@ -105,7 +105,7 @@ def plan_site_privacy(site: SiteData, privacy: PrivacyConfig, rounds: int) -> Si
     epsilon = override.epsilon if override and override.epsilon else privacy.epsilon
     planned = override.planned_rounds if override and override.planned_rounds else rounds
     try:
-        plan = _calibrated_plan(site.n_train, epsilon, planned, privacy)
+        plan = _calibrated_plan(site.n_train, epsilon, planned, _calibration_inputs(privacy))
     except BudgetExceededError as exc:
         raise BudgetExceededError(
             f"site {site.name!r}: budget epsilon {epsilon:g} is too small to run even its "
@@ -113,6 +113,13 @@ def plan_site_privacy(site: SiteData, privacy: PrivacyConfig, rounds: int) -> Si
             "raise --epsilon or lower the rounds/steps"
         ) from None
     return dataclasses.replace(plan, site=site.name)
+
+
+def _calibration_inputs(privacy: PrivacyConfig) -> PrivacyConfig:
+    """Only the fields calibration depends on (a better cache key)."""
+    return dataclasses.replace(
+        privacy, enabled=True, reproducible_noise=False, site=(), epsilon=1.0
+    )
 
 
 @functools.lru_cache(maxsize=256)

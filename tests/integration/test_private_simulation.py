@@ -224,3 +224,16 @@ def test_crash_between_charge_and_send_keeps_the_charge(tmp_path: Path) -> None:
     assert [e.round_index for e in report.entries] == [0]
     assert report.epsilon_spent > 0
     assert load_report(out / "sites" / "b").entries == ()  # never reached
+
+
+def test_noise_is_reproducible_only_when_asked(tmp_path: Path) -> None:
+    data = tiny_dataset(seed=5)
+    gammas = {}
+    for name, reproducible in (("a", True), ("b", True), ("c", False)):
+        cfg = dataclasses.replace(_config(reproducible_noise=reproducible), rounds=1)
+        run = run_private_simulation(cfg, data, tmp_path / name, aggregator=PlainSum())
+        assert run.result.final_state is not None
+        gammas[name] = run.result.final_state.gamma
+        assert run.privacy["differential_privacy"]["reproducible"] is reproducible
+    np.testing.assert_array_equal(gammas["a"], gammas["b"])
+    assert np.max(np.abs(gammas["a"] - gammas["c"])) > 1e-6
