@@ -55,6 +55,8 @@ def simulate_to_dir(
     """
     label = "pooled" if pooled else config.method.value
     epsilon: Mapping[str, float] | None = None
+    if not pooled and config.privacy.enabled:
+        console.print("each training site calibrates its DP noise from its own budget ...")
     with progress_bar(console, f"{label} on {dataset.name}") as progress:
         if pooled:
             result = run_pooled(config, dataset, trainer_factory or _plain, progress)
