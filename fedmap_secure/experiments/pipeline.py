@@ -20,7 +20,7 @@ from typing import Any
 from fedmap_secure.aggregation import Aggregator, PlainSum, VectorLayout
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.crypto.signing import IdentityKey
-from fedmap_secure.data.types import FederatedDataset, Tier
+from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 from fedmap_secure.experiments.private_run import PrivateRun
 from fedmap_secure.experiments.private_site import AfterCharge
 from fedmap_secure.experiments.simulation import (
@@ -146,7 +146,7 @@ def run_private_simulation(
     return PrivateSimulation(result=result, privacy=privacy, epsilon_spent=spent)
 
 
-def _plain_trainer(site: Any, training: LocalTrainingConfig) -> LocalTrainer:
+def _plain_trainer(site: SiteData, training: LocalTrainingConfig) -> LocalTrainer:
     from fedmap_secure.training.local import AdamMapTrainer
 
     return AdamMapTrainer(training)

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fedmap_secure.aggregation import FloatVector
 from fedmap_secure.config.privacy import OmegaRelease, PrivacyConfig
 from fedmap_secure.config.schema import Method, SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
@@ -174,7 +175,7 @@ class PrivateRun:
             source = SecureGaussian(stream)
             n_public = site.n_train
 
-            def release(per_sample_loglik: Any, clip: float) -> float:
+            def release(per_sample_loglik: FloatVector, clip: float) -> float:
                 return release_mean_loglik(
                     per_sample_loglik,
                     clip=clip,
@@ -237,7 +238,7 @@ class PrivateRun:
         }
 
 
-def _uniform_release(per_sample_loglik: Any, clip: float) -> float:
+def _uniform_release(per_sample_loglik: FloatVector, clip: float) -> float:
     """Data-independent score: the mean log-likelihood term is the constant 0."""
     return 0.0
 
