@@ -18,6 +18,7 @@ from rich.console import Console
 
 from fedmap_secure.aggregation import PlainSum
 from fedmap_secure.cli import main
+from fedmap_secure.config.privacy import SiteBudgetOverride
 from fedmap_secure.config.schema import Method, SimulationConfig
 from fedmap_secure.data.types import FederatedDataset
 from fedmap_secure.errors import DataError
@@ -79,6 +80,8 @@ def test_dp_and_secagg_run_spends_within_budget_and_ledger_agrees(private_run: P
         "by_sites_before_contributing": 0,
         "by_secure_aggregation": 0,
     }
+    with (out / "metrics.csv").open() as fh:
+        assert {r["declined"] for r in csv.DictReader(fh)} == {"0"}
     dp = summary["privacy"]["differential_privacy"]
     assert dp["target_epsilon"] == 2.0
     assert dp["reproducible"] is False
@@ -114,17 +117,20 @@ def test_ledger_show_text_and_json(private_run: Path) -> None:
     assert doc["epsilon_spent"] <= 2.0
 
 
-def test_site_out_of_budget_declines_and_the_round_completes(tmp_path: Path) -> None:
-    config = FAST + '[[privacy.site]]\nsite = "c"\nplanned_rounds = 1\n'
-    out = _simulate(tmp_path, config=config, rounds=3)
-    with (out / "metrics.csv").open() as fh:
-        rows = [r for r in csv.DictReader(fh) if r["phase"] == "train" and r["site"] in "abc"]
-    declined = {(r["site"], r["round"]) for r in rows if r["declined"] == "1"}
-    assert declined == {("c", "1"), ("c", "2")}
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["privacy"]["differential_privacy"]["sites"]["c"]["declined_rounds"] == [1, 2]
-    assert [e.round_index for e in load_report(out / "sites" / "c").entries] == [0]
-    assert summary["mean_global_accuracy"] is not None  # SecAgg rounds 1, 2 ran without c
+def test_site_out_of_budget_declines_and_the_secagg_round_completes(tmp_path: Path) -> None:
+    config = dataclasses.replace(
+        _config(site=(SiteBudgetOverride(site="c", planned_rounds=1),)), rounds=3
+    )
+    data = tiny_dataset(seed=5)
+    run = run_private_simulation(config, data, tmp_path / "run")  # SecAgg n=3, t=2
+    assert run.privacy["secure_aggregation"]["t"] == 2
+    declined = {(r.site, r.round_index) for r in run.result.reports if r.declined}
+    assert declined == {("c", 1), ("c", 2)}
+    assert [log.contributors for log in run.result.server_logs] == [3, 2, 2]
+    assert run.privacy["differential_privacy"]["sites"]["c"]["declined_rounds"] == [1, 2]
+    assert [e.round_index for e in load_report(tmp_path / "run" / "sites" / "c").entries] == [0]
+    assert run.epsilon_spent is not None
+    assert all(spent <= 4.0 for spent in run.epsilon_spent.values())
 
 
 def test_dp_changes_the_model_and_secagg_matches_plain_sum_within_encoding_error(
