@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	rm -rf runs/demo
 	$(BIN)/fedmap-secure simulate --dataset heart --method fedmap --out runs/demo
 
 lint: $(STAMP)
