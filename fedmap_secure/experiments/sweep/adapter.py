@@ -81,7 +81,12 @@ def _privacy_parts(
 def _communication(spec: RunSpec, metered: MeteredAggregator) -> dict[str, Any]:
     records = metered.records
     if not records:
-        return {"aggregation": None, "rounds": 0, "bytes_per_round": None, "seconds_per_round": None}
+        return {
+            "aggregation": None,
+            "rounds": 0,
+            "bytes_per_round": None,
+            "seconds_per_round": None,
+        }
     last = records[-1]
     rb: RoundBytes
     if spec.secure_aggregation:

@@ -93,7 +93,9 @@ class RayBackend:
             options["address"] = self._address
         else:
             options["num_cpus"] = self._num_cpus
-            pythonpath = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+            pythonpath = os.pathsep.join(
+                p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p
+            )
             options["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath}}
         self._ray.init(**options)
 

@@ -52,15 +52,24 @@ def secagg_round_bytes(*, layout_size: int, sites: int, bits: int, k: int) -> Ro
     advertise = HEADER + 2 * KEY + SIGNATURE
     per_site_up = (
         advertise
-        + HEADER + (k - 1) * ENVELOPE + 2 * COMMITMENT  # share keys
-        + HEADER + SIGNATURE  # consistency signature
-        + HEADER + (k - 1) * (SITE_ID + 4 + SHARE)  # unmask: self-mask shares of alive owners
+        + HEADER
+        + (k - 1) * ENVELOPE
+        + 2 * COMMITMENT  # share keys
+        + HEADER
+        + SIGNATURE  # consistency signature
+        + HEADER
+        + (k - 1) * (SITE_ID + 4 + SHARE)  # unmask: self-mask shares of alive owners
     )
     per_site_down = (
-        HEADER + k * advertise  # key broadcast (the site's neighbourhood)
-        + HEADER + SITE_ID + (k - 1) * ENVELOPE  # share delivery
-        + HEADER + sites * SITE_ID  # consistency request (survivors)
-        + HEADER + sites * (SITE_ID + SIGNATURE)  # unmask request with signatures
+        HEADER
+        + k * advertise  # key broadcast (the site's neighbourhood)
+        + HEADER
+        + SITE_ID
+        + (k - 1) * ENVELOPE  # share delivery
+        + HEADER
+        + sites * SITE_ID  # consistency request (survivors)
+        + HEADER
+        + sites * (SITE_ID + SIGNATURE)  # unmask request with signatures
     )
     return RoundBytes(
         payload=sites * layout_size * bits // 8,

@@ -103,7 +103,7 @@ def execute_one(spec_json: str, out: str, run_fn_ref: str) -> str:
         if not (staged / store.SUMMARY_FILE).is_file():
             raise ConfigError(f"run function {run_fn_ref!r} wrote no {store.SUMMARY_FILE}")
         store.publish(out_path, spec, staged)
-    except Exception as exc:  # noqa: BLE001 - a failing run is recorded, the sweep goes on
+    except Exception as exc:  # a failing run is recorded; the sweep goes on
         message = f"{type(exc).__name__}: {exc}"
         error = {"run_id": spec.run_id, "message": message, "traceback": traceback.format_exc()}
         store.record_failure(out_path, spec, error, staged)
@@ -175,6 +175,4 @@ def run_sweep(
 
         tasks = [json.dumps(s.to_dict()) for s in todo]
         backend.run(tasks, str(out), run_fn_ref, done)
-    return SweepReport(
-        total=len(specs), skipped=len(specs) - len(todo), outcomes=tuple(outcomes)
-    )
+    return SweepReport(total=len(specs), skipped=len(specs) - len(todo), outcomes=tuple(outcomes))
