@@ -151,7 +151,8 @@ def _cost(out: Path, rows: Sequence[RunRow]) -> None:
         ax.set_xticks(range(len(keys)), labels, rotation=30, ha="right", fontsize=7)
         ax.set_title(title)
         ax.legend(fontsize=7)
-    ax_b.set_yscale("log")
+    if any(r.bytes_per_round and r.bytes_per_round["total"] > 0 for r in rows):
+        ax_b.set_yscale("log")
     fig.tight_layout()
     fig.savefig(out / "plot_cost.png", dpi=110)
     plt.close(fig)

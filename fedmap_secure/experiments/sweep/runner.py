@@ -73,7 +73,10 @@ def resolve_run_fn(reference: str) -> RunFn:
     module, sep, name = reference.partition(":")
     if not sep or not module or not name:
         raise ConfigError(f"run function reference {reference!r} is not 'module:function'")
-    fn = getattr(importlib.import_module(module), name, None)
+    try:
+        fn = getattr(importlib.import_module(module), name, None)
+    except ImportError as exc:
+        raise ConfigError(f"run function module {module!r} cannot be imported: {exc}") from None
     if not callable(fn):
         raise ConfigError(f"{reference!r} is not a callable")
     run_fn: RunFn = fn
