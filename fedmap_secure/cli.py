@@ -1,7 +1,11 @@
 """The ``fedmap-secure`` command.
 
 ``fedmap-secure simulate --dataset heart --method fedmap --rounds R --seed S --out DIR``
-runs every site in one process and writes DIR/summary.json and DIR/metrics.csv.
+runs every site in one process, with secure aggregation among the training sites
+and per-site differential privacy by default (``--no-secagg``, ``--no-dp``), and
+writes DIR/summary.json, DIR/metrics.csv and each private site's ledger under
+DIR/sites/<site>/. ``fedmap-secure ledger show --site-state DIR [--json]`` prints
+a site's ledger.
 Any refusal from the library (``FedMapError``) is printed as one line on
 stderr with exit code 2, never as a traceback.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,12 +23,13 @@ from typing import NoReturn
 
 from rich.console import Console
 
-from fedmap_secure.aggregation import Aggregator, PlainSum
 from fedmap_secure.config.loader import load_config
+from fedmap_secure.config.privacy import OmegaRelease, PrivacyConfig
 from fedmap_secure.config.schema import Method, PriorForm, SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, SiteData
 from fedmap_secure.errors import ConfigError, FedMapError
-from fedmap_secure.experiments.simulation import ScoreReleaseFactory, TrainerFactory
+from fedmap_secure.experiments.simulation import TrainerFactory
+from fedmap_secure.privacy.accountant_base import AccountantName
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 
 DatasetLoader = Callable[[str, str | None, int], FederatedDataset]
@@ -53,7 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--config", type=Path, help="TOML file replacing the default configuration")
     sim.add_argument("--label-column", help="label column of csv:DIR datasets")
     sim.add_argument("--prior", choices=[f.value for f in PriorForm], help="ICNN prior form")
+    _add_privacy_arguments(sim)
+    ledger = sub.add_parser("ledger", help="inspect a site's privacy ledger")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True, parser_class=_Parser)
+    show = ledger_sub.add_parser(
+        "show", help="per round: mechanisms, cumulative epsilon, remaining"
+    )
+    show.add_argument("--site-state", type=Path, required=True, help="the site's state directory")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _add_privacy_arguments(sim: argparse.ArgumentParser) -> None:
+    dp = sim.add_argument_group("privacy (defaults from the [privacy] and [secagg] config)")
+    dp.add_argument("--epsilon", type=float, help="each training site's epsilon budget")
+    dp.add_argument("--delta", type=float, help="delta (a site uses min(delta, 1/(10 n)))")
+    dp.add_argument("--no-dp", action="store_true", help="switch differential privacy off")
+    dp.add_argument(
+        "--accountant", choices=[a.value for a in AccountantName], help="privacy accountant"
+    )
+    dp.add_argument(
+        "--omega-release", choices=[o.value for o in OmegaRelease], help="score release mode"
+    )
+    dp.add_argument(
+        "--reproducible-noise",
+        action="store_true",
+        help="DP noise from a stream seeded by --seed: reproducible, NOT secret",
+    )
+    dp.add_argument("--no-secagg", action="store_true", help="plain sum instead of SecAgg")
 
 
 def resolve_config(args: argparse.Namespace) -> SimulationConfig:
@@ -68,29 +101,37 @@ def resolve_config(args: argparse.Namespace) -> SimulationConfig:
         changes["seed"] = args.seed
     if args.prior is not None:
         changes["prior"] = dataclasses.replace(config.prior, form=PriorForm(args.prior))
+    changes["privacy"] = _privacy_overrides(args, config.privacy)
+    if args.no_secagg:
+        changes["secagg"] = dataclasses.replace(config.secagg, enabled=False)
     return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
 
 
-def build_aggregator(args: argparse.Namespace) -> Aggregator:
-    """The aggregator of a run (secure aggregation will be chosen here)."""
-    return PlainSum()
+def _privacy_overrides(args: argparse.Namespace, privacy: PrivacyConfig) -> PrivacyConfig:
+    changes: dict[str, object] = {}
+    for name in ("epsilon", "delta"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value
+    if args.accountant is not None:
+        changes["accountant"] = AccountantName(args.accountant)
+    if args.omega_release is not None:
+        changes["omega_release"] = OmegaRelease(args.omega_release)
+    if args.reproducible_noise:
+        changes["reproducible_noise"] = True
+    if args.no_dp:
+        changes["enabled"] = False
+    return dataclasses.replace(privacy, **changes)  # type: ignore[arg-type]
 
 
 def build_trainer_factory(args: argparse.Namespace, config: SimulationConfig) -> TrainerFactory:
-    """The per-site local trainer of a run (DP-SGD will be chosen here)."""
+    """The non-private per-site trainer (``--no-dp`` runs, pooled, non-releasing sites)."""
     from fedmap_secure.training.local import AdamMapTrainer
 
     def factory(site: SiteData, training: LocalTrainingConfig) -> LocalTrainer:
         return AdamMapTrainer(training)
 
     return factory
-
-
-def build_score_release_factory(
-    args: argparse.Namespace, config: SimulationConfig
-) -> ScoreReleaseFactory | None:
-    """How sites release the mean log-likelihood in omega (None: exact; DP chooses here)."""
-    return None
 
 
 def _load_dataset(spec: str, label_column: str | None, seed: int) -> FederatedDataset:
@@ -113,13 +154,23 @@ def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console)
     simulate_to_dir(
         config=config,
         dataset=dataset,
-        aggregator=build_aggregator(args),
         trainer_factory=build_trainer_factory(args, config),
         out_dir=args.out,
         console=console,
         pooled=args.method == POOLED,
-        score_release_factory=build_score_release_factory(args, config),
     )
+
+
+def _ledger_show(args: argparse.Namespace, console: Console) -> None:
+    from fedmap_secure.privacy.ledger_store import ledger_path, load_report
+
+    if not ledger_path(args.site_state).is_file():
+        raise ConfigError(f"no privacy ledger in {str(args.site_state)!r}")
+    report = load_report(args.site_state)
+    if args.json:
+        console.print_json(json.dumps(report.to_json(), allow_nan=False))
+    else:
+        console.print(report.to_table())
 
 
 def main(
@@ -134,6 +185,8 @@ def main(
         args = build_parser().parse_args(argv)
         if args.command == "simulate":
             _simulate(args, dataset_loader or _load_dataset, out)
+        elif args.command == "ledger":
+            _ledger_show(args, out)
     except FedMapError as exc:
         print(f"fedmap-secure: error: {exc}", file=sys.stderr)
         return 2

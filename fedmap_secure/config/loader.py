@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from importlib import resources
@@ -92,6 +93,13 @@ def update_dataclass(base: T, table: Mapping[str, Any], section: str, source: st
 def _convert(raw: object, hint: Any, name: str, source: str) -> object:
     """Check one TOML value against a field's type hint and convert it."""
     origin = typing.get_origin(hint)
+    if origin is types.UnionType:
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if raw is None else _convert(raw, inner, name, source)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: {name} must be a table")
+        return _convert_record(hint, raw, name, source)
     if origin is tuple:
         (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
         if not isinstance(raw, list):
@@ -121,6 +129,22 @@ def _convert(raw: object, hint: Any, name: str, source: str) -> object:
     raise ConfigError(f"{source}: {name} has an unsupported type {hint!r}")  # pragma: no cover
 
 
+def _convert_record(cls: type[T], table: Mapping[str, Any], name: str, source: str) -> T:
+    """A dataclass with required fields (e.g. an array-of-tables entry) from a TOML table."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {name}.{unknown[0]}")
+    kwargs = {k: _convert(v, hints[k], f"{name}.{k}", source) for k, v in table.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{source}: {name}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {name}: {exc}") from None
+
+
 def config_to_dict(config: object) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (enums as values, tuples as lists)."""
     out: dict[str, Any] = {}
@@ -131,7 +155,7 @@ def config_to_dict(config: object) -> dict[str, Any]:
         elif isinstance(value, enum.Enum):
             out[f.name] = value.value
         elif isinstance(value, tuple):
-            out[f.name] = list(value)
+            out[f.name] = [config_to_dict(v) if dataclasses.is_dataclass(v) else v for v in value]
         else:
             out[f.name] = value
     return out

@@ -11,6 +11,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+from fedmap_secure.config.privacy import PrivacyConfig, SecAggSettings
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.training.interface import LocalTrainingConfig
 
@@ -161,6 +162,8 @@ class SimulationConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     bounds: BoundsConfig = field(default_factory=BoundsConfig)
     fedprox: FedProxConfig = field(default_factory=FedProxConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secagg: SecAggSettings = field(default_factory=SecAggSettings)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:

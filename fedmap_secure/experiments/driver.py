@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -12,15 +12,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedmap_secure.aggregation import Aggregator
 from fedmap_secure.config.schema import SimulationConfig
-from fedmap_secure.data.types import FederatedDataset
+from fedmap_secure.data.types import FederatedDataset, SiteData
+from fedmap_secure.experiments.pipeline import run_private_simulation
 from fedmap_secure.experiments.pooled import run_pooled
 from fedmap_secure.experiments.report import site_table, summary_dict, write_outputs
-from fedmap_secure.experiments.simulation import (
-    ProgressFn,
-    ScoreReleaseFactory,
-    TrainerFactory,
-    run_simulation,
-)
+from fedmap_secure.experiments.simulation import ProgressFn, TrainerFactory
+from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 
 
 @contextmanager
@@ -45,29 +42,69 @@ def simulate_to_dir(
     *,
     config: SimulationConfig,
     dataset: FederatedDataset,
-    aggregator: Aggregator,
-    trainer_factory: TrainerFactory,
     out_dir: Path,
     console: Console,
     pooled: bool = False,
-    differential_privacy: dict[str, Any] | None = None,
-    score_release_factory: ScoreReleaseFactory | None = None,
+    aggregator: Aggregator | None = None,
+    trainer_factory: TrainerFactory | None = None,
 ) -> dict[str, Any]:
-    """Run, write ``out_dir``/summary.json and metrics.csv, print the table; returns the summary."""
+    """Run, write ``out_dir``/summary.json and metrics.csv, print the table; returns the summary.
+
+    A federated run goes through ``run_private_simulation`` (SecAgg and DP as
+    configured); ``pooled`` is the centralised, non-private reference.
+    """
     label = "pooled" if pooled else config.method.value
+    epsilon: Mapping[str, float] | None = None
     with progress_bar(console, f"{label} on {dataset.name}") as progress:
         if pooled:
-            result = run_pooled(config, dataset, trainer_factory, progress)
+            result = run_pooled(config, dataset, trainer_factory or _plain, progress)
+            privacy: dict[str, Any] = {
+                "secure_aggregation": None,
+                "differential_privacy": None,
+                "metrics_released": False,
+            }
         else:
-            result = run_simulation(
-                config, dataset, aggregator, trainer_factory, progress, score_release_factory
+            run = run_private_simulation(
+                config,
+                dataset,
+                out_dir,
+                progress=progress,
+                aggregator=aggregator,
+                trainer_factory=trainer_factory,
             )
-    privacy = {
-        "secure_aggregation": None if pooled else aggregator.describe(),
-        "differential_privacy": differential_privacy,
-    }
-    summary = summary_dict(result, privacy=privacy)
+            result, privacy, epsilon = run.result, run.privacy, run.epsilon_spent
+    summary = summary_dict(result, privacy=privacy, epsilon_spent=epsilon)
     write_outputs(out_dir, result, summary)
-    console.print(site_table(result))
+    console.print(site_table(result, epsilon_spent=epsilon))
+    _print_privacy(console, privacy)
     console.print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'metrics.csv'}")
     return summary
+
+
+def _print_privacy(console: Console, privacy: Mapping[str, Any]) -> None:
+    secure = privacy.get("secure_aggregation")
+    if secure:
+        console.print(
+            f"aggregation: {secure['protocol']} n={secure['n']} k={secure['k']} t={secure['t']}"
+        )
+        clipped = secure.get("clipped_coordinates") or {}
+        if any(clipped.values()):
+            console.print(f"[yellow]clipped coordinates (declared bounds too small?): {clipped}")
+    dp = privacy.get("differential_privacy")
+    if dp:
+        declined = {s: d["declined_rounds"] for s, d in dp["sites"].items() if d["declined_rounds"]}
+        console.print(
+            f"DP: per-site budget epsilon {dp['target_epsilon']:g}, {dp['accountant']['name']}, "
+            f"noise {dp['noise_source']} (reproducible: {dp['reproducible']}); "
+            f"ledgers under sites/<site>/ ({dp['unit']})"
+        )
+        if declined:
+            console.print(f"[yellow]declined rounds (budget): {declined}")
+    else:
+        console.print("DP: off (--no-dp)" if secure else "DP: not applicable")
+
+
+def _plain(site: SiteData, training: LocalTrainingConfig) -> LocalTrainer:
+    from fedmap_secure.training.local import AdamMapTrainer
+
+    return AdamMapTrainer(training)

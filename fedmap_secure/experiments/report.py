@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ METRICS_COLUMNS = (
     "global_accuracy",
     "global_balanced_accuracy",
     "global_roc_auc",
+    "declined",
 )
 
 
@@ -43,8 +45,18 @@ def _metrics(m: EvalMetrics | None) -> dict[str, float | None] | None:
     return m.as_dict() if m is not None else None
 
 
-def summary_dict(result: SimulationResult, *, privacy: dict[str, Any]) -> dict[str, Any]:
-    """The summary.json document (keys fixed by issue 2)."""
+def summary_dict(
+    result: SimulationResult,
+    *,
+    privacy: dict[str, Any],
+    epsilon_spent: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """The summary.json document (keys fixed by issue 2).
+
+    ``epsilon_spent`` (per private site, from its ledger) is None when DP is
+    off: every site's ``epsilon_spent`` is then null. With DP on, sites that
+    release nothing (fine-tune and unseen tiers) spent 0.
+    """
     return {
         "dataset": result.dataset,
         "method": result.method,
@@ -61,7 +73,7 @@ def summary_dict(result: SimulationResult, *, privacy: dict[str, Any]) -> dict[s
                 "n_test": s.n_test,
                 "personalised": _metrics(s.personalised),
                 "global": _metrics(s.global_),
-                "epsilon_spent": None,
+                "epsilon_spent": None if epsilon_spent is None else epsilon_spent.get(s.site, 0.0),
             }
             for s in result.sites
         ],
@@ -85,6 +97,7 @@ def metrics_rows(result: SimulationResult) -> list[dict[str, object]]:
             "omega": r.omega,
             "prior_value": r.prior_value,
             "clipped_coordinates": r.clipped_coordinates,
+            "declined": int(r.declined),
         }
         for prefix, m in (("personalised", r.personalised), ("global", r.global_)):
             d = m.as_dict() if m is not None else {}
@@ -113,8 +126,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def site_table(result: SimulationResult) -> Table:
-    """Per-site table: personalised and global accuracy, balanced accuracy, AUC."""
+def site_table(
+    result: SimulationResult, *, epsilon_spent: Mapping[str, float] | None = None
+) -> Table:
+    """Per-site table: accuracy, balanced accuracy, AUC (and epsilon spent when DP is on)."""
     table = Table(
         title=f"{result.method} on {result.dataset}: {result.rounds} rounds, seed {result.seed}",
         box=box.SIMPLE_HEAD,
@@ -129,6 +144,8 @@ def site_table(result: SimulationResult) -> Table:
     for prefix in ("P", "G"):
         for name in ("acc", "bal", "AUC"):
             table.add_column(f"{prefix} {name}", justify="right")
+    if epsilon_spent is not None:
+        table.add_column("eps", justify="right")
     for s in result.sites:
         cells = [s.site, s.tier.value, str(s.n_train), str(s.n_test)]
         for m in (s.personalised, s.global_):
@@ -137,10 +154,14 @@ def site_table(result: SimulationResult) -> Table:
                 _fmt(m.balanced_accuracy if m else None),
                 _fmt(m.roc_auc if m else None),
             ]
+        if epsilon_spent is not None:
+            cells.append(f"{epsilon_spent.get(s.site, 0.0):.2f}")
         table.add_row(*cells)
     table.caption = (
         "P = personalised model, G = global model; acc = accuracy, bal = balanced accuracy; "
-        "AUC '-' = one class in the test data.\n"
+        "AUC '-' = one class in the test data"
+        + ("; eps = epsilon spent (site ledger).\n" if epsilon_spent is not None else ".\n")
+        + "Metrics are each site's own view (they are not released).\n"
         f"mean personalised acc {_fmt(result.mean_personalised_accuracy)}, "
         f"worst site {_fmt(result.worst_site_personalised_accuracy)}, "
         f"mean global acc {_fmt(result.mean_global_accuracy)}"

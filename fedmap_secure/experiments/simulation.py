@@ -12,17 +12,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
+import torch
 
-from fedmap_secure.aggregation import Aggregator
+from fedmap_secure.aggregation import Aggregator, VectorLayout
 from fedmap_secure.config.loader import config_to_dict
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
-from fedmap_secure.errors import ConfigError
+from fedmap_secure.errors import AbortedError, ConfigError
 from fedmap_secure.fedmap.contribution import MeanLoglikRelease, exact_clipped_mean
 from fedmap_secure.fedmap.evaluation import EvalMetrics
 from fedmap_secure.fedmap.icnn import ConvexPrior
@@ -30,6 +33,8 @@ from fedmap_secure.fedmap.methods import GlobalState, MethodStrategy, ServerLog,
 from fedmap_secure.fedmap.models import build_model, flat_vector, load_flat_vector
 from fedmap_secure.fedmap.site import Phase, Site, SiteReport, make_generator, site_seed
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig, LocalTrainingResult
+
+log = logging.getLogger(__name__)
 
 TrainerFactory = Callable[[SiteData, LocalTrainingConfig], LocalTrainer]
 """Makes the local trainer of one site (one per site: a DP trainer keeps a per-site ledger)."""
@@ -39,6 +44,21 @@ ScoreReleaseFactory = Callable[[SiteData], MeanLoglikRelease]
 
 ProgressFn = Callable[[str, int, int], None]
 """Called as progress(phase, completed, total) after every round."""
+
+RoundGate = Callable[[str, int], bool]
+"""admit(site, round) before a training site touches its data in a round: False = the
+site declines (it sends nothing; for secure aggregation it has dropped out). A private
+site charges its ledger inside this call, before anything is released."""
+
+LayoutCheck = Callable[[VectorLayout], None]
+"""Called once with the contribution layout before round 0 (e.g. the SecAgg encoding check)."""
+
+
+@runtime_checkable
+class PreparesModel(Protocol):
+    """A trainer that may need a fixed copy of the model (Opacus-compatible layers)."""
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,6 +161,9 @@ def build_sites(
     for data in dataset.sites:
         net = build_model(config.model, n_features=d, n_classes=c, seed=0)
         load_flat_vector(net.parameters(), initial.gamma)
+        trainer = trainer_factory(data, config.training) if data.n_train > 0 else None
+        if isinstance(trainer, PreparesModel):
+            net = trainer.prepare_model(net)
         gamma_net = build_model(config.model, n_features=d, n_classes=c, seed=0)
         prior = (
             ConvexPrior([int(p.numel()) for p in net.parameters()], config.prior, seed=0)
@@ -153,7 +176,7 @@ def build_sites(
                 model=net,
                 gamma_model=gamma_net,
                 prior=prior,
-                trainer=trainer_factory(data, config.training) if data.n_train > 0 else None,
+                trainer=trainer,
                 generator=make_generator(site_seed(config.seed, data.name)),
                 score_config=config.score,
                 n_classes=dataset.n_classes,
@@ -198,6 +221,17 @@ class _Round:
     evaluate: bool
     evaluate_global: bool
     context: bytes
+    gate: RoundGate | None = None
+
+
+def _layout(
+    strategy: MethodStrategy, state: GlobalState, prior: ConvexPrior | None
+) -> VectorLayout | None:
+    return strategy.layout(
+        n_theta=state.gamma.size,
+        n_psi=0 if state.psi is None else state.psi.size,
+        psi_grad_scale=1 if prior is None else prior.coordinates_per_net,
+    )
 
 
 def _training_round(
@@ -205,32 +239,39 @@ def _training_round(
 ) -> tuple[GlobalState, ServerLog | None]:
     """One federated round: local training, contributions, aggregation, server update."""
     strategy = spec.strategy
-    layout = strategy.layout(
-        n_theta=state.gamma.size,
-        n_psi=0 if state.psi is None else state.psi.size,
-        psi_grad_scale=1 if spec.prior is None else spec.prior.coordinates_per_net,
-    )
+    layout = _layout(strategy, state, spec.prior)
     inputs = {}
     for site in sites:
         site.receive(state)
-        training, clipped = None, 0
+        training, clipped, declined = None, 0, False
         if site.data.tier is Tier.TRAIN:
-            training = site.train(strategy, start_from_gamma=strategy.resets_to_gamma)
-            if layout is not None:
-                inputs[site.name], clipped = site.contribute(strategy, layout)
+            declined = spec.gate is not None and not spec.gate(site.name, state.round_index)
+            if not declined:
+                training = site.train(strategy, start_from_gamma=strategy.resets_to_gamma)
+                if layout is not None:
+                    inputs[site.name], clipped = site.contribute(strategy, layout)
         report = _report(
             site, state.round_index, Phase.TRAIN, training, clipped, evaluate=spec.evaluate
         )
+        report = dataclasses.replace(report, declined=declined)
         if not spec.evaluate_global:
             report = dataclasses.replace(report, global_=None)
         site.record(report)
+    unchanged = GlobalState(round_index=state.round_index + 1, gamma=state.gamma, psi=state.psi)
     if layout is None:
-        return GlobalState(
-            round_index=state.round_index + 1, gamma=state.gamma, psi=state.psi
-        ), None
-    result = spec.aggregator.aggregate(
-        round_index=state.round_index, layout=layout, inputs=inputs, context=spec.context
-    )
+        return unchanged, None
+    if not inputs:
+        log.warning(
+            "round %d: every training site declined; the model is unchanged", state.round_index
+        )
+        return unchanged, None
+    try:
+        result = spec.aggregator.aggregate(
+            round_index=state.round_index, layout=layout, inputs=inputs, context=spec.context
+        )
+    except AbortedError as exc:
+        log.warning("round %d aborted (%s); the model is unchanged", state.round_index, exc)
+        return unchanged, None
     mask = spec.prior.psi_nonneg_mask() if spec.prior is not None else None
     return strategy.server_update(state, result, mask)
 
@@ -253,11 +294,16 @@ def run_simulation(
     trainer_factory: TrainerFactory,
     progress: ProgressFn | None = None,
     score_release_factory: ScoreReleaseFactory | None = None,
+    *,
+    round_gate: RoundGate | None = None,
+    layout_check: LayoutCheck | None = None,
 ) -> SimulationResult:
     """Run ``config.method`` on ``dataset`` for ``config.rounds`` rounds; see module docstring.
 
     ``score_release_factory`` (default: the exact clipped mean) chooses how each
-    site releases the mean log-likelihood inside its FedMAP score.
+    site releases the mean log-likelihood inside its FedMAP score;
+    ``round_gate`` lets a training site decline a round (its privacy budget);
+    ``layout_check`` vets the contribution layout before any site trains.
     """
     start = time.perf_counter()
     if not dataset.by_tier(Tier.TRAIN):
@@ -267,6 +313,9 @@ def run_simulation(
     sites = build_sites(
         config, dataset, trainer_factory, state, prior is not None, score_release_factory
     )
+    layout = _layout(strategy, state, prior)
+    if layout is not None and layout_check is not None:
+        layout_check(layout)
     logs: list[ServerLog] = []
     finetune = [s for s in sites if s.data.tier is Tier.FINETUNE]
     total = config.rounds + (1 if finetune else 0)
@@ -279,6 +328,7 @@ def run_simulation(
             evaluate=every > 0 and (r + 1) % every == 0,
             evaluate_global=strategy.aggregates,
             context=round_context(config, state),
+            gate=round_gate,
         )
         state, log = _training_round(spec, state, sites)
         if log is not None:

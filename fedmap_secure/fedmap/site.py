@@ -57,6 +57,8 @@ class SiteReport:
     clipped_coordinates: int
     personalised: EvalMetrics | None
     global_: EvalMetrics | None
+    declined: bool = False
+    """The site declined this round (its privacy budget): it trained and sent nothing."""
 
 
 class Site:

@@ -71,11 +71,18 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
     assert summary["method"] == method
     assert summary["rounds"] == 2
     assert summary["seed"] == 3
-    assert summary["privacy"]["differential_privacy"] is None
+    dp = summary["privacy"]["differential_privacy"]
+    assert summary["privacy"]["metrics_released"] is False
     assert len(summary["sites"]) == 5
     for site in summary["sites"]:
         assert set(site) == SITE_KEYS
-        assert site["epsilon_spent"] is None
+        if method == "pooled":
+            assert dp is None
+            assert site["epsilon_spent"] is None
+        elif method == "local" or site["tier"] != "train":  # releases nothing: no charge
+            assert site["epsilon_spent"] == 0.0
+        else:
+            assert 0 < site["epsilon_spent"] <= dp["target_epsilon"]
         for part in ("personalised", "global"):
             assert site[part] is None or set(site[part]) == METRIC_KEYS
     worst = summary["worst_site_personalised_accuracy"]
@@ -95,7 +102,18 @@ def test_config_file_and_flag_override(tmp_path: Path) -> None:
     cfg.write_text('[simulation]\nmethod = "fedavg"\nrounds = 1\n[training]\nepochs = 1\n')
     out = tmp_path / "o"
     code, _ = _main(
-        ["simulate", "--dataset", "tiny", "--config", str(cfg), "--rounds", "2", "--out", str(out)]
+        [
+            "simulate",
+            "--dataset",
+            "tiny",
+            "--config",
+            str(cfg),
+            "--rounds",
+            "2",
+            "--out",
+            str(out),
+            "--no-dp",
+        ]
     )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -154,6 +172,7 @@ def test_prior_flag_and_label_column_reach_the_run(tmp_path: Path) -> None:
         out = tmp_path / form
         args = ["simulate", "--dataset", "csv:x", "--label-column", "target", "--seed", "4"]
         args += ["--config", str(fast), "--rounds", "1", "--prior", form, "--out", str(out)]
+        args += ["--no-dp"]
         code = main(args, dataset_loader=loader, console=Console(file=io.StringIO()))
         assert code == 0
         psi[form] = json.loads((out / "summary.json").read_text())["parameters"]["psi"]

@@ -1,0 +1,124 @@
+"""Configuration of the privacy layers of a run: ``[privacy]`` (DP) and ``[secagg]``.
+
+Defaults are documented in ``default.toml``; the reasoning behind them is in
+``fedmap_secure/experiments/PRIVATE_RUN.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from fedmap_secure.errors import ConfigError
+from fedmap_secure.privacy.accountant_base import AccountantName
+
+
+class OmegaRelease(enum.Enum):
+    """How a training site releases the data term of its FedMAP score omega_k.
+
+    GAUSSIAN: the clipped mean log-likelihood through the Gaussian mechanism
+    (``training.dp_score``), charged every round as a ``GaussianEvent``.
+    UNIFORM: the data term is replaced by the constant 0, so omega_k =
+    exp(clamp(-R_k / N_k)) depends only on the DP model, gamma, psi and the
+    public site size: post-processing, no charge.
+    """
+
+    GAUSSIAN = "gaussian"
+    UNIFORM = "uniform"
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be finite and > 0, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteBudgetOverride:
+    """One site's own budget or participation plan (``[[privacy.site]]`` entries).
+
+    ``epsilon`` replaces the run's per-site budget; ``planned_rounds`` is how
+    many rounds the site calibrates its noise for (default: all rounds). A site
+    asked to train in more rounds than its budget covers declines them.
+    """
+
+    site: str
+    epsilon: float | None = None
+    planned_rounds: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.site:
+            raise ConfigError("privacy.site.site must name a site")
+        if self.epsilon is not None:
+            _check_positive(f"privacy.site[{self.site}].epsilon", self.epsilon)
+        if self.planned_rounds is not None and self.planned_rounds < 1:
+            raise ConfigError(f"privacy.site[{self.site}].planned_rounds must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+    """Record-level DP of the training-tier sites (add/remove-one adjacency).
+
+    ``epsilon``/``delta``: each site's own budget; a site uses delta_k =
+    min(delta, 1 / (10 n_k)) so delta is always well below 1/n_k.
+    DP-SGD runs exactly ``steps_per_round`` Poisson-sampled steps per round
+    (q_k = min(1, expected_batch_size / n_k), clipping bound ``max_grad_norm``).
+    With ``omega_release = "gaussian"`` the score releases are calibrated so
+    that, on their own, they would cost ``omega_epsilon_share`` of the budget;
+    DP-SGD's noise multiplier is then calibrated for the remainder by
+    composition. ``reproducible_noise`` draws DP noise from a seeded ChaCha20
+    stream (derived from the run seed): reproducible, NOT secret.
+    """
+
+    enabled: bool = True
+    epsilon: float = 4.0
+    delta: float = 1e-5
+    accountant: AccountantName = AccountantName.DP_ACCOUNTING_PLD
+    max_grad_norm: float = 1.0
+    expected_batch_size: int = 32
+    steps_per_round: int = 10
+    omega_release: OmegaRelease = OmegaRelease.GAUSSIAN
+    omega_epsilon_share: float = 0.1
+    reproducible_noise: bool = False
+    site: tuple[SiteBudgetOverride, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_positive("privacy.epsilon", self.epsilon)
+        if not (math.isfinite(self.delta) and 0 < self.delta < 1):
+            raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta!r}")
+        _check_positive("privacy.max_grad_norm", self.max_grad_norm)
+        if self.expected_batch_size < 1 or self.steps_per_round < 1:
+            raise ConfigError("privacy.expected_batch_size and steps_per_round must be >= 1")
+        if not 0 < self.omega_epsilon_share < 1:
+            raise ConfigError(
+                f"privacy.omega_epsilon_share must be in (0, 1), got {self.omega_epsilon_share}"
+            )
+        names = [o.site for o in self.site]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"privacy.site names a site twice: {sorted(names)}")
+
+    def override_for(self, site: str) -> SiteBudgetOverride | None:
+        return next((o for o in self.site if o.site == site), None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecAggSettings:
+    """Secure aggregation among the training-tier sites (``[secagg]``).
+
+    n is the number of training-tier sites; k and t come from
+    ``secagg.config.derive_parameters`` for the declared fractions.
+    """
+
+    enabled: bool = True
+    dropout_fraction: float = 0.25
+    corrupt_fraction: float = 0.25
+    bits: int = 64
+    security_parameter: int = 40
+
+    def __post_init__(self) -> None:
+        for name in ("dropout_fraction", "corrupt_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ConfigError(f"secagg.{name} must be in [0, 1), got {value!r}")
+        if not 16 <= self.bits <= 64:
+            raise ConfigError(f"secagg.bits must be in [16, 64], got {self.bits}")

@@ -1,0 +1,152 @@
+"""The private, secure simulation pipeline: SecAgg among the training sites plus per-site DP.
+
+``run_private_simulation`` is what ``fedmap-secure simulate`` (and the
+privacy-utility benchmark) runs: it builds the aggregator from ``[secagg]``
+(``SecureAggregator`` for the training-tier sites, or ``PlainSum``), vets the
+contribution layout against the SecAgg encoding before any site trains,
+opens every private site's ledger (``PrivateRun``), runs the engine with
+the sites' round gates, DP trainers and score releases, and returns the
+result with the ``privacy`` section of summary.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedmap_secure.aggregation import Aggregator, PlainSum, VectorLayout
+from fedmap_secure.config.schema import SimulationConfig
+from fedmap_secure.crypto.signing import IdentityKey
+from fedmap_secure.data.types import FederatedDataset, Tier
+from fedmap_secure.experiments.private_run import PrivateRun
+from fedmap_secure.experiments.private_site import AfterCharge
+from fedmap_secure.experiments.simulation import (
+    ProgressFn,
+    SimulationResult,
+    TrainerFactory,
+    run_simulation,
+)
+from fedmap_secure.secagg.config import SecAggConfig
+from fedmap_secure.secagg.inprocess import SecureAggregator
+from fedmap_secure.secagg.quantize import Quantizer
+from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_aggregator(config: SimulationConfig, dataset: FederatedDataset) -> Aggregator:
+    """``SecureAggregator`` over the training-tier sites per ``[secagg]``, or ``PlainSum``."""
+    s = config.secagg
+    sites = [d.name for d in dataset.by_tier(Tier.TRAIN)]
+    if not s.enabled or len(sites) < 2:
+        if s.enabled:
+            log.warning("secure aggregation needs >= 2 training sites; using a plain sum")
+        return PlainSum()
+    secagg = SecAggConfig.for_threat_model(
+        n=len(sites),
+        dropout_fraction=s.dropout_fraction,
+        corrupt_fraction=s.corrupt_fraction,
+        bits=s.bits,
+        security_parameter=s.security_parameter,
+    )
+    identities = {site: IdentityKey.generate(os.urandom) for site in sites}
+    return SecureAggregator(identities=identities, config=secagg)
+
+
+class EncodingCheck:
+    """The layout check of a ``SecureAggregator``: no wrap-around for the declared bounds.
+
+    ``Quantizer.auto`` raises ``ConfigError`` when n * bound cannot be encoded
+    in 2^(bits-1) - 1; the chosen fractional bits and the worst-case decoding
+    error per field (``Quantizer.error_bound``) are recorded for the summary.
+    """
+
+    def __init__(self, aggregator: SecureAggregator) -> None:
+        self._aggregator = aggregator
+        self.encoding: dict[str, Any] | None = None
+
+    def __call__(self, layout: VectorLayout) -> None:
+        n, bits = self._aggregator.config.n, self._aggregator.config.bits
+        quantizer = Quantizer.auto(layout, n_max=n, bits=bits)
+        bound = quantizer.error_bound(n)
+        fields, start = {}, 0
+        for f, frac in zip(layout.fields, quantizer.fractional_bits, strict=True):
+            fields[f.name] = {
+                "declared_bound": f.bound,
+                "fractional_bits": frac,
+                "max_sum_error": float(bound[start]),
+            }
+            start += f.length
+        self.encoding = fields
+        log.info("secure aggregation encoding: %s", fields)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivateSimulation:
+    result: SimulationResult
+    privacy: dict[str, Any]
+    epsilon_spent: dict[str, float] | None
+
+
+def _clipped(result: SimulationResult) -> dict[str, int]:
+    return {
+        "by_sites_before_contributing": sum(r.clipped_coordinates for r in result.reports),
+        "by_secure_aggregation": sum(log.clipped_coordinates for log in result.server_logs),
+    }
+
+
+def run_private_simulation(
+    config: SimulationConfig,
+    dataset: FederatedDataset,
+    out_dir: Path,
+    *,
+    progress: ProgressFn | None = None,
+    aggregator: Aggregator | None = None,
+    after_charge: AfterCharge | None = None,
+    trainer_factory: TrainerFactory | None = None,
+) -> PrivateSimulation:
+    """Run with SecAgg and DP as configured; ledgers go to ``out_dir``/sites/<site>.
+
+    ``trainer_factory`` is used only when DP is off (default: non-private Adam MAP).
+    """
+    agg = aggregator if aggregator is not None else build_aggregator(config, dataset)
+    check = EncodingCheck(agg) if isinstance(agg, SecureAggregator) else None
+    private = (
+        PrivateRun.open(config, dataset, out_dir, after_charge=after_charge)
+        if (config.privacy.enabled)
+        else None
+    )
+    try:
+        result = run_simulation(
+            config,
+            dataset,
+            agg,
+            private.trainer_factory() if private else (trainer_factory or _plain_trainer),
+            progress,
+            private.score_release_factory() if private else None,
+            round_gate=private.admit if private else None,
+            layout_check=check,
+        )
+        secure = {**agg.describe(), "encoding": check.encoding if check else None}
+        secure["clipped_coordinates"] = _clipped(result)
+        spent = private.epsilon_spent() if private else None
+        privacy = {
+            "secure_aggregation": secure,
+            "differential_privacy": (
+                None if private is None or spent is None else private.describe(spent)
+            ),
+            "metrics_released": False,
+        }
+    finally:
+        if private is not None:
+            private.close()
+    return PrivateSimulation(result=result, privacy=privacy, epsilon_spent=spent)
+
+
+def _plain_trainer(site: Any, training: LocalTrainingConfig) -> LocalTrainer:
+    from fedmap_secure.training.local import AdamMapTrainer
+
+    return AdamMapTrainer(training)
