@@ -13,7 +13,9 @@ import matplotlib.pyplot as plt
 
 from fedmap_secure.experiments.sweep.published import references_for
 from fedmap_secure.experiments.sweep.results import (
+    FLAT,
     RunRow,
+    at_epsilon,
     eps_label,
     epsilons_of,
     group_stat,
@@ -52,7 +54,9 @@ def _utility(out: Path, rows: Sequence[RunRow], dataset: str) -> None:
                 for e in epsilons
                 if (s := group_stat(data, value, method=method, epsilon=e)) is not None
             ]
-            if pts:
+            if method in FLAT and pts:
+                _flat(ax, method, pts[0][1], pos)
+            elif pts:
                 ax.errorbar(
                     [p for p, _ in pts], [s.mean for _, s in pts], yerr=[s.sd for _, s in pts],
                     marker="o", capsize=3, label=method,
@@ -71,6 +75,13 @@ def _utility(out: Path, rows: Sequence[RunRow], dataset: str) -> None:
     plt.close(fig)
 
 
+def _flat(ax: Any, method: str, s: Any, pos: dict[float | None, float]) -> None:
+    """A method run once without DP: a dashed line with its seed band across every epsilon."""
+    lo, hi = min(pos.values()) - 0.2, max(pos.values()) + 0.2
+    line = ax.plot([lo, hi], [s.mean, s.mean], linestyle="--", label=f"{method} (no DP, flat)")
+    ax.fill_between([lo, hi], s.mean - s.sd, s.mean + s.sd, color=line[0].get_color(), alpha=0.12)
+
+
 def _references(ax: Any, dataset: str, pos: dict[float | None, float]) -> None:
     for ref in references_for(dataset):
         xs = [p for e, p in pos.items() if ref.applies_to(e)]
@@ -83,9 +94,7 @@ def _references(ax: Any, dataset: str, pos: dict[float | None, float]) -> None:
 
 
 def _sites(out: Path, rows: Sequence[RunRow], dataset: str, epsilon: float | None) -> None:
-    data = [
-        r for r in rows if r.dataset == dataset and (r.epsilon == epsilon or r.method == "pooled")
-    ]
+    data = [r for r in at_epsilon(rows, epsilon) if r.dataset == dataset]
     sites = sorted({s for r in data for s in r.site_metrics})
     methods = methods_of(data)
     if not sites or not methods:
@@ -102,7 +111,7 @@ def _sites(out: Path, rows: Sequence[RunRow], dataset: str, epsilon: float | Non
         )  # fmt: skip
     ax.set_xticks(range(len(sites)), sites)
     ax.set_ylabel("personalised accuracy")
-    ax.set_title(f"{dataset}: per site at ε = {eps_label(epsilon)} (pooled: no DP)")
+    ax.set_title(f"{dataset}: per site at ε = {eps_label(epsilon)} (local, pooled: no DP)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / f"plot_sites_{dataset}.png", dpi=110)

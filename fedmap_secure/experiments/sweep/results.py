@@ -123,5 +123,14 @@ def methods_of(rows: Sequence[RunRow]) -> list[str]:
     return [m for m in METHOD_ORDER if m in present]
 
 
+FLAT = ("local", "pooled")
+"""Methods run once without DP: local releases nothing, pooled is the non-private reference."""
+
+
+def at_epsilon(rows: Sequence[RunRow], epsilon: float | None) -> list[RunRow]:
+    """Rows of the given privacy level, plus the flat references (run once, no DP)."""
+    return [r for r in rows if r.epsilon == epsilon or r.method in FLAT]
+
+
 def eps_label(epsilon: float | None) -> str:
     return "∞ (no DP)" if epsilon is None else f"{epsilon:g}"

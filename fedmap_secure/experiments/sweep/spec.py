@@ -19,8 +19,10 @@ sweep is the union of the grids (duplicates removed, first occurrence kept)::
 
 Collapsed axes (so the grid never runs the same experiment twice):
 ``pooled`` (the centralised, non-private upper bound) runs only with no DP and
-no secure aggregation; ``local`` never aggregates, so it runs only with
-secure aggregation off.
+no secure aggregation. ``local`` releases nothing (no aggregate, no score), so
+the engine trains it without DP noise at every budget (epsilon spent 0) and
+without aggregation: it runs once, with no DP and secure aggregation off, and
+the report draws it as a flat reference across epsilon.
 """
 
 from __future__ import annotations
@@ -170,8 +172,9 @@ def expand_grid(
     specs = []
     for dataset in datasets:
         for method in methods:
-            for eps in [None] if method is SweepMethod.POOLED else epsilons:
-                aggs = [False] if method in (SweepMethod.POOLED, SweepMethod.LOCAL) else secagg
+            flat = method in (SweepMethod.POOLED, SweepMethod.LOCAL)
+            for eps in [None] if flat else epsilons:
+                aggs = [False] if flat else secagg
                 for sa in aggs:
                     for seed in seeds:
                         specs.append(
