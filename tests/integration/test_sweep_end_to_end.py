@@ -38,8 +38,13 @@ def _check_layout(out: Path, expected: int) -> None:
         assert (comm["aggregation"] is not None) == aggregates
         if aggregates:
             assert comm["aggregation"] == ("secagg" if spec.secure_aggregation else "plain")
-            assert comm["rounds"] == 2
             assert comm["bytes_per_round"]["payload"] > 0
+        spent = [s["epsilon_spent"] for s in summary["sites"] if s["tier"] == "train"]
+        if spec.epsilon is None:
+            assert spent == [None] * len(spent)
+        else:
+            assert all(0 < e <= spec.epsilon for e in spent)
+            assert (d / "sites").is_dir()  # the sites' privacy ledgers
 
 
 @pytest.mark.slow
@@ -47,12 +52,12 @@ def test_tiny_sweep_on_two_processes_resumes_and_reports(tmp_path: Path) -> None
     out = tmp_path / "sweep"
     code, text = _sweep(["--config", str(TINY), "--out", str(out), "--workers", "2"])
     assert code == 0, text
-    assert "6 finished, 0 failed, 0 skipped" in text
-    _check_layout(out, 6)
+    assert "7 finished, 0 failed, 0 skipped" in text
+    _check_layout(out, 7)
     code, text = _sweep(["--config", str(TINY), "--out", str(out), "--workers", "2"])
     assert code == 0
-    assert "6 runs, 6 already finished" in text
-    assert "0 finished, 0 failed, 6 skipped" in text
+    assert "7 runs, 7 already finished" in text
+    assert "0 finished, 0 failed, 7 skipped" in text
     assert report_main([str(out)]) == 0
     report = (out / "report.md").read_text()
     assert "## synthetic" in report
@@ -64,7 +69,7 @@ def test_sweep_command_refuses_bad_input(tmp_path: Path) -> None:
     assert _sweep(["--config", str(TINY), "--out", str(tmp_path), "--workers", "0"])[0] == 2
     code, text = _sweep(["--config", str(TINY), "--out", str(tmp_path), "--dry-run"])
     assert code == 0
-    assert text.count("synthetic-") == 6
+    assert text.count("synthetic-") == 7
 
 
 @pytest.mark.slow
@@ -74,14 +79,12 @@ def test_tiny_sweep_on_a_local_ray_instance(tmp_path: Path) -> None:
     )
     from fedmap_secure.experiments.sweep.backends import RayBackend
 
-    specs = [s for s in load_sweep(TINY) if s.method.value in ("fedavg", "pooled")]
+    specs = [s for s in load_sweep(TINY) if s.method.value == "pooled" or s.secure_aggregation]
     out = tmp_path / "ray"
     try:
-        report = run_sweep(
-            specs, out, backend=RayBackend(num_cpus=2), console=Console(quiet=True)
-        )
+        report = run_sweep(specs, out, backend=RayBackend(num_cpus=2), console=Console(quiet=True))
     finally:
         ray.shutdown()
-    assert [o.status for o in report.outcomes] == [Status.DONE] * 3
+    assert [o.status for o in report.outcomes] == [Status.DONE] * 4
     for spec in specs:
         assert store.is_finished(out, spec)

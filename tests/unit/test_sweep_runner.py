@@ -82,6 +82,7 @@ def test_resume_calls_only_unfinished_runs(tmp_path: Path) -> None:
     assert pending(specs, tmp_path) == specs[2:]
     _run(specs, tmp_path)
     assert sorted(CALLS) == sorted(s.run_id for s in specs[2:])
+    assert not any((tmp_path / "runs" / store.STAGING).iterdir())
 
 
 def test_a_failing_run_is_recorded_and_the_others_continue(tmp_path: Path) -> None:

@@ -160,18 +160,16 @@ def _cost_section(rows: Sequence[RunRow]) -> list[str]:
                 if not picked:
                     continue
                 wall = stat([r.wall_seconds for r in picked])
-                per_round = stat([r.seconds_per_round for r in picked])
                 sizes = [r.bytes_per_round for r in picked if r.bytes_per_round]
                 size = sizes[0] if sizes else None
                 body.append([
                     dataset, method, "on" if sa else "off",
                     "-" if wall is None else f"{wall.mean:.2f} (n={wall.n})",
-                    "-" if per_round is None else f"{1000 * per_round.mean:.1f}",
                     "-" if size is None else f"{size['payload']:,}",
                     "-" if size is None else f"{size['overhead']:,}",
                     "-" if size is None else f"{size['total']:,}",
                 ])  # fmt: skip
-    header = ["dataset", "method", "SecAgg", "wall s/run", "aggregation ms/round",
+    header = ["dataset", "method", "SecAgg", "wall s/run",
               "payload B/round", "protocol B/round", "total B/round"]  # fmt: skip
     lines = ["## Cost of secure aggregation", "", "![cost](plot_cost.png)", ""]
     note = (

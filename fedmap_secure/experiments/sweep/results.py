@@ -28,7 +28,6 @@ class RunRow:
     site_epsilon: dict[str, float | None]
     wall_seconds: float
     bytes_per_round: dict[str, int] | None
-    seconds_per_round: float | None
 
     def site_values(self, metric: str) -> list[float]:
         values = [m.get(metric) for m in self.site_metrics.values()]
@@ -61,7 +60,6 @@ def _row(run: StoredRun) -> RunRow | None:
         site_epsilon={s["site"]: s.get("epsilon_spent") for s in summary["sites"]},
         wall_seconds=float(summary["wall_seconds"]),
         bytes_per_round=comm.get("bytes_per_round"),
-        seconds_per_round=comm.get("seconds_per_round"),
     )
 
 

@@ -153,10 +153,14 @@ def run_sweep(
     run_fn_ref: str = DEFAULT_RUN_FN,
     console: Console | None = None,
 ) -> SweepReport:
-    """Run every unfinished spec on ``backend`` with an overall progress bar and ETA."""
+    """Run every unfinished spec on ``backend`` with an overall progress bar and ETA.
+
+    One sweep process per ``out`` at a time: leftovers of interrupted attempts
+    (``runs/.staging``) are removed first.
+    """
     resolve_run_fn(run_fn_ref)  # fail fast on a bad reference, before any worker starts
     todo = pending(specs, out)
-    store.runs_dir(out).mkdir(parents=True, exist_ok=True)
+    store.clear_staging(out)
     outcomes: list[Outcome] = []
     with Progress(
         TextColumn("[bold]sweep"),

@@ -56,6 +56,12 @@ def read_json(path: Path) -> Any:
         raise ConfigError(f"cannot read {str(path)!r}: {exc}") from None
 
 
+def clear_staging(out: Path) -> None:
+    """Remove leftovers of interrupted attempts and make sure DIR/runs exists."""
+    shutil.rmtree(runs_dir(out) / STAGING, ignore_errors=True)
+    runs_dir(out).mkdir(parents=True, exist_ok=True)
+
+
 def staging_dir(out: Path, spec: RunSpec) -> Path:
     """A fresh private directory for one attempt (pid-suffixed: safe across workers)."""
     path = runs_dir(out) / STAGING / f"{spec.run_id}.{os.getpid()}"
