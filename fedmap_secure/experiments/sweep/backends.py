@@ -6,6 +6,7 @@ result layout; only scheduling differs.
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -76,7 +77,7 @@ class RayBackend:
 
     def __init__(self, *, address: str | None = None, num_cpus: int | None = None) -> None:
         try:
-            import ray
+            ray = importlib.import_module("ray")  # optional extra: no static import
         except ImportError:
             raise ConfigError(
                 "the ray backend needs Ray: pip install 'fedmap-secure[ray]'"
