@@ -85,6 +85,6 @@ def test_tiny_sweep_on_a_local_ray_instance(tmp_path: Path) -> None:
         report = run_sweep(specs, out, backend=RayBackend(num_cpus=2), console=Console(quiet=True))
     finally:
         ray.shutdown()
-    assert [o.status for o in report.outcomes] == [Status.DONE] * 4
+    assert [o.status for o in report.outcomes] == [Status.DONE] * 3
     for spec in specs:
         assert store.is_finished(out, spec)
