@@ -83,13 +83,23 @@ def _flat(ax: Any, method: str, s: Any, pos: dict[float | None, float]) -> None:
 
 
 def _references(ax: Any, dataset: str, pos: dict[float | None, float]) -> None:
+    """Published numbers as grey crosses; labels of crosses at one x stacked apart."""
+    by_x: dict[float, list[tuple[float, str]]] = {}
     for ref in references_for(dataset):
-        xs = [p for e, p in pos.items() if ref.applies_to(e)]
-        if xs:
-            ax.plot(xs, [ref.mean_accuracy] * len(xs), "x", color="grey", markersize=7)
+        for e, p in pos.items():
+            if ref.applies_to(e):
+                by_x.setdefault(p, []).append((ref.mean_accuracy, ref.method))
+    last = {(v, m): x for x, refs in by_x.items() for v, m in refs}  # label once, rightmost
+    for x, refs in by_x.items():
+        refs.sort()
+        for i, (value, method) in enumerate(refs):
+            ax.plot([x], [value], "x", color="grey", markersize=7)
+            if last[(value, method)] != x:
+                continue
             ax.annotate(
-                f"{ref.method} (FLamby)", (xs[-1], ref.mean_accuracy), fontsize=6, color="grey",
-                xytext=(4, 0), textcoords="offset points",
+                f"{method} (FLamby)", (x, value), fontsize=6, color="grey",
+                xytext=(6, 7 * (i - (len(refs) - 1) / 2)), textcoords="offset points",
+                va="center",
             )  # fmt: skip
 
 
