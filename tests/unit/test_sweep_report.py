@@ -109,7 +109,7 @@ def test_report_tables_plots_and_published_numbers(sweep_dir: Path) -> None:
     local = _row(text, "Mean personalised accuracy", "local")
     assert local[1:] == ["-", "-", "0.690 ± 0.000 (n=2)"]
     assert "BudgetExceededError: too small" in text
-    assert "| heart | fedavg | on | 2.00 (n=6) | 800 | 500 | 1,300 |" in text
+    assert "| heart | fedavg | on | 2.00 (n=2) | 800 | 500 | 1,300 |" in text
     assert "s0: 0.900" in text  # privacy spent at eps 1
     for name in ("plot_utility_heart", "plot_sites_heart", "plot_privacy", "plot_cost"):
         assert (sweep_dir / f"{name}.png").read_bytes()[:8] == PNG

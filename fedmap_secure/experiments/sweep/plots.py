@@ -149,7 +149,8 @@ def _privacy(out: Path, rows: Sequence[RunRow]) -> None:
     plt.close(fig)
 
 
-def _cost(out: Path, rows: Sequence[RunRow]) -> None:
+def _cost(out: Path, all_rows: Sequence[RunRow]) -> None:
+    rows = [r for r in all_rows if r.epsilon is None]  # like for like: no DP
     keys = sorted({(r.dataset, r.method) for r in rows if r.bytes_per_round})
     if not keys:
         return
