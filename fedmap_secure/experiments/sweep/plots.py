@@ -1,0 +1,189 @@
+"""PNG plots of a sweep (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from fedmap_secure.experiments.sweep.published import references_for
+from fedmap_secure.experiments.sweep.results import (
+    FLAT,
+    RunRow,
+    at_epsilon,
+    eps_label,
+    epsilons_of,
+    group_stat,
+    methods_of,
+    stat,
+)
+
+PANELS: tuple[tuple[str, Callable[[RunRow], float | None]], ...] = (
+    ("mean accuracy", lambda r: r.mean("accuracy")),
+    ("worst-site accuracy", lambda r: r.worst("accuracy")),
+    ("mean balanced accuracy", lambda r: r.mean("balanced_accuracy")),
+    ("mean ROC AUC", lambda r: r.mean("roc_auc")),
+)
+
+
+def _positions(epsilons: Sequence[float | None]) -> dict[float | None, float]:
+    """Finite epsilons evenly spaced; no DP one and a half steps to the right."""
+    pos: dict[float | None, float] = {}
+    finite = [e for e in epsilons if e is not None]
+    for i, e in enumerate(finite):
+        pos[e] = float(i)
+    if None in epsilons:
+        pos[None] = len(finite) + 0.5
+    return pos
+
+
+def _utility(out: Path, rows: Sequence[RunRow], dataset: str) -> None:
+    data = [r for r in rows if r.dataset == dataset]
+    epsilons = epsilons_of(data)
+    pos = _positions(epsilons)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+    for ax, (title, value) in zip(axes.flat, PANELS, strict=True):
+        for method in methods_of(data):
+            pts = [
+                (pos[e], s)
+                for e in epsilons
+                if (s := group_stat(data, value, method=method, epsilon=e)) is not None
+            ]
+            if method in FLAT and pts:
+                _flat(ax, method, pts[0][1], pos)
+            elif pts:
+                ax.errorbar(
+                    [p for p, _ in pts], [s.mean for _, s in pts], yerr=[s.sd for _, s in pts],
+                    marker="o", capsize=3, label=method,
+                )  # fmt: skip
+        if title == "mean accuracy":
+            _references(ax, dataset, pos)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xticks(list(pos.values()), [eps_label(e).split(" ")[0] for e in pos])
+        ax.set_xlabel("per-site ε (∞ = no DP)")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{dataset}: personalised test metrics vs privacy (mean ± sd over seeds)")
+    fig.tight_layout()
+    fig.savefig(out / f"plot_utility_{dataset}.png", dpi=110)
+    plt.close(fig)
+
+
+def _flat(ax: Any, method: str, s: Any, pos: dict[float | None, float]) -> None:
+    """A method run once without DP: a dashed line with its seed band across every epsilon."""
+    lo, hi = min(pos.values()) - 0.2, max(pos.values()) + 0.2
+    line = ax.plot([lo, hi], [s.mean, s.mean], linestyle="--", label=f"{method} (no DP, flat)")
+    ax.fill_between([lo, hi], s.mean - s.sd, s.mean + s.sd, color=line[0].get_color(), alpha=0.12)
+
+
+def _references(ax: Any, dataset: str, pos: dict[float | None, float]) -> None:
+    """Published numbers as grey crosses; labels of crosses at one x stacked apart."""
+    by_x: dict[float, list[tuple[float, str]]] = {}
+    for ref in references_for(dataset):
+        for e, p in pos.items():
+            if ref.applies_to(e):
+                by_x.setdefault(p, []).append((ref.mean_accuracy, ref.method))
+    last = {(v, m): x for x, refs in by_x.items() for v, m in refs}  # label once, rightmost
+    for x, refs in by_x.items():
+        refs.sort()
+        for i, (value, method) in enumerate(refs):
+            ax.plot([x], [value], "x", color="grey", markersize=7)
+            if last[(value, method)] != x:
+                continue
+            ax.annotate(
+                f"{method} (FLamby)", (x, value), fontsize=6, color="grey",
+                xytext=(6, 7 * (i - (len(refs) - 1) / 2)), textcoords="offset points",
+                va="center",
+            )  # fmt: skip
+
+
+def _sites(out: Path, rows: Sequence[RunRow], dataset: str, epsilon: float | None) -> None:
+    data = [r for r in at_epsilon(rows, epsilon) if r.dataset == dataset]
+    sites = sorted({s for r in data for s in r.site_metrics})
+    methods = methods_of(data)
+    if not sites or not methods:
+        return
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(sites)), 4))
+    width = 0.8 / len(methods)
+    for j, method in enumerate(methods):
+        picked = [r for r in data if r.method == method]
+        stats = [stat([r.site_metrics.get(s, {}).get("accuracy") for r in picked]) for s in sites]
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(sites))]
+        ax.bar(
+            xs, [s.mean if s else 0.0 for s in stats], width,
+            yerr=[s.sd if s else 0.0 for s in stats], capsize=2, label=method,
+        )  # fmt: skip
+    ax.set_xticks(range(len(sites)), sites)
+    ax.set_ylabel("personalised accuracy")
+    ax.set_title(f"{dataset}: per site at ε = {eps_label(epsilon)} (local, pooled: no DP)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"plot_sites_{dataset}.png", dpi=110)
+    plt.close(fig)
+
+
+def _privacy(out: Path, rows: Sequence[RunRow]) -> None:
+    recorded = [
+        (f"{r.dataset}/{r.method}/ε{eps_label(r.epsilon)}/{s}", v)
+        for r in rows
+        if r.epsilon is not None
+        for s, v in r.site_epsilon.items()
+        if v is not None
+    ]
+    if not recorded:
+        return
+    labels = sorted({k for k, _ in recorded})
+    means = [stat([v for k, v in recorded if k == label]) for label in labels]
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.25 * len(labels))))
+    ax.barh(labels, [m.mean if m else 0.0 for m in means])
+    ax.set_xlabel("ε spent (per site, mean over seeds)")
+    ax.tick_params(axis="y", labelsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "plot_privacy.png", dpi=110)
+    plt.close(fig)
+
+
+def _cost(out: Path, all_rows: Sequence[RunRow]) -> None:
+    rows = [r for r in all_rows if r.epsilon is None]  # like for like: no DP
+    keys = sorted({(r.dataset, r.method) for r in rows if r.bytes_per_round})
+    if not keys:
+        return
+    fig, (ax_t, ax_b) = plt.subplots(1, 2, figsize=(12, 4))
+    labels = [f"{d}/{m}" for d, m in keys]
+    for k, sa in enumerate((False, True)):
+        picked = [
+            [r for r in rows if (r.dataset, r.method) == key and r.secure_aggregation == sa]
+            for key in keys
+        ]
+        wall = [stat([r.wall_seconds for r in p]) for p in picked]
+        size = [p[0].bytes_per_round["total"] if p and p[0].bytes_per_round else 0 for p in picked]
+        xs = [i + (k - 0.5) * 0.4 for i in range(len(keys))]
+        name = "SecAgg on" if sa else "SecAgg off"
+        ax_t.bar(xs, [w.mean if w else 0.0 for w in wall], 0.4, label=name)
+        ax_b.bar(xs, size, 0.4, label=name)
+    for ax, title in ((ax_t, "wall time per run (s)"), (ax_b, "bytes per aggregation round")):
+        ax.set_xticks(range(len(keys)), labels, rotation=30, ha="right", fontsize=7)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    if any(r.bytes_per_round and r.bytes_per_round["total"] > 0 for r in rows):
+        ax_b.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(out / "plot_cost.png", dpi=110)
+    plt.close(fig)
+
+
+def write_plots(
+    out: Path, rows: Sequence[RunRow], all_rows: Sequence[RunRow], *, per_site_epsilon: float | None
+) -> None:
+    """Every plot the report links to (a plot with no data is skipped)."""
+    for dataset in sorted({r.dataset for r in rows}):
+        _utility(out, rows, dataset)
+        _sites(out, rows, dataset, per_site_epsilon)
+    _privacy(out, rows)
+    _cost(out, all_rows)

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedmap_secure.experiments.sweep import store
+from fedmap_secure.experiments.sweep.cli import report_main
+from fedmap_secure.experiments.sweep.report import build_report
+from fedmap_secure.experiments.sweep.spec import RunSpec, SweepMethod
+
+SITES = ("s0", "s1", "s2", "s3")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _summary(spec: RunSpec, acc: list[float], spent: float | None) -> dict[str, Any]:
+    sites = [
+        {
+            "site": s,
+            "tier": "train",
+            "n_train": 100,
+            "n_test": 50,
+            "personalised": {"accuracy": a, "balanced_accuracy": a - 0.05, "roc_auc": None},
+            "global": None,
+            "epsilon_spent": spent,
+        }
+        for s, a in zip(SITES, acc, strict=True)
+    ]
+    sa = spec.secure_aggregation
+    return {
+        "dataset": spec.dataset,
+        "method": spec.method.value,
+        "wall_seconds": 2.0 if sa else 1.0,
+        "sites": sites,
+        "communication": {
+            "bytes_per_round": {"payload": 800, "overhead": 500 * sa, "total": 800 + 500 * sa},
+        },
+    }
+
+
+def _put(out: Path, method: str, eps: float | None, sa: bool, seed: int, acc: list[float]) -> None:
+    spec = RunSpec(
+        dataset="heart",
+        method=SweepMethod(method),
+        epsilon=eps,
+        delta=1e-5,
+        secure_aggregation=sa,
+        seed=seed,
+    )
+    d = store.run_dir(out, spec)
+    d.mkdir(parents=True)
+    store.write_json(d / store.SPEC_FILE, spec.to_dict())
+    store.write_json(
+        d / store.SUMMARY_FILE, _summary(spec, acc, None if eps is None else eps * 0.9)
+    )
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    for seed, bump in ((0, 0.0), (1, 0.016)):
+        for eps in (0.5, 1.0, None):
+            base = 0.6 if eps == 0.5 else 0.7
+            _put(tmp_path, "fedmap", eps, True, seed, [base + bump, 0.8, 0.8, 0.6])
+            _put(tmp_path, "fedavg", eps, True, seed, [base - 0.1, 0.7, 0.7, 0.5])
+            # plain runs with different numbers: the table must show the secure ones
+            _put(tmp_path, "fedavg", eps, False, seed, [0.1, 0.1, 0.1, 0.1])
+        _put(tmp_path, "local", None, False, seed, [0.69, 0.69, 0.69, 0.69])
+        _put(tmp_path, "pooled", None, False, seed, [0.76, 0.76, 0.76, 0.76])
+    failed = RunSpec(
+        dataset="heart",
+        method=SweepMethod.FEDPROX,
+        epsilon=1.0,
+        delta=1e-5,
+        secure_aggregation=True,
+        seed=0,
+    )
+    store.record_failure(tmp_path, failed, {"message": "BudgetExceededError: too small"}, None)
+    return tmp_path
+
+
+def _row(text: str, section: str, first_cell: str) -> list[str]:
+    part = text.split(f"### {section}", 1)[1].split("###", 1)[0]
+    for line in part.splitlines():
+        if line.startswith(f"| {first_cell} |"):
+            return [c.strip() for c in line.strip("|").split("|")]
+    raise AssertionError(f"no row {first_cell!r} in {section!r}")
+
+
+def test_report_tables_plots_and_published_numbers(sweep_dir: Path) -> None:
+    text = build_report(sweep_dir).read_text()
+    mean = _row(text, "Mean personalised accuracy", "fedmap")
+    # columns: method, eps 0.5, eps 1, inf; seed means 0.725 and 0.729
+    assert mean[2] == "0.727 ± 0.003 (n=2)"
+    assert _row(text, "Mean personalised accuracy", "fedavg")[2] == "0.625 ± 0.000 (n=2)"
+    assert _row(text, "Worst-site personalised accuracy", "fedmap")[1] == "0.600 ± 0.000 (n=2)"
+    pooled_ref = next(ln for ln in text.splitlines() if "pooled [published: FLamby" in ln)
+    assert pooled_ref.rstrip(" |").endswith("*0.735*")
+    for number in ("0.730", "0.685", "0.726", "0.731", "0.712"):
+        assert f"*{number}*" in text
+    dp = next(ln for ln in text.splitlines() if "DP-FedAvg [published" in ln and "≈" in ln)
+    cells = [c.strip() for c in dp.strip("|").split("|")]
+    assert cells[1:] == ["", "*≈0.700*", ""]  # eps 0.5 is outside FLamby's 1..50
+    assert re.search(r"\| 1 \| fedavg \| \+0\.102 \|", text)  # FedMAP minus FedAvg at eps 1
+    # the flat references (run once, no DP) are compared at every epsilon
+    assert re.search(r"\| 0\.5 \| local \| \+0\.012 \|", text)
+    assert re.search(r"\| 0\.5 \| pooled \| -0\.058 \|", text)
+    local = _row(text, "Mean personalised accuracy", "local")
+    assert local[1:] == ["-", "-", "0.690 ± 0.000 (n=2)"]
+    assert "BudgetExceededError: too small" in text
+    assert "| heart | fedavg | on | 2.00 (n=2) | 800 | 500 | 1,300 |" in text
+    assert "s0: 0.900" in text  # privacy spent at eps 1
+    for name in ("plot_utility_heart", "plot_sites_heart", "plot_privacy", "plot_cost"):
+        assert (sweep_dir / f"{name}.png").read_bytes()[:8] == PNG
+
+
+def test_report_command(sweep_dir: Path, tmp_path: Path) -> None:
+    assert report_main([str(sweep_dir), "--epsilon", "none"]) == 0
+    assert "at ε = ∞" in (sweep_dir / "report.md").read_text()
+    assert report_main([str(sweep_dir), "--epsilon", "x"]) == 2
+    assert report_main([str(tmp_path / "missing")]) == 2
