@@ -33,7 +33,7 @@ from rich.console import Console
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.config.privacy import OmegaRelease, PrivacyConfig
 from fedmap_secure.config.schema import Method, PriorForm, SimulationConfig
-from fedmap_secure.data.types import FederatedDataset, SiteData
+from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 from fedmap_secure.errors import ConfigError, FedMapError
 from fedmap_secure.experiments.simulation import TrainerFactory
 from fedmap_secure.privacy.accountant_base import AccountantName
@@ -207,18 +207,30 @@ def _simulate_grpc(
         raise ConfigError("--method pooled is centralised: it has no --transport grpc")
     if not config.secagg.enabled:
         raise ConfigError("--transport grpc always uses secure aggregation: drop --no-secagg")
+    overrides: dict[str, Any] = {
+        "dropout_fraction": config.secagg.dropout_fraction,
+        "corrupt_fraction": config.secagg.corrupt_fraction,
+    }
+    collect = None
     if config.privacy.enabled:
-        raise ConfigError("--transport grpc has no differential privacy yet: add --no-dp")
+        from fedmap_secure.experiments import grpc_private
+        from fedmap_secure.transport.fedmap_wire import config_json
+
+        overrides["factories"] = grpc_private.BUILDER
+        overrides["options"] = grpc_private.private_options(config_json(config), args.out)
+        sites = [s.name for s in dataset.by_tier(Tier.TRAIN)]
+        console.print("each training site calibrates its DP noise from its own budget ...")
+
+        def collect() -> tuple[dict[str, Any] | None, dict[str, float] | None]:
+            return grpc_private.collect_differential_privacy(args.out, sites)
+
     simulate_grpc_to_dir(
         config=config,
         dataset=dataset,
-        spec=grpc_spec(
-            args,
-            dropout_fraction=config.secagg.dropout_fraction,
-            corrupt_fraction=config.secagg.corrupt_fraction,
-        ),
+        spec=grpc_spec(args, **overrides),
         out_dir=args.out,
         console=console,
+        collect_privacy=collect,
     )
 
 
