@@ -21,6 +21,7 @@ from fedmap_secure.aggregation import Aggregator, PlainSum, VectorLayout
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
+from fedmap_secure.errors import ConfigError
 from fedmap_secure.experiments.private_run import PrivateRun
 from fedmap_secure.experiments.private_site import AfterCharge
 from fedmap_secure.experiments.simulation import (
@@ -66,6 +67,11 @@ def build_aggregator(
     identities = {site: IdentityKey.generate(os.urandom) for site in sites}
     if out_dir is None:
         return SecureAggregator(identities=identities, config=secagg)
+    if any((out_dir / "transcripts").glob("round-*.json")):
+        raise ConfigError(
+            f"{str(out_dir / 'transcripts')!r} already holds an earlier run's transcripts; "
+            "choose a new --out or remove it"
+        )
     aggregator = RecordingSecureAggregator(
         identities=identities,
         config=secagg,

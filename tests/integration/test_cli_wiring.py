@@ -157,6 +157,15 @@ def test_verify_transcript_rejects_tampering(
     assert "FAILED: " in capsys.readouterr().out
 
 
+def test_simulate_refuses_to_mix_transcripts_of_two_runs(
+    secure_run: tuple[Path, dict[str, object]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = secure_run
+    argv = ["simulate", "--dataset", "tiny", "--rounds", "1", "--no-dp", "--out", str(out)]
+    assert _main(argv)[0] == 2
+    assert "earlier run's transcripts" in capsys.readouterr().err
+
+
 def test_grpc_transport_refuses_what_it_cannot_do(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
