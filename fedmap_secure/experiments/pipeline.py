@@ -69,8 +69,8 @@ def build_aggregator(
         return SecureAggregator(identities=identities, config=secagg)
     if any((out_dir / "transcripts").glob("round-*.json")):
         raise ConfigError(
-            f"{str(out_dir / 'transcripts')!r} already holds an earlier run's transcripts; "
-            "choose a new --out or remove it"
+            f"transcript directory {str(out_dir / 'transcripts')!r} already exists with an "
+            "earlier run's transcripts; choose a new --out or remove it"
         )
     aggregator = RecordingSecureAggregator(
         identities=identities,
