@@ -4,8 +4,15 @@
 runs every site in one process, with secure aggregation among the training sites
 and per-site differential privacy by default (``--no-secagg``, ``--no-dp``), and
 writes DIR/summary.json, DIR/metrics.csv and each private site's ledger under
-DIR/sites/<site>/. ``fedmap-secure ledger show --site-state DIR [--json]`` prints
-a site's ledger.
+DIR/sites/<site>/; with SecAgg on, the server's round transcripts go to
+DIR/transcripts/, the roster to DIR/roster.json and each site's record to
+DIR/site-records/. ``--transport grpc`` runs the server here and one process
+per training site on 127.0.0.1.
+``fedmap-secure server --config server.toml`` / ``site --config site.toml`` /
+``keygen`` run a real deployment (``transport.commands``).
+``fedmap-secure verify-transcript PATHS... --roster FILE [--site-records DIR]
+[--head HEX]`` checks transcripts offline (exit 0 verified, 1 failed, 2 unusable input).
+``fedmap-secure ledger show --site-state DIR [--json]`` prints a site's ledger.
 Any refusal from the library (``FedMapError``) is printed as one line on
 stderr with exit code 2, never as a traceback.
 """
@@ -19,18 +26,24 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from rich.console import Console
 
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.config.privacy import OmegaRelease, PrivacyConfig
 from fedmap_secure.config.schema import Method, PriorForm, SimulationConfig
-from fedmap_secure.data.types import FederatedDataset, SiteData
+from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 from fedmap_secure.errors import ConfigError, FedMapError
 from fedmap_secure.experiments.simulation import TrainerFactory
 from fedmap_secure.privacy.accountant_base import AccountantName
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
+from fedmap_secure.transport.commands import (
+    add_commands,
+    add_simulate_options,
+    grpc_spec,
+    run_command,
+)
 
 DatasetLoader = Callable[[str, str | None, int], FederatedDataset]
 """(spec, label_column, seed) -> dataset; injectable for tests."""
@@ -60,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--label-column", help="label column of csv:DIR datasets")
     sim.add_argument("--prior", choices=[f.value for f in PriorForm], help="ICNN prior form")
     _add_privacy_arguments(sim)
+    add_simulate_options(sim)
+    add_commands(sub)
+    _add_verify_transcript(sub)
     ledger = sub.add_parser("ledger", help="inspect a site's privacy ledger")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True, parser_class=_Parser)
     show = ledger_sub.add_parser(
@@ -68,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--site-state", type=Path, required=True, help="the site's state directory")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _add_verify_transcript(sub: Any) -> None:
+    verify = sub.add_parser(
+        "verify-transcript",
+        help="check round transcripts offline against the roster (exit 0 ok, 1 failed, 2 input)",
+    )
+    verify.add_argument(
+        "paths", nargs="+", type=Path, help="transcript files or folders of round-*.json"
+    )
+    verify.add_argument("--roster", type=Path, required=True, help="roster.json (site keys)")
+    verify.add_argument(
+        "--site-records", type=Path, help="folder of the sites' own records to cross-check"
+    )
+    verify.add_argument("--head", help="published hex hash of the newest transcript")
 
 
 def _add_privacy_arguments(sim: argparse.ArgumentParser) -> None:
@@ -151,6 +182,9 @@ def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console)
     torch.set_num_threads(1)
     config = resolve_config(args)
     dataset = loader(args.dataset, args.label_column, config.seed)
+    if args.transport == "grpc":
+        _simulate_grpc(args, config, dataset, console)
+        return
     simulate_to_dir(
         config=config,
         dataset=dataset,
@@ -158,6 +192,53 @@ def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console)
         out_dir=args.out,
         console=console,
         pooled=args.method == POOLED,
+    )
+
+
+def _simulate_grpc(
+    args: argparse.Namespace,
+    config: SimulationConfig,
+    dataset: FederatedDataset,
+    console: Console,
+) -> None:
+    from fedmap_secure.transport.grpc_simulation import simulate_grpc_to_dir
+
+    if args.method == POOLED:
+        raise ConfigError("--method pooled is centralised: it has no --transport grpc")
+    if not config.secagg.enabled:
+        raise ConfigError("--transport grpc always uses secure aggregation: drop --no-secagg")
+    overrides: dict[str, Any] = {
+        "dropout_fraction": config.secagg.dropout_fraction,
+        "corrupt_fraction": config.secagg.corrupt_fraction,
+    }
+    collect = None
+    if config.privacy.enabled:
+        from fedmap_secure.experiments import grpc_private
+        from fedmap_secure.transport.fedmap_wire import config_json
+
+        overrides["factories"] = grpc_private.BUILDER
+        overrides["options"] = grpc_private.private_options(config_json(config), args.out)
+        sites = [s.name for s in dataset.by_tier(Tier.TRAIN)]
+        console.print("each training site calibrates its DP noise from its own budget ...")
+
+        def collect() -> tuple[dict[str, Any] | None, dict[str, float] | None]:
+            return grpc_private.collect_differential_privacy(args.out, sites)
+
+    simulate_grpc_to_dir(
+        config=config,
+        dataset=dataset,
+        spec=grpc_spec(args, **overrides),
+        out_dir=args.out,
+        console=console,
+        collect_privacy=collect,
+    )
+
+
+def _verify_transcript(args: argparse.Namespace) -> int:
+    from fedmap_secure.transcript.store import verify_transcript_cli
+
+    return verify_transcript_cli(
+        args.paths, args.roster, site_records=args.site_records, head=args.head
     )
 
 
@@ -179,7 +260,8 @@ def main(
     dataset_loader: DatasetLoader | None = None,
     console: Console | None = None,
 ) -> int:
-    """Entry point; returns the exit code (0 ok, 2 refused input or configuration)."""
+    """Entry point; returns the exit code (0 ok, 2 refused input or configuration;
+    ``verify-transcript`` returns 1 when verification fails)."""
     out = console or Console()
     try:
         args = build_parser().parse_args(argv)
@@ -187,6 +269,10 @@ def main(
             _simulate(args, dataset_loader or _load_dataset, out)
         elif args.command == "ledger":
             _ledger_show(args, out)
+        elif args.command == "verify-transcript":
+            return _verify_transcript(args)
+        else:
+            run_command(args, out)
     except FedMapError as exc:
         print(f"fedmap-secure: error: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from fedmap_secure.aggregation import Aggregator, PlainSum, VectorLayout
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
+from fedmap_secure.errors import ConfigError
 from fedmap_secure.experiments.private_run import PrivateRun
 from fedmap_secure.experiments.private_site import AfterCharge
 from fedmap_secure.experiments.simulation import (
@@ -33,12 +34,23 @@ from fedmap_secure.secagg.config import SecAggConfig
 from fedmap_secure.secagg.inprocess import SecureAggregator
 from fedmap_secure.secagg.quantize import Quantizer
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
+from fedmap_secure.transcript.aggregator import RecordingSecureAggregator
+from fedmap_secure.transcript.recorder import TranscriptChain
+from fedmap_secure.transcript.store import SiteRecordWriter, TranscriptWriter, write_roster
 
 log = logging.getLogger(__name__)
 
 
-def build_aggregator(config: SimulationConfig, dataset: FederatedDataset) -> Aggregator:
-    """``SecureAggregator`` over the training-tier sites per ``[secagg]``, or ``PlainSum``."""
+def build_aggregator(
+    config: SimulationConfig, dataset: FederatedDataset, out_dir: Path | None = None
+) -> Aggregator:
+    """``SecureAggregator`` over the training-tier sites per ``[secagg]``, or ``PlainSum``.
+
+    With ``out_dir`` it is the recording variant: each round's transcript goes
+    to ``out_dir``/transcripts/, each site's record to ``out_dir``/site-records/
+    and the roster of the (fresh, per-run) identity keys to ``out_dir``/roster.json,
+    for ``fedmap-secure verify-transcript``.
+    """
     s = config.secagg
     sites = [d.name for d in dataset.by_tier(Tier.TRAIN)]
     if not s.enabled or len(sites) < 2:
@@ -53,7 +65,37 @@ def build_aggregator(config: SimulationConfig, dataset: FederatedDataset) -> Agg
         security_parameter=s.security_parameter,
     )
     identities = {site: IdentityKey.generate(os.urandom) for site in sites}
-    return SecureAggregator(identities=identities, config=secagg)
+    if out_dir is None:
+        return SecureAggregator(identities=identities, config=secagg)
+    if any((out_dir / "transcripts").glob("round-*.json")):
+        raise ConfigError(
+            f"transcript directory {str(out_dir / 'transcripts')!r} already exists with an "
+            "earlier run's transcripts; choose a new --out or remove it"
+        )
+    aggregator = RecordingSecureAggregator(
+        identities=identities,
+        config=secagg,
+        chain=TranscriptChain(sink=TranscriptWriter(out_dir)),
+        site_sink=SiteRecordWriter(out_dir),
+    )
+    write_roster(out_dir / "roster.json", aggregator.roster)
+    return aggregator
+
+
+def describe_transcripts(aggregator: Aggregator, out_dir: Path) -> dict[str, Any] | None:
+    """Where the transcripts are and the newest transcript's hash (None when not recorded)."""
+    if not isinstance(aggregator, RecordingSecureAggregator):
+        return None
+    head = aggregator.chain.head
+    return {
+        "directory": str(out_dir / "transcripts"),
+        "roster": str(out_dir / "roster.json"),
+        "site_records": str(out_dir / "site-records"),
+        "rounds": len(aggregator.chain.transcripts),
+        "head": None if head is None else head.transcript_hash().hex(),
+        "verify": "fedmap-secure verify-transcript DIR/transcripts --roster DIR/roster.json "
+        "--site-records DIR/site-records --head HEAD",
+    }
 
 
 class EncodingCheck:
@@ -112,7 +154,7 @@ def run_private_simulation(
 
     ``trainer_factory`` is used only when DP is off (default: non-private Adam MAP).
     """
-    agg = aggregator if aggregator is not None else build_aggregator(config, dataset)
+    agg = aggregator if aggregator is not None else build_aggregator(config, dataset, out_dir)
     check = EncodingCheck(agg) if isinstance(agg, SecureAggregator) else None
     private = (
         PrivateRun.open(config, dataset, out_dir, after_charge=after_charge)
@@ -132,6 +174,7 @@ def run_private_simulation(
         )
         secure = {**agg.describe(), "encoding": check.encoding if check else None}
         secure["clipped_coordinates"] = _clipped(result)
+        secure["transcripts"] = describe_transcripts(agg, out_dir)
         spent = private.epsilon_spent() if private else None
         privacy = {
             "secure_aggregation": secure,

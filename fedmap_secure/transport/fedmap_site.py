@@ -27,6 +27,7 @@ from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 from fedmap_secure.errors import BudgetExceededError, RemoteProtocolError
 from fedmap_secure.experiments.simulation import (
+    RoundGate,
     ScoreReleaseFactory,
     SiteResult,
     TrainerFactory,
@@ -65,8 +66,10 @@ class _SiteRunner:
         n_classes: int,
         trainer_factory: TrainerFactory,
         score_release_factory: ScoreReleaseFactory | None,
+        round_gate: RoundGate | None = None,
     ) -> None:
         self.data = data
+        self.round_gate = round_gate
         self.dataset = FederatedDataset(
             name="site", feature_names=feature_names, n_classes=n_classes, sites=(data,)
         )
@@ -110,6 +113,8 @@ class _SiteRunner:
         setup = opening.setup
         if layout is None or setup is None or layout != setup.layout:
             raise RemoteProtocolError(SERVER_ID, "announced layout differs from the method's")
+        if self.round_gate is not None and not self.round_gate(site.name, state.round_index):
+            return tm.DeclineReason.BUDGET_EXHAUSTED  # the gate logged why; nothing was charged
         try:
             training = site.train(strategy, start_from_gamma=strategy.resets_to_gamma)
             vector, clipped = site.contribute(strategy, layout)
@@ -171,17 +176,23 @@ def run_fedmap_site(
     n_classes: int,
     trainer_factory: TrainerFactory,
     score_release_factory: ScoreReleaseFactory | None = None,
+    round_gate: RoundGate | None = None,
     min_round: int = 0,
     patience: float = 60.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> FedMapSiteRun:
-    """Take part in every round from ``min_round`` until the final announcement."""
+    """Take part in every round from ``min_round`` until the final announcement.
+
+    ``round_gate(site, round)`` runs before any training in a round (a private
+    site's durable budget charge); False declines the round with BUDGET_EXHAUSTED.
+    """
     runner = _SiteRunner(
         data=data,
         feature_names=feature_names,
         n_classes=n_classes,
         trainer_factory=trainer_factory,
         score_release_factory=score_release_factory,
+        round_gate=round_gate,
     )
     next_round, waited = min_round, 0.0
     while True:

@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ from fedmap_secure.transport.server import AggregationServer, ServerSettings
 from fedmap_secure.transport.site_process import load_factories
 from fedmap_secure.transport.site_records import read_records
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
+
+PrivacyCollector = Callable[[], tuple[dict[str, Any] | None, dict[str, float] | None]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,16 +225,25 @@ def simulate_grpc_to_dir(
     out_dir: Path,
     console: Console,
     differential_privacy: dict[str, Any] | None = None,
+    collect_privacy: PrivacyCollector | None = None,
 ) -> dict[str, Any]:
-    """``simulate --transport grpc``: run, write summary.json and metrics.csv, print the table."""
+    """``simulate --transport grpc``: run, write summary.json and metrics.csv, print the table.
+
+    ``collect_privacy()``, called after the run, returns the ``differential_privacy``
+    section and each private site's epsilon spent (from the sites' own ledgers).
+    """
     result = simulate_over_grpc(config=config, dataset=dataset, spec=spec, out_dir=out_dir)
     n_train = len(dataset.by_tier(Tier.TRAIN))
+    epsilon: dict[str, float] | None = None
+    if collect_privacy is not None:
+        differential_privacy, epsilon = collect_privacy()
     privacy = {
         "secure_aggregation": describe_secure_aggregation(spec, n_train),
         "differential_privacy": differential_privacy,
+        "metrics_released": False,
     }
-    summary = summary_dict(result, privacy=privacy)
+    summary = summary_dict(result, privacy=privacy, epsilon_spent=epsilon)
     write_outputs(out_dir, result, summary)
-    console.print(site_table(result))
+    console.print(site_table(result, epsilon_spent=epsilon))
     console.print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'metrics.csv'}")
     return summary

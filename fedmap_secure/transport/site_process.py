@@ -20,7 +20,7 @@ import torch
 
 from fedmap_secure.data.types import SiteData
 from fedmap_secure.errors import ConfigError, FedMapError
-from fedmap_secure.experiments.simulation import ScoreReleaseFactory, TrainerFactory
+from fedmap_secure.experiments.simulation import RoundGate, ScoreReleaseFactory, TrainerFactory
 from fedmap_secure.secagg.config import SecAggConfig
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.transport.channels import open_channel
@@ -32,6 +32,9 @@ from fedmap_secure.transport.site_records import write_records
 
 Factories = tuple[TrainerFactory, ScoreReleaseFactory | None]
 """How a site trains and releases its score: (trainer factory, score-release factory)."""
+
+GatedFactories = tuple[TrainerFactory, ScoreReleaseFactory | None, RoundGate | None]
+"""``Factories`` plus the site's round gate (its privacy guard's check-then-commit)."""
 
 
 def plain_factories(job: Mapping[str, Any]) -> Factories:
@@ -45,18 +48,27 @@ def plain_factories(job: Mapping[str, Any]) -> Factories:
 
 
 def load_factories(job: Mapping[str, Any]) -> Factories:
+    """``load_gated_factories`` without the gate (for sites that never contribute)."""
+    trainer, score_release, _gate = load_gated_factories(job)
+    return trainer, score_release
+
+
+def load_gated_factories(job: Mapping[str, Any]) -> GatedFactories:
     """Call the ``module:function`` named in ``job["factories"]`` with the job.
 
     The function gets the whole job (site id, ``state_dir`` for a privacy ledger,
-    and the driver's ``options``) and returns the site's factories; this is the
-    seam where DP-SGD training and the DP score release are chosen.
+    and the driver's ``options``) and returns the site's factories, optionally
+    followed by its round gate; this is the seam where DP-SGD training, the DP
+    score release and the per-round budget check are chosen.
     """
     module_name, _, function_name = str(job["factories"]).partition(":")
     builder = getattr(importlib.import_module(module_name), function_name, None)
     if builder is None:
         raise ConfigError(f"no factory builder {job['factories']!r}")
-    factories: Factories = builder(job)
-    return factories
+    built: Factories | GatedFactories = builder(job)
+    if len(built) == 2:
+        return built[0], built[1], None
+    return built
 
 
 def run_job(job: dict[str, Any]) -> None:
@@ -83,7 +95,7 @@ def run_job(job: dict[str, Any]) -> None:
         roster=roster,
         config=config,
     )
-    trainer, score_release = load_factories(job)
+    trainer, score_release, gate = load_gated_factories(job)
     try:
         run = run_fedmap_site(
             client=client,
@@ -92,6 +104,7 @@ def run_job(job: dict[str, Any]) -> None:
             n_classes=dataset.n_classes,
             trainer_factory=trainer,
             score_release_factory=score_release,
+            round_gate=gate,
         )
     finally:
         channel.close()
