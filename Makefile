@@ -18,7 +18,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(BIN)/fedmap-secure simulate --dataset heart --method fedmap --out runs/demo
+	$(BIN)/fedmap-secure simulate --dataset heart --method fedmap --transport grpc --out runs/demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

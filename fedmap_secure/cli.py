@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--site-state", type=Path, required=True, help="the site's state directory")
     show.add_argument("--json", action="store_true", help="machine-readable output")
+    # Listed for --help only: main() hands these to their own parsers before parsing.
+    sub.add_parser("sweep", help="run a resumable privacy-utility sweep (see sweep --help)")
+    sub.add_parser("report", help="build report.md and plots from a sweep (see report --help)")
     return parser
 
 
@@ -263,8 +266,11 @@ def main(
     """Entry point; returns the exit code (0 ok, 2 refused input or configuration;
     ``verify-transcript`` returns 1 when verification fails)."""
     out = console or Console()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] in (["sweep"], ["report"]):
+        return _experiment_command(arguments[0], arguments[1:], out)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(arguments)
         if args.command == "simulate":
             _simulate(args, dataset_loader or _load_dataset, out)
         elif args.command == "ledger":
@@ -280,6 +286,15 @@ def main(
         print("fedmap-secure: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _experiment_command(name: str, rest: Sequence[str], console: Console) -> int:
+    """``sweep`` and ``report`` have their own parsers (fedmap_secure.experiments.sweep)."""
+    from fedmap_secure.experiments.sweep.cli import report_main, sweep_main
+
+    if name == "sweep":
+        return sweep_main(rest, console=console)
+    return report_main(rest, console=console)
 
 
 if __name__ == "__main__":

@@ -174,3 +174,12 @@ def test_grpc_transport_refuses_what_it_cannot_do(
     assert "pooled" in capsys.readouterr().err
     assert _main([*argv, "--no-secagg", "--no-dp"])[0] == 2
     assert "--no-secagg" in capsys.readouterr().err
+
+
+def test_sweep_and_report_are_dispatched_to_their_own_parsers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["sweep", "--config", str(tmp_path / "missing.toml"), "--out", str(tmp_path)]) == 2
+    assert "missing.toml" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "no-such-dir")]) == 2
+    assert "no-such-dir" in capsys.readouterr().err
