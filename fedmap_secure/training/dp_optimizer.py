@@ -57,57 +57,41 @@ def _noisy_step_without_data(optimizer: DPOptimizer, randomness: DpRandomness) -
         p.grad /= optimizer.expected_batch_size
 
 
-class InjectedNoiseDPOptimizer(DPOptimizer):  # type: ignore[misc]
+class _InjectedNoise:
+    """What both optimizers share: Opacus' constructor plus our noise source.
+
+    A mixin placed before the Opacus class in the bases, so ``add_noise``
+    overrides Opacus' and ``super().__init__`` reaches the Opacus optimizer.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        randomness: DpRandomness,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: float,
+    ) -> None:
+        super().__init__(  # type: ignore[call-arg]
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+        )
+        self.randomness = randomness
+
+    def add_noise(self) -> None:
+        _add_injected_noise(self, self.randomness)
+
+    def noisy_step_without_data(self) -> None:
+        _noisy_step_without_data(self, self.randomness)
+
+
+class InjectedNoiseDPOptimizer(_InjectedNoise, DPOptimizer):  # type: ignore[misc]
     """``DPOptimizer`` (per-sample clipping from ``p.grad_sample``) with injected noise."""
 
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        *,
-        randomness: DpRandomness,
-        noise_multiplier: float,
-        max_grad_norm: float,
-        expected_batch_size: float,
-    ) -> None:
-        super().__init__(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch_size,
-            loss_reduction="mean",
-        )
-        self.randomness = randomness
 
-    def add_noise(self) -> None:
-        _add_injected_noise(self, self.randomness)
-
-    def noisy_step_without_data(self) -> None:
-        _noisy_step_without_data(self, self.randomness)
-
-
-class InjectedNoiseGhostDPOptimizer(DPOptimizerFastGradientClipping):  # type: ignore[misc]
+class InjectedNoiseGhostDPOptimizer(_InjectedNoise, DPOptimizerFastGradientClipping):  # type: ignore[misc]
     """Ghost-clipping ``DPOptimizer`` (clipping done in the double backward) with injected noise."""
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        *,
-        randomness: DpRandomness,
-        noise_multiplier: float,
-        max_grad_norm: float,
-        expected_batch_size: float,
-    ) -> None:
-        super().__init__(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=max_grad_norm,
-            expected_batch_size=expected_batch_size,
-            loss_reduction="mean",
-        )
-        self.randomness = randomness
-
-    def add_noise(self) -> None:
-        _add_injected_noise(self, self.randomness)
-
-    def noisy_step_without_data(self) -> None:
-        _noisy_step_without_data(self, self.randomness)
