@@ -58,7 +58,7 @@ from fedmap_secure.errors import (
     RemoteProtocolError,
 )
 from fedmap_secure.secagg import encoding
-from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig, layout_digest
+from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig
 from fedmap_secure.secagg.graph import neighbour_graph
 from fedmap_secure.secagg.masking import (
     Vector,
@@ -84,7 +84,7 @@ from fedmap_secure.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedmap_secure.secagg.quantize import encoded_length
+from fedmap_secure.secagg.round_setup import round_setup
 from fedmap_secure.secagg.stages import ClientStage, LocalEvent, next_client_stage
 
 SEED_SIZE = 32
@@ -110,25 +110,18 @@ class ClientSession:
             raise ConfigError(f"site {site_id!r} is not on the roster")
         if roster.public_key(site_id) != identity.public:
             raise ConfigError(f"site {site_id!r}: identity key does not match the roster")
-        if len(roster.sites) != config.n:
-            raise ConfigError(f"roster has {len(roster.sites)} sites but config.n = {config.n}")
-        if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < 0:
-            raise ConfigError(f"round_index must be an int >= 0, got {round_index!r}")
+        derived = round_setup(
+            roster=roster, config=config, layout=layout, round_index=round_index, context=context
+        )
         self.site_id = site_id
         self.round_index = round_index
         self._identity = identity
         self._roster = roster
         self._config = config
         self._random_bytes = random_bytes
-        self._length = encoded_length(layout)
-        self._context_hash = encoding.context_digest(context)
-        self._setup = encoding.setup_id(
-            round_index=round_index,
-            config_digest=config.digest(),
-            roster_digest=roster.digest(),
-            layout_digest=layout_digest(layout),
-            context_hash=self._context_hash,
-        )
+        self._length = derived.length
+        self._context_hash = derived.context_hash
+        self._setup = derived.setup
         graph = neighbour_graph(
             roster.sites, k=config.k, graph_seed=config.graph_seed, round_index=round_index
         )

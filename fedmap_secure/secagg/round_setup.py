@@ -1,0 +1,49 @@
+"""What both roles derive identically before a round starts (SPEC §3).
+
+Site and server sessions check the roster and round number the same way and
+compute the same setup id from (round, config, roster, layout, context); one
+function keeps the two derivations from drifting apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedmap_secure.aggregation import VectorLayout
+from fedmap_secure.errors import ConfigError
+from fedmap_secure.secagg import encoding
+from fedmap_secure.secagg.config import Roster, SecAggConfig, layout_digest
+from fedmap_secure.secagg.quantize import encoded_length
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundSetup:
+    """Encoded vector length, context digest and setup id of one round."""
+
+    length: int
+    context_hash: bytes
+    setup: bytes
+
+
+def round_setup(
+    *,
+    roster: Roster,
+    config: SecAggConfig,
+    layout: VectorLayout,
+    round_index: int,
+    context: bytes,
+) -> RoundSetup:
+    """Validate the round's public inputs and derive its setup id (``ConfigError`` if invalid)."""
+    if len(roster.sites) != config.n:
+        raise ConfigError(f"roster has {len(roster.sites)} sites but config.n = {config.n}")
+    if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < 0:
+        raise ConfigError(f"round_index must be an int >= 0, got {round_index!r}")
+    context_hash = encoding.context_digest(context)
+    setup = encoding.setup_id(
+        round_index=round_index,
+        config_digest=config.digest(),
+        roster_digest=roster.digest(),
+        layout_digest=layout_digest(layout),
+        context_hash=context_hash,
+    )
+    return RoundSetup(length=encoded_length(layout), context_hash=context_hash, setup=setup)
