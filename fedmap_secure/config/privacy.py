@@ -122,3 +122,47 @@ class SecAggSettings:
                 raise ConfigError(f"secagg.{name} must be in [0, 1), got {value!r}")
         if not 16 <= self.bits <= 64:
             raise ConfigError(f"secagg.bits must be in [16, 64], got {self.bits}")
+
+
+class ClientDpMechanism(enum.Enum):
+    """The integer noise each site adds inside secure aggregation (``[client_dp]``)."""
+
+    DISCRETE_GAUSSIAN = "ddg"
+    SKELLAM = "skellam"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientDpSettings:
+    """Client-level (site-level) DP of the securely aggregated sums (``[client_dp]``).
+
+    Off by default. When on, every aggregating method contributes clipped model
+    *updates* (FedMAP: omega (theta - gamma) and omega grad_psi), each field
+    clipped to its own L2 norm (``clip_theta``, ``clip_psi``), and each site
+    adds its share of integer noise before masking; the server divides the sums
+    by the number of contributors. ``epsilon``/``delta`` is the client-level
+    budget for the whole run, kept in the server's ledger. ``local_noise_std``
+    is each site's noise std in integer levels (it fixes the ring usage; the
+    scale follows from the budget), ``beta`` the conditional-rounding
+    parameter, ``max_wrap_probability`` the per-round bound the setup check
+    must prove. See ``fedmap_secure/client_dp/calibration.py``.
+    """
+
+    enabled: bool = False
+    mechanism: ClientDpMechanism = ClientDpMechanism.DISCRETE_GAUSSIAN
+    epsilon: float = 8.0
+    delta: float = 1e-3
+    clip_theta: float = 1.0
+    clip_psi: float = 1.0
+    local_noise_std: float = 65536.0
+    beta: float = math.exp(-0.5)
+    max_wrap_probability: float = 1e-9
+
+    def __post_init__(self) -> None:
+        for name in ("epsilon", "clip_theta", "clip_psi", "local_noise_std"):
+            _check_positive(f"client_dp.{name}", getattr(self, name))
+        if not (math.isfinite(self.delta) and 0 < self.delta < 1):
+            raise ConfigError(f"client_dp.delta must be in (0, 1), got {self.delta!r}")
+        if not 0 <= self.beta < 1:
+            raise ConfigError(f"client_dp.beta must be in [0, 1), got {self.beta!r}")
+        if not 0 < self.max_wrap_probability < 1:
+            raise ConfigError("client_dp.max_wrap_probability must be in (0, 1)")

@@ -11,7 +11,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 
-from fedmap_secure.config.privacy import PrivacyConfig, SecAggSettings
+from fedmap_secure.config.privacy import ClientDpSettings, PrivacyConfig, SecAggSettings
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.training.interface import LocalTrainingConfig
 
@@ -164,6 +164,7 @@ class SimulationConfig:
     fedprox: FedProxConfig = field(default_factory=FedProxConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
+    client_dp: ClientDpSettings = field(default_factory=ClientDpSettings)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:

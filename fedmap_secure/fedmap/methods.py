@@ -59,6 +59,10 @@ class TrainedSite(Protocol):
 
     def theta_vector(self) -> FloatVector: ...
 
+    def gamma_vector(self) -> FloatVector:
+        """The global model gamma the site received this round."""
+        ...
+
     def score(self) -> tuple[float, float]:
         """(omega_k, R_k): contribution score and prior value of the trained model."""
         ...
@@ -263,5 +267,9 @@ _STRATEGIES: dict[Method, type[MethodStrategy]] = {
 
 
 def make_strategy(config: SimulationConfig) -> MethodStrategy:
-    """The strategy object for ``config.method``."""
+    """The strategy object for ``config.method`` (client-level variant under ``[client_dp]``)."""
+    if config.client_dp.enabled:
+        from fedmap_secure.fedmap.client_level import client_level_strategy
+
+        return client_level_strategy(config)
     return _STRATEGIES[config.method](config)

@@ -128,6 +128,11 @@ class Site:
     def theta_vector(self) -> FloatVector:
         return flat_vector(self.model.parameters())
 
+    def gamma_vector(self) -> FloatVector:
+        if self._gamma is None:
+            raise LocalProtocolError(f"site {self.name!r}: no gamma received")
+        return flat_vector(self._gamma_model.parameters())
+
     def prior_value(self) -> float:
         prior, gamma = self._require_prior()
         with torch.no_grad():

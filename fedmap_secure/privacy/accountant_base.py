@@ -17,7 +17,14 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from fedmap_secure.errors import ConfigError, PrivacyError, UnsupportedMechanismError
-from fedmap_secure.privacy.events import Event, NonPrivateRelease, check_events, flatten
+from fedmap_secure.privacy.events import (
+    Event,
+    NonPrivateRelease,
+    PrivacyUnit,
+    check_events,
+    event_unit,
+    flatten,
+)
 
 
 class AccountantName(enum.StrEnum):
@@ -51,7 +58,15 @@ class Accountant(Protocol):
 
 
 def supports_dp_leaves(event: Event) -> bool:
-    """Support rule shared by all adapters: every leaf is a DP Gaussian-family event."""
+    """Support rule of the record-level adapters: every leaf is a DP Gaussian-family event."""
+    return all(
+        not isinstance(leaf, NonPrivateRelease) and event_unit(leaf) is PrivacyUnit.RECORD
+        for leaf in flatten([event])
+    )
+
+
+def supports_dp_and_zcdp_leaves(event: Event) -> bool:
+    """Support rule of an adapter that also composes the client-level (zCDP) events."""
     return not any(isinstance(leaf, NonPrivateRelease) for leaf in flatten([event]))
 
 

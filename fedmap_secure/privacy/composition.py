@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedmap_secure.privacy.events import (
+    DistributedDiscreteGaussianEvent,
+    DistributedSkellamEvent,
     Event,
     GaussianEvent,
     NonPrivateRelease,
@@ -35,22 +37,25 @@ class MechanismMix:
 
     ``subsampled``: (noise_multiplier, sample_rate, steps) with sample_rate < 1.
     ``gaussian``: (noise_multiplier, count).
+    ``zcdp``: (rho, xi, count) of the client-level distributed mechanisms.
     ``non_private``: descriptions of the non-DP releases (not composable).
     """
 
     subsampled: tuple[tuple[float, float, int], ...]
     gaussian: tuple[tuple[float, int], ...]
     non_private: tuple[str, ...]
+    zcdp: tuple[tuple[float, float, int], ...] = ()
 
     @property
     def is_empty(self) -> bool:
-        return not (self.subsampled or self.gaussian or self.non_private)
+        return not (self.subsampled or self.gaussian or self.non_private or self.zcdp)
 
 
 def mechanism_mix(events: Sequence[Event]) -> MechanismMix:
     """Flatten compositions and group identical mechanisms, summing their counts."""
     subsampled: Counter[tuple[float, float]] = Counter()
     gaussian: Counter[float] = Counter()
+    zcdp: Counter[tuple[float, float]] = Counter()
     non_private: list[str] = []
     for leaf in flatten(list(events)):
         if isinstance(leaf, SubsampledGaussianEvent):
@@ -60,10 +65,13 @@ def mechanism_mix(events: Sequence[Event]) -> MechanismMix:
                 subsampled[(leaf.noise_multiplier, leaf.sample_rate)] += leaf.steps
         elif isinstance(leaf, GaussianEvent):
             gaussian[leaf.noise_multiplier] += leaf.count
+        elif isinstance(leaf, DistributedDiscreteGaussianEvent | DistributedSkellamEvent):
+            zcdp[leaf.zcdp()] += leaf.count
         elif isinstance(leaf, NonPrivateRelease):
             non_private.append(leaf.description)
     return MechanismMix(
         subsampled=tuple(sorted((s, q, n) for (s, q), n in subsampled.items())),
         gaussian=tuple(sorted(gaussian.items())),
         non_private=tuple(non_private),
+        zcdp=tuple(sorted((rho, xi, n) for (rho, xi), n in zcdp.items())),
     )

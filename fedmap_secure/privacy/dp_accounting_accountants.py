@@ -2,7 +2,8 @@
 
 Each ledger event becomes a dp-accounting ``DpEvent``:
 ``SubsampledGaussianEvent`` -> ``SelfComposed(PoissonSampled(q, Gaussian(sigma)), steps)``,
-``GaussianEvent`` -> ``SelfComposed(Gaussian(sigma), count)``; the whole list is a
+``GaussianEvent`` -> ``SelfComposed(Gaussian(sigma), count)``, a client-level
+event -> ``SelfComposed(ZCDp(rho, xi), count)`` (RDP only); the whole list is a
 ``ComposedDpEvent`` of the grouped mechanisms (see ``composition.py``). The
 neighbouring relation is ``ADD_OR_REMOVE_ONE`` (record-level add/remove DP).
 The library checks support before composing (``accountant.supports``), and so
@@ -33,6 +34,7 @@ from fedmap_secure.privacy.accountant_base import (
     AccountantName,
     check_supported,
     checked_epsilon,
+    supports_dp_and_zcdp_leaves,
     supports_dp_leaves,
 )
 from fedmap_secure.privacy.composition import mechanism_mix
@@ -57,6 +59,10 @@ def to_dp_event(events: Sequence[Event]) -> dp_accounting.DpEvent:
         dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma), count)
         for sigma, count in mix.gaussian
     ]
+    parts += [
+        dp_accounting.SelfComposedDpEvent(dp_accounting.ZCDpEvent(rho=rho, xi=xi), count)
+        for rho, xi, count in mix.zcdp
+    ]
     return dp_accounting.ComposedDpEvent(parts)
 
 
@@ -71,14 +77,18 @@ def _compose(
 
 
 class DpAccountingRdpAccountant:
-    """dp-accounting's RDP accountant (default orders, tighter conversion)."""
+    """dp-accounting's RDP accountant (default orders, tighter conversion).
+
+    The only adapter that also composes the client-level events, through
+    ``dp_accounting.ZCDpEvent`` (RDP(alpha) = xi + rho * alpha).
+    """
 
     @property
     def name(self) -> str:
         return AccountantName.DP_ACCOUNTING_RDP.value
 
     def supports(self, event: Event) -> bool:
-        return supports_dp_leaves(event)
+        return supports_dp_and_zcdp_leaves(event)
 
     def epsilon(self, events: Sequence[Event], delta: float) -> float:
         check_supported(self, events, delta)

@@ -22,6 +22,21 @@ relation.
 - ``ComposedEvent``: several events released together (e.g. one round's
   training plus its contribution score), composed sequentially.
 
+Two events describe a different unit of privacy, **client-level (site-level)
+DP** of the securely aggregated sum (see ``fedmap_secure.client_dp``): the
+neighbouring run replaces one site's whole contribution by zero in every round.
+A ledger holds events of one unit only (``event_unit``).
+
+- ``DistributedDiscreteGaussianEvent``: ``count`` rounds of the distributed
+  discrete Gaussian (Kairouz, Liu and Steinke 2021): at least ``noise_shares``
+  honest sites each add N_Z(0, s^2) (s = ``local_noise_std``, integer levels)
+  to an integer vector of L2 sensitivity ``l2_sensitivity`` and L1 sensitivity
+  ``l1_sensitivity`` (integer levels, after rounding) in dimension ``dimension``.
+- ``DistributedSkellamEvent``: the same with symmetric Skellam noise of
+  variance s^2 per share (Agarwal, Kairouz and Liu 2021).
+
+Both are accounted through their zero-concentrated DP parameters (``zcdp``).
+
 Events are frozen, keyword-only and validated on construction; invalid
 parameters raise ``InvalidMechanismError``. ``to_json``/``event_from_json`` give
 a closed, tagged JSON form for durable storage (no pickle).
@@ -31,6 +46,7 @@ This module is sans-I/O: no torch, no clock, no filesystem.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -224,13 +240,177 @@ class ComposedEvent:
         return cls(events=tuple(event_from_json(item) for item in items))
 
 
-Event = SubsampledGaussianEvent | GaussianEvent | NonPrivateRelease | ComposedEvent
+@dataclass(frozen=True, kw_only=True)
+class _DistributedIntegerNoise:
+    """Shared fields and checks of the two client-level mechanisms (see module docstring)."""
+
+    l2_sensitivity: float
+    l1_sensitivity: float
+    local_noise_std: float
+    noise_shares: int
+    dimension: int
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        for name in ("l2_sensitivity", "l1_sensitivity", "local_noise_std"):
+            value = _check_number(owner, name, getattr(self, name))
+            if value <= 0:
+                raise InvalidMechanismError(f"{owner}.{name} must be > 0, got {value!r}")
+            object.__setattr__(self, name, value)
+        for name in ("noise_shares", "dimension", "count"):
+            object.__setattr__(self, name, _check_count(owner, name, getattr(self, name)))
+        if self.l1_sensitivity < self.l2_sensitivity:
+            raise InvalidMechanismError(f"{owner}: l1_sensitivity must be >= l2_sensitivity")
+
+    @property
+    def total_variance(self) -> float:
+        """Variance per coordinate of the summed noise of the guaranteed honest shares."""
+        return self.noise_shares * self.local_noise_std**2
+
+    def _fields_json(self) -> JsonDict:
+        return {
+            "l2_sensitivity": self.l2_sensitivity,
+            "l1_sensitivity": self.l1_sensitivity,
+            "local_noise_std": self.local_noise_std,
+            "noise_shares": self.noise_shares,
+            "dimension": self.dimension,
+            "count": self.count,
+        }
+
+    _FIELDS = frozenset(
+        {
+            "l2_sensitivity",
+            "l1_sensitivity",
+            "local_noise_std",
+            "noise_shares",
+            "dimension",
+            "count",
+        }
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistributedDiscreteGaussianEvent(_DistributedIntegerNoise):
+    """``count`` rounds of the distributed discrete Gaussian (client-level).
+
+    ``zcdp`` is Kairouz, Liu and Steinke (2021), Prop. 14 / Thm. 1, second term:
+    with S = sqrt(noise_shares) * s, a2 = Delta_2 / S, a1 = Delta_1 / S and
+    tau = 10 * sum_{k=1}^{n-1} exp(-2 pi^2 s^2 k / (k + 1)) (n = noise_shares),
+    each round is rho-zCDP with rho = (a2^2 + 2 a1 tau + tau^2 d) / 2. (tau
+    measures how far a sum of discrete Gaussians is from a discrete Gaussian;
+    it vanishes for s >~ 2.)
+    """
+
+    TAG = "distributed_discrete_gaussian"
+
+    def tau(self) -> float:
+        s2, n = self.local_noise_std**2, self.noise_shares
+        return 10.0 * sum(math.exp(-2.0 * math.pi**2 * s2 * k / (k + 1)) for k in range(1, n))
+
+    def zcdp(self) -> tuple[float, float]:
+        """(rho, xi) of ONE round: RDP(alpha) <= xi + rho * alpha for every alpha > 1."""
+        scale = math.sqrt(self.total_variance)
+        a2, a1, tau = self.l2_sensitivity / scale, self.l1_sensitivity / scale, self.tau()
+        return 0.5 * (a2**2 + 2.0 * a1 * tau + tau**2 * self.dimension), 0.0
+
+    def describe(self) -> str:
+        return (
+            f"client-level distributed discrete Gaussian x{self.count} rounds (L2 sensitivity "
+            f"{self.l2_sensitivity:g}, noise std {self.local_noise_std:g} x "
+            f"{self.noise_shares} shares, dim {self.dimension})"
+        )
+
+    def to_json(self) -> JsonDict:
+        return {"type": self.TAG, **self._fields_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DistributedDiscreteGaussianEvent:
+        _check_keys(data, cls.TAG, cls._FIELDS)
+        return cls(**{k: data[k] for k in cls._FIELDS})
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistributedSkellamEvent(_DistributedIntegerNoise):
+    """``count`` rounds of the distributed Skellam mechanism (client-level).
+
+    Sums of independent symmetric Skellam variables are symmetric Skellam, so
+    the honest shares add up to Skellam noise of variance V = noise_shares * s^2.
+    Agarwal, Kairouz and Liu (2021), Thm. 3.5 (first branch of its minimum):
+    RDP(alpha) <= alpha Delta_2^2 / (2V) + ((2 alpha - 1) Delta_2^2 + 6 Delta_1) / (4 V^2),
+    i.e. rho = Delta_2^2 / (2V) + Delta_2^2 / (2V^2) and
+    xi = (6 Delta_1 - Delta_2^2) / (4 V^2), raised to 0 when negative (a looser,
+    still valid bound).
+    """
+
+    TAG = "distributed_skellam"
+
+    def zcdp(self) -> tuple[float, float]:
+        """(rho, xi) of ONE round: RDP(alpha) <= xi + rho * alpha for every alpha > 1."""
+        v, d2, d1 = self.total_variance, self.l2_sensitivity**2, self.l1_sensitivity
+        return d2 / (2.0 * v) + d2 / (2.0 * v * v), max(0.0, (6.0 * d1 - d2) / (4.0 * v * v))
+
+    def describe(self) -> str:
+        return (
+            f"client-level distributed Skellam x{self.count} rounds (L2 sensitivity "
+            f"{self.l2_sensitivity:g}, noise std {self.local_noise_std:g} x "
+            f"{self.noise_shares} shares, dim {self.dimension})"
+        )
+
+    def to_json(self) -> JsonDict:
+        return {"type": self.TAG, **self._fields_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DistributedSkellamEvent:
+        _check_keys(data, cls.TAG, cls._FIELDS)
+        return cls(**{k: data[k] for k in cls._FIELDS})
+
+
+ClientLevelEvent = DistributedDiscreteGaussianEvent | DistributedSkellamEvent
+"""A client-level (site-level) event of the securely aggregated sum."""
+
+Event = (
+    SubsampledGaussianEvent
+    | GaussianEvent
+    | NonPrivateRelease
+    | DistributedDiscreteGaussianEvent
+    | DistributedSkellamEvent
+    | ComposedEvent
+)
 """Any privacy event (closed set)."""
 
-LeafEvent = SubsampledGaussianEvent | GaussianEvent | NonPrivateRelease
+LeafEvent = (
+    SubsampledGaussianEvent
+    | GaussianEvent
+    | NonPrivateRelease
+    | DistributedDiscreteGaussianEvent
+    | DistributedSkellamEvent
+)
 """An event that is not a composition."""
 
-EVENT_TYPES = (SubsampledGaussianEvent, GaussianEvent, NonPrivateRelease, ComposedEvent)
+EVENT_TYPES = (
+    SubsampledGaussianEvent,
+    GaussianEvent,
+    NonPrivateRelease,
+    DistributedDiscreteGaussianEvent,
+    DistributedSkellamEvent,
+    ComposedEvent,
+)
+
+
+class PrivacyUnit(enum.Enum):
+    """What one ledger's guarantee protects."""
+
+    RECORD = "record-level, add/remove-one record adjacency"
+    CLIENT = "client-level, one site's whole contribution replaced by zero (zero-out adjacency)"
+
+
+def event_unit(event: LeafEvent) -> PrivacyUnit:
+    """The privacy unit an event's guarantee is stated in."""
+    if isinstance(event, DistributedDiscreteGaussianEvent | DistributedSkellamEvent):
+        return PrivacyUnit.CLIENT
+    return PrivacyUnit.RECORD
+
 
 _BY_TAG: dict[str, type[Event]] = {cls.TAG: cls for cls in EVENT_TYPES}
 

@@ -49,8 +49,10 @@ from fedmap_secure.privacy.events import (
     Event,
     LeafEvent,
     NonPrivateRelease,
+    PrivacyUnit,
     check_events,
     event_from_json,
+    event_unit,
     flatten,
 )
 
@@ -246,6 +248,21 @@ def _has_non_dp(events: Sequence[Event]) -> bool:
     return len(_dp_leaves(events)) != len(flatten(list(events)))
 
 
+def events_unit(events: Sequence[Event]) -> PrivacyUnit:
+    """The one privacy unit of ``events`` (record-level when empty).
+
+    A ledger states one guarantee, so it never mixes record-level and
+    client-level events: a mixture raises ``PrivacyError``.
+    """
+    units = {event_unit(leaf) for leaf in _dp_leaves(events)}
+    if len(units) > 1:
+        raise PrivacyError(
+            "record-level and client-level events cannot share one ledger: each states "
+            "a different guarantee (keep a separate ledger per unit)"
+        )
+    return units.pop() if units else PrivacyUnit.RECORD
+
+
 class PrivacyLedger:
     """Check-then-commit budget enforcement over a ``LedgerStore``.
 
@@ -332,6 +349,7 @@ class PrivacyLedger:
 
         def decide(existing: Sequence[StoredCharge]) -> PendingCharge:
             before = [e for charge in existing for e in charge.events]
+            events_unit([*before, *checked])
             after = self._epsilon([*before, *checked])
             if not after <= self._budget.epsilon:
                 raise BudgetExceededError(
@@ -382,11 +400,19 @@ class PrivacyLedger:
             )
         return entries
 
+    @property
+    def unit(self) -> PrivacyUnit:
+        """What this ledger's guarantee protects (from its stored events)."""
+        return events_unit([e for charge in self._store.load() for e in charge.events])
+
     def cross_check_epsilon(self) -> float | None:
-        """Total epsilon by the cross-check accountant (None when none configured)."""
+        """Total epsilon by the cross-check accountant (None when none configured or when
+        it cannot compose the stored events, e.g. client-level zCDP events)."""
         if self._cross_check is None:
             return None
         stored = [e for charge in self._store.load() for e in charge.events]
+        if not all(self._cross_check.supports(e) for e in _dp_leaves(stored)):
+            return None
         return self._cross_check.epsilon(_dp_leaves(stored), self._budget.delta)
 
     def report_json(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.table import Table
 
-from fedmap_secure.privacy.events import NonPrivateRelease, flatten
+from fedmap_secure.privacy.events import NonPrivateRelease, PrivacyUnit, flatten
 from fedmap_secure.privacy.ledger import LedgerEntry, PrivacyLedger
 
 REPORT_SCHEMA = "fedmap-secure/privacy-ledger-report/v1"
@@ -51,6 +51,7 @@ class LedgerReport:
     cross_check: dict[str, Any] | None
     entries: tuple[LedgerEntry, ...]
     non_dp_releases: tuple[str, ...]
+    unit: PrivacyUnit = PrivacyUnit.RECORD
 
     @property
     def remaining(self) -> float:
@@ -58,10 +59,17 @@ class LedgerReport:
 
     @property
     def guarantee(self) -> str:
-        base = (
-            f"record-level ({_up(self.epsilon_spent)}, {self.delta:g})-DP under add/remove-one "
-            "adjacency for the composition of all recorded releases"
-        )
+        if self.unit is PrivacyUnit.CLIENT:
+            base = (
+                f"CLIENT-LEVEL ({_up(self.epsilon_spent)}, {self.delta:g})-DP of the securely "
+                "aggregated sums: a neighbouring run replaces one site's whole contribution by "
+                "zero in every round (the set of participating sites is visible to the server)"
+            )
+        else:
+            base = (
+                f"record-level ({_up(self.epsilon_spent)}, {self.delta:g})-DP under "
+                "add/remove-one adjacency for the composition of all recorded releases"
+            )
         if self.non_dp_releases:
             return base + (
                 f" EXCEPT {len(self.non_dp_releases)} flagged non-DP release(s), "
@@ -82,6 +90,7 @@ class LedgerReport:
             "remaining": _number(self.remaining),
             "cross_check": self.cross_check,
             "non_dp_releases": list(self.non_dp_releases),
+            "unit": self.unit.name.lower(),
             "guarantee": self.guarantee,
             "entries": [_entry_json(entry) for entry in self.entries],
         }
@@ -166,4 +175,5 @@ def build_report(ledger: PrivacyLedger) -> LedgerReport:
         else {"accountant": ledger.cross_check.describe(), "epsilon": _number(cross)},
         entries=entries,
         non_dp_releases=non_dp,
+        unit=ledger.unit,
     )

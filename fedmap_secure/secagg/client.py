@@ -58,7 +58,7 @@ from fedmap_secure.errors import (
     RemoteProtocolError,
 )
 from fedmap_secure.secagg import encoding
-from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig
+from fedmap_secure.secagg.config import SERVER_ID, RingSpec, Roster, SecAggConfig
 from fedmap_secure.secagg.graph import neighbour_graph
 from fedmap_secure.secagg.masking import (
     Vector,
@@ -105,13 +105,19 @@ class ClientSession:
         round_index: int,
         context: bytes,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        ring: RingSpec | None = None,
     ) -> None:
         if site_id not in roster:
             raise ConfigError(f"site {site_id!r} is not on the roster")
         if roster.public_key(site_id) != identity.public:
             raise ConfigError(f"site {site_id!r}: identity key does not match the roster")
         derived = round_setup(
-            roster=roster, config=config, layout=layout, round_index=round_index, context=context
+            roster=roster,
+            config=config,
+            layout=layout,
+            round_index=round_index,
+            context=context,
+            ring=ring,
         )
         self.site_id = site_id
         self.round_index = round_index

@@ -121,11 +121,34 @@ class Roster:
         return setup_digest(b"roster", *parts)
 
 
-def layout_digest(layout: VectorLayout) -> bytes:
-    """Digest of every field's name, length and bound (IEEE-754 binary64, big-endian)."""
+@dataclass(frozen=True, kw_only=True)
+class RingSpec:
+    """A non-default encoding of a round's vector into the ring (e.g. client-level DP).
+
+    ``length`` is the encoded vector length and ``digest`` commits to every
+    public parameter of the encoding; both enter the setup id through
+    ``layout_digest``, so parties that disagree on the encoding never share a
+    session. Without one, the length is ``quantize.encoded_length(layout)``.
+    """
+
+    length: int
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:
+            raise ConfigError(f"RingSpec.length must be an int >= 1, got {self.length!r}")
+        if not isinstance(self.digest, bytes) or len(self.digest) != 32:
+            raise ConfigError("RingSpec.digest must be 32 bytes")
+
+
+def layout_digest(layout: VectorLayout, ring: RingSpec | None = None) -> bytes:
+    """Digest of every field's name, length and bound (IEEE-754 binary64, big-endian),
+    and of the ring encoding's length and digest when the round uses one."""
     parts: list[bytes] = []
     for f in layout.fields:
         parts += [encode_str(f.name), encode_uint(f.length), struct.pack(">d", float(f.bound))]
+    if ring is not None:
+        parts += [b"ring", encode_uint(ring.length), ring.digest]
     return setup_digest(b"layout", *parts)
 
 

@@ -28,9 +28,9 @@ from fedmap_secure.aggregation import AggregateResult, FloatVector, VectorLayout
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.errors import AbortedError, ConfigError, RemoteProtocolError
 from fedmap_secure.secagg.client import ClientSession
-from fedmap_secure.secagg.config import DEFAULT_BITS, Roster, SecAggConfig
+from fedmap_secure.secagg.config import DEFAULT_BITS, RingSpec, Roster, SecAggConfig
 from fedmap_secure.secagg.messages import ClientMessage, ServerMessage
-from fedmap_secure.secagg.quantize import Quantizer
+from fedmap_secure.secagg.round_encoder import RoundEncoderFactory, fixed_point_encoders
 from fedmap_secure.secagg.server import RoundOutput, ServerSession
 from fedmap_secure.secagg.stages import ClientStage
 
@@ -60,6 +60,7 @@ class SecureAggregator:
         config: SecAggConfig,
         random_bytes: Callable[[int], bytes] = os.urandom,
         dropouts: Mapping[str, DropPoint] | None = None,
+        encoders: RoundEncoderFactory | None = None,
     ) -> None:
         self._identities = dict(identities)
         self._roster = Roster.from_mapping({s: k.public for s, k in identities.items()})
@@ -71,6 +72,7 @@ class SecureAggregator:
         self._config = config
         self._random_bytes = random_bytes
         self._dropouts = dict(dropouts or {})
+        self._encoders = encoders or fixed_point_encoders(n_max=config.n, bits=config.bits)
 
     @classmethod
     def simulated(
@@ -128,12 +130,12 @@ class SecureAggregator:
         unknown = sorted(set(inputs) - set(self._identities))
         if unknown:
             raise ConfigError(f"round {round_index}: inputs from sites not on the roster {unknown}")
-        quantizer = Quantizer.auto(layout, n_max=self._config.n, bits=self._config.bits)
+        encoder = self._encoders(round_index, layout, context)
         encoded = {
-            s: quantizer.encode(vec, random_bytes=self._random_bytes) for s, vec in inputs.items()
+            s: encoder.encode(vec, random_bytes=self._random_bytes) for s, vec in inputs.items()
         }
-        output = self._play(round_index, layout, context, encoded)
-        values, clipped = quantizer.decode(output.total)
+        output = self._play(round_index, layout, context, encoded, encoder.ring)
+        values, clipped = encoder.decode(output.total)
         if clipped:
             log.warning(
                 "round %d: %d coordinates exceeded their declared bound and were clipped; "
@@ -153,12 +155,15 @@ class SecureAggregator:
         layout: VectorLayout,
         context: bytes,
         encoded: Mapping[str, npt.NDArray[np.uint64]],
+        ring: RingSpec | None = None,
     ) -> RoundOutput:
         """Run one round: every site's session and the server's, messages passed in memory."""
-        server = self._new_server(layout=layout, round_index=round_index, context=context)
+        server = self._new_server(
+            layout=layout, round_index=round_index, context=context, ring=ring
+        )
         live = {
             site: self._new_client(
-                site, key, layout=layout, round_index=round_index, context=context
+                site, key, layout=layout, round_index=round_index, context=context, ring=ring
             )
             for site, key in self._identities.items()
             if self._sends(site, DropPoint.BEFORE_KEYS, encoded)
@@ -180,7 +185,12 @@ class SecureAggregator:
         return server.finish()
 
     def _new_server(
-        self, *, layout: VectorLayout, round_index: int, context: bytes
+        self,
+        *,
+        layout: VectorLayout,
+        round_index: int,
+        context: bytes,
+        ring: RingSpec | None = None,
     ) -> ServerSession:
         """Hook: the server session of one round (``transcript`` overrides it to record)."""
         return ServerSession(
@@ -189,10 +199,18 @@ class SecureAggregator:
             layout=layout,
             round_index=round_index,
             context=context,
+            ring=ring,
         )
 
     def _new_client(
-        self, site: str, key: IdentityKey, *, layout: VectorLayout, round_index: int, context: bytes
+        self,
+        site: str,
+        key: IdentityKey,
+        *,
+        layout: VectorLayout,
+        round_index: int,
+        context: bytes,
+        ring: RingSpec | None = None,
     ) -> ClientSession:
         """Hook: one site's session of one round (``transcript`` overrides it to record)."""
         return ClientSession(
@@ -204,6 +222,7 @@ class SecureAggregator:
             round_index=round_index,
             context=context,
             random_bytes=self._random_bytes,
+            ring=ring,
         )
 
     def _sends(self, site: str, point: DropPoint, inputs: Mapping[str, object]) -> bool:

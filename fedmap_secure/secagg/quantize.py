@@ -40,6 +40,7 @@ import numpy.typing as npt
 
 from fedmap_secure.aggregation import FloatVector, VectorLayout
 from fedmap_secure.errors import ConfigError
+from fedmap_secure.secagg.config import RingSpec
 
 MAX_EXACT_LEVEL = 2**52
 
@@ -97,6 +98,11 @@ class Quantizer:
                 frac += 1
             fracs.append(frac)
         return cls(layout=layout, n_max=n_max, bits=bits, fractional_bits=tuple(fracs))
+
+    @property
+    def ring(self) -> RingSpec | None:
+        """None: the length and parameters follow from the layout (``RoundEncoder``)."""
+        return None
 
     def _scales(self) -> FloatVector:
         return np.concatenate(

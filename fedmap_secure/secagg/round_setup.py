@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.secagg import encoding
-from fedmap_secure.secagg.config import Roster, SecAggConfig, layout_digest
+from fedmap_secure.secagg.config import RingSpec, Roster, SecAggConfig, layout_digest
 from fedmap_secure.secagg.quantize import encoded_length
 
 
@@ -32,6 +32,7 @@ def round_setup(
     layout: VectorLayout,
     round_index: int,
     context: bytes,
+    ring: RingSpec | None = None,
 ) -> RoundSetup:
     """Validate the round's public inputs and derive its setup id (``ConfigError`` if invalid)."""
     if len(roster.sites) != config.n:
@@ -43,7 +44,8 @@ def round_setup(
         round_index=round_index,
         config_digest=config.digest(),
         roster_digest=roster.digest(),
-        layout_digest=layout_digest(layout),
+        layout_digest=layout_digest(layout, ring),
         context_hash=context_hash,
     )
-    return RoundSetup(length=encoded_length(layout), context_hash=context_hash, setup=setup)
+    length = encoded_length(layout) if ring is None else ring.length
+    return RoundSetup(length=length, context_hash=context_hash, setup=setup)

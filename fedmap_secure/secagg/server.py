@@ -48,7 +48,7 @@ from fedmap_secure.errors import (
 )
 from fedmap_secure.secagg import encoding
 from fedmap_secure.secagg.client import check_public_keys, verify_advertisement
-from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig
+from fedmap_secure.secagg.config import SERVER_ID, RingSpec, Roster, SecAggConfig
 from fedmap_secure.secagg.graph import neighbour_graph
 from fedmap_secure.secagg.masking import (
     RunningSum,
@@ -101,9 +101,15 @@ class ServerSession:
         layout: VectorLayout,
         round_index: int,
         context: bytes,
+        ring: RingSpec | None = None,
     ) -> None:
         derived = round_setup(
-            roster=roster, config=config, layout=layout, round_index=round_index, context=context
+            roster=roster,
+            config=config,
+            layout=layout,
+            round_index=round_index,
+            context=context,
+            ring=ring,
         )
         self.round_index = round_index
         self._roster = roster

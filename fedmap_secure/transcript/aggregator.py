@@ -19,8 +19,9 @@ import numpy.typing as npt
 from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.secagg.client import ClientSession
-from fedmap_secure.secagg.config import SecAggConfig
+from fedmap_secure.secagg.config import RingSpec, SecAggConfig
 from fedmap_secure.secagg.inprocess import DropPoint, SecureAggregator
+from fedmap_secure.secagg.round_encoder import RoundEncoderFactory
 from fedmap_secure.secagg.server import RoundOutput, ServerSession
 from fedmap_secure.transcript.binding import bound_context, model_hash
 from fedmap_secure.transcript.recorder import RecordingServerSession, TranscriptChain
@@ -39,9 +40,14 @@ class RecordingSecureAggregator(SecureAggregator):
         site_sink: Callable[[SiteRecord], None] | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         dropouts: Mapping[str, DropPoint] | None = None,
+        encoders: RoundEncoderFactory | None = None,
     ) -> None:
         super().__init__(
-            identities=identities, config=config, random_bytes=random_bytes, dropouts=dropouts
+            identities=identities,
+            config=config,
+            random_bytes=random_bytes,
+            dropouts=dropouts,
+            encoders=encoders,
         )
         self.chain = chain
         self._site_sink = site_sink
@@ -57,19 +63,25 @@ class RecordingSecureAggregator(SecureAggregator):
         layout: VectorLayout,
         context: bytes,
         encoded: Mapping[str, npt.NDArray[np.uint64]],
+        ring: RingSpec | None = None,
     ) -> RoundOutput:
         self._model_hash = model_hash(context)
         self._recorders = []
         bound = bound_context(self._model_hash, self.chain.previous_hash)
         try:
-            return super()._play(round_index, layout, bound, encoded)
+            return super()._play(round_index, layout, bound, encoded, ring)
         finally:
             if self._site_sink is not None:
                 for recorder in self._recorders:
                     self._site_sink(recorder.record())
 
     def _new_server(
-        self, *, layout: VectorLayout, round_index: int, context: bytes
+        self,
+        *,
+        layout: VectorLayout,
+        round_index: int,
+        context: bytes,
+        ring: RingSpec | None = None,
     ) -> ServerSession:
         return RecordingServerSession(
             chain=self.chain,
@@ -79,10 +91,18 @@ class RecordingSecureAggregator(SecureAggregator):
             layout=layout,
             round_index=round_index,
             context=context,
+            ring=ring,
         )
 
     def _new_client(
-        self, site: str, key: IdentityKey, *, layout: VectorLayout, round_index: int, context: bytes
+        self,
+        site: str,
+        key: IdentityKey,
+        *,
+        layout: VectorLayout,
+        round_index: int,
+        context: bytes,
+        ring: RingSpec | None = None,
     ) -> ClientSession:
         recorder = SiteRecorder(site=site, round_index=round_index, context=context)
         self._recorders.append(recorder)
@@ -96,4 +116,5 @@ class RecordingSecureAggregator(SecureAggregator):
             round_index=round_index,
             context=context,
             random_bytes=self._random_bytes,
+            ring=ring,
         )

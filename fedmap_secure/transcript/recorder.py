@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.errors import LocalProtocolError, RemoteProtocolError
-from fedmap_secure.secagg.config import Roster, SecAggConfig, layout_digest
+from fedmap_secure.secagg.config import RingSpec, Roster, SecAggConfig, layout_digest
 from fedmap_secure.secagg.encoding import context_digest
 from fedmap_secure.secagg.messages import (
     AdvertiseKeys,
@@ -110,13 +110,14 @@ class RoundRecorder:
         round_index: int,
         model_hash: bytes,
         setup_id: bytes,
+        ring: RingSpec | None = None,
         previous_hash: bytes,
         previous_sections: tuple[tuple[str, bytes], ...],
     ) -> None:
         self.round_index = round_index
         self._config = config
         self._roster_digest = roster.digest()
-        self._layout_digest = layout_digest(layout)
+        self._layout_digest = layout_digest(layout, ring)
         self._model_hash = model_hash
         self._context_hash = bound_context_hash(model_hash, previous_hash)
         self._setup_id = setup_id
@@ -240,13 +241,19 @@ class RecordingServerSession(ServerSession):
         layout: VectorLayout,
         round_index: int,
         context: bytes,
+        ring: RingSpec | None = None,
     ) -> None:
         if context_digest(context) != bound_context_hash(model_hash, chain.previous_hash):
             raise LocalProtocolError(
                 f"round {round_index}: the context must be bound_context(model_hash, chain head)"
             )
         super().__init__(
-            roster=roster, config=config, layout=layout, round_index=round_index, context=context
+            roster=roster,
+            config=config,
+            layout=layout,
+            round_index=round_index,
+            context=context,
+            ring=ring,
         )
         self._chain = chain
         self._recorder = RoundRecorder(
@@ -256,6 +263,7 @@ class RecordingServerSession(ServerSession):
             round_index=round_index,
             model_hash=model_hash,
             setup_id=self.setup_id,
+            ring=ring,
             previous_hash=chain.previous_hash,
             previous_sections=chain.previous_sections,
         )

@@ -25,7 +25,7 @@ from fedmap_secure.crypto.hashing import DIGEST_SIZE
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.errors import TranscriptError
 from fedmap_secure.secagg.client import ClientSession
-from fedmap_secure.secagg.config import Roster, SecAggConfig
+from fedmap_secure.secagg.config import RingSpec, Roster, SecAggConfig
 from fedmap_secure.secagg.encoding import context_digest
 from fedmap_secure.secagg.masking import Vector
 from fedmap_secure.secagg.messages import (
@@ -169,6 +169,7 @@ class RecordingClientSession(ClientSession):
         round_index: int,
         context: bytes,
         random_bytes: Callable[[int], bytes],
+        ring: RingSpec | None = None,
     ) -> None:
         super().__init__(
             site_id=site_id,
@@ -179,6 +180,7 @@ class RecordingClientSession(ClientSession):
             round_index=round_index,
             context=context,
             random_bytes=random_bytes,
+            ring=ring,
         )
         self.recorder = recorder
 

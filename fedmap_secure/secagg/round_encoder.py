@@ -1,0 +1,57 @@
+"""The seam between a round's float vectors and the ring secure aggregation sums in.
+
+A ``RoundEncoder`` turns one site's float vector into a vector over
+Z_{2^bits} (on the site) and the ring sum back into float sums (on the
+server). The default is the fixed-point ``Quantizer`` (``ring`` is None: the
+length and parameters follow from the layout); client-level DP
+(``fedmap_secure.client_dp``) plugs in an encoder that clips, rotates, rounds
+and adds its share of integer noise, and announces its own ``RingSpec`` so
+that the encoding's public parameters are bound into the session.
+
+Sans-I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from fedmap_secure.aggregation import FloatVector, VectorLayout
+from fedmap_secure.secagg.config import RingSpec
+from fedmap_secure.secagg.quantize import Quantizer
+
+
+class RoundEncoder(Protocol):
+    """Encodes site vectors into the ring and decodes the ring sum (one round)."""
+
+    @property
+    def ring(self) -> RingSpec | None:
+        """The encoding's length and parameter digest, or None for the layout default."""
+        ...
+
+    def encode(
+        self, vector: FloatVector, *, random_bytes: Callable[[int], bytes]
+    ) -> npt.NDArray[np.uint64]:
+        """One site's vector as ring elements (run at the site, before masking)."""
+        ...
+
+    def decode(self, total: npt.NDArray[np.uint64]) -> tuple[FloatVector, int]:
+        """(float sums in layout order, clipped-coordinate count seen by the server)."""
+        ...
+
+
+RoundEncoderFactory = Callable[[int, VectorLayout, bytes], RoundEncoder]
+"""(round index, layout, round context) -> the round's encoder. A factory may refuse
+(raise) before anything is encoded, e.g. when a privacy budget does not cover the round."""
+
+
+def fixed_point_encoders(*, n_max: int, bits: int) -> RoundEncoderFactory:
+    """The default: ``Quantizer.auto`` for every round."""
+
+    def factory(round_index: int, layout: VectorLayout, context: bytes) -> RoundEncoder:
+        return Quantizer.auto(layout, n_max=n_max, bits=bits)
+
+    return factory
