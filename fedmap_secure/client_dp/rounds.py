@@ -1,0 +1,177 @@
+"""Client-level DP round by round: plan once, charge the ledger, hand SecAgg each round's encoder.
+
+``ClientLevelRounds`` is what a run plugs into secure aggregation
+(``SecureAggregator(encoders=rounds.encoder)``) and into the engine's layout
+check (``rounds.check_layout``):
+
+- ``check_layout`` (once, before any site trains) calibrates the plan for the
+  contribution layout (``calibration.plan_client_dp``: noise for the budget,
+  ring fit): a configuration that cannot meet the budget or would wrap is
+  refused before anything is computed;
+- ``encoder`` (every round, before any site encodes) charges the round's
+  ``ClientLevelEvent`` to the client-level ledger, check-then-commit, and only
+  then returns the round's encoder, whose rotation seed is derived from the
+  public round context. Over budget: ``BudgetExceededError``, nothing released.
+
+Who charges: the guarantee is about the sums the server sees, so the ledger
+is the server's (``OUT/server/client-dp``); every site can recompute the same
+plan and events from the public configuration.
+
+Sans-I/O: the ledger is injected.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedmap_secure.aggregation import FloatVector, VectorLayout
+from fedmap_secure.client_dp.calibration import ClientDpPlan, ClientDpProblem, plan_client_dp
+from fedmap_secure.client_dp.encoding import DistributedDpEncoder, NoiseKind, RingEncoding
+from fedmap_secure.client_dp.rotation import padded_dimension
+from fedmap_secure.config.privacy import ClientDpMechanism, ClientDpSettings
+from fedmap_secure.crypto.hashing import digest, encode_str, encode_uint
+from fedmap_secure.crypto.labels import LABEL_CLIENT_DP_ROUND_SEED
+from fedmap_secure.errors import LocalProtocolError
+from fedmap_secure.privacy.events import PrivacyUnit
+from fedmap_secure.privacy.ledger import PrivacyLedger
+from fedmap_secure.secagg.config import RingSpec, SecAggConfig, setup_digest
+
+_KINDS = {
+    ClientDpMechanism.DISCRETE_GAUSSIAN: NoiseKind.DISCRETE_GAUSSIAN,
+    ClientDpMechanism.SKELLAM: NoiseKind.SKELLAM,
+}
+
+
+def rotation_seed(round_index: int, context: bytes) -> bytes:
+    """The public per-round rotation seed: a labelled digest of the round and its context."""
+    return digest(encode_uint(round_index), bytes(context), label=LABEL_CLIENT_DP_ROUND_SEED)
+
+
+def ring_spec(encoding: RingEncoding, length: int) -> RingSpec:
+    """Length and digest of every public parameter of a round's encoding."""
+    parts = (
+        encode_str(encoding.mechanism.value),
+        encode_uint(encoding.bits),
+        struct.pack(">d", encoding.scale),
+        struct.pack(">d", encoding.local_noise_std),
+        struct.pack(">d", encoding.beta),
+        encoding.rotation_seed,
+        encode_uint(length),
+    )
+    return RingSpec(length=length, digest=setup_digest(b"client-dp-ring", *parts))
+
+
+def noise_shares(secagg: SecAggConfig) -> int:
+    """Honest noise shares in the worst completed round: t survivors minus the declared corrupt."""
+    return secagg.t - math.floor(secagg.corrupt_fraction * secagg.n)
+
+
+class ClientDpRoundEncoder:
+    """``secagg.round_encoder.RoundEncoder`` over ``DistributedDpEncoder`` for one round.
+
+    The server learns no clip count: whether a site clipped stays at the site.
+    """
+
+    def __init__(self, layout: VectorLayout, encoding: RingEncoding) -> None:
+        self._encoder = DistributedDpEncoder(layout, encoding)
+        self._ring = ring_spec(encoding, self._encoder.length)
+
+    @property
+    def ring(self) -> RingSpec:
+        return self._ring
+
+    def encode(
+        self, vector: FloatVector, *, random_bytes: Callable[[int], bytes]
+    ) -> npt.NDArray[np.uint64]:
+        return self._encoder.encode(vector, random_bytes=random_bytes).ring
+
+    def decode(self, total: npt.NDArray[np.uint64]) -> tuple[FloatVector, int]:
+        return self._encoder.decode(total), 0
+
+
+class ClientLevelRounds:
+    """Plan, ledger and per-round encoders of client-level DP (see module docstring)."""
+
+    def __init__(
+        self,
+        settings: ClientDpSettings,
+        *,
+        rounds: int,
+        secagg: SecAggConfig,
+        ledger: PrivacyLedger,
+    ) -> None:
+        self._settings = settings
+        self._rounds = rounds
+        self._secagg = secagg
+        self._ledger = ledger
+        self._plan: ClientDpPlan | None = None
+        self._layout: VectorLayout | None = None
+
+    @property
+    def ledger(self) -> PrivacyLedger:
+        return self._ledger
+
+    def problem(self, layout: VectorLayout) -> ClientDpProblem:
+        s = self._settings
+        return ClientDpProblem(
+            mechanism=_KINDS[s.mechanism],
+            epsilon=s.epsilon,
+            delta=s.delta,
+            rounds=self._rounds,
+            l2_clip=math.sqrt(sum(f.bound**2 for f in layout.fields)),
+            dimension=padded_dimension(layout.size),
+            max_summands=self._secagg.n,
+            noise_shares=noise_shares(self._secagg),
+            bits=self._secagg.bits,
+            beta=s.beta,
+            local_noise_std=s.local_noise_std,
+            max_wrap_probability=s.max_wrap_probability,
+        )
+
+    def check_layout(self, layout: VectorLayout) -> None:
+        """Calibrate the plan for ``layout`` (``ConfigError`` if the budget or ring cannot hold)."""
+        self._plan = plan_client_dp(self.problem(layout))
+        self._layout = layout
+
+    def plan(self) -> ClientDpPlan:
+        if self._plan is None:
+            raise LocalProtocolError("client-level DP: check_layout() before the first round")
+        return self._plan
+
+    def encoder(self, round_index: int, layout: VectorLayout, context: bytes) -> ClientDpRoundEncoder:
+        """Charge round ``round_index`` to the ledger, then return its encoder."""
+        plan = self.plan()
+        if layout != self._layout:
+            raise LocalProtocolError("client-level DP: the layout changed after calibration")
+        self._ledger.charge(
+            round_index, [plan.event()], note=f"client-level noise of round {round_index}"
+        )
+        return ClientDpRoundEncoder(layout, plan.encoding(rotation_seed(round_index, context)))
+
+    def describe(self) -> dict[str, Any]:
+        """``privacy.client_level_dp`` of summary.json."""
+        plan = self.plan().describe() if self._plan is not None else None
+        return {
+            "unit": PrivacyUnit.CLIENT.value,
+            "guarantee": (
+                "client-level DP of the securely aggregated sums the server sees: one site's "
+                "whole contribution (every round) replaced by zero changes their distribution "
+                "by at most (epsilon_spent, delta); the set of participating sites is NOT "
+                "hidden (secure aggregation reveals it); separate from each site's "
+                "record-level guarantee"
+            ),
+            "accountant": self._ledger.accountant.describe(),
+            "epsilon_budget": self._settings.epsilon,
+            "delta": self._settings.delta,
+            "epsilon_spent": self._ledger.spent(),
+            "rounds_charged": len(self._ledger.history()),
+            "plan": plan,
+            "ledger": "server/client-dp",
+            "noise_source": "OS CSPRNG at every site (os.urandom)",
+        }
