@@ -184,12 +184,20 @@ def clip_fields(layout: VectorLayout, vector: FloatVector) -> tuple[FloatVector,
     start = 0
     for f in layout.fields:
         part = out[start : start + f.length]
-        norm = float(np.linalg.norm(part))
+        norm = _l2_norm(part)
         if norm > f.bound:
             part *= f.bound / norm
             clipped.append(f.name)
         start += f.length
     return out, tuple(clipped)
+
+
+def _l2_norm(values: FloatVector) -> float:
+    """||values||_2 without overflow: the largest magnitude is factored out first."""
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    if peak == 0.0:
+        return 0.0
+    return peak * float(np.linalg.norm(values / peak))
 
 
 def conditional_round(
@@ -239,19 +247,43 @@ class DistributedDpEncoder:
             raise ConfigError("layout must be a VectorLayout with at least one field")
         if not isinstance(encoding, RingEncoding):
             raise ConfigError("encoding must be a RingEncoding")
-        self.layout = layout
-        self.encoding = encoding
-        self.rotation = RandomizedHadamard(layout.size, encoding.rotation_seed)
-        self.length = self.rotation.padded_dim
-        self.l2_clip = math.sqrt(sum(f.bound * f.bound for f in layout.fields))
-        self.rounded_norm_bound = rounded_l2_bound(
-            self.l2_clip / encoding.scale, self.length, encoding.beta
-        )
-        if self.rounded_norm_bound > MAX_NORM_LEVELS:
+        self._layout = layout
+        self._encoding = encoding
+        self._rotation = RandomizedHadamard(layout.size, encoding.rotation_seed)
+        self._l2_clip = math.sqrt(sum(f.bound * f.bound for f in layout.fields))
+        self._bound = rounded_l2_bound(self._l2_clip / encoding.scale, self.length, encoding.beta)
+        if self._bound > MAX_NORM_LEVELS:
             raise ConfigError(
-                f"scale {encoding.scale!r} is too small for L2 clip {self.l2_clip:.6g}: "
-                f"the rounded norm bound {self.rounded_norm_bound:.6g} exceeds 2^52 levels"
+                f"scale {encoding.scale!r} is too small for L2 clip {self._l2_clip:.6g}: "
+                f"the rounded norm bound {self._bound:.6g} exceeds 2^52 levels"
             )
+
+    @property
+    def layout(self) -> VectorLayout:
+        return self._layout
+
+    @property
+    def encoding(self) -> RingEncoding:
+        return self._encoding
+
+    @property
+    def rotation(self) -> RandomizedHadamard:
+        return self._rotation
+
+    @property
+    def length(self) -> int:
+        """padded_dim: the length of every ring vector (the SecAgg vector length)."""
+        return self._rotation.padded_dim
+
+    @property
+    def l2_clip(self) -> float:
+        """sqrt(sum_f B_f^2): the L2 norm bound of a clipped contribution, in float units."""
+        return self._l2_clip
+
+    @property
+    def rounded_norm_bound(self) -> float:
+        """Delta_2 in integer levels: the L2 sensitivity of one site's rounded vector."""
+        return self._bound
 
     def encode(self, vector: FloatVector, *, random_bytes: RandomBytes) -> EncodedContribution:
         """Clip, rotate, scale, round, add this site's noise, reduce mod 2^bits."""

@@ -16,24 +16,30 @@ Differential Privacy", NeurIPS 2020, Algorithm 3)
     P(Y = y) proportional to exp(-|y| / t), drawn as Y = G1 - G2 for two
     independent geometrics with P(G >= k) = exp(-k / t), G = floor(-t ln(1 - u)).
     Accept Y with probability exp(-(|Y| - sigma^2 / t)^2 / (2 sigma^2)); the
-    accepted values are exactly N_Z(0, sigma^2) in real arithmetic, and the
-    expected number of proposals per output is a small constant (below 2).
-    Candidates are drawn in vectorised batches until ``n`` are accepted.
+    accepted values are exactly N_Z(0, sigma^2) in real arithmetic. Measured
+    acceptance is about 0.45 for sigma < 1 and 0.70-0.76 for sigma >= 1.5, so
+    the expected number of proposals per output is at most about 2.2.
+    Candidates are drawn in vectorised batches (2x the outstanding count, 24
+    bytes each) until ``n`` are accepted.
 
     FLOAT APPROXIMATION. This is the float-approximate vectorised form (the
     same shape as TF Privacy's published distributed discrete Gaussian
-    sampler), not CKS's exact-arithmetic sampler: the geometric draws and the
+    sampler), not CKS's exact-arithmetic sampler (which draws Bernoulli(exp(-g))
+    with rational arithmetic and no floats). Here the geometric draws and the
     acceptance probability are computed in float64 from 53-bit uniforms, and
-    the acceptance test compares a float uniform with a float exp(). The output
-    distribution is therefore within about 2^-50 (relative, per value) of
-    N_Z(0, sigma^2) but not exactly it, and its deviations are structured by
-    floating-point rounding. A float attack surface remains (Mironov, CCS 2012;
-    Jin et al., IEEE S&P 2022): an adversary who sees ``x + noise`` for a
-    single value could in principle exploit the sub-2^-50 distortions of the
-    tails. Here the risk is much smaller than for float Gaussian noise because
-    the output is an integer (no low-order float bits to inspect) and is only
-    ever released inside a secure sum with other sites' noise, but the formal
-    DP guarantee holds for the ideal distribution, not for this sampler.
+    the acceptance test compares a float uniform with a float exp(). What that
+    means: every probability the sampler realises is off by an additive error
+    of order 2^-52 (grid of the uniforms, rounding of log1p and exp), so the
+    output pmf differs from N_Z(0, sigma^2) by that much per value, tail values
+    whose ideal probability is far below 2^-53 are effectively never produced,
+    and the deviations follow the floating-point grid rather than being
+    random. The formal DP guarantee is proved for the ideal distribution, not
+    for this sampler; an adversary who could observe many single noisy values
+    might in principle test hypotheses on these structured deviations (the
+    float attack surface of Mironov, CCS 2012, and Jin et al., IEEE S&P 2022).
+    Mitigations, not proofs: outputs are integers (no low-order float bits to
+    inspect), and a site's noise is only ever released masked inside a secure
+    sum together with the other sites' noise.
 
 ``skellam`` (Agarwal, Kairouz, Liu, "The Skellam Mechanism for Differentially
 Private Federated Learning", NeurIPS 2021)
@@ -50,8 +56,9 @@ Private Federated Learning", NeurIPS 2021)
     and never 0 or 1. scipy.stats.poisson.ppf gives the same values but
     inverts through ``pdtrik``, which takes seconds to minutes per 16k values
     at mu >= 2^20; the bracket search needs a few vectorised CDF calls.
-    Float caveat as above: inversion from 52-bit uniforms truncates tails
-    beyond probability 2^-53 and inherits the CDF's rounding.
+    Float caveat as for the discrete Gaussian: inversion from 52-bit uniforms
+    realises each probability only to about 2^-53 (tails beyond that are
+    truncated) and inherits the CDF's rounding; not an exact sampler.
 
 Limits: sigma, and sqrt(variance), are at most MAX_NOISE_STD = 2^24 so every
 intermediate stays an exactly represented float64 integer and int64 never

@@ -103,6 +103,19 @@ def test_oversized_field_is_scaled_to_its_bound_and_named() -> None:
     assert out.clipped_fields == ("weights",)
 
 
+def test_clipping_does_not_overflow_on_huge_values() -> None:
+    x = np.concatenate([np.full(300, 1e200), np.zeros(700)])
+    clipped, names = clip_fields(LAYOUT, x)
+    assert names == ("weights",)
+    assert np.allclose(clipped[:300], 1.0 / math.sqrt(300), rtol=1e-12)
+
+
+def test_encoder_parameters_are_read_only() -> None:
+    encoder = DistributedDpEncoder(LAYOUT, _encoding())
+    with pytest.raises(AttributeError):
+        encoder.rounded_norm_bound = 1e9  # type: ignore[misc]
+
+
 def test_encoder_derives_clip_and_rounded_bound_from_layout() -> None:
     encoder = DistributedDpEncoder(LAYOUT, _encoding(scale=1e-3, beta=0.0))
     assert encoder.length == 1024
