@@ -46,6 +46,10 @@ LABEL_NEIGHBOUR_GRAPH = _PREFIX + b"secagg/neighbour-graph"
 LABEL_SECAGG_SETUP = _PREFIX + b"secagg/setup"
 """Digest label of config/roster/layout digests and the setup id signed at advertisement."""
 
+# Public per-round expansions (client-level distributed DP).
+LABEL_CLIENT_DP_ROTATION = _PREFIX + b"client-dp/rotation"
+"""PRG label of the Rademacher signs of the public randomized Hadamard rotation (client_dp)."""
+
 # Deterministic byte stream used only to make test vectors reproducible.
 LABEL_TEST_STREAM = _PREFIX + b"test-vector-stream"
 """Label of deterministic.DeterministicRandom; never used for real secrets."""
@@ -64,6 +68,7 @@ ALL_LABELS: tuple[bytes, ...] = (
     LABEL_ENVELOPE_AD,
     LABEL_NEIGHBOUR_GRAPH,
     LABEL_SECAGG_SETUP,
+    LABEL_CLIENT_DP_ROTATION,
     LABEL_TEST_STREAM,
 )
 """Every label, for the distinctness test and for protocol/CRYPTO.md."""

@@ -1,4 +1,7 @@
-"""secagg and crypto stay sans-I/O: no torch, grpc, clock, filesystem, pickle or raw primitives."""
+"""secagg, client_dp and crypto stay sans-I/O.
+
+No torch, grpc, clock, filesystem, pickle or raw primitives.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SECAGG = sorted((ROOT / "fedmap_secure" / "secagg").glob("*.py"))
+CLIENT_DP = sorted((ROOT / "fedmap_secure" / "client_dp").glob("*.py"))
 FORBIDDEN = {
     "time",
     "datetime",
@@ -29,10 +33,10 @@ FORBIDDEN = {
 }
 
 
-def test_importing_secagg_and_crypto_leaves_torch_and_grpc_unloaded() -> None:
+def test_importing_secagg_client_dp_and_crypto_leaves_torch_and_grpc_unloaded() -> None:
     code = (
         "import sys, fedmap_secure.secagg, fedmap_secure.crypto\n"
-        "import fedmap_secure.secagg.inprocess\n"
+        "import fedmap_secure.secagg.inprocess, fedmap_secure.client_dp\n"
         "bad = sorted(m for m in ('torch', 'grpc', 'opacus') if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )
@@ -42,7 +46,7 @@ def test_importing_secagg_and_crypto_leaves_torch_and_grpc_unloaded() -> None:
     assert done.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("path", SECAGG, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SECAGG + CLIENT_DP, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_secagg_modules_import_nothing_forbidden(path: Path) -> None:
     names: set[str] = set()
     tree = ast.parse(path.read_text("utf-8"))
@@ -58,3 +62,21 @@ def test_secagg_modules_import_nothing_forbidden(path: Path) -> None:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
     }
     assert not calls & {"open", "print", "input", "exec", "eval"}
+
+
+@pytest.mark.parametrize("path", CLIENT_DP, ids=lambda p: p.name)
+def test_client_dp_does_not_reach_into_io_layers(path: Path) -> None:
+    tree = ast.parse(path.read_text("utf-8"))
+    modules = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module is not None
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    io_layers = ("training", "transport", "experiments", "cli")
+    bad = {m for m in modules if m.split(".")[:2] in [["fedmap_secure", x] for x in io_layers]}
+    assert not bad, f"{path.name} imports {bad}"
