@@ -144,7 +144,9 @@ class ClientLevelRounds:
             raise LocalProtocolError("client-level DP: check_layout() before the first round")
         return self._plan
 
-    def encoder(self, round_index: int, layout: VectorLayout, context: bytes) -> ClientDpRoundEncoder:
+    def encoder(
+        self, round_index: int, layout: VectorLayout, context: bytes
+    ) -> ClientDpRoundEncoder:
         """Charge round ``round_index`` to the ledger, then return its encoder."""
         plan = self.plan()
         if layout != self._layout:

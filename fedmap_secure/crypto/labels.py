@@ -49,6 +49,8 @@ LABEL_SECAGG_SETUP = _PREFIX + b"secagg/setup"
 # Public per-round expansions (client-level distributed DP).
 LABEL_CLIENT_DP_ROTATION = _PREFIX + b"client-dp/rotation"
 """PRG label of the Rademacher signs of the public randomized Hadamard rotation (client_dp)."""
+LABEL_CLIENT_DP_ROUND_SEED = _PREFIX + b"client-dp/round-seed"
+"""Digest label of the public per-round rotation seed (round index and round context)."""
 
 # Deterministic byte stream used only to make test vectors reproducible.
 LABEL_TEST_STREAM = _PREFIX + b"test-vector-stream"
@@ -69,6 +71,7 @@ ALL_LABELS: tuple[bytes, ...] = (
     LABEL_NEIGHBOUR_GRAPH,
     LABEL_SECAGG_SETUP,
     LABEL_CLIENT_DP_ROTATION,
+    LABEL_CLIENT_DP_ROUND_SEED,
     LABEL_TEST_STREAM,
 )
 """Every label, for the distinctness test and for protocol/CRYPTO.md."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmap_secure.aggregation import Aggregator, PlainSum, VectorLayout
+from fedmap_secure.client_dp.rounds import ClientLevelRounds
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
@@ -30,9 +31,14 @@ from fedmap_secure.experiments.simulation import (
     TrainerFactory,
     run_simulation,
 )
+from fedmap_secure.privacy.accountant_base import AccountantName
+from fedmap_secure.privacy.accountants import create_accountant
+from fedmap_secure.privacy.budget import Budget
+from fedmap_secure.privacy.ledger_store import open_site_ledger
 from fedmap_secure.secagg.config import SecAggConfig
 from fedmap_secure.secagg.inprocess import SecureAggregator
 from fedmap_secure.secagg.quantize import Quantizer
+from fedmap_secure.secagg.round_encoder import RoundEncoderFactory
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.transcript.aggregator import RecordingSecureAggregator
 from fedmap_secure.transcript.recorder import TranscriptChain
@@ -41,8 +47,60 @@ from fedmap_secure.transcript.store import SiteRecordWriter, TranscriptWriter, w
 log = logging.getLogger(__name__)
 
 
+CLIENT_DP_LEDGER = Path("server") / "client-dp"
+"""Where a run keeps the server's client-level ledger, relative to its output folder."""
+
+
+def secagg_config(config: SimulationConfig, dataset: FederatedDataset) -> SecAggConfig | None:
+    """The SecAgg parameters over the training-tier sites, or None for a plain sum."""
+    s = config.secagg
+    sites = [d.name for d in dataset.by_tier(Tier.TRAIN)]
+    if not s.enabled or len(sites) < 2:
+        return None
+    return SecAggConfig.for_threat_model(
+        n=len(sites),
+        dropout_fraction=s.dropout_fraction,
+        corrupt_fraction=s.corrupt_fraction,
+        bits=s.bits,
+        security_parameter=s.security_parameter,
+    )
+
+
+def open_client_level(
+    config: SimulationConfig, dataset: FederatedDataset, out_dir: Path
+) -> ClientLevelRounds:
+    """Client-level DP of this run with a fresh server ledger under ``out_dir``/server/client-dp.
+
+    Refused without secure aggregation: a plain sum would show the server each
+    site's vector with only its own share of the noise.
+    """
+    secagg = secagg_config(config, dataset)
+    if secagg is None:
+        raise ConfigError(
+            "client-level DP adds each site's noise share inside secure aggregation; it "
+            "needs secure aggregation over at least 2 training sites (drop --no-secagg)"
+        )
+    state = out_dir / CLIENT_DP_LEDGER
+    if state.exists():
+        raise ConfigError(
+            f"client-level ledger {str(state)!r} already exists: it would keep spending an "
+            "earlier run's budget; choose a new --out or remove it"
+        )
+    c = config.client_dp
+    ledger = open_site_ledger(
+        state,
+        budget=Budget(epsilon=c.epsilon, delta=c.delta),
+        accountant=create_accountant(AccountantName.DP_ACCOUNTING_RDP),
+    )
+    return ClientLevelRounds(c, rounds=config.rounds, secagg=secagg, ledger=ledger)
+
+
 def build_aggregator(
-    config: SimulationConfig, dataset: FederatedDataset, out_dir: Path | None = None
+    config: SimulationConfig,
+    dataset: FederatedDataset,
+    out_dir: Path | None = None,
+    *,
+    encoders: RoundEncoderFactory | None = None,
 ) -> Aggregator:
     """``SecureAggregator`` over the training-tier sites per ``[secagg]``, or ``PlainSum``.
 
@@ -51,22 +109,15 @@ def build_aggregator(
     and the roster of the (fresh, per-run) identity keys to ``out_dir``/roster.json,
     for ``fedmap-secure verify-transcript``.
     """
-    s = config.secagg
-    sites = [d.name for d in dataset.by_tier(Tier.TRAIN)]
-    if not s.enabled or len(sites) < 2:
-        if s.enabled:
+    secagg = secagg_config(config, dataset)
+    if secagg is None:
+        if config.secagg.enabled:
             log.warning("secure aggregation needs >= 2 training sites; using a plain sum")
         return PlainSum()
-    secagg = SecAggConfig.for_threat_model(
-        n=len(sites),
-        dropout_fraction=s.dropout_fraction,
-        corrupt_fraction=s.corrupt_fraction,
-        bits=s.bits,
-        security_parameter=s.security_parameter,
-    )
+    sites = [d.name for d in dataset.by_tier(Tier.TRAIN)]
     identities = {site: IdentityKey.generate(os.urandom) for site in sites}
     if out_dir is None:
-        return SecureAggregator(identities=identities, config=secagg)
+        return SecureAggregator(identities=identities, config=secagg, encoders=encoders)
     if any((out_dir / "transcripts").glob("round-*.json")):
         raise ConfigError(
             f"transcript directory {str(out_dir / 'transcripts')!r} already exists with an "
@@ -77,6 +128,7 @@ def build_aggregator(
         config=secagg,
         chain=TranscriptChain(sink=TranscriptWriter(out_dir)),
         site_sink=SiteRecordWriter(out_dir),
+        encoders=encoders,
     )
     write_roster(out_dir / "roster.json", aggregator.roster)
     return aggregator
@@ -154,38 +206,60 @@ def run_private_simulation(
 
     ``trainer_factory`` is used only when DP is off (default: non-private Adam MAP).
     """
-    agg = aggregator if aggregator is not None else build_aggregator(config, dataset, out_dir)
-    check = EncodingCheck(agg) if isinstance(agg, SecureAggregator) else None
-    private = (
-        PrivateRun.open(config, dataset, out_dir, after_charge=after_charge)
-        if (config.privacy.enabled)
-        else None
-    )
+    if config.client_dp.enabled and aggregator is not None:
+        raise ConfigError("client-level DP builds its own secure aggregator; pass none")
+    client = open_client_level(config, dataset, out_dir) if config.client_dp.enabled else None
+    private: PrivateRun | None = None
     try:
-        result = run_simulation(
-            config,
-            dataset,
-            agg,
-            private.trainer_factory() if private else (trainer_factory or _plain_trainer),
-            progress,
-            private.score_release_factory() if private else None,
-            round_gate=private.admit if private else None,
-            layout_check=check,
+        encoders = client.encoder if client is not None else None
+        agg = aggregator or build_aggregator(config, dataset, out_dir, encoders=encoders)
+        private = (
+            PrivateRun.open(config, dataset, out_dir, after_charge=after_charge)
+            if config.privacy.enabled
+            else None
         )
-        secure = {**agg.describe(), "encoding": check.encoding if check else None}
-        secure["clipped_coordinates"] = _clipped(result)
-        secure["transcripts"] = describe_transcripts(agg, out_dir)
-        spent = private.epsilon_spent() if private else None
-        privacy = {
-            "secure_aggregation": secure,
-            "differential_privacy": (
-                None if private is None or spent is None else private.describe(spent)
-            ),
-            "metrics_released": False,
-        }
+        return _run(config, dataset, out_dir, agg, private, client, progress, trainer_factory)
     finally:
         if private is not None:
             private.close()
+        if client is not None:
+            client.ledger.close()
+
+
+def _run(
+    config: SimulationConfig,
+    dataset: FederatedDataset,
+    out_dir: Path,
+    agg: Aggregator,
+    private: PrivateRun | None,
+    client: ClientLevelRounds | None,
+    progress: ProgressFn | None,
+    trainer_factory: TrainerFactory | None,
+) -> PrivateSimulation:
+    """The engine run and summary.json's ``privacy`` section (ledgers opened by the caller)."""
+    check = EncodingCheck(agg) if isinstance(agg, SecureAggregator) and client is None else None
+    result = run_simulation(
+        config,
+        dataset,
+        agg,
+        private.trainer_factory() if private else (trainer_factory or _plain_trainer),
+        progress,
+        private.score_release_factory() if private else None,
+        round_gate=private.admit if private else None,
+        layout_check=client.check_layout if client is not None else check,
+    )
+    secure = {**agg.describe(), "encoding": check.encoding if check else None}
+    secure["clipped_coordinates"] = _clipped(result)
+    secure["transcripts"] = describe_transcripts(agg, out_dir)
+    spent = private.epsilon_spent() if private else None
+    privacy = {
+        "secure_aggregation": secure,
+        "differential_privacy": (
+            None if private is None or spent is None else private.describe(spent)
+        ),
+        "client_level_dp": client.describe() if client is not None else None,
+        "metrics_released": False,
+    }
     return PrivateSimulation(result=result, privacy=privacy, epsilon_spent=spent)
 
 
