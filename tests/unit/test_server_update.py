@@ -32,6 +32,9 @@ class FakeTrainedSite:
     def theta_vector(self) -> FloatVector:
         return self.theta
 
+    def gamma_vector(self) -> FloatVector:
+        return np.zeros_like(self.theta)
+
     def score(self) -> tuple[float, float]:
         return self.omega, self.prior_value
 
