@@ -29,6 +29,9 @@ class _Site:
     def theta_vector(self) -> np.ndarray:
         return self.theta
 
+    def gamma_vector(self) -> np.ndarray:
+        return np.zeros_like(self.theta)
+
     def score(self) -> tuple[float, float]:
         return self.omega, self.prior
 
