@@ -178,7 +178,8 @@ class EncodedContribution:
             raise ConfigError(f"encoded ring vector must be 1-D, got shape {self.ring.shape}")
         if not all(isinstance(name, str) for name in self.clipped_fields):
             raise ConfigError("clipped_fields must be a tuple of field names")
-        if isinstance(self.rounding_attempts, bool) or self.rounding_attempts < 1:
+        attempts = self.rounding_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ConfigError(f"rounding_attempts must be >= 1, got {self.rounding_attempts!r}")
 
 
