@@ -62,6 +62,7 @@ from fedmap_secure.aggregation import FloatVector, VectorLayout
 from fedmap_secure.client_dp.rotation import RandomizedHadamard
 from fedmap_secure.client_dp.samplers import (
     MAX_NOISE_STD,
+    MAX_SKELLAM_VARIANCE,
     discrete_gaussian,
     skellam,
     uniform01,
@@ -128,7 +129,8 @@ class RingEncoding:
     """The public parameters every site and the server share for one round.
 
     ``bits``: ring Z_{2^bits}, 2..64. ``scale``: gamma, the float value of one
-    integer level. ``local_noise_std``: each site's noise std in levels.
+    integer level. ``local_noise_std``: each site's noise std in levels
+    (at most 2^24 for the discrete Gaussian, 2^16 for Skellam).
     ``beta``: conditional rounding parameter in [0, 1). ``rotation_seed``:
     the round's 32 public bytes for the randomized Hadamard rotation.
     """
@@ -148,7 +150,10 @@ class RingEncoding:
         if not 2 <= self.bits <= 64:
             raise ConfigError(f"ring bits must be in 2..64, got {self.bits}")
         _positive_real(self.scale, "scale", math.inf)
-        _positive_real(self.local_noise_std, "local_noise_std", MAX_NOISE_STD)
+        limit = MAX_NOISE_STD
+        if self.mechanism is NoiseKind.SKELLAM:
+            limit = math.sqrt(MAX_SKELLAM_VARIANCE)
+        _positive_real(self.local_noise_std, "local_noise_std", limit)
         _check_beta(self.beta)
         if not isinstance(self.rotation_seed, bytes) or len(self.rotation_seed) != SEED_SIZE:
             raise ConfigError(f"rotation_seed must be {SEED_SIZE} bytes")
@@ -173,7 +178,8 @@ class EncodedContribution:
             raise ConfigError(f"encoded ring vector must be 1-D, got shape {self.ring.shape}")
         if not all(isinstance(name, str) for name in self.clipped_fields):
             raise ConfigError("clipped_fields must be a tuple of field names")
-        if isinstance(self.rounding_attempts, bool) or self.rounding_attempts < 1:
+        attempts = self.rounding_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ConfigError(f"rounding_attempts must be >= 1, got {self.rounding_attempts!r}")
 
 

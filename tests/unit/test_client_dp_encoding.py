@@ -226,6 +226,12 @@ def test_invalid_ring_encoding_raises(field: str, value: object) -> None:
         _encoding(**{field: value})
 
 
+def test_skellam_noise_std_is_capped_at_2_16_levels() -> None:
+    assert _encoding(mechanism=NoiseKind.SKELLAM, local_noise_std=2.0**16).local_noise_std > 0
+    with pytest.raises(ConfigError, match="local_noise_std"):
+        _encoding(mechanism=NoiseKind.SKELLAM, local_noise_std=2.0**17)
+
+
 def test_ring_encoding_repr_omits_the_seed() -> None:
     assert "rotation_seed" not in repr(_encoding())
 
