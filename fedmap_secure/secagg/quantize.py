@@ -137,11 +137,8 @@ class Quantizer:
         """Centred decode of a sum in Z_{2^bits}: (float64 sums, total clipped count)."""
         if total.shape != (self.layout.size + 1,):
             raise ConfigError(f"sum must have length {self.layout.size + 1}")
-        if self.bits == 64:
-            signed = total.view(np.int64).copy()
-        else:
-            signed = total.astype(np.int64)
-            signed[signed >= 2 ** (self.bits - 1)] -= 2**self.bits
+        shift = np.uint64(64 - self.bits)  # sign-extend bit (bits - 1): no 2**bits overflow
+        signed = (total << shift).view(np.int64) >> np.int64(64 - self.bits)
         values = signed[:-1].astype(np.float64) / self._scales()
         return values, int(signed[-1])
 

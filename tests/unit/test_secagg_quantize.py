@@ -82,3 +82,15 @@ def test_encode_refuses_wrong_shape_or_nan() -> None:
         q.encode(np.array([np.nan, 0, 0, 0, 0, 0]))
     with pytest.raises(ConfigError):
         q.decode(np.zeros(3, dtype=np.uint64))
+
+
+@pytest.mark.parametrize("bits", [16, 33, 63, 64])
+def test_negative_sums_decode_at_every_ring_width(bits: int) -> None:
+    layout = VectorLayout((Field(name="x", length=3, bound=1.0),))
+    q = Quantizer.auto(layout, n_max=2, bits=bits)
+    enc = [q.encode(np.array([-1.0, 0.5, -0.25])), q.encode(np.array([-1.0, -0.5, 0.0]))]
+    mask = (1 << bits) - 1
+    total = np.array([(int(a) + int(b)) & mask for a, b in zip(*enc, strict=True)], dtype=np.uint64)
+    values, clipped = q.decode(total)
+    np.testing.assert_allclose(values, [-2.0, 0.0, -0.25], atol=2 * 2.0 ** -q.fractional_bits[0])
+    assert clipped == 0

@@ -182,7 +182,7 @@ def test_spec_and_threat_model_agree_and_point_at_each_other() -> None:
         assert condition in spec, condition
         assert condition in model, condition
     assert "client-level" in model.lower()
-    assert "m = t − c_max honest shares" in model  # the worst case the client-level noise covers
+    assert "c_max honest shares" in model  # the worst case the client-level noise covers
     assert "does **not** hide whether a site took part" in model
     assert "### 9.1 Client-level DP encoding" in spec
 
