@@ -227,15 +227,12 @@ def _simulate_grpc(
         raise ConfigError("--method pooled is centralised: it has no --transport grpc")
     if not config.secagg.enabled:
         raise ConfigError("--transport grpc always uses secure aggregation: drop --no-secagg")
-    if config.client_dp.enabled:
-        raise ConfigError(
-            "client-level DP runs in-process only in this version (--transport inprocess); "
-            "the gRPC sites do not carry the client-level encoder yet"
-        )
     overrides: dict[str, Any] = {
         "dropout_fraction": config.secagg.dropout_fraction,
         "corrupt_fraction": config.secagg.corrupt_fraction,
     }
+    if config.client_dp.enabled:  # its noise needs the configured ring (default 64 bits)
+        overrides["bits"] = config.secagg.bits
     collect = None
     if config.privacy.enabled:
         from fedmap_secure.experiments import grpc_private

@@ -14,8 +14,11 @@ check (``rounds.check_layout``):
   public round context. Over budget: ``BudgetExceededError``, nothing released.
 
 Who charges: the guarantee is about the sums the server sees, so the ledger
-is the server's (``OUT/server/client-dp``); every site can recompute the same
-plan and events from the public configuration.
+is the server's (``OUT/server/client-dp``); every site recomputes the same
+plan and round encoders from the public configuration with ``ClientDpPlanner``
+(ledger-free; ``ClientLevelRounds`` wraps it). Over gRPC the rotation seed
+comes from the ``SecAggSetup.context`` both sides hold, and the ring's digest
+enters the setup id, so a site with other settings cannot join the round.
 
 Sans-I/O: the ledger is injected.
 """
@@ -37,10 +40,11 @@ from fedmap_secure.client_dp.rotation import padded_dimension
 from fedmap_secure.config.privacy import ClientDpMechanism, ClientDpSettings
 from fedmap_secure.crypto.hashing import digest, encode_str, encode_uint
 from fedmap_secure.crypto.labels import LABEL_CLIENT_DP_ROUND_SEED
-from fedmap_secure.errors import LocalProtocolError
+from fedmap_secure.errors import BudgetExceededError, LocalProtocolError
 from fedmap_secure.privacy.events import PrivacyUnit
 from fedmap_secure.privacy.ledger import PrivacyLedger
 from fedmap_secure.secagg.config import RingSpec, SecAggConfig, setup_digest
+from fedmap_secure.secagg.round_encoder import RoundEncoderFactory
 
 _KINDS = {
     ClientDpMechanism.DISCRETE_GAUSSIAN: NoiseKind.DISCRETE_GAUSSIAN,
@@ -95,6 +99,87 @@ class ClientDpRoundEncoder:
         return self._encoder.decode(total), 0
 
 
+class ClientDpPlanner:
+    """The public, ledger-free half of client-level DP: the plan and each round's encoder.
+
+    Everything here is a deterministic function of public inputs (settings,
+    planned rounds, SecAgg parameters, layout, round index and round context),
+    so the server and every site compute the same plan and the same
+    ``RingSpec``; a party whose settings differ derives another ring digest,
+    hence another setup id, and cannot join the round. The server wraps this
+    in ``ClientLevelRounds``, which charges its ledger first; a site uses
+    ``round_encoder`` directly (it charges nothing: the ledger is the server's).
+    """
+
+    def __init__(self, settings: ClientDpSettings, *, rounds: int, secagg: SecAggConfig) -> None:
+        if not settings.enabled:
+            raise LocalProtocolError("client-level DP planner built with client_dp disabled")
+        if rounds < 1:
+            raise LocalProtocolError(f"client-level DP needs >= 1 planned round, got {rounds}")
+        self.settings = settings
+        self.rounds = rounds
+        self.secagg = secagg
+        self._plan: ClientDpPlan | None = None
+        self._layout: VectorLayout | None = None
+
+    def problem(self, layout: VectorLayout) -> ClientDpProblem:
+        s = self.settings
+        return ClientDpProblem(
+            mechanism=_KINDS[s.mechanism],
+            epsilon=s.epsilon,
+            delta=s.delta,
+            rounds=self.rounds,
+            l2_clip=math.sqrt(sum(f.bound**2 for f in layout.fields)),
+            dimension=padded_dimension(layout.size),
+            max_summands=self.secagg.n,
+            noise_shares=noise_shares(self.secagg),
+            bits=self.secagg.bits,
+            beta=s.beta,
+            local_noise_std=s.local_noise_std,
+            max_wrap_probability=s.max_wrap_probability,
+        )
+
+    def check_layout(self, layout: VectorLayout) -> None:
+        """Calibrate the plan for ``layout`` (``ConfigError`` if the budget or ring cannot hold)."""
+        self._plan = plan_client_dp(self.problem(layout))
+        self._layout = layout
+
+    @property
+    def layout(self) -> VectorLayout | None:
+        """The layout the plan was calibrated for (None before ``check_layout``)."""
+        return self._layout
+
+    def plan(self) -> ClientDpPlan:
+        if self._plan is None:
+            raise LocalProtocolError("client-level DP: check_layout() before the first round")
+        return self._plan
+
+    def round_encoder(
+        self, round_index: int, layout: VectorLayout, context: bytes
+    ) -> ClientDpRoundEncoder:
+        """Round ``round_index``'s encoder; charges nothing.
+
+        Calibrates for ``layout`` on first use (or when it changed); refuses
+        (``PrivacyError``) a round outside the ``rounds`` the noise was
+        calibrated for: its noise would not be covered by the budget.
+        """
+        if not 0 <= round_index < self.rounds:
+            raise BudgetExceededError(
+                f"client-level DP: round {round_index} is outside the {self.rounds} planned "
+                "rounds the noise was calibrated for"
+            )
+        if layout != self._layout:
+            self.check_layout(layout)
+        return ClientDpRoundEncoder(
+            layout, self.plan().encoding(rotation_seed(round_index, context))
+        )
+
+
+def public_round_encoders(planner: ClientDpPlanner) -> RoundEncoderFactory:
+    """A site's ``RoundEncoderFactory``: the planner's encoders, no ledger charge."""
+    return planner.round_encoder
+
+
 class ClientLevelRounds:
     """Plan, ledger and per-round encoders of client-level DP (see module docstring)."""
 
@@ -107,58 +192,44 @@ class ClientLevelRounds:
         ledger: PrivacyLedger,
     ) -> None:
         self._settings = settings
-        self._rounds = rounds
-        self._secagg = secagg
+        self._planner = ClientDpPlanner(settings, rounds=rounds, secagg=secagg)
         self._ledger = ledger
-        self._plan: ClientDpPlan | None = None
-        self._layout: VectorLayout | None = None
 
     @property
     def ledger(self) -> PrivacyLedger:
         return self._ledger
 
+    @property
+    def planner(self) -> ClientDpPlanner:
+        return self._planner
+
     def problem(self, layout: VectorLayout) -> ClientDpProblem:
-        s = self._settings
-        return ClientDpProblem(
-            mechanism=_KINDS[s.mechanism],
-            epsilon=s.epsilon,
-            delta=s.delta,
-            rounds=self._rounds,
-            l2_clip=math.sqrt(sum(f.bound**2 for f in layout.fields)),
-            dimension=padded_dimension(layout.size),
-            max_summands=self._secagg.n,
-            noise_shares=noise_shares(self._secagg),
-            bits=self._secagg.bits,
-            beta=s.beta,
-            local_noise_std=s.local_noise_std,
-            max_wrap_probability=s.max_wrap_probability,
-        )
+        return self._planner.problem(layout)
 
     def check_layout(self, layout: VectorLayout) -> None:
         """Calibrate the plan for ``layout`` (``ConfigError`` if the budget or ring cannot hold)."""
-        self._plan = plan_client_dp(self.problem(layout))
-        self._layout = layout
+        self._planner.check_layout(layout)
 
     def plan(self) -> ClientDpPlan:
-        if self._plan is None:
-            raise LocalProtocolError("client-level DP: check_layout() before the first round")
-        return self._plan
+        return self._planner.plan()
 
     def encoder(
         self, round_index: int, layout: VectorLayout, context: bytes
     ) -> ClientDpRoundEncoder:
         """Charge round ``round_index`` to the ledger, then return its encoder."""
         plan = self.plan()
-        if layout != self._layout:
+        if layout != self._planner.layout:
             raise LocalProtocolError("client-level DP: the layout changed after calibration")
+        encoder = self._planner.round_encoder(round_index, layout, context)  # releases nothing
         self._ledger.charge(
             round_index, [plan.event()], note=f"client-level noise of round {round_index}"
         )
-        return ClientDpRoundEncoder(layout, plan.encoding(rotation_seed(round_index, context)))
+        return encoder
 
     def describe(self) -> dict[str, Any]:
         """``privacy.client_level_dp`` of summary.json."""
-        plan = self.plan().describe() if self._plan is not None else None
+        calibrated = self._planner.layout is not None
+        plan = self.plan().describe() if calibrated else None
         return {
             "unit": PrivacyUnit.CLIENT.value,
             "guarantee": (

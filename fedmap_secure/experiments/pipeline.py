@@ -80,12 +80,27 @@ def open_client_level(
             "client-level DP adds each site's noise share inside secure aggregation; it "
             "needs secure aggregation over at least 2 training sites (drop --no-secagg)"
         )
+    return client_level_rounds(config, secagg, fresh_client_dp_state(out_dir))
+
+
+def fresh_client_dp_state(out_dir: Path) -> Path:
+    """``out_dir``/server/client-dp, refused if it exists (an earlier run's ledger)."""
     state = out_dir / CLIENT_DP_LEDGER
     if state.exists():
         raise ConfigError(
             f"client-level ledger {str(state)!r} already exists: it would keep spending an "
             "earlier run's budget; choose a new --out or remove it"
         )
+    return state
+
+
+def client_level_rounds(
+    config: SimulationConfig, secagg: SecAggConfig, state: Path
+) -> ClientLevelRounds:
+    """``ClientLevelRounds`` of ``config.client_dp`` over ``secagg``, its ledger in ``state``.
+
+    The ledger is opened (created if absent): the gRPC server resumes it on restart.
+    """
     c = config.client_dp
     ledger = open_site_ledger(
         state,

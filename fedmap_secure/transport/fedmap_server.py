@@ -16,6 +16,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
+from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.experiments.simulation import derived_seed, round_context
@@ -62,8 +63,13 @@ def serve_fedmap(
     store: ServerStateStore,
     final_timeout: float,
     on_round: RoundDone | None = None,
+    layout_check: Callable[[VectorLayout], None] | None = None,
 ) -> GlobalState:
-    """Run the remaining training rounds, then publish the final state; returns it."""
+    """Run the remaining training rounds, then publish the final state; returns it.
+
+    ``layout_check`` (e.g. ``ClientLevelRounds.check_layout``) vets the
+    contribution layout once, before the first round opens.
+    """
     strategy = make_strategy(config)
     if not strategy.aggregates:
         raise ConfigError(f"method {config.method.value!r} aggregates nothing; use simulate")
@@ -74,6 +80,7 @@ def serve_fedmap(
         log.info("resuming at round %d from %s", state.round_index, store.path)
     text = config_json(config)
     mask = prior.psi_nonneg_mask() if prior is not None else None
+    checked = layout_check is None
     while state.round_index < config.rounds:
         current = state
         layout = strategy.layout(
@@ -81,6 +88,9 @@ def serve_fedmap(
         )
         if layout is None:
             raise ConfigError(f"method {config.method.value!r} has no contribution layout")
+        if not checked and layout_check is not None:
+            layout_check(layout)
+            checked = True
 
         def announce(setup: tm.SecAggSetup, current: GlobalState = current) -> tm.RoundOpening:
             return announcement(config_text=text, state=current, setup=setup)

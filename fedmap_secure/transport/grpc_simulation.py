@@ -4,11 +4,13 @@ The driver creates a throwaway consortium in ``out_dir/grpc`` (test CA and
 certificates, site identity keys, roster; plaintext only when ``insecure``),
 starts the ``AggregationServer`` and FedMAP's server loop in this process, and
 launches ``python -m fedmap_secure.transport.site_process JOB.json`` for each
-training-tier site. Each site process loads the same dataset with the same
-seed, keeps only its own site, trains, contributes through SecAgg+ over mutual
-TLS, evaluates on the final state and writes its records (``site_records``). Fine-tune and
-unseen tiers take no part in secure rounds; the driver fine-tunes/evaluates
-them on the final state in this process, as the in-process engine does.
+training-tier site (``bits`` and, with client-level DP, the pinned
+``[client_dp]`` settings go into each site's job). Each site process loads
+the same dataset with the same seed, keeps only its own site, trains,
+contributes through SecAgg+ over mutual TLS, evaluates on the final state and
+writes its records (``site_records``). Fine-tune and unseen tiers take no part
+in secure rounds; the driver fine-tunes/evaluates them on the final state in
+this process, as the in-process engine does.
 """
 
 from __future__ import annotations
@@ -25,14 +27,17 @@ from typing import Any
 
 from rich.console import Console
 
+from fedmap_secure.client_dp.rounds import ClientLevelRounds
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.errors import ConfigError
+from fedmap_secure.experiments.pipeline import client_level_rounds, fresh_client_dp_state
 from fedmap_secure.experiments.report import site_table, summary_dict, write_outputs
 from fedmap_secure.experiments.simulation import SimulationResult, SiteResult
 from fedmap_secure.fedmap.methods import ServerLog
 from fedmap_secure.fedmap.site import SiteReport
-from fedmap_secure.secagg.config import Roster, SecAggConfig
+from fedmap_secure.secagg.config import DEFAULT_BITS, Roster, SecAggConfig
+from fedmap_secure.transport.client_dp_pin import pinned_client_dp
 from fedmap_secure.transport.fedmap_server import serve_fedmap
 from fedmap_secure.transport.fedmap_site import finish_offline
 from fedmap_secure.transport.fedmap_wire import announcement, config_json
@@ -61,6 +66,7 @@ class GrpcSimulation:
     dropout_fraction: float = 0.25
     corrupt_fraction: float = 0.0
     insecure: bool = False
+    bits: int = DEFAULT_BITS
     join_timeout: float = 600.0
     stage_timeout: float = 60.0
     # ``module:function`` building each site's (trainer, score release) factories from its job
@@ -79,18 +85,20 @@ def _consortium(root: Path, sites: list[str], insecure: bool) -> tuple[Roster, P
     return roster, None
 
 
-def _job(root: Path, site: str, port: int, spec: GrpcSimulation, seed: int) -> Path:
+def _job(root: Path, site: str, port: int, spec: GrpcSimulation, config: SimulationConfig) -> Path:
     job = {
         "site": site,
         "address": f"127.0.0.1:{port}",
         "dataset": spec.dataset_spec,
         "label_column": spec.label_column,
-        "seed": seed,
+        "seed": config.seed,
         "pki": None if spec.insecure else str(root / "pki"),
         "roster": str(root / "pki" / "roster.json"),
         "identity": str(root / "pki" / "sites" / site / "identity.pem"),
         "dropout_fraction": spec.dropout_fraction,
         "corrupt_fraction": spec.corrupt_fraction,
+        "bits": spec.bits,
+        "client_dp": pinned_client_dp(config),
         "result": str(root / "sites" / f"{site}.json"),
         "state_dir": str(root / "sites" / site),
         "factories": spec.factories,
@@ -102,31 +110,46 @@ def _job(root: Path, site: str, port: int, spec: GrpcSimulation, seed: int) -> P
     return path
 
 
+def server_secagg(spec: GrpcSimulation, n_sites: int) -> SecAggConfig:
+    """The SecAgg parameters of a grpc run (every site process derives the same)."""
+    return SecAggConfig.for_threat_model(
+        n=n_sites,
+        dropout_fraction=spec.dropout_fraction,
+        corrupt_fraction=spec.corrupt_fraction,
+        bits=spec.bits,
+    )
+
+
 def simulate_over_grpc(
     *,
     config: SimulationConfig,
     dataset: FederatedDataset,
     spec: GrpcSimulation,
     out_dir: Path,
+    client_level: ClientLevelRounds | None = None,
 ) -> SimulationResult:
-    """Run ``config`` with the server here and one process per training site; see module doc."""
+    """Run ``config`` with the server here and one process per training site; see module doc.
+
+    ``client_level`` (over ``server_secagg``): client-level DP, charged to its
+    ledger before each round opens; each site process plans the same noise
+    from its job's pinned ``[client_dp]`` settings.
+    """
     start = time.perf_counter()
     root = out_dir / "grpc"
     training = [s.name for s in dataset.by_tier(Tier.TRAIN)]
     if len(training) < 2:
         raise ConfigError("secure aggregation over gRPC needs at least 2 training sites")
     roster, pki = _consortium(root, training, spec.insecure)
-    secagg = SecAggConfig.for_threat_model(
-        n=len(training),
-        dropout_fraction=spec.dropout_fraction,
-        corrupt_fraction=spec.corrupt_fraction,
-    )
+    secagg = server_secagg(spec, len(training))
+    if (client_level is not None) != config.client_dp.enabled:
+        raise ConfigError("client-level DP is on in the config iff client_level is given")
     security = Insecure() if pki is None else MutualTls(files=Deployment(root=pki).server_tls())
     server = AggregationServer(
         roster=roster,
         config=secagg,
         security=security,
         settings=ServerSettings(join_timeout=spec.join_timeout, stage_timeout=spec.stage_timeout),
+        encoders=None if client_level is None else client_level.encoder,
     ).start()
     logs: list[ServerLog] = []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -136,7 +159,7 @@ def simulate_over_grpc(
                 sys.executable,
                 "-m",
                 "fedmap_secure.transport.site_process",
-                str(_job(root, site, server.port, spec, config.seed)),
+                str(_job(root, site, server.port, spec, config)),
             ],
             env=env,
         )
@@ -154,6 +177,7 @@ def simulate_over_grpc(
             store=store,
             final_timeout=spec.join_timeout,
             on_round=lambda _state, log: logs.append(log),
+            layout_check=None if client_level is None else client_level.check_layout,
         )
         for process in processes:
             if process.wait(timeout=spec.join_timeout) != 0:
@@ -202,9 +226,7 @@ def simulate_over_grpc(
 
 def describe_secure_aggregation(spec: GrpcSimulation, n_sites: int) -> dict[str, object]:
     """The ``summary.json['privacy']['secure_aggregation']`` entry of a grpc run."""
-    c = SecAggConfig.for_threat_model(
-        n=n_sites, dropout_fraction=spec.dropout_fraction, corrupt_fraction=spec.corrupt_fraction
-    )
+    c = server_secagg(spec, n_sites)
     return {
         "protocol": c.protocol_name,
         "transport": "grpc (plaintext, local)" if spec.insecure else "grpc (mutual TLS)",
@@ -232,14 +254,26 @@ def simulate_grpc_to_dir(
     ``collect_privacy()``, called after the run, returns the ``differential_privacy``
     section and each private site's epsilon spent (from the sites' own ledgers).
     """
-    result = simulate_over_grpc(config=config, dataset=dataset, spec=spec, out_dir=out_dir)
     n_train = len(dataset.by_tier(Tier.TRAIN))
+    client_level = None
+    if config.client_dp.enabled:
+        state = fresh_client_dp_state(out_dir)
+        client_level = client_level_rounds(config, server_secagg(spec, n_train), state)
+    try:
+        result = simulate_over_grpc(
+            config=config, dataset=dataset, spec=spec, out_dir=out_dir, client_level=client_level
+        )
+        client_level_dp = None if client_level is None else client_level.describe()
+    finally:
+        if client_level is not None:
+            client_level.ledger.close()
     epsilon: dict[str, float] | None = None
     if collect_privacy is not None:
         differential_privacy, epsilon = collect_privacy()
     privacy = {
         "secure_aggregation": describe_secure_aggregation(spec, n_train),
         "differential_privacy": differential_privacy,
+        "client_level_dp": client_level_dp,
         "metrics_released": False,
     }
     summary = summary_dict(result, privacy=privacy, epsilon_spent=epsilon)

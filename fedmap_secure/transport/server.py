@@ -10,7 +10,8 @@ session's. Per round (``AggregationServer.run_round``):
    the first, which covers a site's local work, ``stage_timeout`` after that);
    a site that misses a deadline is absent from the next U-set, i.e. dropped;
 3. ``close_stage`` output is queued to each recipient's ``Join`` stream; after
-   the unmask stage ``finish`` yields the sum, decoded to floats, and every
+   the unmask stage ``finish`` yields the sum, decoded to floats by the round's
+   encoder (``encoders``: fixed point, or client-level DP), and every
    connected site receives ``RoundOutcome`` (also on abort, with no sum).
 
 Refusals are gRPC statuses with a message naming the peer: INVALID_ARGUMENT
@@ -42,7 +43,11 @@ from fedmap_secure.aggregation import AggregateResult, VectorLayout
 from fedmap_secure.errors import AbortedError, LocalProtocolError, RemoteProtocolError
 from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig
 from fedmap_secure.secagg.messages import CLIENT_MESSAGE_TYPES, Message
-from fedmap_secure.secagg.quantize import Quantizer
+from fedmap_secure.secagg.round_encoder import (
+    RoundEncoder,
+    RoundEncoderFactory,
+    fixed_point_encoders,
+)
 from fedmap_secure.secagg.server import ServerSession
 from fedmap_secure.secagg.stages import SERVER_ACCEPTS, ServerStage
 from fedmap_secure.transport import codec, framing, rpc
@@ -236,11 +241,13 @@ class AggregationServer:
         security: MutualTls | Insecure,
         address: str = "127.0.0.1:0",
         settings: ServerSettings | None = None,
+        encoders: RoundEncoderFactory | None = None,
     ) -> None:
         self.roster = roster
         self.config = config
         self.settings = settings or ServerSettings()
         self._security = security
+        self._encoders = encoders or fixed_point_encoders(n_max=config.n, bits=config.bits)
         self._cond = threading.Condition()
         self._round: _Round | _Publication | None = None
         self._stopping = False
@@ -285,13 +292,20 @@ class AggregationServer:
         ``announce`` wraps the round's ``SecAggSetup`` into the opening message
         sites receive (e.g. a ``FedMapRound`` carrying the global model); by
         default they receive the bare setup.
+
+        The round's encoder comes first (``encoders``), before the setup exists
+        and so before any site can join or encode: a factory that charges a
+        privacy ledger (client-level DP) has committed the charge, or refused
+        the round (its error propagates, nothing is announced).
         """
+        encoder = self._encoders(round_index, layout, context)
         session = ServerSession(
             roster=self.roster,
             config=self.config,
             layout=layout,
             round_index=round_index,
             context=context,
+            ring=encoder.ring,
         )
         setup = tm.SecAggSetup(
             version=PROTOCOL_VERSION,
@@ -312,12 +326,12 @@ class AggregationServer:
             self._round = rnd
             self._cond.notify_all()
         try:
-            return self._play(rnd, layout)
+            return self._play(rnd, layout, encoder)
         finally:
             with self._cond:
                 self._round = None
 
-    def _play(self, rnd: _Round, layout: VectorLayout) -> AggregateResult:
+    def _play(self, rnd: _Round, layout: VectorLayout, encoder: RoundEncoder) -> AggregateResult:
         try:
             rnd.wait_stage(self.settings.join_timeout)
             for _ in range(4):
@@ -345,8 +359,7 @@ class AggregationServer:
                 contributors=tuple(sorted(output.contributors)),
             )
         )
-        quantizer = Quantizer.auto(layout, n_max=self.config.n, bits=self.config.bits)
-        values, clipped = quantizer.decode(output.total)
+        values, clipped = encoder.decode(output.total)
         return AggregateResult(
             sums=layout.unflatten(values),
             contributors=output.contributors,

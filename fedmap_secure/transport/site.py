@@ -1,8 +1,10 @@
 """gRPC site driver: plays one ``ClientSession`` per round over outbound calls only.
 
 ``SiteClient.run_round(contribute)`` opens the round's ``Join`` stream, checks
-the server's ``SecAggSetup`` against the site's own pinned roster and
-configuration (the setup id must be the one the site derives itself), asks
+the server's ``SecAggSetup`` against the site's own pinned roster,
+configuration and round encoder (``encoders``: fixed point by default, or the
+site's own client-level DP plan; the setup id, which binds the encoder's ring,
+must be the one the site derives itself), asks
 ``contribute(setup)`` for the flat float vector (or a ``DeclineReason``), then
 answers each server message through ``Submit`` until the ``RoundOutcome``.
 Every protocol check is the session's; a refusal or abort ends the site's part
@@ -29,14 +31,20 @@ from fedmap_secure.aggregation import FloatVector
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.errors import (
     AbortedError,
+    ConfigError,
     LocalProtocolError,
+    PrivacyError,
     ProtocolError,
     RemoteProtocolError,
 )
 from fedmap_secure.secagg.client import ClientSession
 from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig
 from fedmap_secure.secagg.messages import ShareDelivery
-from fedmap_secure.secagg.quantize import Quantizer
+from fedmap_secure.secagg.round_encoder import (
+    RoundEncoder,
+    RoundEncoderFactory,
+    fixed_point_encoders,
+)
 from fedmap_secure.transport import codec, framing, rpc
 from fedmap_secure.transport import messages as tm
 
@@ -83,6 +91,7 @@ class SiteClient:
         max_message_bytes: int = framing.DEFAULT_MAX_MESSAGE_BYTES,
         random_bytes: Callable[[int], bytes] = os.urandom,
         on_send: Callable[[codec.SiteWireMessage], None] | None = None,
+        encoders: RoundEncoderFactory | None = None,
     ) -> None:
         self.site_id = site_id
         self._stub = rpc.FederationStub(channel)
@@ -94,6 +103,7 @@ class SiteClient:
         self._max_bytes = max_message_bytes
         self._random_bytes = random_bytes
         self._on_send = on_send
+        self._encoders = encoders or fixed_point_encoders(n_max=config.n, bits=config.bits)
 
     def run_round(
         self,
@@ -133,11 +143,15 @@ class SiteClient:
         for _, data in framing.read_messages(frames, peer=SERVER_ID, max_bytes=self._max_bytes):
             yield codec.parse_server_message(data, peer=SERVER_ID)
 
-    def _session(self, setup: tm.SecAggSetup) -> ClientSession:
+    def _session(self, setup: tm.SecAggSetup) -> tuple[ClientSession, RoundEncoder]:
         if setup.config_digest != self._config.digest():
             raise RemoteProtocolError(SERVER_ID, "server runs another SecAgg configuration")
         if setup.roster_digest != self._roster.digest():
             raise RemoteProtocolError(SERVER_ID, "server runs with another roster")
+        try:  # the site's own encoder (e.g. its pinned client-level DP plan), never the server's
+            encoder = self._encoders(setup.round_index, setup.layout, setup.context)
+        except (PrivacyError, ConfigError) as exc:
+            raise RemoteProtocolError(SERVER_ID, f"round refused by this site: {exc}") from None
         session = ClientSession(
             site_id=self.site_id,
             identity=self._identity,
@@ -147,10 +161,15 @@ class SiteClient:
             round_index=setup.round_index,
             context=setup.context,
             random_bytes=self._random_bytes,
+            ring=encoder.ring,
         )
         if session.setup_id != setup.session_id:
-            raise RemoteProtocolError(SERVER_ID, "announced setup id differs from the derived one")
-        return session
+            raise RemoteProtocolError(
+                SERVER_ID,
+                "announced setup id differs from the derived one (another roster, "
+                "configuration or encoding, e.g. other client-level DP settings)",
+            )
+        return session, encoder
 
     def _play(
         self,
@@ -167,7 +186,7 @@ class SiteClient:
             raise RemoteProtocolError(
                 SERVER_ID, "the announced context does not match the announced model and config"
             )
-        session = self._session(setup)
+        session, encoder = self._session(setup)
         value = contribute(opening)
         if value is None:
             raise LocalProtocolError("contribute() returned None for a training round")
@@ -182,8 +201,7 @@ class SiteClient:
                 )
             )
             return SiteReport(round_index=setup.round_index, outcome=SiteOutcome.DECLINED)
-        quantizer = Quantizer.auto(setup.layout, n_max=self._config.n, bits=self._config.bits)
-        encoded = quantizer.encode(value, random_bytes=self._random_bytes)
+        encoded = encoder.encode(value, random_bytes=self._random_bytes)
         self._send(session.start())
         for message in messages:
             if isinstance(message, tm.RoundOutcome):

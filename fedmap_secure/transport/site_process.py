@@ -3,8 +3,9 @@
     python -m fedmap_secure.transport.site_process JOB.json
 
 The job file (written by ``grpc_simulation``) names the dataset spec and seed,
-the site, the server address, the key material and where to write the
-result. The process keeps only its own site's data.
+the site, the server address, the key material, the SecAgg bits, the site's
+pinned client-level DP settings (``client_dp``, or null) and where to write
+the result. The process keeps only its own site's data.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import torch
 from fedmap_secure.data.types import SiteData
 from fedmap_secure.errors import ConfigError, FedMapError
 from fedmap_secure.experiments.simulation import RoundGate, ScoreReleaseFactory, TrainerFactory
-from fedmap_secure.secagg.config import SecAggConfig
+from fedmap_secure.secagg.config import DEFAULT_BITS, SecAggConfig
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.transport.channels import open_channel
+from fedmap_secure.transport.client_dp_pin import site_encoders
 from fedmap_secure.transport.fedmap_site import run_fedmap_site
 from fedmap_secure.transport.pki import Deployment, load_identity, load_roster
 from fedmap_secure.transport.security import Insecure, MutualTls
@@ -83,6 +85,7 @@ def run_job(job: dict[str, Any]) -> None:
         n=len(roster.sites),
         dropout_fraction=job["dropout_fraction"],
         corrupt_fraction=job["corrupt_fraction"],
+        bits=job.get("bits", DEFAULT_BITS),
     )
     security: MutualTls | Insecure = Insecure()
     if job["pki"] is not None:
@@ -94,6 +97,7 @@ def run_job(job: dict[str, Any]) -> None:
         identity=load_identity(Path(job["identity"])),
         roster=roster,
         config=config,
+        encoders=site_encoders(job.get("client_dp"), config, f"site {site_id} job"),
     )
     trainer, score_release, gate = load_gated_factories(job)
     try:

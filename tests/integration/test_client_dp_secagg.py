@@ -175,7 +175,6 @@ def test_simulate_with_client_level_dp_writes_its_guarantee(tmp_path: Path) -> N
     [
         (["--no-secagg"], "needs secure aggregation"),
         (["--method", "local"], "has none"),
-        (["--transport", "grpc"], "in-process only"),
     ],
 )
 def test_client_level_dp_refuses_what_it_cannot_protect(
