@@ -44,6 +44,16 @@ site.toml::
     private_key = "pki/sites/site-a/site.key"
     [consortium]                    # same as the server's
     ...
+    [client_dp]                     # only if the run config enables client-level DP:
+    rounds = 10                     #   the run's rounds, and every key of the run config's
+    epsilon = 8.0                   #   [client_dp] the site does not leave at its default
+    delta = 1e-3                    #   (the site plans its own noise from these, never
+                                    #   from the server's announcement; see client_dp_pin)
+
+The server's client-level DP settings are the run configuration's
+``[client_dp]``; its ledger is ``<state_dir>/client-dp`` (resumed on restart).
+A site whose ``[client_dp]`` differs (or is absent when the run enables it)
+derives another setup id and refuses every round.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from typing import Any
 
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.secagg.config import Roster, SecAggConfig, check_site_id
+from fedmap_secure.transport.client_dp_pin import PinnedClientDp
 from fedmap_secure.transport.pki import TlsFiles, load_roster
 from fedmap_secure.transport.security import Insecure, MutualTls
 from fedmap_secure.transport.server import ServerSettings
@@ -89,6 +100,7 @@ class SiteDeployment:
     label_column: str
     security: MutualTls | Insecure
     consortium: ConsortiumConfig
+    client_dp: PinnedClientDp | None = None
 
 
 class _Table:
@@ -199,6 +211,14 @@ def _consortium(source: Path, content: object) -> ConsortiumConfig:
     return ConsortiumConfig(roster=roster, secagg=secagg)
 
 
+def _client_dp(source: Path, content: object) -> PinnedClientDp | None:
+    if content is None:
+        return None
+    if not isinstance(content, dict):
+        raise ConfigError(f"{source}: [client_dp] must be a table")
+    return PinnedClientDp.from_table(content, str(source))
+
+
 def load_server_deployment(path: Path) -> ServerDeployment:
     document = _read(path, {"server", "tls", "consortium", "timeouts"})
     server = _Table(path, "server", document.get("server", {}))
@@ -234,7 +254,7 @@ def load_server_deployment(path: Path) -> ServerDeployment:
 
 
 def load_site_deployment(path: Path) -> SiteDeployment:
-    document = _read(path, {"site", "tls", "consortium"})
+    document = _read(path, {"site", "tls", "consortium", "client_dp"})
     if "site" not in document or "consortium" not in document:
         raise ConfigError(f"{path}: [site] and [consortium] are required")
     site = _Table(path, "site", document["site"])
@@ -249,6 +269,7 @@ def load_site_deployment(path: Path) -> SiteDeployment:
         label_column=site.string("label_column", "label"),
         security=_security(path, site.flag("insecure"), document),
         consortium=_consortium(path, document["consortium"]),
+        client_dp=_client_dp(path, document.get("client_dp")),
     )
     site.done()
     if site_id not in deployment.consortium.roster:

@@ -2,9 +2,12 @@
 
 ``run_server`` listens (mutual TLS; plaintext only with ``insecure = true`` in
 the file *and* ``insecure=True``, the command's ``--insecure``), runs the remaining
-FedMAP rounds from its SQLite state and publishes the final state.
+FedMAP rounds from its SQLite state and publishes the final state; with the
+run configuration's ``[client_dp]`` on, it charges its client-level ledger
+(``<state_dir>/client-dp``) before each round opens.
 ``run_site`` connects outbound to the server, loads only its own CSV files,
-trains and contributes each round through SecAgg+, and writes its final
+trains and contributes each round through SecAgg+ (adding its client-level
+noise share from its own ``[client_dp]`` table, if any), and writes its final
 evaluation to ``<state_dir>/result.json``. Refusals raise ``FedMapError``.
 """
 
@@ -18,6 +21,7 @@ from typing import Any
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.data.csv_sites import load_csv_sites
 from fedmap_secure.errors import ConfigError
+from fedmap_secure.experiments.pipeline import client_level_rounds
 from fedmap_secure.transport.channels import open_channel
 from fedmap_secure.transport.deploy_config import load_server_deployment, load_site_deployment
 from fedmap_secure.transport.fedmap_server import serve_fedmap
@@ -32,6 +36,8 @@ from fedmap_secure.transport.site_records import write_records
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
 
 log = logging.getLogger(__name__)
+CLIENT_DP_STATE = "client-dp"
+"""The server's client-level ledger, inside its ``state_dir`` (resumed on restart)."""
 FactoryBuilder = Callable[[Mapping[str, Any]], Factories]
 
 
@@ -51,25 +57,37 @@ def run_server(path: Path, *, insecure: bool = False) -> None:
     store = ServerStateStore(
         deployment.state_dir / STATE_FILENAME, run_config_json=config_json(config)
     )
-    server = AggregationServer(
-        roster=deployment.consortium.roster,
-        config=deployment.consortium.secagg,
-        security=deployment.security,
-        address=deployment.listen,
-        settings=deployment.settings,
-    ).start()
-    log.info("listening on %s (port %d)", deployment.listen, server.port)
+    secagg = deployment.consortium.secagg
+    client_level = None
+    if config.client_dp.enabled:
+        state = deployment.state_dir / CLIENT_DP_STATE
+        client_level = client_level_rounds(config, secagg, state)
+        log.info("client-level DP on; server ledger %s", state)
     try:
-        serve_fedmap(
-            server=server,
-            config=config,
-            n_features=deployment.features,
-            n_classes=deployment.classes,
-            store=store,
-            final_timeout=deployment.settings.join_timeout,
-        )
+        server = AggregationServer(
+            roster=deployment.consortium.roster,
+            config=secagg,
+            security=deployment.security,
+            address=deployment.listen,
+            settings=deployment.settings,
+            encoders=None if client_level is None else client_level.encoder,
+        ).start()
+        log.info("listening on %s (port %d)", deployment.listen, server.port)
+        try:
+            serve_fedmap(
+                server=server,
+                config=config,
+                n_features=deployment.features,
+                n_classes=deployment.classes,
+                store=store,
+                final_timeout=deployment.settings.join_timeout,
+                layout_check=None if client_level is None else client_level.check_layout,
+            )
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        if client_level is not None:
+            client_level.ledger.close()
 
 
 def run_site(
@@ -96,6 +114,11 @@ def run_site(
         identity=load_identity(deployment.identity),
         roster=deployment.consortium.roster,
         config=deployment.consortium.secagg,
+        encoders=(
+            None
+            if deployment.client_dp is None
+            else deployment.client_dp.encoders(deployment.consortium.secagg)
+        ),
     )
     job = {"site": deployment.site_id, "state_dir": str(deployment.state_dir), "options": {}}
     trainer, score_release = factories(job)

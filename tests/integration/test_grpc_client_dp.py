@@ -7,8 +7,9 @@ import dataclasses
 import io
 import json
 import math
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,17 +21,23 @@ from rich.console import Console
 from fedmap_secure.aggregation import AggregateResult, Field, VectorLayout
 from fedmap_secure.cli import main
 from fedmap_secure.client_dp.rounds import ClientDpPlanner, ClientLevelRounds
+from fedmap_secure.config.loader import load_config
 from fedmap_secure.config.privacy import ClientDpSettings
-from fedmap_secure.errors import BudgetExceededError
+from fedmap_secure.errors import BudgetExceededError, ConfigError
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.dp_accounting_accountants import DpAccountingRdpAccountant
 from fedmap_secure.privacy.ledger import MemoryLedgerStore, PrivacyLedger
-from fedmap_secure.privacy.ledger_store import ledger_path
+from fedmap_secure.privacy.ledger_store import ledger_path, load_report
 from fedmap_secure.secagg.config import SecAggConfig
 from fedmap_secure.secagg.inprocess import SecureAggregator
 from fedmap_secure.transport.client_dp_pin import PinnedClientDp
+from fedmap_secure.transport.deploy_config import load_site_deployment
+from fedmap_secure.transport.fedmap_wire import config_json
+from fedmap_secure.transport.keygen import keygen_consortium
+from fedmap_secure.transport.processes import CLIENT_DP_STATE, run_server, run_site
 from fedmap_secure.transport.server import AggregationServer
 from fedmap_secure.transport.site import SiteClient, SiteOutcome, SiteReport
+from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
 from tests.integration.grpc_harness import (
     CONTEXT,
     FAST,
@@ -191,11 +198,13 @@ def test_a_site_refuses_a_round_beyond_its_plan() -> None:
         planner.round_encoder(2, LAYOUT, CONTEXT)
 
 
-def _write_csvs(root: Path) -> str:
-    """``tiny``'s 3 training sites as a CSV folder (site processes load it themselves)."""
+def _write_csvs(root: Path, only: str | None = None) -> str:
+    """``tiny``'s 3 training sites (or site ``only``) as a CSV folder."""
     dataset = tiny_dataset(seed=0, finetune=False, unseen=False)
     root.mkdir(parents=True)
     for site in dataset.sites:
+        if only is not None and site.name != only:
+            continue
         for split, x, y in (
             ("train", site.x_train, site.y_train),
             ("test", site.x_test, site.y_test),
@@ -232,3 +241,84 @@ def test_simulate_over_grpc_with_client_level_dp(tmp_path: Path) -> None:
     show = ["ledger", "show", "--site-state", str(out / "server" / "client-dp"), "--json"]
     assert main(show, console=Console(file=buf, width=200)) == 0
     assert json.loads(buf.getvalue())["unit"] == "client"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _deployment(root: Path, site_client_dp: str) -> list[str]:
+    """server.toml + one site.toml per tiny training site (plaintext, 127.0.0.1)."""
+    dataset = tiny_dataset(seed=0, finetune=False, unseen=False)
+    sites = [s.name for s in dataset.sites]
+    for site in sites:
+        _write_csvs(root / "data" / site, only=site)
+    keygen_consortium(root / "pki", sites)
+    port = _free_port()
+    consortium = (
+        '[consortium]\nroster = "pki/roster.json"\ndropout_fraction = 0.0\ncorrupt_fraction = 0.0\n'
+    )
+    (root / "run.toml").write_text(
+        "[simulation]\nrounds = 2\n[training]\nepochs = 1\n"
+        "[client_dp]\nenabled = true\nepsilon = 6.0\n"
+    )
+    (root / "server.toml").write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\nstate_dir = "server-state"\n'
+        'run_config = "run.toml"\nfeatures = 4\ninsecure = true\n'
+        "[timeouts]\njoin = 60\nstage = 20\n" + consortium
+    )
+    for site in sites:
+        (root / f"{site}.toml").write_text(
+            f'[site]\nid = "{site}"\nserver = "127.0.0.1:{port}"\n'
+            f'identity = "pki/sites/{site}/identity.pem"\nstate_dir = "state/{site}"\n'
+            f'data = "data/{site}"\ninsecure = true\n' + consortium + site_client_dp
+        )
+    return sites
+
+
+def test_site_toml_client_dp_is_parsed_strictly(tmp_path: Path) -> None:
+    _deployment(tmp_path, "[client_dp]\nrounds = 2\nepsilon = 6.0\n")
+    site = load_site_deployment(tmp_path / "a.toml")
+    assert site.client_dp == PinnedClientDp(
+        settings=ClientDpSettings(enabled=True, epsilon=6.0), rounds=2
+    )
+    for bad, message in (
+        ("[client_dp]\nepsilon = 6.0\n", "client_dp.rounds"),
+        ("[client_dp]\nrounds = 2\nepsilom = 6.0\n", "unknown key client_dp.epsilom"),
+        ("[client_dp]\nrounds = 0\n", "rounds must be an integer >= 1"),
+        ("[client_dp]\nrounds = 2\nenabled = false\n", "enabled must be true"),
+    ):
+        _deployment(tmp_path / message.replace(" ", "_"), bad)
+        with pytest.raises(ConfigError, match=message):
+            load_site_deployment(tmp_path / message.replace(" ", "_") / "a.toml")
+
+
+def test_server_and_sites_from_toml_with_client_level_dp(tmp_path: Path) -> None:
+    sites = _deployment(tmp_path, "[client_dp]\nrounds = 2\nepsilon = 6.0\n")
+    errors: list[BaseException] = []
+
+    def guarded(target: Callable[..., None], path: Path) -> None:
+        try:
+            target(path, insecure=True)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(run_server, tmp_path / "server.toml"))]
+    threads += [
+        threading.Thread(target=guarded, args=(run_site, tmp_path / f"{s}.toml")) for s in sites
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    store = ServerStateStore(
+        tmp_path / "server-state" / STATE_FILENAME,
+        run_config_json=config_json(load_config(tmp_path / "run.toml")),
+    )
+    assert [m["contributors"] for m in store.history()] == [3, 3]
+    report = load_report(tmp_path / "server-state" / CLIENT_DP_STATE)
+    assert [e.round_index for e in report.entries] == [0, 1]
