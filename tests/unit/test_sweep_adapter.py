@@ -40,7 +40,7 @@ def test_client_delta_and_mechanism_override_the_simulation_config() -> None:
     spec = _spec(
         client_epsilon=0.5,
         client_delta=1e-4,
-        client_mechanism=ClientDpMechanism.SKELLAM,
+        client_mechanism="skellam",
         simulation_toml=SIM.replace('"skellam"', '"ddg"'),
     )
     dp = simulation_config(spec).client_dp

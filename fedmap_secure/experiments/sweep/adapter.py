@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from fedmap_secure.config.loader import load_config, parse_config
-from fedmap_secure.config.privacy import ClientDpSettings
+from fedmap_secure.config.privacy import ClientDpMechanism, ClientDpSettings
 from fedmap_secure.config.schema import Method, SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.experiments.sweep import store
@@ -69,7 +69,11 @@ def _client_dp(base: ClientDpSettings, spec: RunSpec) -> ClientDpSettings:
         enabled=True,
         epsilon=spec.client_epsilon,
         delta=base.delta if spec.client_delta is None else spec.client_delta,
-        mechanism=base.mechanism if spec.client_mechanism is None else spec.client_mechanism,
+        mechanism=(
+            base.mechanism
+            if spec.client_mechanism is None
+            else ClientDpMechanism(spec.client_mechanism)
+        ),
     )
 
 

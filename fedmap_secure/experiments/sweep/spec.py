@@ -48,11 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmap_secure.config.privacy import ClientDpMechanism
 from fedmap_secure.errors import ConfigError
 
 SPEC_VERSION = 1
 NO_DP = "none"
+CLIENT_MECHANISMS = ("ddg", "skellam")
+"""Values of ``config.privacy.ClientDpMechanism`` (kept as strings: this module stays light)."""
 
 
 class SweepMethod(enum.Enum):
@@ -80,7 +81,7 @@ class RunSpec:
     simulation_toml: str | None = None
     client_epsilon: float | None = None
     client_delta: float | None = None
-    client_mechanism: ClientDpMechanism | None = None
+    client_mechanism: str | None = None
 
     def __post_init__(self) -> None:
         if not self.dataset:
@@ -114,6 +115,12 @@ class RunSpec:
         delta = self.client_delta
         if delta is not None and not (math.isfinite(delta) and 0 < delta < 1):
             raise ConfigError(f"run spec: client_delta must be in (0, 1), got {delta!r}")
+        mechanism = self.client_mechanism
+        if mechanism is not None and mechanism not in CLIENT_MECHANISMS:
+            raise ConfigError(
+                f"run spec: client_mechanism must be one of {list(CLIENT_MECHANISMS)}, "
+                f"got {mechanism!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as JSON data; the client-level keys appear only when set (id stability)."""
@@ -134,7 +141,7 @@ class RunSpec:
         if self.client_delta is not None:
             data["client_delta"] = self.client_delta
         if self.client_mechanism is not None:
-            data["client_mechanism"] = self.client_mechanism.value
+            data["client_mechanism"] = self.client_mechanism
         return data
 
     @classmethod
@@ -154,11 +161,7 @@ class RunSpec:
                 simulation_toml=data.get("simulation_toml"),
                 client_epsilon=_optional_float(data.get("client_epsilon")),
                 client_delta=_optional_float(data.get("client_delta")),
-                client_mechanism=(
-                    None
-                    if data.get("client_mechanism") is None
-                    else ClientDpMechanism(data["client_mechanism"])
-                ),
+                client_mechanism=data.get("client_mechanism"),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise ConfigError(f"malformed run spec: {exc}") from None
@@ -335,13 +338,12 @@ def _client_settings(sweep: Mapping[str, Any], source: str) -> dict[str, Any]:
         client["client_delta"] = float(delta)
     mechanism = sweep.get("client_mechanism")
     if mechanism is not None:
-        try:
-            client["client_mechanism"] = ClientDpMechanism(mechanism)
-        except ValueError:
-            names = [m.value for m in ClientDpMechanism]
+        if mechanism not in CLIENT_MECHANISMS:
             raise ConfigError(
-                f"{source}: sweep.client_mechanism must be one of {names}, got {mechanism!r}"
-            ) from None
+                f"{source}: sweep.client_mechanism must be one of {list(CLIENT_MECHANISMS)}, "
+                f"got {mechanism!r}"
+            )
+        client["client_mechanism"] = mechanism
     return client
 
 
