@@ -100,13 +100,12 @@ TINY_CLIENT = TINY.with_name("tiny_client.toml")
 
 @pytest.mark.slow
 def test_tiny_client_level_sweep_runs_and_reports(tmp_path: Path) -> None:
-    from fedmap_secure.experiments.sweep.backends import InlineBackend
-
     specs = load_sweep(TINY_CLIENT)
     assert sorted(s.client_epsilon is not None for s in specs) == [False, False, True, True]
     out = tmp_path / "client"
-    report = run_sweep(specs, out, backend=InlineBackend(), console=Console(quiet=True))
-    assert [o.error for o in report.failed] == []
+    code, text = _sweep(["--config", str(TINY_CLIENT), "--out", str(out), "--workers", "1"])
+    assert code == 0, text
+    assert "4 finished, 0 failed, 0 skipped" in text
     for spec in specs:
         d = store.run_dir(out, spec)
         summary = json.loads((d / "summary.json").read_text())
