@@ -10,24 +10,12 @@ from rich.console import Console
 
 from fedmap_secure.cli import main
 from fedmap_secure.data.types import FederatedDataset
-from fedmap_secure.errors import DataError
+from tests.cli_runner import run_cli as _main
 from tests.synthetic import tiny_dataset
 from tests.torch_threads import _single_thread  # noqa: F401
 
 SITE_KEYS = {"site", "tier", "n_train", "n_test", "personalised", "global", "epsilon_spent"}
 METRIC_KEYS = {"accuracy", "balanced_accuracy", "roc_auc"}
-
-
-def _loader(spec: str, label_column: str | None, seed: int) -> FederatedDataset:
-    if spec != "tiny":
-        raise DataError(f"unknown dataset {spec!r}")
-    return tiny_dataset(seed=seed)
-
-
-def _main(args: list[str]) -> tuple[int, str]:
-    buf = io.StringIO()
-    code = main(args, dataset_loader=_loader, console=Console(file=buf, width=150))
-    return code, buf.getvalue()
 
 
 @pytest.mark.parametrize("method", ["fedmap", "local", "pooled"])

@@ -3,22 +3,18 @@ server ledger, dropouts, the ring bound into the session, and the whole CLI run.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from rich.console import Console
 
 from fedmap_secure.aggregation import Field, VectorLayout
-from fedmap_secure.cli import main
 from fedmap_secure.client_dp.rounds import ClientLevelRounds, ring_spec, rotation_seed
 from fedmap_secure.config.privacy import ClientDpMechanism, ClientDpSettings
 from fedmap_secure.crypto.signing import IdentityKey
-from fedmap_secure.data.types import FederatedDataset
-from fedmap_secure.errors import BudgetExceededError, DataError
+from fedmap_secure.errors import BudgetExceededError
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.dp_accounting_accountants import DpAccountingRdpAccountant
 from fedmap_secure.privacy.ledger import MemoryLedgerStore, PrivacyLedger
@@ -26,7 +22,7 @@ from fedmap_secure.secagg.config import Roster, SecAggConfig
 from fedmap_secure.secagg.inprocess import SecureAggregator
 from fedmap_secure.secagg.round_setup import round_setup
 from fedmap_secure.training.secure_noise import CsprngStream
-from tests.synthetic import tiny_dataset
+from tests.cli_runner import run_cli as _cli
 from tests.torch_threads import _single_thread  # noqa: F401
 
 SITES = ("s1", "s2", "s3", "s4")
@@ -133,18 +129,6 @@ def test_the_encoding_is_bound_into_the_session() -> None:
         ).length
         == 4096
     )
-
-
-def _loader(spec: str, label_column: str | None, seed: int) -> FederatedDataset:
-    if spec != "tiny":
-        raise DataError(f"unknown dataset {spec!r}")
-    return tiny_dataset(seed=seed)
-
-
-def _cli(args: list[str]) -> tuple[int, str]:
-    buf = io.StringIO()
-    code = main(args, dataset_loader=_loader, console=Console(file=buf, width=200))
-    return code, buf.getvalue()
 
 
 def test_simulate_with_client_level_dp_writes_its_guarantee(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import os
 import subprocess
@@ -14,35 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rich.console import Console
 
 from fedmap_secure.aggregation import PlainSum
-from fedmap_secure.cli import main
 from fedmap_secure.config.privacy import SiteBudgetOverride
 from fedmap_secure.config.schema import Method, SimulationConfig
-from fedmap_secure.data.types import FederatedDataset
-from fedmap_secure.errors import DataError
 from fedmap_secure.experiments.pipeline import build_aggregator, run_private_simulation
 from fedmap_secure.privacy.ledger_store import load_report
 from fedmap_secure.secagg.inprocess import SecureAggregator
 from fedmap_secure.secagg.quantize import Quantizer
+from tests.cli_runner import run_cli as _cli
 from tests.synthetic import tiny_dataset
 from tests.torch_threads import _single_thread  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = "[training]\nepochs = 1\n[privacy]\nsteps_per_round = 3\n"
-
-
-def _loader(spec: str, label_column: str | None, seed: int) -> FederatedDataset:
-    if spec != "tiny":
-        raise DataError(f"unknown dataset {spec!r}")
-    return tiny_dataset(seed=seed)
-
-
-def _cli(args: list[str]) -> tuple[int, str]:
-    buf = io.StringIO()
-    code = main(args, dataset_loader=_loader, console=Console(file=buf, width=200))
-    return code, buf.getvalue()
 
 
 def _simulate(tmp_path: Path, *extra: str, config: str = FAST, rounds: int = 2) -> Path:

@@ -93,3 +93,33 @@ def test_tiny_sweep_on_a_local_ray_instance(tmp_path: Path) -> None:
     assert [o.status for o in report.outcomes] == [Status.DONE] * 3
     for spec in specs:
         assert store.is_finished(out, spec)
+
+
+TINY_CLIENT = TINY.with_name("tiny_client.toml")
+
+
+@pytest.mark.slow
+def test_tiny_client_level_sweep_runs_and_reports(tmp_path: Path) -> None:
+    specs = load_sweep(TINY_CLIENT)
+    assert sorted(s.client_epsilon is not None for s in specs) == [False, False, True, True]
+    out = tmp_path / "client"
+    code, text = _sweep(["--config", str(TINY_CLIENT), "--out", str(out), "--workers", "1"])
+    assert code == 0, text
+    assert "4 finished, 0 failed, 0 skipped" in text
+    for spec in specs:
+        d = store.run_dir(out, spec)
+        summary = json.loads((d / "summary.json").read_text())
+        client = summary["privacy"]["client_level_dp"]
+        comm = summary["communication"]
+        if spec.client_epsilon is None:
+            assert client is None
+            assert comm["vector_length"] == comm["layout_size"]
+        else:
+            assert 0 < client["epsilon_spent"] <= spec.client_epsilon
+            assert comm["vector_length"] == client["plan"]["padded_dimension"]
+    assert report_main([str(out)]) == 0
+    text = (out / "report.md").read_text()
+    section = text.split("## Client-level DP (distributed noise inside secure aggregation)")[1]
+    assert "| method | client ε = 4 | no client DP |" in section
+    assert "| fedmap | " in section
+    assert (out / "plot_client_dp_synthetic.png").is_file()

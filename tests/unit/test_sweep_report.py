@@ -40,7 +40,15 @@ def _summary(spec: RunSpec, acc: list[float], spent: float | None) -> dict[str, 
     }
 
 
-def _put(out: Path, method: str, eps: float | None, sa: bool, seed: int, acc: list[float]) -> None:
+def _put(
+    out: Path,
+    method: str,
+    eps: float | None,
+    sa: bool,
+    seed: int,
+    acc: list[float],
+    client_eps: float | None = None,
+) -> None:
     spec = RunSpec(
         dataset="heart",
         method=SweepMethod(method),
@@ -48,13 +56,22 @@ def _put(out: Path, method: str, eps: float | None, sa: bool, seed: int, acc: li
         delta=1e-5,
         secure_aggregation=sa,
         seed=seed,
+        client_epsilon=client_eps,
     )
     d = store.run_dir(out, spec)
     d.mkdir(parents=True)
     store.write_json(d / store.SPEC_FILE, spec.to_dict())
-    store.write_json(
-        d / store.SUMMARY_FILE, _summary(spec, acc, None if eps is None else eps * 0.9)
-    )
+    summary = _summary(spec, acc, None if eps is None else eps * 0.9)
+    if client_eps is not None:
+        summary["privacy"] = {
+            "client_level_dp": {
+                "epsilon_budget": client_eps,
+                "delta": 1e-3,
+                "epsilon_spent": client_eps * 0.99 - 0.01 * seed,
+                "plan": {"mechanism": "ddg", "padded_dimension": 64},
+            }
+        }
+    store.write_json(d / store.SUMMARY_FILE, summary)
 
 
 @pytest.fixture
@@ -120,3 +137,43 @@ def test_report_command(sweep_dir: Path, tmp_path: Path) -> None:
     assert "at ε = ∞" in (sweep_dir / "report.md").read_text()
     assert report_main([str(sweep_dir), "--epsilon", "x"]) == 2
     assert report_main([str(tmp_path / "missing")]) == 2
+
+
+def _without_counts(text: str) -> str:
+    return re.sub(r"\d+ finished run\(s\)", "N finished run(s)", text)
+
+
+def test_client_level_runs_get_their_own_section_only(sweep_dir: Path) -> None:
+    before = build_report(sweep_dir).read_text()
+    assert "Client-level DP" not in before
+    assert not list(sweep_dir.glob("plot_client_dp_*.png"))
+    for seed, bump in ((0, 0.0), (1, 0.08)):
+        for ceps, base in ((1.0, 0.4), (4.0, 0.6)):
+            _put(sweep_dir, "fedmap", None, True, seed, [base + bump, 0.7, 0.7, 0.6], ceps)
+            _put(sweep_dir, "fedavg", None, True, seed, [base, 0.6, 0.6, 0.3], ceps)
+    after = build_report(sweep_dir).read_text()
+    head, rest = after.split("## Client-level DP (distributed noise inside secure aggregation)")
+    section, tail = rest.split("## Cost of secure aggregation", 1)
+    # the record-level report is untouched by the client-level runs
+    assert _without_counts(head + "## Cost of secure aggregation" + tail) == _without_counts(before)
+    assert "zero-out" in section
+    assert "NOT hidden" in section
+    assert "δ = 0.001" in section
+    mean = "heart, record-level ε = ∞ (no DP): mean personalised accuracy over sites"
+    worst = "heart, record-level ε = ∞ (no DP): worst-site personalised accuracy"
+    spent = "heart, record-level ε = ∞ (no DP): client-level ε spent (max over seeds)"
+    assert "| method | client ε = 1 | client ε = 4 | no client DP |" in section
+    # fedmap: seed means 0.60/0.62 at client eps 1; no client DP = the SecAgg no-DP runs
+    assert _row(section, mean, "fedmap")[1:] == [
+        "0.610 ± 0.014 (n=2)",
+        "0.660 ± 0.014 (n=2)",
+        "0.727 ± 0.003 (n=2)",
+    ]
+    assert _row(section, mean, "fedavg")[3] == "0.625 ± 0.000 (n=2)"  # not the plain 0.1 runs
+    assert _row(section, worst, "fedavg")[1:] == [
+        "0.300 ± 0.000 (n=2)",
+        "0.300 ± 0.000 (n=2)",
+        "0.500 ± 0.000 (n=2)",
+    ]
+    assert _row(section, spent, "fedmap")[1:] == ["0.990", "3.960"]
+    assert (sweep_dir / "plot_client_dp_heart.png").read_bytes()[:8] == PNG

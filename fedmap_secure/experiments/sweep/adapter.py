@@ -2,11 +2,12 @@
 
 Everything engine-specific is chosen here from a ``RunSpec``: the simulation
 configuration (the spec's TOML or the packaged default, then the spec's
-method, seed, rounds, epochs, ``[privacy]`` epsilon/delta/enabled and
-``[secagg]`` enabled), the dataset, and the call into
-``experiments.driver.simulate_to_dir`` (the same private pipeline as
-``fedmap-secure simulate``: SecAgg among the training sites, per-site DP with
-durable ledgers under the run's ``sites/`` directory).
+method, seed, rounds, epochs, ``[privacy]`` epsilon/delta/enabled,
+``[secagg]`` enabled and ``[client_dp]`` enabled/epsilon/delta/mechanism),
+the dataset, and the call into ``experiments.driver.simulate_to_dir`` (the
+same private pipeline as ``fedmap-secure simulate``: SecAgg among the
+training sites, per-site DP with durable ledgers under the run's ``sites/``
+directory, client-level DP with the server's ledger).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from fedmap_secure.config.loader import load_config, parse_config
+from fedmap_secure.config.privacy import ClientDpMechanism, ClientDpSettings
 from fedmap_secure.config.schema import Method, SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.experiments.sweep import store
@@ -47,6 +49,7 @@ def simulation_config(spec: RunSpec) -> SimulationConfig:
         "seed": spec.seed,
         "privacy": privacy,
         "secagg": dataclasses.replace(base.secagg, enabled=spec.secure_aggregation),
+        "client_dp": _client_dp(base.client_dp, spec),
     }
     if spec.method is not SweepMethod.POOLED:
         changes["method"] = Method(spec.method.value)
@@ -57,10 +60,32 @@ def simulation_config(spec: RunSpec) -> SimulationConfig:
     return dataclasses.replace(base, **changes)
 
 
+def _client_dp(base: ClientDpSettings, spec: RunSpec) -> ClientDpSettings:
+    """Client-level DP exactly when the spec has a client epsilon (the spec decides)."""
+    if spec.client_epsilon is None:
+        return dataclasses.replace(base, enabled=False)
+    return dataclasses.replace(
+        base,
+        enabled=True,
+        epsilon=spec.client_epsilon,
+        delta=base.delta if spec.client_delta is None else spec.client_delta,
+        mechanism=(
+            base.mechanism
+            if spec.client_mechanism is None
+            else ClientDpMechanism(spec.client_mechanism)
+        ),
+    )
+
+
 def communication(
     config: SimulationConfig, dataset: FederatedDataset, summary: dict[str, Any], pooled: bool
 ) -> dict[str, Any]:
-    """Bytes of one aggregation round (see ``communication``), from the run's layout."""
+    """Bytes of one aggregation round (see ``communication``), from the run's layout.
+
+    With client-level DP the sites mask the rotated vector, zero-padded to a
+    power of two: its length (the plan's ``padded_dimension``) is the SecAgg
+    vector length, reported as ``vector_length``.
+    """
     from fedmap_secure.fedmap.methods import make_strategy
 
     layout = None
@@ -71,16 +96,19 @@ def communication(
         return {"aggregation": None, "layout_size": None, "bytes_per_round": None}
     sites = sum(1 for s in dataset.by_tier(Tier.TRAIN) if s.n_train > 0)
     secure = summary["privacy"]["secure_aggregation"] or {}
+    client_dp = summary["privacy"].get("client_level_dp") or {}
+    length = int((client_dp.get("plan") or {}).get("padded_dimension") or layout.size)
     rb: RoundBytes
     if secure.get("k") is not None:
         rb = secagg_round_bytes(
-            layout_size=layout.size, sites=sites, bits=int(secure["bits"]), k=int(secure["k"])
+            layout_size=length, sites=sites, bits=int(secure["bits"]), k=int(secure["k"])
         )
     else:
-        rb = plain_round_bytes(layout_size=layout.size, sites=sites)
+        rb = plain_round_bytes(layout_size=length, sites=sites)
     return {
         "aggregation": "secagg" if secure.get("k") is not None else "plain",
         "layout_size": layout.size,
+        "vector_length": length,
         "contributors": sites,
         "bytes_per_round": {"payload": rb.payload, "overhead": rb.overhead, "total": rb.total},
     }

@@ -16,6 +16,7 @@ from fedmap_secure.experiments.sweep.results import (
     FLAT,
     RunRow,
     at_epsilon,
+    client_epsilons_of,
     eps_label,
     epsilons_of,
     group_stat,
@@ -176,6 +177,50 @@ def _cost(out: Path, all_rows: Sequence[RunRow]) -> None:
     fig.tight_layout()
     fig.savefig(out / "plot_cost.png", dpi=110)
     plt.close(fig)
+
+
+def _client_dp(out: Path, client: Sequence[RunRow], base: Sequence[RunRow], dataset: str) -> None:
+    """Mean accuracy against the client-level epsilon, per method (and record-level epsilon)."""
+    data = [r for r in client if r.dataset == dataset]
+    cepsilons: list[float | None] = [*client_epsilons_of(data), None]
+    pos = _positions(cepsilons)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    record = epsilons_of(data)
+    for eps in record:
+        for method in methods_of(data):
+            at = [r for r in data if r.epsilon == eps and r.method == method]
+            ref = [r for r in base if (r.dataset, r.epsilon, r.method) == (dataset, eps, method)]
+            groups = [[r for r in at if r.client_epsilon == c] for c in cepsilons[:-1]] + [ref]
+            pts = [
+                (pos[c], s)
+                for c, g in zip(cepsilons, groups, strict=True)
+                if (s := stat([r.mean("accuracy") for r in g])) is not None
+            ]
+            if not pts:
+                continue
+            xs, means = [p for p, _ in pts], [s.mean for _, s in pts]
+            label = method if len(record) == 1 else f"{method} (ε = {eps_label(eps)})"
+            line = ax.plot(xs, means, marker="o", label=label)
+            ax.fill_between(
+                xs, [s.mean - s.sd for _, s in pts], [s.mean + s.sd for _, s in pts],
+                color=line[0].get_color(), alpha=0.15,
+            )  # fmt: skip
+    ax.set_xticks(list(pos.values()), [f"{c:g}" if c is not None else "∞" for c in pos])
+    ax.set_xlabel("client-level ε (∞ = no client-level DP)")
+    ax.set_ylabel("mean personalised accuracy")
+    ax.set_title(f"{dataset}: utility vs client-level DP (mean ± sd over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"plot_client_dp_{dataset}.png", dpi=110)
+    plt.close(fig)
+
+
+def write_client_plots(out: Path, client: Sequence[RunRow], base: Sequence[RunRow]) -> None:
+    """``plot_client_dp_<dataset>.png`` per dataset with client-level runs (``base``: the
+    record-level utility rows, drawn at ∞)."""
+    for dataset in sorted({r.dataset for r in client}):
+        _client_dp(out, client, base, dataset)
 
 
 def write_plots(

@@ -1,6 +1,10 @@
 """``report.md`` of a sweep directory: utility against epsilon, per-site results,
 privacy spent, cost of secure aggregation, FedMAP against each baseline, and
-the published reference numbers side by side (labelled with their source)."""
+the published reference numbers side by side (labelled with their source).
+
+Runs with client-level DP are left out of every record-level table and plot
+(so a sweep without them reports exactly as before) and get their own section
+(``client_section.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fedmap_secure.experiments.sweep import plots
+from fedmap_secure.experiments.sweep.client_section import client_section
 from fedmap_secure.experiments.sweep.published import references_for
 from fedmap_secure.experiments.sweep.results import (
     RunRow,
@@ -20,6 +25,7 @@ from fedmap_secure.experiments.sweep.results import (
     rows_of,
     stat,
     utility_rows,
+    without_client_dp,
 )
 from fedmap_secure.experiments.sweep.store import StoredRun, load_runs
 
@@ -207,7 +213,9 @@ def build_report(out: Path, *, epsilon: float | str | None = AUTO) -> Path:
     DP; ``"auto"``: see ``default_epsilon``).
     """
     runs = load_runs(out)
-    all_rows = rows_of(runs)
+    every_row = rows_of(runs)
+    client_rows = [r for r in every_row if r.client_epsilon is not None]
+    all_rows = without_client_dp(every_row)
     rows = utility_rows(all_rows)
     chosen = default_epsilon(rows) if isinstance(epsilon, str) else epsilon
     finished = sum(r.summary is not None for r in runs)
@@ -226,8 +234,10 @@ def build_report(out: Path, *, epsilon: float | str | None = AUTO) -> Path:
         lines += _utility_section(rows, dataset)
         lines += _per_site(rows, dataset, chosen)
         lines += _comparison(rows, dataset)
-    lines += _privacy_section(rows) + _cost_section(all_rows) + _failures(runs)
+    lines += _privacy_section(rows) + client_section(client_rows, rows)
+    lines += _cost_section(all_rows) + _failures(runs)
     plots.write_plots(out, rows, all_rows, per_site_epsilon=chosen)
+    plots.write_client_plots(out, client_rows, rows)
     path = out / REPORT_FILE
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -17,7 +17,12 @@ METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
 
 @dataclass(frozen=True, kw_only=True)
 class RunRow:
-    """One finished run, flattened for tables and plots."""
+    """One finished run, flattened for tables and plots.
+
+    ``client_epsilon`` is the spec's client-level budget (None: no client-level
+    DP); the other ``client_*`` fields come from the summary's
+    ``privacy.client_level_dp`` block (None when the run had none).
+    """
 
     dataset: str
     method: str
@@ -28,6 +33,10 @@ class RunRow:
     site_epsilon: dict[str, float | None]
     wall_seconds: float
     bytes_per_round: dict[str, int] | None
+    client_epsilon: float | None = None
+    client_epsilon_spent: float | None = None
+    client_delta: float | None = None
+    client_mechanism: str | None = None
 
     def site_values(self, metric: str) -> list[float]:
         values = [m.get(metric) for m in self.site_metrics.values()]
@@ -48,6 +57,8 @@ def _row(run: StoredRun) -> RunRow | None:
         return None
     spec = run.spec
     comm: dict[str, Any] = summary.get("communication") or {}
+    client_dp: dict[str, Any] = (summary.get("privacy") or {}).get("client_level_dp") or {}
+    spent = client_dp.get("epsilon_spent")
     return RunRow(
         dataset=spec.dataset,
         method=spec.method.value,
@@ -60,11 +71,25 @@ def _row(run: StoredRun) -> RunRow | None:
         site_epsilon={s["site"]: s.get("epsilon_spent") for s in summary["sites"]},
         wall_seconds=float(summary["wall_seconds"]),
         bytes_per_round=comm.get("bytes_per_round"),
+        client_epsilon=spec.client_epsilon,
+        client_epsilon_spent=None if spent is None else float(spent),
+        client_delta=None if client_dp.get("delta") is None else float(client_dp["delta"]),
+        client_mechanism=(client_dp.get("plan") or {}).get("mechanism"),
     )
 
 
 def rows_of(runs: Iterable[StoredRun]) -> list[RunRow]:
     return [row for row in map(_row, runs) if row is not None]
+
+
+def without_client_dp(rows: Iterable[RunRow]) -> list[RunRow]:
+    """The rows of the record-level report: runs without client-level DP."""
+    return [r for r in rows if r.client_epsilon is None]
+
+
+def client_epsilons_of(rows: Sequence[RunRow]) -> list[float]:
+    """Sorted client-level epsilons present in ``rows``."""
+    return sorted({r.client_epsilon for r in rows if r.client_epsilon is not None})
 
 
 @dataclass(frozen=True, kw_only=True)
