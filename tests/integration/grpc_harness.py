@@ -203,3 +203,26 @@ def play_round(
     if join_sites:
         run.join()
     return run
+
+
+def run_deployment_threads(
+    server_toml: Path, site_tomls: list[Path], *, insecure: bool = False, timeout: float = 120
+) -> list[BaseException]:
+    """Run ``fedmap-secure server`` and one ``site`` per file in threads; the errors raised."""
+    from fedmap_secure.transport.processes import run_server, run_site
+
+    errors: list[BaseException] = []
+
+    def guarded(target: Callable[..., None], path: Path) -> None:
+        try:
+            target(path, insecure=insecure) if insecure else target(path)
+        except BaseException as exc:  # returned to the caller's assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(run_server, server_toml))]
+    threads += [threading.Thread(target=guarded, args=(run_site, path)) for path in site_tomls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    return errors

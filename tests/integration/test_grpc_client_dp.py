@@ -9,7 +9,7 @@ import json
 import math
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from fedmap_secure.transport.client_dp_pin import PinnedClientDp
 from fedmap_secure.transport.deploy_config import load_site_deployment
 from fedmap_secure.transport.fedmap_wire import config_json
 from fedmap_secure.transport.keygen import keygen_consortium
-from fedmap_secure.transport.processes import CLIENT_DP_STATE, run_server, run_site
+from fedmap_secure.transport.processes import CLIENT_DP_STATE
 from fedmap_secure.transport.server import AggregationServer
 from fedmap_secure.transport.site import SiteClient, SiteOutcome, SiteReport
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
@@ -45,6 +45,7 @@ from tests.integration.grpc_harness import (
     Consortium,
     open_channel,
     plain_consortium,
+    run_deployment_threads,
 )
 from tests.synthetic import tiny_dataset
 from tests.torch_threads import _single_thread  # noqa: F401
@@ -298,22 +299,8 @@ def test_site_toml_client_dp_is_parsed_strictly(tmp_path: Path) -> None:
 
 def test_server_and_sites_from_toml_with_client_level_dp(tmp_path: Path) -> None:
     sites = _deployment(tmp_path, "[client_dp]\nrounds = 2\nepsilon = 6.0\n")
-    errors: list[BaseException] = []
-
-    def guarded(target: Callable[..., None], path: Path) -> None:
-        try:
-            target(path, insecure=True)
-        except BaseException as exc:  # reported by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(run_server, tmp_path / "server.toml"))]
-    threads += [
-        threading.Thread(target=guarded, args=(run_site, tmp_path / f"{s}.toml")) for s in sites
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    site_tomls = [tmp_path / f"{s}.toml" for s in sites]
+    errors = run_deployment_threads(tmp_path / "server.toml", site_tomls, insecure=True)
     assert errors == []
     store = ServerStateStore(
         tmp_path / "server-state" / STATE_FILENAME,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from fedmap_secure.transport.fedmap_wire import config_json
 from fedmap_secure.transport.keygen import keygen_consortium
 from fedmap_secure.transport.processes import run_server, run_site
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
+from tests.integration.grpc_harness import run_deployment_threads
 
 RUN = """
 [simulation]
@@ -77,22 +76,8 @@ def test_server_and_sites_from_toml(tmp_path: Path) -> None:
             f'[tls]\nca = "pki/ca.pem"\ncertificate = "pki/sites/{site}/site.pem"\n'
             f'private_key = "pki/sites/{site}/site.key"\n' + consortium
         )
-    errors: list[BaseException] = []
-
-    def guarded(target: Callable[[Path], None], path: Path) -> None:
-        try:
-            target(path)
-        except BaseException as exc:  # reported by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(run_server, tmp_path / "server.toml"))]
-    threads += [
-        threading.Thread(target=guarded, args=(run_site, tmp_path / f"{s}.toml")) for s in sites
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    site_tomls = [tmp_path / f"{s}.toml" for s in sites]
+    errors = run_deployment_threads(tmp_path / "server.toml", site_tomls)
     assert errors == []
     store = ServerStateStore(
         tmp_path / "server-state" / STATE_FILENAME,
