@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,17 @@ from fedmap_secure.secagg.server import RoundOutput, ServerSession
 from fedmap_secure.secagg.stages import ClientStage
 
 log = logging.getLogger(__name__)
+
+
+class SessionKwargs(TypedDict):
+    """The keyword arguments shared by ``ClientSession`` and ``ServerSession``."""
+
+    roster: Roster
+    config: SecAggConfig
+    layout: VectorLayout
+    round_index: int
+    context: bytes
+    ring: RingSpec | None
 
 
 class DropPoint(enum.Enum):
@@ -184,6 +196,19 @@ class SecureAggregator:
                     _relay(server, live[site], message)
         return server.finish()
 
+    def _session_kwargs(
+        self, *, layout: VectorLayout, round_index: int, context: bytes, ring: RingSpec | None
+    ) -> SessionKwargs:
+        """What every session of one round (either role, recording or not) is built from."""
+        return SessionKwargs(
+            roster=self._roster,
+            config=self._config,
+            layout=layout,
+            round_index=round_index,
+            context=context,
+            ring=ring,
+        )
+
     def _new_server(
         self,
         *,
@@ -194,12 +219,9 @@ class SecureAggregator:
     ) -> ServerSession:
         """Hook: the server session of one round (``transcript`` overrides it to record)."""
         return ServerSession(
-            roster=self._roster,
-            config=self._config,
-            layout=layout,
-            round_index=round_index,
-            context=context,
-            ring=ring,
+            **self._session_kwargs(
+                layout=layout, round_index=round_index, context=context, ring=ring
+            )
         )
 
     def _new_client(
@@ -216,13 +238,10 @@ class SecureAggregator:
         return ClientSession(
             site_id=site,
             identity=key,
-            roster=self._roster,
-            config=self._config,
-            layout=layout,
-            round_index=round_index,
-            context=context,
             random_bytes=self._random_bytes,
-            ring=ring,
+            **self._session_kwargs(
+                layout=layout, round_index=round_index, context=context, ring=ring
+            ),
         )
 
     def _sends(self, site: str, point: DropPoint, inputs: Mapping[str, object]) -> bool:

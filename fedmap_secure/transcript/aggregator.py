@@ -86,12 +86,9 @@ class RecordingSecureAggregator(SecureAggregator):
         return RecordingServerSession(
             chain=self.chain,
             model_hash=self._model_hash,
-            roster=self.roster,
-            config=self.config,
-            layout=layout,
-            round_index=round_index,
-            context=context,
-            ring=ring,
+            **self._session_kwargs(
+                layout=layout, round_index=round_index, context=context, ring=ring
+            ),
         )
 
     def _new_client(
@@ -110,11 +107,8 @@ class RecordingSecureAggregator(SecureAggregator):
             recorder=recorder,
             site_id=site,
             identity=key,
-            roster=self.roster,
-            config=self.config,
-            layout=layout,
-            round_index=round_index,
-            context=context,
             random_bytes=self._random_bytes,
-            ring=ring,
+            **self._session_kwargs(
+                layout=layout, round_index=round_index, context=context, ring=ring
+            ),
         )
