@@ -43,6 +43,7 @@ from fedmap_secure.crypto.labels import LABEL_CLIENT_DP_ROUND_SEED
 from fedmap_secure.errors import BudgetExceededError, LocalProtocolError
 from fedmap_secure.privacy.events import PrivacyUnit
 from fedmap_secure.privacy.ledger import PrivacyLedger
+from fedmap_secure.privacy.report import accountant_description
 from fedmap_secure.secagg.config import RingSpec, SecAggConfig, setup_digest
 from fedmap_secure.secagg.round_encoder import RoundEncoderFactory
 
@@ -239,7 +240,9 @@ class ClientLevelRounds:
                 "hidden (secure aggregation reveals it); separate from each site's "
                 "record-level guarantee"
             ),
-            "accountant": self._ledger.accountant.describe(),
+            "accountant": accountant_description(
+                self._ledger.accountant.describe(), PrivacyUnit.CLIENT
+            ),
             "epsilon_budget": self._settings.epsilon,
             "delta": self._settings.delta,
             "epsilon_spent": self._ledger.spent(),

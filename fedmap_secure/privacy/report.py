@@ -152,6 +152,20 @@ def _entry_json(entry: LedgerEntry) -> dict[str, Any]:
     }
 
 
+CLIENT_ADJACENCY = "zero-out: one site's whole contribution replaced by zero (client-level)"
+
+
+def accountant_description(described: dict[str, Any], unit: PrivacyUnit) -> dict[str, Any]:
+    """The accountant's settings with the adjacency of the ledger's own unit.
+
+    A client-level ledger composes zCDP events whose sensitivities already
+    describe zero-out of one site; the adapter's record-level wording would mislead.
+    """
+    if unit is PrivacyUnit.CLIENT:
+        return {**described, "adjacency": CLIENT_ADJACENCY}
+    return described
+
+
 def build_report(ledger: PrivacyLedger) -> LedgerReport:
     """Recompute the whole ledger (history, total, cross-check) into a report."""
     entries = tuple(ledger.history())
@@ -168,7 +182,7 @@ def build_report(ledger: PrivacyLedger) -> LedgerReport:
         epsilon_budget=budget.epsilon,
         delta=budget.delta,
         allow_non_dp_releases=budget.allow_non_dp_releases,
-        accountant=ledger.accountant.describe(),
+        accountant=accountant_description(ledger.accountant.describe(), ledger.unit),
         epsilon_spent=spent,
         cross_check=None
         if cross is None or ledger.cross_check is None

@@ -154,6 +154,7 @@ def test_client_level_report_says_so() -> None:
     assert report.guarantee.startswith("CLIENT-LEVEL")
     assert "participating sites is visible" in report.guarantee
     assert report.to_json()["unit"] == "client"
+    assert report.accountant["adjacency"].startswith("zero-out")
     assert report.cross_check is None
 
 
