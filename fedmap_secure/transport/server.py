@@ -311,6 +311,12 @@ class AggregationServer:
         """
         previous = b""
         if self.transcripts is not None:
+            head = self.transcripts.head
+            if head is not None and round_index <= head.round_index:
+                raise LocalProtocolError(
+                    f"round {round_index} is not after the transcript chain head (round "
+                    f"{head.round_index}): the transcripts and the server state disagree"
+                )
             previous = self.transcripts.previous_hash
             self._model_hash = model_hash(context)
             context = bound_context(self._model_hash, previous)
