@@ -183,7 +183,8 @@ def test_sites_refuse_a_setup_bound_to_another_previous_hash(
     assert run.error is not None  # nobody advertised keys: the round aborts
     assert {r.outcome for r in run.reports.values()} == {SiteOutcome.FAILED}
     assert all("previous transcript hash" in r.detail for r in run.reports.values())
-    assert chain.head is None and chain.previous_hash == GENESIS
+    assert chain.head is None
+    assert chain.previous_hash == GENESIS
     assert not (tmp_path / "site-records").exists()
 
 
