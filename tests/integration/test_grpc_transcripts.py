@@ -20,7 +20,6 @@ from fedmap_secure.transcript.store import (
 )
 from fedmap_secure.transport import codec
 from fedmap_secure.transport import messages as tm
-from fedmap_secure.transport import server as server_module
 from fedmap_secure.transport.generated.v1 import service_pb2 as spb
 from fedmap_secure.transport.site import SiteOutcome
 from tests.cli_runner import run_cli
@@ -169,9 +168,8 @@ def test_sites_refuse_a_setup_bound_to_another_previous_hash(
 ) -> None:
     consortium = plain_consortium()
     chain = fresh_chain(tmp_path)
-    monkeypatch.setattr(
-        server_module.codec, "encode_server_message", _lying_setup(codec.encode_server_message)
-    )
+    # the server encodes through the codec module; sites never call encode_server_message
+    monkeypatch.setattr(codec, "encode_server_message", _lying_setup(codec.encode_server_message))
     with running_server(consortium, transcripts=chain) as server:
         run = play_round(
             server,
