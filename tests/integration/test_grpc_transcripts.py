@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedmap_secure.errors import ConfigError
+from fedmap_secure.errors import ConfigError, LocalProtocolError
 from fedmap_secure.transcript.records import GENESIS
 from fedmap_secure.transcript.store import (
     SiteRecordWriter,
@@ -208,3 +208,29 @@ def test_unrecorded_sites_still_sum_with_a_recording_server(tmp_path: Path) -> N
     expected = sum(exact_inputs().values())
     np.testing.assert_array_equal(LAYOUT.flatten(run.result.sums), expected)
     assert (tmp_path / "transcripts" / "round-0000.json").is_file()
+
+
+def test_a_server_refuses_a_round_its_chain_already_holds(
+    recorded: tuple[Path, Consortium], tmp_path: Path
+) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(recorded[0], out)
+    chain = resume_chain(out, recorded[1].roster)
+    with (
+        running_server(recorded[1], transcripts=chain) as server,
+        pytest.raises(LocalProtocolError, match="chain head"),
+    ):
+        server.run_round(round_index=1, layout=LAYOUT, context=CONTEXT)
+    assert chain.transcripts == ()
+
+
+def test_the_deployment_server_refuses_transcripts_ahead_of_its_state(
+    recorded: tuple[Path, Consortium], tmp_path: Path
+) -> None:
+    from fedmap_secure.transport.processes import _server_transcripts
+    from fedmap_secure.transport.state_store import ServerStateStore
+
+    shutil.copytree(recorded[0] / "transcripts", tmp_path / "transcripts")
+    store = ServerStateStore(tmp_path / "state.sqlite", run_config_json="{}")
+    with pytest.raises(ConfigError, match="resumes at round 0"):
+        _server_transcripts(tmp_path, recorded[1].roster, store)
