@@ -14,6 +14,10 @@ session's. Per round (``AggregationServer.run_round``):
    encoder (``encoders``: fixed point, or client-level DP), and every
    connected site receives ``RoundOutcome`` (also on abort, with no sum).
 
+With ``transcripts`` (a ``TranscriptChain``, e.g. ``transcript.store.resume_chain``)
+each completed round is recorded by a ``RecordingServerSession`` on the bound
+context, whose previous hash the ``SecAggSetup`` announces (SPEC §13).
+
 Refusals are gRPC statuses with a message naming the peer: INVALID_ARGUMENT
 (undecodable or malformed), UNAUTHENTICATED / PERMISSION_DENIED (the message
 names another sender than the TLS identity, or a site off the roster),

@@ -11,6 +11,11 @@ Every protocol check is the session's; a refusal or abort ends the site's part
 in the round (it becomes a dropout for the others) and is reported, never
 retried with the same keys.
 
+``site_records`` (e.g. ``transcript.store.SiteRecordWriter``): the site plays a
+``RecordingClientSession`` and hands each round's ``SiteRecord`` to it (also
+when the round fails after the site joined); it then requires the server to
+record transcripts and checks the bound context (SPEC §13).
+
 ``on_send`` (tests, fault injection) is called with each message just before
 the site sends it; raising from it makes the site disconnect at that point,
 like a crashed process.
