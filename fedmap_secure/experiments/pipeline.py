@@ -42,7 +42,7 @@ from fedmap_secure.secagg.round_encoder import RoundEncoderFactory
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.transcript.aggregator import RecordingSecureAggregator
 from fedmap_secure.transcript.recorder import TranscriptChain
-from fedmap_secure.transcript.store import SiteRecordWriter, TranscriptWriter, write_roster
+from fedmap_secure.transcript.store import SiteRecordWriter, fresh_chain, write_roster
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +133,10 @@ def build_aggregator(
     identities = {site: IdentityKey.generate(os.urandom) for site in sites}
     if out_dir is None:
         return SecureAggregator(identities=identities, config=secagg, encoders=encoders)
-    if any((out_dir / "transcripts").glob("round-*.json")):
-        raise ConfigError(
-            f"transcript directory {str(out_dir / 'transcripts')!r} already exists with an "
-            "earlier run's transcripts; choose a new --out or remove it"
-        )
     aggregator = RecordingSecureAggregator(
         identities=identities,
         config=secagg,
-        chain=TranscriptChain(sink=TranscriptWriter(out_dir)),
+        chain=fresh_chain(out_dir),
         site_sink=SiteRecordWriter(out_dir),
         encoders=encoders,
     )
@@ -153,12 +148,17 @@ def describe_transcripts(aggregator: Aggregator, out_dir: Path) -> dict[str, Any
     """Where the transcripts are and the newest transcript's hash (None when not recorded)."""
     if not isinstance(aggregator, RecordingSecureAggregator):
         return None
-    head = aggregator.chain.head
+    return describe_chain(aggregator.chain, out_dir)
+
+
+def describe_chain(chain: TranscriptChain, out_dir: Path) -> dict[str, Any]:
+    """The ``transcripts`` entry of a run that recorded ``chain`` under ``out_dir``."""
+    head = chain.head
     return {
         "directory": str(out_dir / "transcripts"),
         "roster": str(out_dir / "roster.json"),
         "site_records": str(out_dir / "site-records"),
-        "rounds": len(aggregator.chain.transcripts),
+        "rounds": len(chain.transcripts),
         "head": None if head is None else head.transcript_hash().hex(),
         "verify": "fedmap-secure verify-transcript DIR/transcripts --roster DIR/roster.json "
         "--site-records DIR/site-records --head HEAD",

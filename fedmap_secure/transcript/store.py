@@ -54,7 +54,45 @@ class TranscriptWriter:
 
     def __call__(self, transcript: RoundTranscript) -> None:
         _write(round_file(self.directory, transcript.round_index), transcript.to_json())
-        (self.directory / "HEAD").write_text(transcript.transcript_hash().hex() + "\n")
+        head = self.directory / "HEAD.tmp"
+        head.write_text(transcript.transcript_hash().hex() + "\n")
+        head.replace(self.directory / "HEAD")
+
+
+def fresh_chain(out: Path) -> TranscriptChain:
+    """A new chain writing under ``out``; ``ConfigError`` if ``out`` holds an earlier run's."""
+    directory = Path(out) / "transcripts"
+    if any(directory.glob("round-*.json")) or (directory / "HEAD").exists():
+        raise ConfigError(
+            f"transcript directory {str(directory)!r} already exists with an "
+            "earlier run's transcripts; choose a new --out or remove it"
+        )
+    return TranscriptChain(sink=TranscriptWriter(out))
+
+
+def resume_chain(out: Path, roster: Roster) -> TranscriptChain:
+    """The chain under ``out``, continued from its verified head (a restarted server).
+
+    An empty or missing directory starts at ``GENESIS``. Otherwise every
+    ``round-*.json`` is loaded and verified against ``roster`` (links, signatures)
+    and the newest must hash to ``HEAD``; anything else is a ``ConfigError``
+    naming the directory: the server refuses to extend a chain it cannot vouch for.
+    """
+    directory = Path(out) / "transcripts"
+    files = sorted(directory.glob("round-*.json"))
+    head_file = directory / "HEAD"
+    if not files and not head_file.exists():
+        return TranscriptChain(sink=TranscriptWriter(out))
+    problem = f"transcript directory {str(directory)!r} is inconsistent"
+    if not files or not head_file.exists():
+        raise ConfigError(f"{problem}: it has {'HEAD' if files == [] else 'rounds'} only")
+    try:
+        head = bytes.fromhex(head_file.read_text(encoding="ascii").strip())
+        transcripts = [load_transcript(f) for f in files]
+        verify_chain(transcripts, roster, head=head)
+    except (TranscriptError, ValueError, OSError) as exc:
+        raise ConfigError(f"{problem}: {exc}") from None
+    return TranscriptChain(head=transcripts[-1], sink=TranscriptWriter(out))
 
 
 class SiteRecordWriter:

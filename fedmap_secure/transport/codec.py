@@ -281,6 +281,7 @@ def _encode_setup(message: tm.SecAggSetup) -> pb.SecAggSetup:
         config_digest=message.config_digest,
         roster_digest=message.roster_digest,
         stage_timeout_ms=message.stage_timeout_ms,
+        previous_transcript_hash=message.previous_transcript_hash,
     )
 
 
@@ -295,6 +296,7 @@ def _decode_setup(s: pb.SecAggSetup, *, peer: str) -> tm.SecAggSetup:
         config_digest=s.config_digest,
         roster_digest=s.roster_digest,
         stage_timeout_ms=s.stage_timeout_ms,
+        previous_transcript_hash=s.previous_transcript_hash,
     )
 
 

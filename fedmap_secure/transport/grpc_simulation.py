@@ -8,7 +8,10 @@ training-tier site (``bits`` and, with client-level DP, the pinned
 ``[client_dp]`` settings go into each site's job). Each site process loads
 the same dataset with the same seed, keeps only its own site, trains,
 contributes through SecAgg+ over mutual TLS, evaluates on the final state and
-writes its records (``site_records``). Fine-tune and unseen tiers take no part
+writes its records (``site_records``). Like an in-process run, the server
+records each round's transcript (``OUT/transcripts``, roster ``OUT/roster.json``)
+and every site process its own site records (``OUT/site-records/<site>``), for
+``fedmap-secure verify-transcript``. Fine-tune and unseen tiers take no part
 in secure rounds; the driver fine-tunes/evaluates them on the final state in
 this process, as the in-process engine does.
 """
@@ -31,12 +34,19 @@ from fedmap_secure.client_dp.rounds import ClientLevelRounds
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.errors import ConfigError
-from fedmap_secure.experiments.pipeline import client_level_rounds, fresh_client_dp_state
+from fedmap_secure.experiments.pipeline import (
+    client_level_rounds,
+    describe_chain,
+    fresh_client_dp_state,
+)
 from fedmap_secure.experiments.report import site_table, summary_dict, write_outputs
 from fedmap_secure.experiments.simulation import SimulationResult, SiteResult
 from fedmap_secure.fedmap.methods import ServerLog
 from fedmap_secure.fedmap.site import SiteReport
 from fedmap_secure.secagg.config import DEFAULT_BITS, Roster, SecAggConfig
+from fedmap_secure.transcript.recorder import TranscriptChain
+from fedmap_secure.transcript.store import fresh_chain
+from fedmap_secure.transcript.store import write_roster as write_transcript_roster
 from fedmap_secure.transport.client_dp_pin import pinned_client_dp
 from fedmap_secure.transport.fedmap_server import serve_fedmap
 from fedmap_secure.transport.fedmap_site import finish_offline
@@ -85,7 +95,14 @@ def _consortium(root: Path, sites: list[str], insecure: bool) -> tuple[Roster, P
     return roster, None
 
 
-def _job(root: Path, site: str, port: int, spec: GrpcSimulation, config: SimulationConfig) -> Path:
+def _job(
+    root: Path,
+    site: str,
+    port: int,
+    spec: GrpcSimulation,
+    config: SimulationConfig,
+    records: Path | None,
+) -> Path:
     job = {
         "site": site,
         "address": f"127.0.0.1:{port}",
@@ -101,6 +118,7 @@ def _job(root: Path, site: str, port: int, spec: GrpcSimulation, config: Simulat
         "client_dp": pinned_client_dp(config),
         "result": str(root / "sites" / f"{site}.json"),
         "state_dir": str(root / "sites" / site),
+        "site_records": None if records is None else str(records),
         "factories": spec.factories,
         "options": dict(spec.options),
     }
@@ -127,12 +145,16 @@ def simulate_over_grpc(
     spec: GrpcSimulation,
     out_dir: Path,
     client_level: ClientLevelRounds | None = None,
+    transcripts: TranscriptChain | None = None,
 ) -> SimulationResult:
     """Run ``config`` with the server here and one process per training site; see module doc.
 
     ``client_level`` (over ``server_secagg``): client-level DP, charged to its
     ledger before each round opens; each site process plans the same noise
     from its job's pinned ``[client_dp]`` settings.
+    ``transcripts`` (e.g. ``store.fresh_chain(out_dir)``): the server records
+    each round into it, ``out_dir``/roster.json is written and each site
+    process writes its own records to ``out_dir``/site-records/<site>/.
     """
     start = time.perf_counter()
     root = out_dir / "grpc"
@@ -140,6 +162,9 @@ def simulate_over_grpc(
     if len(training) < 2:
         raise ConfigError("secure aggregation over gRPC needs at least 2 training sites")
     roster, pki = _consortium(root, training, spec.insecure)
+    records = None if transcripts is None else out_dir
+    if transcripts is not None:
+        write_transcript_roster(out_dir / "roster.json", roster)
     secagg = server_secagg(spec, len(training))
     if (client_level is not None) != config.client_dp.enabled:
         raise ConfigError("client-level DP is on in the config iff client_level is given")
@@ -150,6 +175,7 @@ def simulate_over_grpc(
         security=security,
         settings=ServerSettings(join_timeout=spec.join_timeout, stage_timeout=spec.stage_timeout),
         encoders=None if client_level is None else client_level.encoder,
+        transcripts=transcripts,
     ).start()
     logs: list[ServerLog] = []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -159,7 +185,7 @@ def simulate_over_grpc(
                 sys.executable,
                 "-m",
                 "fedmap_secure.transport.site_process",
-                str(_job(root, site, server.port, spec, config)),
+                str(_job(root, site, server.port, spec, config, records)),
             ],
             env=env,
         )
@@ -255,13 +281,19 @@ def simulate_grpc_to_dir(
     section and each private site's epsilon spent (from the sites' own ledgers).
     """
     n_train = len(dataset.by_tier(Tier.TRAIN))
+    transcripts = fresh_chain(out_dir)
     client_level = None
     if config.client_dp.enabled:
         state = fresh_client_dp_state(out_dir)
         client_level = client_level_rounds(config, server_secagg(spec, n_train), state)
     try:
         result = simulate_over_grpc(
-            config=config, dataset=dataset, spec=spec, out_dir=out_dir, client_level=client_level
+            config=config,
+            dataset=dataset,
+            spec=spec,
+            out_dir=out_dir,
+            client_level=client_level,
+            transcripts=transcripts,
         )
         client_level_dp = None if client_level is None else client_level.describe()
     finally:
@@ -271,7 +303,10 @@ def simulate_grpc_to_dir(
     if collect_privacy is not None:
         differential_privacy, epsilon = collect_privacy()
     privacy = {
-        "secure_aggregation": describe_secure_aggregation(spec, n_train),
+        "secure_aggregation": {
+            **describe_secure_aggregation(spec, n_train),
+            "transcripts": describe_chain(transcripts, out_dir),
+        },
         "differential_privacy": differential_privacy,
         "client_level_dp": client_level_dp,
         "metrics_released": False,

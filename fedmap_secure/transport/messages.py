@@ -61,9 +61,17 @@ class SecAggSetup(Message):
     config_digest: bytes
     roster_digest: bytes
     stage_timeout_ms: int
+    # The transcript hash the server's chain ends at before this round (32 bytes; GENESIS,
+    # all zero, for its first recorded round), or b"" when the server records no transcript.
+    # With it, ``context`` is ``transcript.binding.bound_context(model_hash, this)`` (SPEC §13).
+    previous_transcript_hash: bytes = b""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not isinstance(self.previous_transcript_hash, bytes) or len(
+            self.previous_transcript_hash
+        ) not in (0, ID_SIZE):
+            raise LocalProtocolError(f"previous_transcript_hash must be empty or {ID_SIZE} bytes")
         if not isinstance(self.layout, VectorLayout) or not self.layout.fields:
             raise LocalProtocolError("layout must be a non-empty VectorLayout")
         for name in ("context", "config_digest", "roster_digest"):

@@ -9,6 +9,11 @@ run configuration's ``[client_dp]`` on, it charges its client-level ledger
 trains and contributes each round through SecAgg+ (adding its client-level
 noise share from its own ``[client_dp]`` table, if any), and writes its final
 evaluation to ``<state_dir>/result.json``. Refusals raise ``FedMapError``.
+
+Both record the SecAgg transcripts (SPEC §13): the server its chain in
+``<state_dir>/transcripts`` (continued after a restart, from its verified head)
+and the roster in ``<state_dir>/roster.json``; each site its own records in
+``<state_dir>/site-records/<site>/``, and it refuses a server that records none.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from fedmap_secure.config.loader import load_config
 from fedmap_secure.data.csv_sites import load_csv_sites
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.experiments.pipeline import client_level_rounds
+from fedmap_secure.secagg.config import Roster
+from fedmap_secure.transcript.recorder import TranscriptChain
+from fedmap_secure.transcript.store import SiteRecordWriter, resume_chain, write_roster
 from fedmap_secure.transport.channels import open_channel
 from fedmap_secure.transport.deploy_config import load_server_deployment, load_site_deployment
 from fedmap_secure.transport.fedmap_server import serve_fedmap
@@ -58,6 +66,7 @@ def run_server(path: Path, *, insecure: bool = False) -> None:
         deployment.state_dir / STATE_FILENAME, run_config_json=config_json(config)
     )
     secagg = deployment.consortium.secagg
+    transcripts = _server_transcripts(deployment.state_dir, deployment.consortium.roster, store)
     client_level = None
     if config.client_dp.enabled:
         state = deployment.state_dir / CLIENT_DP_STATE
@@ -71,6 +80,7 @@ def run_server(path: Path, *, insecure: bool = False) -> None:
             address=deployment.listen,
             settings=deployment.settings,
             encoders=None if client_level is None else client_level.encoder,
+            transcripts=transcripts,
         ).start()
         log.info("listening on %s (port %d)", deployment.listen, server.port)
         try:
@@ -88,6 +98,32 @@ def run_server(path: Path, *, insecure: bool = False) -> None:
     finally:
         if client_level is not None:
             client_level.ledger.close()
+
+
+def _server_transcripts(
+    state_dir: Path, roster: Roster, store: ServerStateStore
+) -> TranscriptChain:
+    """The server's transcript chain under ``state_dir``, continued after a restart.
+
+    ``resume_chain`` refuses a directory whose rounds do not verify or do not end
+    at ``HEAD``; a chain whose head is at or after the round the stored state
+    resumes at (the server stopped between recording a round and saving it) is
+    refused too, rather than recording that round a second time.
+    """
+    chain = resume_chain(state_dir, roster)
+    write_roster(state_dir / "roster.json", roster)
+    stored = store.latest()
+    next_round = 0 if stored is None else stored.next_round
+    if chain.head is not None and chain.head.round_index >= next_round:
+        raise ConfigError(
+            f"{state_dir / 'transcripts'}: the chain head is round {chain.head.round_index} "
+            f"but the stored state resumes at round {next_round}; the transcripts and the "
+            "server state disagree"
+        )
+    log.info(
+        "transcripts: %s (previous hash %s)", state_dir / "transcripts", chain.previous_hash.hex()
+    )
+    return chain
 
 
 def run_site(
@@ -119,6 +155,7 @@ def run_site(
             if deployment.client_dp is None
             else deployment.client_dp.encoders(deployment.consortium.secagg)
         ),
+        site_records=SiteRecordWriter(deployment.state_dir),
     )
     job = {"site": deployment.site_id, "state_dir": str(deployment.state_dir), "options": {}}
     trainer, score_release = factories(job)

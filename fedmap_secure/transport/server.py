@@ -14,6 +14,10 @@ session's. Per round (``AggregationServer.run_round``):
    encoder (``encoders``: fixed point, or client-level DP), and every
    connected site receives ``RoundOutcome`` (also on abort, with no sum).
 
+With ``transcripts`` (a ``TranscriptChain``, e.g. ``transcript.store.resume_chain``)
+each completed round is recorded by a ``RecordingServerSession`` on the bound
+context, whose previous hash the ``SecAggSetup`` announces (SPEC §13).
+
 Refusals are gRPC statuses with a message naming the peer: INVALID_ARGUMENT
 (undecodable or malformed), UNAUTHENTICATED / PERMISSION_DENIED (the message
 names another sender than the TLS identity, or a site off the roster),
@@ -41,7 +45,7 @@ import grpc
 from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import AggregateResult, VectorLayout
 from fedmap_secure.errors import AbortedError, LocalProtocolError, RemoteProtocolError
-from fedmap_secure.secagg.config import SERVER_ID, Roster, SecAggConfig
+from fedmap_secure.secagg.config import SERVER_ID, RingSpec, Roster, SecAggConfig
 from fedmap_secure.secagg.messages import CLIENT_MESSAGE_TYPES, Message
 from fedmap_secure.secagg.round_encoder import (
     RoundEncoder,
@@ -50,6 +54,8 @@ from fedmap_secure.secagg.round_encoder import (
 )
 from fedmap_secure.secagg.server import ServerSession
 from fedmap_secure.secagg.stages import SERVER_ACCEPTS, ServerStage
+from fedmap_secure.transcript.binding import bound_context, model_hash
+from fedmap_secure.transcript.recorder import RecordingServerSession, TranscriptChain
 from fedmap_secure.transport import codec, framing, rpc
 from fedmap_secure.transport import messages as tm
 from fedmap_secure.transport.channels import GRPC_MESSAGE_LIMIT, SERVER_OPTIONS
@@ -242,8 +248,11 @@ class AggregationServer:
         address: str = "127.0.0.1:0",
         settings: ServerSettings | None = None,
         encoders: RoundEncoderFactory | None = None,
+        transcripts: TranscriptChain | None = None,
     ) -> None:
         self.roster = roster
+        self.transcripts = transcripts
+        self._model_hash = b""
         self.config = config
         self.settings = settings or ServerSettings()
         self._security = security
@@ -297,16 +306,26 @@ class AggregationServer:
         and so before any site can join or encode: a factory that charges a
         privacy ledger (client-level DP) has committed the charge, or refused
         the round (its error propagates, nothing is announced).
+
+        With ``transcripts`` the round is recorded (``RecordingServerSession``)
+        and every party runs with the bound context, ``bound_context(model_hash(
+        context), previous transcript hash)``: the setup carries that bound
+        context and the previous hash (SPEC §13); the encoder is keyed by the
+        bound context too, since that is the context the sites receive.
         """
+        previous = b""
+        if self.transcripts is not None:
+            head = self.transcripts.head
+            if head is not None and round_index <= head.round_index:
+                raise LocalProtocolError(
+                    f"round {round_index} is not after the transcript chain head (round "
+                    f"{head.round_index}): the transcripts and the server state disagree"
+                )
+            previous = self.transcripts.previous_hash
+            self._model_hash = model_hash(context)
+            context = bound_context(self._model_hash, previous)
         encoder = self._encoders(round_index, layout, context)
-        session = ServerSession(
-            roster=self.roster,
-            config=self.config,
-            layout=layout,
-            round_index=round_index,
-            context=context,
-            ring=encoder.ring,
-        )
+        session = self._session(round_index, layout, context, encoder.ring)
         setup = tm.SecAggSetup(
             version=PROTOCOL_VERSION,
             session_id=session.setup_id,
@@ -317,6 +336,7 @@ class AggregationServer:
             config_digest=self.config.digest(),
             roster_digest=self.roster.digest(),
             stage_timeout_ms=max(1, int(self.settings.stage_timeout * 1000)),
+            previous_transcript_hash=previous,
         )
         opening = setup if announce is None else announce(setup)
         if tm.setup_of(opening) != setup:
@@ -330,6 +350,30 @@ class AggregationServer:
         finally:
             with self._cond:
                 self._round = None
+
+    def _session(
+        self, round_index: int, layout: VectorLayout, context: bytes, ring: RingSpec | None
+    ) -> ServerSession:
+        """The round's session; the recording one (``context`` is then the bound context)."""
+        if self.transcripts is None:
+            return ServerSession(
+                roster=self.roster,
+                config=self.config,
+                layout=layout,
+                round_index=round_index,
+                context=context,
+                ring=ring,
+            )
+        return RecordingServerSession(
+            chain=self.transcripts,
+            model_hash=self._model_hash,
+            roster=self.roster,
+            config=self.config,
+            layout=layout,
+            round_index=round_index,
+            context=context,
+            ring=ring,
+        )
 
     def _play(self, rnd: _Round, layout: VectorLayout, encoder: RoundEncoder) -> AggregateResult:
         try:

@@ -11,6 +11,11 @@ Every protocol check is the session's; a refusal or abort ends the site's part
 in the round (it becomes a dropout for the others) and is reported, never
 retried with the same keys.
 
+``site_records`` (e.g. ``transcript.store.SiteRecordWriter``): the site plays a
+``RecordingClientSession`` and hands each round's ``SiteRecord`` to it (also
+when the round fails after the site joined); it then requires the server to
+record transcripts and checks the bound context (SPEC §13).
+
 ``on_send`` (tests, fault injection) is called with each message just before
 the site sends it; raising from it makes the site disconnect at that point,
 like a crashed process.
@@ -23,8 +28,11 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 
 from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import FloatVector
@@ -45,6 +53,8 @@ from fedmap_secure.secagg.round_encoder import (
     RoundEncoderFactory,
     fixed_point_encoders,
 )
+from fedmap_secure.transcript.binding import bound_context, model_hash
+from fedmap_secure.transcript.site_record import RecordingClientSession, SiteRecord, SiteRecorder
 from fedmap_secure.transport import codec, framing, rpc
 from fedmap_secure.transport import messages as tm
 
@@ -92,8 +102,10 @@ class SiteClient:
         random_bytes: Callable[[int], bytes] = os.urandom,
         on_send: Callable[[codec.SiteWireMessage], None] | None = None,
         encoders: RoundEncoderFactory | None = None,
+        site_records: Callable[[SiteRecord], None] | None = None,
     ) -> None:
         self.site_id = site_id
+        self._site_records = site_records
         self._stub = rpc.FederationStub(channel)
         self._identity = identity
         self._roster = roster
@@ -152,7 +164,24 @@ class SiteClient:
             encoder = self._encoders(setup.round_index, setup.layout, setup.context)
         except (PrivacyError, ConfigError) as exc:
             raise RemoteProtocolError(SERVER_ID, f"round refused by this site: {exc}") from None
-        session = ClientSession(
+        session = self._new_session(setup, encoder)
+        if session.setup_id != setup.session_id:
+            raise RemoteProtocolError(
+                SERVER_ID,
+                "announced setup id differs from the derived one (another roster, "
+                "configuration or encoding, e.g. other client-level DP settings)",
+            )
+        return session, encoder
+
+    def _new_session(self, setup: tm.SecAggSetup, encoder: RoundEncoder) -> ClientSession:
+        """The round's session; a recording one when this site keeps site records."""
+        recorder = SiteRecorder(
+            site=self.site_id, round_index=setup.round_index, context=setup.context
+        )
+        factory: Callable[..., ClientSession] = ClientSession
+        if self._site_records is not None:
+            factory = partial(RecordingClientSession, recorder=recorder)
+        return factory(
             site_id=self.site_id,
             identity=self._identity,
             roster=self._roster,
@@ -163,13 +192,36 @@ class SiteClient:
             random_bytes=self._random_bytes,
             ring=encoder.ring,
         )
-        if session.setup_id != setup.session_id:
+
+    def _check_context(
+        self,
+        opening: tm.RoundOpening,
+        setup: tm.SecAggSetup,
+        context_of: Callable[[tm.RoundOpening], bytes] | None,
+    ) -> None:
+        """Refuse a setup whose context is not the one this site derives (SPEC §13).
+
+        Without transcripts the setup's context must equal ``context_of(opening)``;
+        with them (``previous_transcript_hash`` set) it must equal
+        ``bound_context(model_hash(context_of(opening)), previous_transcript_hash)``.
+        A site that records refuses a server that does not.
+        """
+        previous = setup.previous_transcript_hash
+        if self._site_records is not None and not previous:
+            raise RemoteProtocolError(
+                SERVER_ID, "the server records no transcript, and this site requires one"
+            )
+        if context_of is None:
+            return
+        expected = context_of(opening)
+        if previous:
+            expected = bound_context(model_hash(expected), previous)
+        if expected != setup.context:
             raise RemoteProtocolError(
                 SERVER_ID,
-                "announced setup id differs from the derived one (another roster, "
-                "configuration or encoding, e.g. other client-level DP settings)",
+                "the announced context does not match the announced model and config"
+                + (" bound to the announced previous transcript hash" if previous else ""),
             )
-        return session, encoder
 
     def _play(
         self,
@@ -182,10 +234,7 @@ class SiteClient:
         if setup is None:
             contribute(opening)
             return SiteReport(round_index=opening.round_index, outcome=SiteOutcome.FINAL)
-        if context_of is not None and context_of(opening) != setup.context:
-            raise RemoteProtocolError(
-                SERVER_ID, "the announced context does not match the announced model and config"
-            )
+        self._check_context(opening, setup, context_of)
         session, encoder = self._session(setup)
         value = contribute(opening)
         if value is None:
@@ -202,6 +251,19 @@ class SiteClient:
             )
             return SiteReport(round_index=setup.round_index, outcome=SiteOutcome.DECLINED)
         encoded = encoder.encode(value, random_bytes=self._random_bytes)
+        try:
+            return self._exchange(session, encoded, messages)
+        finally:
+            if self._site_records is not None and isinstance(session, RecordingClientSession):
+                self._site_records(session.recorder.record())
+
+    def _exchange(
+        self,
+        session: ClientSession,
+        encoded: npt.NDArray[np.uint64],
+        messages: Iterator[codec.ServerWireMessage],
+    ) -> SiteReport:
+        """Play the SecAgg+ stages until the ``RoundOutcome``."""
         self._send(session.start())
         for message in messages:
             if isinstance(message, tm.RoundOutcome):

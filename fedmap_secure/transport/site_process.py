@@ -4,8 +4,10 @@
 
 The job file (written by ``grpc_simulation``) names the dataset spec and seed,
 the site, the server address, the key material, the SecAgg bits, the site's
-pinned client-level DP settings (``client_dp``, or null) and where to write
-the result. The process keeps only its own site's data.
+pinned client-level DP settings (``client_dp``, or null), where to write
+the result and, when the server records transcripts, where the site writes its
+own site records (``site_records``: ``DIR/site-records/<site>/``, or null).
+The process keeps only its own site's data.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fedmap_secure.errors import ConfigError, FedMapError
 from fedmap_secure.experiments.simulation import RoundGate, ScoreReleaseFactory, TrainerFactory
 from fedmap_secure.secagg.config import DEFAULT_BITS, SecAggConfig
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
+from fedmap_secure.transcript.store import SiteRecordWriter
 from fedmap_secure.transport.channels import open_channel
 from fedmap_secure.transport.client_dp_pin import site_encoders
 from fedmap_secure.transport.fedmap_site import run_fedmap_site
@@ -98,6 +101,9 @@ def run_job(job: dict[str, Any]) -> None:
         roster=roster,
         config=config,
         encoders=site_encoders(job.get("client_dp"), config, f"site {site_id} job"),
+        site_records=(
+            None if job.get("site_records") is None else SiteRecordWriter(Path(job["site_records"]))
+        ),
     )
     trainer, score_release, gate = load_gated_factories(job)
     try:

@@ -16,6 +16,8 @@ from fedmap_secure.crypto.deterministic import DeterministicRandom
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.errors import AbortedError
 from fedmap_secure.secagg.config import Roster, SecAggConfig
+from fedmap_secure.transcript.recorder import TranscriptChain
+from fedmap_secure.transcript.site_record import SiteRecord
 from fedmap_secure.transport import channels
 from fedmap_secure.transport import messages as tm
 from fedmap_secure.transport.codec import SiteWireMessage
@@ -85,10 +87,17 @@ def open_channel(port: int, security: MutualTls | Insecure) -> grpc.Channel:
 
 @contextmanager
 def running_server(
-    consortium: Consortium, config: SecAggConfig = CONFIG, settings: ServerSettings = FAST
+    consortium: Consortium,
+    config: SecAggConfig = CONFIG,
+    settings: ServerSettings = FAST,
+    transcripts: TranscriptChain | None = None,
 ) -> Iterator[AggregationServer]:
     server = AggregationServer(
-        roster=consortium.roster, config=config, security=consortium.security(), settings=settings
+        roster=consortium.roster,
+        config=config,
+        security=consortium.security(),
+        settings=settings,
+        transcripts=transcripts,
     )
     server.start()
     try:
@@ -136,6 +145,7 @@ def start_sites(
     config: SecAggConfig = CONFIG,
     hooks: Mapping[str, Callable[[SiteWireMessage], None]] | None = None,
     context_of: Callable[[tm.RoundOpening], bytes] | None = None,
+    site_records: Callable[[SiteRecord], None] | None = None,
 ) -> RoundRun:
     """Start one thread per site in ``inputs``; each joins the round and plays it."""
     run = RoundRun(result=None, error=None)
@@ -151,6 +161,7 @@ def start_sites(
             config=config,
             round_timeout=30.0,
             on_send=(hooks or {}).get(site),
+            site_records=site_records,
         )
         value = inputs[site]
 
@@ -183,6 +194,7 @@ def play_round(
     context: bytes = CONTEXT,
     announce: Callable[[tm.SecAggSetup], tm.RoundOpening] | None = None,
     context_of: Callable[[tm.RoundOpening], bytes] | None = None,
+    site_records: Callable[[SiteRecord], None] | None = None,
 ) -> RoundRun:
     """Run one round: a thread per site in ``inputs``, the server's side in this thread."""
     run = start_sites(
@@ -193,6 +205,7 @@ def play_round(
         config=config,
         hooks=hooks,
         context_of=context_of,
+        site_records=site_records,
     )
     try:
         run.result = server.run_round(

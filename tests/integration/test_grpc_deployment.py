@@ -14,6 +14,7 @@ import torch
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.data import load_dataset
 from fedmap_secure.errors import ConfigError
+from fedmap_secure.transcript.store import verify_files
 from fedmap_secure.transport.fedmap_wire import config_json
 from fedmap_secure.transport.keygen import keygen_consortium
 from fedmap_secure.transport.processes import run_server, run_site
@@ -88,6 +89,15 @@ def test_server_and_sites_from_toml(tmp_path: Path) -> None:
         result = json.loads((tmp_path / "state" / site / "result.json").read_text())["result"]
         assert result["site"] == site
         assert 0.0 <= result["personalised"]["accuracy"] <= 1.0
+    recorded = tmp_path / "server-state"
+    head = bytes.fromhex((recorded / "transcripts" / "HEAD").read_text())
+    for site in sites:  # each site's own records cross-check the server's transcripts
+        records = tmp_path / "state" / site / "site-records"
+        assert len(list(records.glob(f"{site}/round-*.json"))) == 2
+        verified = verify_files(
+            [recorded / "transcripts"], recorded / "roster.json", site_records=records, head=head
+        )
+        assert verified == 2
 
 
 def test_plaintext_needs_the_explicit_flag(tmp_path: Path) -> None:

@@ -178,6 +178,7 @@ def test_server_restarted_between_rounds_resumes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_simulate_over_grpc_with_site_processes(tmp_path: Path) -> None:
     """One OS process per site over mutual TLS; summary.json as for the in-process run."""
+    from fedmap_secure.transcript.store import verify_files
     from fedmap_secure.transport.grpc_simulation import GrpcSimulation, simulate_grpc_to_dir
 
     dataset = load_dataset("heart", label_column=None, seed=0)
@@ -209,6 +210,17 @@ def test_simulate_over_grpc_with_site_processes(tmp_path: Path) -> None:
         )
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 4  # header, then 2 rounds x 4 training sites
+    transcripts = summary["privacy"]["secure_aggregation"]["transcripts"]
+    assert transcripts["rounds"] == 2
+    assert transcripts["head"] == (tmp_path / "transcripts" / "HEAD").read_text().strip()
+    assert len(list((tmp_path / "site-records").glob("*/round-0001.json"))) == 4
+    verified = verify_files(
+        [tmp_path / "transcripts"],
+        tmp_path / "roster.json",
+        site_records=tmp_path / "site-records",
+        head=bytes.fromhex(transcripts["head"]),
+    )
+    assert verified == 2
 
 
 def test_non_training_site_finishes_offline_like_in_process(tmp_path: Path) -> None:

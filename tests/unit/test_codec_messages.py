@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import TypeVar, cast
 
 import numpy as np
+import pytest
 
 from fedmap_secure.aggregation import Field, VectorLayout
+from fedmap_secure.errors import LocalProtocolError
 from fedmap_secure.secagg import messages as sm
 from fedmap_secure.transport import codec
 from fedmap_secure.transport import messages as tm
@@ -89,6 +92,11 @@ def test_transport_messages_round_trip() -> None:
         stage_timeout_ms=1500,
     )
     assert _server_wire(setup) == setup
+    assert setup.previous_transcript_hash == b""  # a server that records no transcript
+    recorded = dataclasses.replace(setup, previous_transcript_hash=b"\x07" * 32)
+    assert _server_wire(recorded) == recorded
+    with pytest.raises(LocalProtocolError, match="previous_transcript_hash"):
+        dataclasses.replace(setup, previous_transcript_hash=b"\x07" * 31)
     outcome = tm.RoundOutcome(
         version=1,
         session_id=SETUP_ID,

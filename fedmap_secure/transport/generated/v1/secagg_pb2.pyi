@@ -165,6 +165,7 @@ class SecAggSetup(_message.Message):
     CONFIG_DIGEST_FIELD_NUMBER: _builtins.int
     ROSTER_DIGEST_FIELD_NUMBER: _builtins.int
     STAGE_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_TRANSCRIPT_HASH_FIELD_NUMBER: _builtins.int
     context: _builtins.bytes
     """The round's context bytes (what every site must agree on), bound into the setup id."""
     config_digest: _builtins.bytes
@@ -174,6 +175,14 @@ class SecAggSetup(_message.Message):
     roster_digest: _builtins.bytes
     stage_timeout_ms: _builtins.int
     """How long the server waits for each stage's messages, in milliseconds."""
+    previous_transcript_hash: _builtins.bytes
+    """Set only when the server records transcripts (SPEC section 13): 32 bytes, the hash of the
+    newest transcript of its chain before this round (all zero for the first recorded round).
+    Then `context` is the bound context encode_fields(TAG, model_hash, previous_transcript_hash)
+    and a site checks it against its own model hash and this value. A v1 site that ignores the
+    field compares its plain context with the bound one and refuses the round: never a
+    different result, only a refusal.
+    """
     @_builtins.property
     def header(self) -> Global___Header: ...
     @_builtins.property
@@ -187,10 +196,11 @@ class SecAggSetup(_message.Message):
         config_digest: _builtins.bytes = ...,
         roster_digest: _builtins.bytes = ...,
         stage_timeout_ms: _builtins.int = ...,
+        previous_transcript_hash: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_digest", b"config_digest", "context", b"context", "header", b"header", "layout", b"layout", "roster_digest", b"roster_digest", "stage_timeout_ms", b"stage_timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_digest", b"config_digest", "context", b"context", "header", b"header", "layout", b"layout", "previous_transcript_hash", b"previous_transcript_hash", "roster_digest", b"roster_digest", "stage_timeout_ms", b"stage_timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
