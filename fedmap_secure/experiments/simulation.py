@@ -29,7 +29,13 @@ from fedmap_secure.errors import AbortedError, ConfigError
 from fedmap_secure.fedmap.contribution import MeanLoglikRelease, exact_clipped_mean
 from fedmap_secure.fedmap.evaluation import EvalMetrics
 from fedmap_secure.fedmap.icnn import ConvexPrior
-from fedmap_secure.fedmap.methods import GlobalState, MethodStrategy, ServerLog, make_strategy
+from fedmap_secure.fedmap.methods import (
+    GlobalState,
+    MethodStrategy,
+    ServerLog,
+    contribution_layout,
+    make_strategy,
+)
 from fedmap_secure.fedmap.models import build_model, flat_vector, load_flat_vector
 from fedmap_secure.fedmap.site import Phase, Site, SiteReport, make_generator, site_seed
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig, LocalTrainingResult
@@ -123,17 +129,18 @@ def round_context(config: SimulationConfig, state: GlobalState) -> bytes:
     return h.digest()
 
 
-def _initial_state(
-    config: SimulationConfig, dataset: FederatedDataset, strategy: MethodStrategy
+def initial_state(
+    config: SimulationConfig, *, n_features: int, n_classes: int
 ) -> tuple[GlobalState, ConvexPrior | None]:
+    """Round 0's gamma (and psi with its prior), seeded from the run seed (engine and server)."""
     model = build_model(
         config.model,
-        n_features=len(dataset.feature_names),
-        n_classes=dataset.n_classes,
+        n_features=n_features,
+        n_classes=n_classes,
         seed=derived_seed(config.seed, "model"),
     )
     prior = None
-    if strategy.uses_icnn:
+    if make_strategy(config).uses_icnn:
         sizes = [int(p.numel()) for p in model.parameters()]
         prior = ConvexPrior(sizes, config.prior, seed=derived_seed(config.seed, "prior"))
     state = GlobalState(
@@ -224,22 +231,12 @@ class _Round:
     gate: RoundGate | None = None
 
 
-def _layout(
-    strategy: MethodStrategy, state: GlobalState, prior: ConvexPrior | None
-) -> VectorLayout | None:
-    return strategy.layout(
-        n_theta=state.gamma.size,
-        n_psi=0 if state.psi is None else state.psi.size,
-        psi_grad_scale=1 if prior is None else prior.coordinates_per_net,
-    )
-
-
 def _training_round(
     spec: _Round, state: GlobalState, sites: list[Site]
 ) -> tuple[GlobalState, ServerLog | None]:
     """One federated round: local training, contributions, aggregation, server update."""
     strategy = spec.strategy
-    layout = _layout(strategy, state, spec.prior)
+    layout = contribution_layout(strategy, state, spec.prior)
     inputs = {}
     for site in sites:
         site.receive(state)
@@ -309,11 +306,13 @@ def run_simulation(
     if not dataset.by_tier(Tier.TRAIN):
         raise ConfigError(f"dataset {dataset.name!r} has no training-tier site")
     strategy = make_strategy(config)
-    state, prior = _initial_state(config, dataset, strategy)
+    state, prior = initial_state(
+        config, n_features=len(dataset.feature_names), n_classes=dataset.n_classes
+    )
     sites = build_sites(
         config, dataset, trainer_factory, state, prior is not None, score_release_factory
     )
-    layout = _layout(strategy, state, prior)
+    layout = contribution_layout(strategy, state, prior)
     if layout is not None and layout_check is not None:
         layout_check(layout)
     logs: list[ServerLog] = []

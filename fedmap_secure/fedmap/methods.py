@@ -261,6 +261,22 @@ class FedMapStrategy(MethodStrategy):
         return GlobalState(round_index=state.round_index + 1, gamma=gamma, psi=psi), log
 
 
+def contribution_layout(
+    strategy: MethodStrategy, state: GlobalState, prior: ConvexPrior | None
+) -> VectorLayout | None:
+    """The round's contribution layout: the ONE derivation every party uses.
+
+    The psi-gradient bound scales with the number of coordinates one ICNN sums
+    over (``ConvexPrior.coordinates_per_net``), so the prior is needed, not just
+    the sizes; a party that left it out would clip what another does not.
+    """
+    return strategy.layout(
+        n_theta=state.gamma.size,
+        n_psi=0 if state.psi is None else state.psi.size,
+        psi_grad_scale=1 if prior is None else prior.coordinates_per_net,
+    )
+
+
 _STRATEGIES: dict[Method, type[MethodStrategy]] = {
     s.method: s for s in (LocalStrategy, FedAvgStrategy, FedProxStrategy, FedMapStrategy)
 }

@@ -101,6 +101,11 @@ class Site:
     def n_train(self) -> int:
         return self.data.n_train
 
+    @property
+    def prior(self) -> ConvexPrior | None:
+        """The site's copy of the ICNN prior (None for methods without one)."""
+        return self._prior
+
     def receive(self, state: GlobalState) -> None:
         """Load the broadcast gamma (and psi) for this round."""
         load_flat_vector(self._gamma_model.parameters(), state.gamma)

@@ -19,10 +19,13 @@ from collections.abc import Callable
 from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.errors import ConfigError
-from fedmap_secure.experiments.simulation import derived_seed, round_context
-from fedmap_secure.fedmap.icnn import ConvexPrior
-from fedmap_secure.fedmap.methods import GlobalState, ServerLog, make_strategy
-from fedmap_secure.fedmap.models import build_model, flat_vector
+from fedmap_secure.experiments.simulation import initial_state, round_context
+from fedmap_secure.fedmap.methods import (
+    GlobalState,
+    ServerLog,
+    contribution_layout,
+    make_strategy,
+)
 from fedmap_secure.transport import messages as tm
 from fedmap_secure.transport.fedmap_wire import announcement, config_json
 from fedmap_secure.transport.server import AggregationServer
@@ -30,28 +33,6 @@ from fedmap_secure.transport.state_store import ServerStateStore
 
 log = logging.getLogger(__name__)
 RoundDone = Callable[[GlobalState, ServerLog], None]
-
-
-def initial_state(
-    config: SimulationConfig, *, n_features: int, n_classes: int
-) -> tuple[GlobalState, ConvexPrior | None]:
-    """Round 0's gamma (and psi), seeded from the run seed exactly as the simulation does."""
-    model = build_model(
-        config.model,
-        n_features=n_features,
-        n_classes=n_classes,
-        seed=derived_seed(config.seed, "model"),
-    )
-    prior = None
-    if make_strategy(config).uses_icnn:
-        sizes = [int(p.numel()) for p in model.parameters()]
-        prior = ConvexPrior(sizes, config.prior, seed=derived_seed(config.seed, "prior"))
-    state = GlobalState(
-        round_index=0,
-        gamma=flat_vector(model.parameters()),
-        psi=prior.psi() if prior is not None else None,
-    )
-    return state, prior
 
 
 def serve_fedmap(
@@ -83,9 +64,7 @@ def serve_fedmap(
     checked = layout_check is None
     while state.round_index < config.rounds:
         current = state
-        layout = strategy.layout(
-            n_theta=current.gamma.size, n_psi=0 if current.psi is None else current.psi.size
-        )
+        layout = contribution_layout(strategy, current, prior)
         if layout is None:
             raise ConfigError(f"method {config.method.value!r} has no contribution layout")
         if not checked and layout_check is not None:

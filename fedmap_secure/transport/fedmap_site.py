@@ -33,7 +33,12 @@ from fedmap_secure.experiments.simulation import (
     TrainerFactory,
     build_sites,
 )
-from fedmap_secure.fedmap.methods import GlobalState, MethodStrategy, make_strategy
+from fedmap_secure.fedmap.methods import (
+    GlobalState,
+    MethodStrategy,
+    contribution_layout,
+    make_strategy,
+)
 from fedmap_secure.fedmap.site import Phase, Site, SiteReport
 from fedmap_secure.secagg.config import SERVER_ID
 from fedmap_secure.training.interface import LocalTrainingResult
@@ -107,9 +112,7 @@ class _SiteRunner:
             return None
         if self.data.tier is not Tier.TRAIN:
             return tm.DeclineReason.NO_DATA
-        layout = strategy.layout(
-            n_theta=state.gamma.size, n_psi=0 if state.psi is None else state.psi.size
-        )
+        layout = contribution_layout(strategy, state, site.prior)
         setup = opening.setup
         if layout is None or setup is None or layout != setup.layout:
             raise RemoteProtocolError(SERVER_ID, "announced layout differs from the method's")

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from fedmap_secure.aggregation import PlainSum
 from fedmap_secure.config.loader import load_config
-from fedmap_secure.config.schema import SimulationConfig
+from fedmap_secure.config.schema import PriorForm, SimulationConfig
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.data import load_dataset
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
@@ -131,9 +131,11 @@ def _run_wire(
     return final.gamma, runs
 
 
-def test_fedmap_over_grpc_matches_in_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("prior", list(PriorForm))
+def test_fedmap_over_grpc_matches_in_process(tmp_path: Path, prior: PriorForm) -> None:
     dataset = load_dataset("heart", label_column=None, seed=0)
     config = _config(rounds=2)
+    config = dataclasses.replace(config, prior=dataclasses.replace(config.prior, form=prior))
     gamma, runs = _run_wire(dataset, config, tmp_path)
     reference = run_simulation(config, dataset, PlainSum(), _trainer)
     assert reference.final_state is not None
