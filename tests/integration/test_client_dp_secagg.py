@@ -32,28 +32,41 @@ LAYOUT = VectorLayout(
 
 
 def _rounds(
-    mechanism: ClientDpMechanism, planned: int = 2
+    mechanism: ClientDpMechanism, planned: int = 2, ledger_epsilon: float = 4.0
 ) -> tuple[ClientLevelRounds, SecAggConfig]:
     secagg = SecAggConfig.for_threat_model(
         n=len(SITES), dropout_fraction=0.25, corrupt_fraction=0.25, bits=64
     )
     settings = ClientDpSettings(enabled=True, mechanism=mechanism, epsilon=4.0, delta=1e-3)
     ledger = PrivacyLedger(
-        MemoryLedgerStore(), Budget(epsilon=4.0, delta=1e-3), DpAccountingRdpAccountant()
+        MemoryLedgerStore(),
+        Budget(epsilon=ledger_epsilon, delta=1e-3),
+        DpAccountingRdpAccountant(),
     )
     rounds = ClientLevelRounds(settings, rounds=planned, secagg=secagg, ledger=ledger)
     rounds.check_layout(LAYOUT)
     return rounds, secagg
 
 
-def _aggregator(rounds: ClientLevelRounds, secagg: SecAggConfig, seed: int) -> SecureAggregator:
-    stream = CsprngStream.seeded(seed, label="client-dp-test")
-    identities = {s: IdentityKey.generate(stream.random_bytes) for s in SITES}
+class CountingStream:
+    """A seeded stream that counts the bytes drawn (rounding, noise, keys all draw from it)."""
+
+    def __init__(self, seed: int) -> None:
+        self._stream = CsprngStream.seeded(seed, label="client-dp-test")
+        self.drawn = 0
+
+    def __call__(self, n: int) -> bytes:
+        self.drawn += n
+        return self._stream.random_bytes(n)
+
+
+def _aggregator(
+    rounds: ClientLevelRounds, secagg: SecAggConfig, seed: int, stream: CountingStream | None = None
+) -> SecureAggregator:
+    source = stream or CountingStream(seed)
+    identities = {s: IdentityKey.generate(source) for s in SITES}
     return SecureAggregator(
-        identities=identities,
-        config=secagg,
-        random_bytes=stream.random_bytes,
-        encoders=rounds.encoder,
+        identities=identities, config=secagg, random_bytes=source, encoders=rounds.encoder
     )
 
 
@@ -91,17 +104,36 @@ def test_the_decoded_sum_is_the_true_sum_plus_calibrated_noise(
     assert plan.event().noise_shares == 2
 
 
-def test_each_round_is_charged_before_encoding_and_the_budget_holds() -> None:
-    rounds, secagg = _rounds(ClientDpMechanism.DISCRETE_GAUSSIAN, planned=2)
-    agg = _aggregator(rounds, secagg, seed=12)
+def _two_rounds_then_third(
+    rounds: ClientLevelRounds, secagg: SecAggConfig
+) -> tuple[CountingStream, pytest.ExceptionInfo[BudgetExceededError]]:
+    stream = CountingStream(12)
+    agg = _aggregator(rounds, secagg, seed=12, stream=stream)
     rng = np.random.default_rng(1)
     for r in range(2):
         agg.aggregate(round_index=r, layout=LAYOUT, inputs=_inputs(rng, SITES), context=b"c")
     assert [e.round_index for e in rounds.ledger.history()] == [0, 1]
-    assert rounds.ledger.spent() <= 4.0
-    with pytest.raises(BudgetExceededError):
+    before = stream.drawn
+    with pytest.raises(BudgetExceededError) as refused:
         agg.aggregate(round_index=2, layout=LAYOUT, inputs=_inputs(rng, SITES), context=b"c")
+    assert stream.drawn == before  # refused before any rounding, noise or key was drawn
     assert len(rounds.ledger.history()) == 2
+    return stream, refused
+
+
+def test_the_ledger_refuses_a_round_over_budget_before_anything_is_encoded() -> None:
+    planned, _ = _rounds(ClientDpMechanism.DISCRETE_GAUSSIAN, planned=3)
+    two = DpAccountingRdpAccountant().epsilon([planned.plan().event(count=2)], 1e-3)
+    rounds, secagg = _rounds(ClientDpMechanism.DISCRETE_GAUSSIAN, planned=3, ledger_epsilon=two)
+    _, refused = _two_rounds_then_third(rounds, secagg)
+    assert "nothing charged" in str(refused.value)
+    assert rounds.ledger.spent() <= two
+
+
+def test_a_round_beyond_the_plan_is_refused_before_anything_is_encoded() -> None:
+    rounds, secagg = _rounds(ClientDpMechanism.DISCRETE_GAUSSIAN, planned=2)
+    _two_rounds_then_third(rounds, secagg)
+    assert rounds.ledger.spent() <= 4.0
 
 
 def test_the_encoding_is_bound_into_the_session() -> None:

@@ -11,7 +11,7 @@ import pytest
 from fedmap_secure.aggregation import AggregateResult, FloatVector, PlainSum
 from fedmap_secure.config.privacy import ClientDpSettings
 from fedmap_secure.config.schema import Method, SimulationConfig
-from fedmap_secure.errors import ConfigError
+from fedmap_secure.errors import AbortedError, ConfigError
 from fedmap_secure.fedmap.client_level import ClientLevelFedMap, ClientLevelFedProx
 from fedmap_secure.fedmap.methods import GlobalState, encode_contribution, make_strategy
 
@@ -112,5 +112,5 @@ def test_an_empty_aggregate_is_refused() -> None:
     layout = strategy.layout(n_theta=N_THETA, n_psi=0)
     assert layout is not None
     empty = AggregateResult(sums=layout.unflatten(np.zeros(layout.size)), contributors=frozenset())
-    with pytest.raises(Exception, match="no contributor"):
+    with pytest.raises(AbortedError, match="no contributor"):
         strategy.server_update(GlobalState(round_index=0, gamma=np.zeros(N_THETA)), empty, None)
