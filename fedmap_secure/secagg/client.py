@@ -59,7 +59,6 @@ from fedmap_secure.errors import (
 )
 from fedmap_secure.secagg import encoding
 from fedmap_secure.secagg.config import SERVER_ID, RingSpec, Roster, SecAggConfig
-from fedmap_secure.secagg.graph import neighbour_graph
 from fedmap_secure.secagg.masking import (
     Vector,
     apply_masks,
@@ -128,11 +127,8 @@ class ClientSession:
         self._length = derived.length
         self._context_hash = derived.context_hash
         self._setup = derived.setup
-        graph = neighbour_graph(
-            roster.sites, k=config.k, graph_seed=config.graph_seed, round_index=round_index
-        )
-        self._neighbours = graph[site_id]
-        self._graph = graph
+        self._neighbours = derived.graph[site_id]
+        self._graph = derived.graph
         self._stage = ClientStage.READY
         self._session = b""
         self._peers: dict[str, AdvertiseKeys] = {}

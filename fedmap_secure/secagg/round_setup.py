@@ -1,28 +1,31 @@
 """What both roles derive identically before a round starts (SPEC §3).
 
 Site and server sessions check the roster and round number the same way and
-compute the same setup id from (round, config, roster, layout, context); one
-function keeps the two derivations from drifting apart.
+compute the same setup id from (round, config, roster, layout, context) and the
+same neighbour graph; one function keeps the two derivations from drifting apart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.secagg import encoding
 from fedmap_secure.secagg.config import RingSpec, Roster, SecAggConfig, layout_digest
+from fedmap_secure.secagg.graph import neighbour_graph
 from fedmap_secure.secagg.quantize import encoded_length
 
 
 @dataclass(frozen=True, kw_only=True)
 class RoundSetup:
-    """Encoded vector length, context digest and setup id of one round."""
+    """Encoded vector length, context digest, setup id and neighbour graph of one round."""
 
     length: int
     context_hash: bytes
     setup: bytes
+    graph: Mapping[str, frozenset[str]]
 
 
 def round_setup(
@@ -48,4 +51,7 @@ def round_setup(
         context_hash=context_hash,
     )
     length = encoded_length(layout) if ring is None else ring.length
-    return RoundSetup(length=length, context_hash=context_hash, setup=setup)
+    graph = neighbour_graph(
+        roster.sites, k=config.k, graph_seed=config.graph_seed, round_index=round_index
+    )
+    return RoundSetup(length=length, context_hash=context_hash, setup=setup, graph=graph)

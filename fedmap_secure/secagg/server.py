@@ -49,7 +49,6 @@ from fedmap_secure.errors import (
 from fedmap_secure.secagg import encoding
 from fedmap_secure.secagg.client import check_public_keys, verify_advertisement
 from fedmap_secure.secagg.config import SERVER_ID, RingSpec, Roster, SecAggConfig
-from fedmap_secure.secagg.graph import neighbour_graph
 from fedmap_secure.secagg.masking import (
     RunningSum,
     Vector,
@@ -117,9 +116,7 @@ class ServerSession:
         self._length = derived.length
         self._context_hash = derived.context_hash
         self._setup = derived.setup
-        self._graph = neighbour_graph(
-            roster.sites, k=config.k, graph_seed=config.graph_seed, round_index=round_index
-        )
+        self._graph = derived.graph
         self._stage = ServerStage.COLLECTING_KEYS
         self._session = b""
         self._excluded: set[str] = set()
