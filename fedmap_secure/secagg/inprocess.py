@@ -31,7 +31,11 @@ from fedmap_secure.errors import AbortedError, ConfigError, RemoteProtocolError
 from fedmap_secure.secagg.client import ClientSession
 from fedmap_secure.secagg.config import DEFAULT_BITS, RingSpec, Roster, SecAggConfig
 from fedmap_secure.secagg.messages import ClientMessage, ServerMessage
-from fedmap_secure.secagg.round_encoder import RoundEncoderFactory, fixed_point_encoders
+from fedmap_secure.secagg.round_encoder import (
+    RoundEncoderFactory,
+    decode_result,
+    fixed_point_encoders,
+)
 from fedmap_secure.secagg.server import RoundOutput, ServerSession
 from fedmap_secure.secagg.stages import ClientStage
 
@@ -147,19 +151,7 @@ class SecureAggregator:
             s: encoder.encode(vec, random_bytes=self._random_bytes) for s, vec in inputs.items()
         }
         output = self._play(round_index, layout, context, encoded, encoder.ring)
-        values, clipped = encoder.decode(output.total)
-        if clipped:
-            log.warning(
-                "round %d: %d coordinates exceeded their declared bound and were clipped; "
-                "the declared ranges in the vector layout may be too small",
-                round_index,
-                clipped,
-            )
-        return AggregateResult(
-            sums=layout.unflatten(values),
-            contributors=output.contributors,
-            clipped_coordinates=clipped,
-        )
+        return decode_result(encoder, layout, output.total, output.contributors, round_index)
 
     def _play(
         self,

@@ -13,15 +13,18 @@ Sans-I/O.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from fedmap_secure.aggregation import FloatVector, VectorLayout
+from fedmap_secure.aggregation import AggregateResult, FloatVector, VectorLayout
 from fedmap_secure.secagg.config import RingSpec
 from fedmap_secure.secagg.quantize import Quantizer
+
+log = logging.getLogger(__name__)
 
 
 class RoundEncoder(Protocol):
@@ -55,3 +58,24 @@ def fixed_point_encoders(*, n_max: int, bits: int) -> RoundEncoderFactory:
         return Quantizer.auto(layout, n_max=n_max, bits=bits)
 
     return factory
+
+
+def decode_result(
+    encoder: RoundEncoder,
+    layout: VectorLayout,
+    total: npt.NDArray[np.uint64],
+    contributors: frozenset[str],
+    round_index: int,
+) -> AggregateResult:
+    """The server's end of a round (in-process or gRPC): decode the ring sum into named sums."""
+    values, clipped = encoder.decode(total)
+    if clipped:
+        log.warning(
+            "round %d: %d coordinates exceeded their declared bound and were clipped; "
+            "the declared ranges in the vector layout may be too small",
+            round_index,
+            clipped,
+        )
+    return AggregateResult(
+        sums=layout.unflatten(values), contributors=contributors, clipped_coordinates=clipped
+    )

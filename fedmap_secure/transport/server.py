@@ -50,6 +50,7 @@ from fedmap_secure.secagg.messages import CLIENT_MESSAGE_TYPES, Message
 from fedmap_secure.secagg.round_encoder import (
     RoundEncoder,
     RoundEncoderFactory,
+    decode_result,
     fixed_point_encoders,
 )
 from fedmap_secure.secagg.server import ServerSession
@@ -403,12 +404,7 @@ class AggregationServer:
                 contributors=tuple(sorted(output.contributors)),
             )
         )
-        values, clipped = encoder.decode(output.total)
-        return AggregateResult(
-            sums=layout.unflatten(values),
-            contributors=output.contributors,
-            clipped_coordinates=clipped,
-        )
+        return decode_result(encoder, layout, output.total, output.contributors, rnd.index)
 
     def _announce_abort(self, rnd: _Round, detail: str) -> None:
         rnd.broadcast(
