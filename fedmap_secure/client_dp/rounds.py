@@ -45,7 +45,6 @@ from fedmap_secure.privacy.events import PrivacyUnit
 from fedmap_secure.privacy.ledger import PrivacyLedger
 from fedmap_secure.privacy.report import accountant_description
 from fedmap_secure.secagg.config import RingSpec, SecAggConfig, setup_digest
-from fedmap_secure.secagg.round_encoder import RoundEncoderFactory
 
 _KINDS = {
     ClientDpMechanism.DISCRETE_GAUSSIAN: NoiseKind.DISCRETE_GAUSSIAN,
@@ -176,11 +175,6 @@ class ClientDpPlanner:
         )
 
 
-def public_round_encoders(planner: ClientDpPlanner) -> RoundEncoderFactory:
-    """A site's ``RoundEncoderFactory``: the planner's encoders, no ledger charge."""
-    return planner.round_encoder
-
-
 class ClientLevelRounds:
     """Plan, ledger and per-round encoders of client-level DP (see module docstring)."""
 
@@ -203,9 +197,6 @@ class ClientLevelRounds:
     @property
     def planner(self) -> ClientDpPlanner:
         return self._planner
-
-    def problem(self, layout: VectorLayout) -> ClientDpProblem:
-        return self._planner.problem(layout)
 
     def check_layout(self, layout: VectorLayout) -> None:
         """Calibrate the plan for ``layout`` (``ConfigError`` if the budget or ring cannot hold)."""
