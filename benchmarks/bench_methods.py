@@ -26,7 +26,8 @@ from fedmap_secure.aggregation import PlainSum
 from fedmap_secure.config import Method, PriorForm, SimulationConfig, load_config
 from fedmap_secure.data.types import FederatedDataset, SiteData
 from fedmap_secure.experiments.pooled import run_pooled
-from fedmap_secure.experiments.simulation import SimulationResult, run_simulation
+from fedmap_secure.runtime.inprocess import run_simulation
+from fedmap_secure.runtime.results import SimulationResult
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.training.local import AdamMapTrainer
 

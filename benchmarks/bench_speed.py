@@ -26,7 +26,7 @@ from rich.table import Table
 from fedmap_secure.aggregation import PlainSum
 from fedmap_secure.config import Method, PriorForm, load_config
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
-from fedmap_secure.experiments.simulation import run_simulation
+from fedmap_secure.runtime.inprocess import run_simulation
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.training.local import AdamMapTrainer
 

@@ -33,10 +33,10 @@ from rich.console import Console
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.config.privacy import ClientDpMechanism, OmegaRelease, PrivacyConfig
 from fedmap_secure.config.schema import Method, PriorForm, SimulationConfig
-from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
+from fedmap_secure.data.types import FederatedDataset, SiteData
 from fedmap_secure.errors import ConfigError, FedMapError
-from fedmap_secure.experiments.simulation import TrainerFactory
 from fedmap_secure.privacy.accountant_base import AccountantName
+from fedmap_secure.runtime.results import TrainerFactory
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.transport.commands import (
     add_commands,
@@ -212,6 +212,7 @@ def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console)
         out_dir=args.out,
         console=console,
         pooled=args.method == POOLED,
+        site_state=args.site_state,
     )
 
 
@@ -221,7 +222,8 @@ def _simulate_grpc(
     dataset: FederatedDataset,
     console: Console,
 ) -> None:
-    from fedmap_secure.transport.grpc_simulation import simulate_grpc_to_dir
+    from fedmap_secure.experiments.driver import progress_bar
+    from fedmap_secure.experiments.grpc_run import simulate_grpc_to_dir
 
     if args.method == POOLED:
         raise ConfigError("--method pooled is centralised: it has no --transport grpc")
@@ -233,27 +235,17 @@ def _simulate_grpc(
     }
     if config.client_dp.enabled:  # its noise needs the configured ring (default 64 bits)
         overrides["bits"] = config.secagg.bits
-    collect = None
     if config.privacy.enabled:
-        from fedmap_secure.experiments import grpc_private
-        from fedmap_secure.transport.fedmap_wire import config_json
-
-        overrides["factories"] = grpc_private.BUILDER
-        overrides["options"] = grpc_private.private_options(config_json(config), args.out)
-        sites = [s.name for s in dataset.by_tier(Tier.TRAIN)]
-        console.print("each training site calibrates its DP noise from its own budget ...")
-
-        def collect() -> tuple[dict[str, Any] | None, dict[str, float] | None]:
-            return grpc_private.collect_differential_privacy(args.out, sites)
-
-    simulate_grpc_to_dir(
-        config=config,
-        dataset=dataset,
-        spec=grpc_spec(args, **overrides),
-        out_dir=args.out,
-        console=console,
-        collect_privacy=collect,
-    )
+        console.print("each training site process calibrates its DP noise from its own budget ...")
+    with progress_bar(console, f"{config.method.value} on {dataset.name} (gRPC)") as progress:
+        simulate_grpc_to_dir(
+            config=config,
+            dataset=dataset,
+            spec=grpc_spec(args, **overrides),
+            out_dir=args.out,
+            console=console,
+            progress=progress,
+        )
 
 
 def _verify_transcript(args: argparse.Namespace) -> int:

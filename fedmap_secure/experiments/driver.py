@@ -16,7 +16,7 @@ from fedmap_secure.data.types import FederatedDataset, SiteData
 from fedmap_secure.experiments.pipeline import run_private_simulation
 from fedmap_secure.experiments.pooled import run_pooled
 from fedmap_secure.experiments.report import site_table, summary_dict, write_outputs
-from fedmap_secure.experiments.simulation import ProgressFn, TrainerFactory
+from fedmap_secure.runtime.results import ProgressFn, TrainerFactory
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 
 
@@ -47,6 +47,7 @@ def simulate_to_dir(
     pooled: bool = False,
     aggregator: Aggregator | None = None,
     trainer_factory: TrainerFactory | None = None,
+    site_state: Path | None = None,
 ) -> dict[str, Any]:
     """Run, write ``out_dir``/summary.json and metrics.csv, print the table; returns the summary.
 
@@ -73,6 +74,7 @@ def simulate_to_dir(
                 progress=progress,
                 aggregator=aggregator,
                 trainer_factory=trainer_factory,
+                site_state=site_state,
             )
             result, privacy, epsilon = run.result, run.privacy, run.epsilon_spent
     summary = summary_dict(result, privacy=privacy, epsilon_spent=epsilon)
@@ -98,8 +100,9 @@ def _print_privacy(console: Console, privacy: Mapping[str, Any]) -> None:
         console.print(
             f"DP: per-site budget epsilon {dp['target_epsilon']:g}, {dp['accountant']['name']}, "
             f"noise {dp['noise_source']} (reproducible: {dp['reproducible']}); "
-            f"ledgers under sites/<site>/ ({dp['unit']})"
+            f"({dp['unit']})"
         )
+        console.print(f"DP budget: {dp.get('budget_scope', 'per run')}")
         if declined:
             console.print(f"[yellow]declined rounds (budget): {declined}")
     else:

@@ -1,12 +1,14 @@
-"""The private, secure simulation pipeline: SecAgg among the training sites plus per-site DP.
+"""Composes an in-process run: SecAgg among the training sites plus each site's own DP.
 
 ``run_private_simulation`` is what ``fedmap-secure simulate`` (and the
 privacy-utility benchmark) runs: it builds the aggregator from ``[secagg]``
 (``SecureAggregator`` for the training-tier sites, or ``PlainSum``), vets the
 contribution layout against the SecAgg encoding before any site trains,
-opens every private site's ledger (``PrivateRun``), runs the engine with
-the sites' round gates, DP trainers and score releases, and returns the
-result with the ``privacy`` section of summary.json.
+builds one ``runtime.SiteRuntime`` per site (its policy: the run's
+``[privacy]``; its state folder: a fresh ``OUT/sites/<site>``, or
+``SITE_STATE/<site>`` kept across runs), runs them with the
+``runtime.ServerRuntime`` over the in-process channel and returns the result
+with the ``privacy`` section of summary.json.
 """
 
 from __future__ import annotations
@@ -19,27 +21,26 @@ from typing import Any
 
 from fedmap_secure.aggregation import Aggregator, PlainSum, VectorLayout
 from fedmap_secure.client_dp.rounds import ClientLevelRounds
-from fedmap_secure.config.schema import SimulationConfig
+from fedmap_secure.config.schema import Method, SimulationConfig
 from fedmap_secure.crypto.signing import IdentityKey
-from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
+from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.errors import ConfigError
-from fedmap_secure.experiments.private_run import PrivateRun
-from fedmap_secure.experiments.private_site import AfterCharge
-from fedmap_secure.experiments.simulation import (
-    ProgressFn,
-    SimulationResult,
-    TrainerFactory,
-    run_simulation,
-)
 from fedmap_secure.privacy.accountant_base import AccountantName
 from fedmap_secure.privacy.accountants import create_accountant
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.ledger_store import open_site_ledger
+from fedmap_secure.runtime.inprocess import run_sites
+from fedmap_secure.runtime.privacy import (
+    AfterCharge,
+    describe_differential_privacy,
+    simulated_policy,
+)
+from fedmap_secure.runtime.results import ProgressFn, SimulationResult, TrainerFactory
+from fedmap_secure.runtime.site import SiteRuntime, SiteSetup
 from fedmap_secure.secagg.config import SecAggConfig
 from fedmap_secure.secagg.inprocess import SecureAggregator
 from fedmap_secure.secagg.quantize import Quantizer
 from fedmap_secure.secagg.round_encoder import RoundEncoderFactory
-from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.transcript.aggregator import RecordingSecureAggregator
 from fedmap_secure.transcript.recorder import TranscriptChain
 from fedmap_secure.transcript.store import SiteRecordWriter, fresh_chain, write_roster
@@ -193,6 +194,57 @@ class EncodingCheck:
         log.info("secure aggregation encoding: %s", fields)
 
 
+SITES_DIR = "sites"
+
+
+def site_state_dir(out_dir: Path, site: str) -> Path:
+    return out_dir / SITES_DIR / site
+
+
+def releasing_sites(config: SimulationConfig, dataset: FederatedDataset) -> list[str]:
+    """The sites that release anything in this run (training tier of a federated method)."""
+    if config.method is Method.LOCAL:
+        return []
+    return [s.name for s in dataset.by_tier(Tier.TRAIN) if s.n_train > 0]
+
+
+def site_state_dirs(
+    config: SimulationConfig,
+    dataset: FederatedDataset,
+    out_dir: Path,
+    site_state: Path | None,
+) -> dict[str, Path]:
+    """Each releasing site's state folder: ``site_state``/<site> (kept across runs), or a
+    fresh ``out_dir``/sites/<site> (refused if it exists: an earlier run's ledger)."""
+    sites = releasing_sites(config, dataset)
+    unknown = sorted({o.site for o in config.privacy.site} - set(sites))
+    if unknown and config.privacy.enabled:
+        raise ConfigError(f"privacy.site names sites that are not private here: {unknown}")
+    if site_state is not None:
+        return {site: site_state / site for site in sites}
+    if not config.privacy.enabled:
+        return {}
+    dirs = {site: site_state_dir(out_dir, site) for site in sites}
+    for state in dirs.values():
+        if state.exists():
+            raise ConfigError(
+                f"site state directory {str(state)!r} already exists: its ledger would keep "
+                "spending an earlier run's budget; choose a new --out, remove it, or pass "
+                "--site-state DIR to keep one ledger per site across runs"
+            )
+    return dirs
+
+
+def budget_scope(out_dir: Path, site_state: Path | None) -> str:
+    """How long the sites' budgets last (summary.json and the console say it)."""
+    if site_state is None:
+        return (
+            f"per run: fresh ledgers under {out_dir / SITES_DIR}/<site>; pass --site-state DIR "
+            "to keep one ledger per site across runs"
+        )
+    return f"across runs: one ledger per site under {site_state}/<site>"
+
+
 @dataclass(frozen=True, kw_only=True)
 class PrivateSimulation:
     result: SimulationResult
@@ -207,6 +259,31 @@ def _clipped(result: SimulationResult) -> dict[str, int]:
     }
 
 
+def simulated_sites(
+    config: SimulationConfig,
+    dataset: FederatedDataset,
+    state_dirs: dict[str, Path],
+    *,
+    trainer_factory: TrainerFactory | None = None,
+    after_charge: AfterCharge | None = None,
+) -> list[SiteRuntime]:
+    """One ``SiteRuntime`` per site, its policy the run's own ``[privacy]`` for that site."""
+    return [
+        SiteRuntime(
+            SiteSetup(
+                data=data,
+                feature_names=dataset.feature_names,
+                n_classes=dataset.n_classes,
+                policy=simulated_policy(config.privacy, data.name, "the run's [privacy]"),
+                state_dir=state_dirs.get(data.name),
+                plain_trainer=trainer_factory,
+                after_charge=after_charge,
+            )
+        )
+        for data in dataset.sites
+    ]
+
+
 def run_private_simulation(
     config: SimulationConfig,
     dataset: FederatedDataset,
@@ -216,69 +293,68 @@ def run_private_simulation(
     aggregator: Aggregator | None = None,
     after_charge: AfterCharge | None = None,
     trainer_factory: TrainerFactory | None = None,
+    site_state: Path | None = None,
 ) -> PrivateSimulation:
-    """Run with SecAgg and DP as configured; ledgers go to ``out_dir``/sites/<site>.
+    """Run with SecAgg and DP as configured; ledgers in ``site_state``/<site> or a fresh
+    ``out_dir``/sites/<site>.
 
     ``trainer_factory`` is used only when DP is off (default: non-private Adam MAP).
     """
     if config.client_dp.enabled and aggregator is not None:
         raise ConfigError("client-level DP builds its own secure aggregator; pass none")
+    state_dirs = site_state_dirs(config, dataset, out_dir, site_state)
     client = open_client_level(config, dataset, out_dir) if config.client_dp.enabled else None
-    private: PrivateRun | None = None
+    sites: list[SiteRuntime] = []
     try:
         encoders = client.encoder if client is not None else None
         agg = aggregator or build_aggregator(config, dataset, out_dir, encoders=encoders)
-        private = (
-            PrivateRun.open(config, dataset, out_dir, after_charge=after_charge)
-            if config.privacy.enabled
-            else None
+        sites = simulated_sites(
+            config, dataset, state_dirs, trainer_factory=trainer_factory, after_charge=after_charge
         )
-        return _run(config, dataset, out_dir, agg, private, client, progress, trainer_factory)
+        check = EncodingCheck(agg) if isinstance(agg, SecureAggregator) and client is None else None
+        result = run_sites(
+            config,
+            dataset,
+            sites,
+            agg,
+            progress=progress,
+            layout_check=client.check_layout if client is not None else check,
+        )
+        secure = {**agg.describe(), "encoding": check.encoding if check else None}
+        secure["clipped_coordinates"] = _clipped(result)
+        secure["transcripts"] = describe_transcripts(agg, out_dir)
+        dp, spent = describe_sites(config, sites, budget_scope(out_dir, site_state))
+        privacy = {
+            "secure_aggregation": secure,
+            "differential_privacy": dp,
+            "client_level_dp": client.describe() if client is not None else None,
+            "metrics_released": False,
+        }
+        return PrivateSimulation(result=result, privacy=privacy, epsilon_spent=spent)
     finally:
-        if private is not None:
-            private.close()
+        for site in sites:
+            site.close()
         if client is not None:
             client.ledger.close()
 
 
-def _run(
-    config: SimulationConfig,
-    dataset: FederatedDataset,
-    out_dir: Path,
-    agg: Aggregator,
-    private: PrivateRun | None,
-    client: ClientLevelRounds | None,
-    progress: ProgressFn | None,
-    trainer_factory: TrainerFactory | None,
-) -> PrivateSimulation:
-    """The engine run and summary.json's ``privacy`` section (ledgers opened by the caller)."""
-    check = EncodingCheck(agg) if isinstance(agg, SecureAggregator) and client is None else None
-    result = run_simulation(
-        config,
-        dataset,
-        agg,
-        private.trainer_factory() if private else (trainer_factory or _plain_trainer),
-        progress,
-        private.score_release_factory() if private else None,
-        round_gate=private.admit if private else None,
-        layout_check=client.check_layout if client is not None else check,
+def describe_sites(
+    config: SimulationConfig, sites: list[SiteRuntime], scope: str
+) -> tuple[dict[str, Any] | None, dict[str, float] | None]:
+    """``privacy.differential_privacy`` and epsilon spent, from the private sites' ledgers
+    (None, None when DP is off)."""
+    private = [s.privacy for s in sites if s.privacy is not None]
+    if not config.privacy.enabled:
+        return None, None
+    entries = {}
+    for site in sites:
+        if site.privacy is not None and site.setup.state_dir is not None:
+            entries[site.name] = {
+                **site.privacy.describe_site(),
+                "ledger": str(site.setup.state_dir),
+            }
+    dp = describe_differential_privacy(
+        private[0].privacy if private else config.privacy, entries
     )
-    secure = {**agg.describe(), "encoding": check.encoding if check else None}
-    secure["clipped_coordinates"] = _clipped(result)
-    secure["transcripts"] = describe_transcripts(agg, out_dir)
-    spent = private.epsilon_spent() if private else None
-    privacy = {
-        "secure_aggregation": secure,
-        "differential_privacy": (
-            None if private is None or spent is None else private.describe(spent)
-        ),
-        "client_level_dp": client.describe() if client is not None else None,
-        "metrics_released": False,
-    }
-    return PrivateSimulation(result=result, privacy=privacy, epsilon_spent=spent)
-
-
-def _plain_trainer(site: SiteData, training: LocalTrainingConfig) -> LocalTrainer:
-    from fedmap_secure.training.local import AdamMapTrainer
-
-    return AdamMapTrainer(training)
+    dp["budget_scope"] = scope
+    return dp, {name: float(entry["epsilon_spent"]) for name, entry in entries.items()}

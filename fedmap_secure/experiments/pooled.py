@@ -17,16 +17,11 @@ import numpy as np
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 from fedmap_secure.errors import ConfigError
-from fedmap_secure.experiments.simulation import (
-    ProgressFn,
-    SimulationResult,
-    SiteResult,
-    TrainerFactory,
-    derived_seed,
-)
 from fedmap_secure.fedmap.evaluation import evaluate
 from fedmap_secure.fedmap.models import build_model, flat_vector
 from fedmap_secure.fedmap.site import make_generator
+from fedmap_secure.runtime.results import ProgressFn, SimulationResult, SiteResult, TrainerFactory
+from fedmap_secure.runtime.state import derived_seed
 
 POOLED_LABEL = "pooled"
 

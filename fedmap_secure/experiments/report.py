@@ -13,8 +13,8 @@ from rich import box
 from rich.table import Table
 
 from fedmap_secure.errors import ConfigError
-from fedmap_secure.experiments.simulation import SimulationResult
 from fedmap_secure.fedmap.evaluation import EvalMetrics
+from fedmap_secure.runtime.results import SimulationResult
 
 METRICS_COLUMNS = (
     "round",

@@ -20,7 +20,7 @@ from fedmap_secure.errors import ConfigError
 from fedmap_secure.transport.keygen import keygen_consortium, keygen_identity
 
 if TYPE_CHECKING:
-    from fedmap_secure.transport.grpc_simulation import GrpcSimulation
+    from fedmap_secure.experiments.grpc_run import GrpcSimulation
 
 COMMANDS = ("server", "site", "keygen")
 
@@ -60,16 +60,23 @@ def add_simulate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--insecure", action="store_true", help="grpc transport without TLS (local only)"
     )
+    parser.add_argument(
+        "--site-state",
+        type=Path,
+        help="keep one state folder (privacy ledger) per site under DIR/<site>, across runs "
+        "(default: fresh ledgers under OUT/sites/, a budget per run)",
+    )
 
 
 def grpc_spec(args: argparse.Namespace, **overrides: Any) -> GrpcSimulation:
     """The grpc simulation of ``simulate`` arguments (dataset spec, label column, TLS)."""
-    from fedmap_secure.transport.grpc_simulation import GrpcSimulation  # imports torch
+    from fedmap_secure.experiments.grpc_run import GrpcSimulation  # imports torch
 
     return GrpcSimulation(
         dataset_spec=args.dataset,
         label_column=getattr(args, "label_column", None),
         insecure=bool(getattr(args, "insecure", False)),
+        site_state=getattr(args, "site_state", None),
         **overrides,
     )
 

@@ -37,6 +37,9 @@ site.toml::
     state_dir = "state"             # privacy ledger and personalised model
     data = "data"                   # the site's CSV folder (<id>_train.csv, <id>_test.csv)
     label_column = "label"
+    # dataset = "heart"             # instead of data: a bundled dataset spec (simulations)
+    # dataset_seed = 0              #   and its seed
+    # site_records = "records"      # where the site's SecAgg records go (default state_dir)
     insecure = false
     [tls]
     ca = "pki/ca.pem"
@@ -44,6 +47,11 @@ site.toml::
     private_key = "pki/sites/site-a/site.key"
     [consortium]                    # same as the server's
     ...
+    [privacy]                       # the site's OWN policy (the run config's [privacy] keys);
+    epsilon = 4.0                   #   DP is on when this table is absent; the site refuses a
+    delta = 1e-5                    #   run announcing less protection (DP off, larger epsilon
+                                    #   or delta, seeded noise); enabled = false here allows
+                                    #   non-private runs, recorded as such in the site's ledger
     [client_dp]                     # only if the run config enables client-level DP:
     rounds = 10                     #   the run's rounds, and every key of the run config's
     epsilon = 8.0                   #   [client_dp] the site does not leave at its default
@@ -58,12 +66,15 @@ derives another setup id and refuses every round.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fedmap_secure.config.loader import update_dataclass
+from fedmap_secure.config.privacy import PrivacyConfig
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.secagg.config import Roster, SecAggConfig, check_site_id
 from fedmap_secure.transport.client_dp_pin import PinnedClientDp
@@ -101,6 +112,10 @@ class SiteDeployment:
     security: MutualTls | Insecure
     consortium: ConsortiumConfig
     client_dp: PinnedClientDp | None = None
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    dataset: str | None = None
+    dataset_seed: int = 0
+    site_records: Path | None = None
 
 
 class _Table:
@@ -253,8 +268,19 @@ def load_server_deployment(path: Path) -> ServerDeployment:
     )
 
 
+def _privacy(source: Path, content: object) -> PrivacyConfig:
+    """The site's own ``[privacy]`` policy (absent: the defaults, DP on)."""
+    if content is None:
+        return PrivacyConfig()
+    if not isinstance(content, dict):
+        raise ConfigError(f"{source}: [privacy] must be a table")
+    if "site" in content:
+        raise ConfigError(f"{source}: privacy.site is a run-config key; a site sets its own budget")
+    return update_dataclass(PrivacyConfig(), content, "privacy", str(source))
+
+
 def load_site_deployment(path: Path) -> SiteDeployment:
-    document = _read(path, {"site", "tls", "consortium", "client_dp"})
+    document = _read(path, {"site", "tls", "consortium", "client_dp", "privacy"})
     if "site" not in document or "consortium" not in document:
         raise ConfigError(f"{path}: [site] and [consortium] are required")
     site = _Table(path, "site", document["site"])
@@ -270,8 +296,38 @@ def load_site_deployment(path: Path) -> SiteDeployment:
         security=_security(path, site.flag("insecure"), document),
         consortium=_consortium(path, document["consortium"]),
         client_dp=_client_dp(path, document.get("client_dp")),
+        privacy=_privacy(path, document.get("privacy")),
+        dataset=site.optional_string("dataset"),
+        dataset_seed=site.integer("dataset_seed", 0),
+        site_records=site.optional_path("site_records"),
     )
     site.done()
+    if (deployment.data is None) == (deployment.dataset is None):
+        raise ConfigError(f"{path}: set exactly one of site.data (CSV folder) or site.dataset")
     if site_id not in deployment.consortium.roster:
         raise ConfigError(f"{path}: site {site_id!r} is not on the roster")
     return deployment
+
+
+def toml_text(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """A deployment file from flat tables of str/bool/int/float values (None values omitted).
+
+    For files this package writes itself (``simulate --transport grpc``'s site.toml).
+    """
+    lines: list[str] = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        for key, value in table.items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, int | float):
+                text = repr(value)
+            elif isinstance(value, str | Path):
+                text = json.dumps(str(value))
+            else:
+                raise ConfigError(f"[{name}] {key}: cannot write {type(value).__name__} to TOML")
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)

@@ -5,10 +5,14 @@ the file *and* ``insecure=True``, the command's ``--insecure``), runs the remain
 FedMAP rounds from its SQLite state and publishes the final state; with the
 run configuration's ``[client_dp]`` on, it charges its client-level ledger
 (``<state_dir>/client-dp``) before each round opens.
-``run_site`` connects outbound to the server, loads only its own CSV files,
-trains and contributes each round through SecAgg+ (adding its client-level
-noise share from its own ``[client_dp]`` table, if any), and writes its final
-evaluation to ``<state_dir>/result.json``. Refusals raise ``FedMapError``.
+``run_site`` connects outbound to the server, loads only its own CSV files
+and runs the site's ``runtime.SiteRuntime`` under its own ``[privacy]`` policy
+(DP on unless its file says ``enabled = false``; its ledger in ``<state_dir>``,
+continued across runs): it refuses a run weaker than its policy, charges its
+ledger before every release, contributes through SecAgg+ (adding its
+client-level noise share from its own ``[client_dp]`` table, if any), and
+writes its final evaluation to ``<state_dir>/result.json`` and its privacy
+summary to ``<state_dir>/dp.json``. Refusals raise ``FedMapError``.
 
 Both record the SecAgg transcripts (SPEC §13): the server its chain in
 ``<state_dir>/transcripts`` (continued after a restart, from its verified head)
@@ -18,35 +22,39 @@ and the roster in ``<state_dir>/roster.json``; each site its own records in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from fedmap_secure.config.loader import load_config
-from fedmap_secure.data.csv_sites import load_csv_sites
+from fedmap_secure.data.types import FederatedDataset
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.experiments.pipeline import client_level_rounds
+from fedmap_secure.runtime.announcement import config_json
+from fedmap_secure.runtime.privacy import SitePolicy
+from fedmap_secure.runtime.results import TrainerFactory
+from fedmap_secure.runtime.server import ServerRuntime
+from fedmap_secure.runtime.site import SiteRuntime, SiteSetup
 from fedmap_secure.secagg.config import Roster
 from fedmap_secure.transcript.recorder import TranscriptChain
 from fedmap_secure.transcript.store import SiteRecordWriter, resume_chain, write_roster
 from fedmap_secure.transport.channels import open_channel
-from fedmap_secure.transport.deploy_config import load_server_deployment, load_site_deployment
-from fedmap_secure.transport.fedmap_server import serve_fedmap
-from fedmap_secure.transport.fedmap_site import run_fedmap_site
-from fedmap_secure.transport.fedmap_wire import config_json
+from fedmap_secure.transport.deploy_config import (
+    SiteDeployment,
+    load_server_deployment,
+    load_site_deployment,
+)
 from fedmap_secure.transport.pki import load_identity
 from fedmap_secure.transport.security import Insecure, MutualTls
 from fedmap_secure.transport.server import AggregationServer
+from fedmap_secure.transport.server_channel import GrpcServerChannel
 from fedmap_secure.transport.site import SiteClient
-from fedmap_secure.transport.site_process import Factories, plain_factories
-from fedmap_secure.transport.site_records import write_records
+from fedmap_secure.transport.site_driver import drive_site
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
 
 log = logging.getLogger(__name__)
 CLIENT_DP_STATE = "client-dp"
 """The server's client-level ledger, inside its ``state_dir`` (resumed on restart)."""
-FactoryBuilder = Callable[[Mapping[str, Any]], Factories]
 
 
 def _require_flag(path: Path, security: MutualTls | Insecure, insecure: bool) -> None:
@@ -84,15 +92,15 @@ def run_server(path: Path, *, insecure: bool = False) -> None:
         ).start()
         log.info("listening on %s (port %d)", deployment.listen, server.port)
         try:
-            serve_fedmap(
-                server=server,
+            ServerRuntime(
                 config=config,
                 n_features=deployment.features,
                 n_classes=deployment.classes,
+                channel=GrpcServerChannel(server, final_timeout=deployment.settings.join_timeout),
+                sites=deployment.consortium.roster.sites,
                 store=store,
-                final_timeout=deployment.settings.join_timeout,
                 layout_check=None if client_level is None else client_level.check_layout,
-            )
+            ).run()
         finally:
             server.stop()
     finally:
@@ -127,22 +135,17 @@ def _server_transcripts(
 
 
 def run_site(
-    path: Path, *, insecure: bool = False, factories: FactoryBuilder = plain_factories
+    path: Path, *, insecure: bool = False, plain_trainer: TrainerFactory | None = None
 ) -> None:
-    """Take part in the run as the site described by ``site.toml``.
+    """Take part in the run as the site described by ``site.toml`` (see the module docstring).
 
-    ``factories`` builds the site's (trainer, score release) from
-    ``{"site", "state_dir", "options"}``: the seam where DP-SGD and the DP score
-    release (with the site's ledger in its state folder) are chosen.
+    ``plain_trainer`` (tests): the non-private trainer, used only when the site's
+    own policy and the run both have DP off.
     """
     deployment = load_site_deployment(path)
     _require_flag(path, deployment.security, insecure)
-    if deployment.data is None:
-        raise ConfigError(f"{path}: site.data (the site's CSV folder) is required")
-    dataset = load_csv_sites(deployment.data, label_column=deployment.label_column)
-    mine = [s for s in dataset.sites if s.name == deployment.site_id]
-    if len(mine) != 1:
-        raise ConfigError(f"{deployment.data}: no {deployment.site_id}_train/test.csv files")
+    dataset = _own_data(path, deployment)
+    (mine,) = dataset.sites
     channel = open_channel(deployment.server, deployment.security)
     client = SiteClient(
         channel=channel,
@@ -155,22 +158,55 @@ def run_site(
             if deployment.client_dp is None
             else deployment.client_dp.encoders(deployment.consortium.secagg)
         ),
-        site_records=SiteRecordWriter(deployment.state_dir),
+        site_records=SiteRecordWriter(deployment.site_records or deployment.state_dir),
     )
-    job = {"site": deployment.site_id, "state_dir": str(deployment.state_dir), "options": {}}
-    trainer, score_release = factories(job)
-    try:
-        run = run_fedmap_site(
-            client=client,
-            data=mine[0],
+    runtime = SiteRuntime(
+        SiteSetup(
+            data=mine,
             feature_names=dataset.feature_names,
             n_classes=dataset.n_classes,
-            trainer_factory=trainer,
-            score_release_factory=score_release,
+            policy=SitePolicy(privacy=deployment.privacy, source=f"{path} [privacy]"),
+            state_dir=deployment.state_dir,
+            plain_trainer=plain_trainer,
+            run_label=f"site {deployment.site_id}",
         )
+    )
+    own = deployment.privacy
+    log.info(
+        "site %s: state %s; privacy policy: %s",
+        deployment.site_id,
+        deployment.state_dir,
+        (
+            f"DP on, budget epsilon {own.epsilon:g}, delta {own.delta:g}"
+            if own.enabled
+            else "DP OFF (enabled = false in the site's own file)"
+        ),
+    )
+    try:
+        drive_site(client=client, handler=runtime)
     finally:
+        runtime.close()
         channel.close()
-    if run.result is None:
+    if runtime.result is None:
         raise ConfigError(f"site {deployment.site_id}: the run ended without a final state")
-    deployment.state_dir.mkdir(parents=True, exist_ok=True)
-    write_records(deployment.state_dir / "result.json", run.result, run.reports)
+
+
+def _own_data(path: Path, deployment: SiteDeployment) -> FederatedDataset:
+    """Only this site's data: its CSV folder, or its part of a bundled dataset (simulations)."""
+    if deployment.data is not None:
+        from fedmap_secure.data.csv_sites import load_csv_sites
+
+        dataset = load_csv_sites(deployment.data, label_column=deployment.label_column)
+        where = f"{deployment.data}: no {deployment.site_id}_train/test.csv files"
+    else:
+        from fedmap_secure.data import load_dataset
+
+        assert deployment.dataset is not None
+        spec = deployment.dataset
+        label = deployment.label_column if spec.startswith("csv:") else None
+        dataset = load_dataset(spec, label_column=label, seed=deployment.dataset_seed)
+        where = f"{path}: site {deployment.site_id!r} is not in dataset {deployment.dataset!r}"
+    mine = tuple(s for s in dataset.sites if s.name == deployment.site_id)
+    if len(mine) != 1:
+        raise ConfigError(where)
+    return dataclasses.replace(dataset, sites=mine)

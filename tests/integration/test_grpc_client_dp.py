@@ -28,11 +28,11 @@ from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.dp_accounting_accountants import DpAccountingRdpAccountant
 from fedmap_secure.privacy.ledger import MemoryLedgerStore, PrivacyLedger
 from fedmap_secure.privacy.ledger_store import ledger_path, load_report
+from fedmap_secure.runtime.announcement import config_json
 from fedmap_secure.secagg.config import SecAggConfig
 from fedmap_secure.secagg.inprocess import SecureAggregator
 from fedmap_secure.transport.client_dp_pin import PinnedClientDp
 from fedmap_secure.transport.deploy_config import load_site_deployment
-from fedmap_secure.transport.fedmap_wire import config_json
 from fedmap_secure.transport.keygen import keygen_consortium
 from fedmap_secure.transport.processes import CLIENT_DP_STATE
 from fedmap_secure.transport.server import AggregationServer

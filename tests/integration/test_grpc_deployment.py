@@ -14,8 +14,8 @@ import torch
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.data import load_dataset
 from fedmap_secure.errors import ConfigError
+from fedmap_secure.runtime.announcement import config_json
 from fedmap_secure.transcript.store import verify_files
-from fedmap_secure.transport.fedmap_wire import config_json
 from fedmap_secure.transport.keygen import keygen_consortium
 from fedmap_secure.transport.processes import run_server, run_site
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore

@@ -1,4 +1,7 @@
-"""FedMAP over real gRPC (4 heart sites as threads) against the in-process simulation."""
+"""FedMAP over real gRPC (4 heart sites as threads) against the in-process simulation.
+
+Both transports drive the same ``runtime.SiteRuntime`` and ``runtime.ServerRuntime``.
+"""
 
 from __future__ import annotations
 
@@ -21,19 +24,23 @@ from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.data import load_dataset
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 from fedmap_secure.errors import BudgetExceededError
-from fedmap_secure.experiments.simulation import TrainerFactory, run_simulation
 from fedmap_secure.fedmap.methods import GlobalState, ServerLog
 from fedmap_secure.fedmap.site import Phase
+from fedmap_secure.runtime.announcement import announcement, config_json
+from fedmap_secure.runtime.inprocess import over_the_wire, run_simulation
+from fedmap_secure.runtime.privacy import SitePolicy
+from fedmap_secure.runtime.records import read_records, write_records
+from fedmap_secure.runtime.results import TrainerFactory
+from fedmap_secure.runtime.server import ServerRuntime
+from fedmap_secure.runtime.site import SiteRuntime, SiteSetup
 from fedmap_secure.secagg.config import Roster, SecAggConfig
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig, LocalTrainingResult
 from fedmap_secure.training.local import AdamMapTrainer
-from fedmap_secure.transport.fedmap_server import serve_fedmap
-from fedmap_secure.transport.fedmap_site import FedMapSiteRun, finish_offline, run_fedmap_site
-from fedmap_secure.transport.fedmap_wire import announcement, config_json
 from fedmap_secure.transport.security import Insecure
 from fedmap_secure.transport.server import AggregationServer, ServerSettings
-from fedmap_secure.transport.site import SiteClient, SiteOutcome
-from fedmap_secure.transport.site_records import read_records, write_records
+from fedmap_secure.transport.server_channel import GrpcServerChannel
+from fedmap_secure.transport.site import SiteClient, SiteOutcome, SiteReport
+from fedmap_secure.transport.site_driver import drive_site
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
 
 
@@ -42,9 +49,33 @@ def _trainer(site: SiteData, training: LocalTrainingConfig) -> LocalTrainer:
 
 
 def _config(rounds: int) -> SimulationConfig:
+    """A non-private run (every site here has DP off by its own policy)."""
     config = load_config(None)
     training = dataclasses.replace(config.training, epochs=2)
-    return dataclasses.replace(config, rounds=rounds, training=training, finetune_rounds=1)
+    privacy = dataclasses.replace(config.privacy, enabled=False)
+    return dataclasses.replace(
+        config, rounds=rounds, training=training, finetune_rounds=1, privacy=privacy
+    )
+
+
+def _runtime(
+    data: SiteData, dataset: FederatedDataset, trainer: TrainerFactory = _trainer
+) -> SiteRuntime:
+    return SiteRuntime(
+        SiteSetup(
+            data=data,
+            feature_names=dataset.feature_names,
+            n_classes=dataset.n_classes,
+            policy=SitePolicy(privacy=_config(1).privacy, source="test (DP off)"),
+            plain_trainer=trainer,
+        )
+    )
+
+
+@dataclasses.dataclass
+class _SiteRun:
+    runtime: SiteRuntime
+    rounds: list[SiteReport]
 
 
 class _CrashError(Exception):
@@ -57,7 +88,7 @@ def _run_wire(
     state_dir: Path,
     crash_after_round: int | None = None,
     trainer: TrainerFactory = _trainer,
-) -> tuple[np.ndarray, dict[str, FedMapSiteRun]]:
+) -> tuple[np.ndarray, dict[str, _SiteRun]]:
     torch.set_num_threads(1)
     identities = {s.name: IdentityKey.generate() for s in dataset.sites}
     roster = Roster.from_mapping({s: k.public for s, k in identities.items()})
@@ -70,7 +101,7 @@ def _run_wire(
         security=Insecure(),
         settings=ServerSettings(join_timeout=60, stage_timeout=10),
     ).start()
-    runs: dict[str, FedMapSiteRun] = {}
+    runs: dict[str, _SiteRun] = {}
 
     def site_main(data: SiteData) -> None:
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
@@ -81,13 +112,9 @@ def _run_wire(
             roster=roster,
             config=secagg,
         )
-        runs[data.name] = run_fedmap_site(
-            client=client,
-            data=data,
-            feature_names=dataset.feature_names,
-            n_classes=dataset.n_classes,
-            trainer_factory=trainer,
-        )
+        runtime = _runtime(data, dataset, trainer)
+        rounds = drive_site(client=client, handler=runtime)
+        runs[data.name] = _SiteRun(runtime=runtime, rounds=rounds)
         channel.close()
 
     threads = [threading.Thread(target=site_main, args=(s,)) for s in dataset.sites]
@@ -100,15 +127,15 @@ def _run_wire(
 
     def serve(server: AggregationServer) -> GlobalState:
         store = ServerStateStore(state_dir / STATE_FILENAME, run_config_json=config_json(config))
-        return serve_fedmap(
-            server=server,
+        return ServerRuntime(
             config=config,
             n_features=len(dataset.feature_names),
             n_classes=dataset.n_classes,
+            channel=GrpcServerChannel(server, final_timeout=30),
+            sites=[s.name for s in dataset.sites],
             store=store,
-            final_timeout=30,
             on_round=crash,
-        )
+        ).run()
 
     try:
         try:
@@ -141,7 +168,7 @@ def test_fedmap_over_grpc_matches_in_process(tmp_path: Path, prior: PriorForm) -
     assert reference.final_state is not None
     np.testing.assert_allclose(gamma, reference.final_state.gamma, atol=1e-6)
     for site in reference.sites:
-        wire = runs[site.site].result
+        wire = runs[site.site].runtime.result
         assert wire is not None
         assert wire.personalised is not None
         assert site.personalised is not None
@@ -180,8 +207,8 @@ def test_server_restarted_between_rounds_resumes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_simulate_over_grpc_with_site_processes(tmp_path: Path) -> None:
     """One OS process per site over mutual TLS; summary.json as for the in-process run."""
+    from fedmap_secure.experiments.grpc_run import GrpcSimulation, simulate_grpc_to_dir
     from fedmap_secure.transcript.store import verify_files
-    from fedmap_secure.transport.grpc_simulation import GrpcSimulation, simulate_grpc_to_dir
 
     dataset = load_dataset("heart", label_column=None, seed=0)
     config = _config(rounds=2)
@@ -236,13 +263,8 @@ def test_non_training_site_finishes_offline_like_in_process(tmp_path: Path) -> N
     assert reference.final_state is not None
     final = announcement(config_text=config_json(config), state=reference.final_state, setup=None)
     (va,) = [s for s in sites if s.name == "va"]
-    run = finish_offline(
-        data=va,
-        feature_names=dataset.feature_names,
-        n_classes=dataset.n_classes,
-        final=final,
-        trainer_factory=_trainer,
-    )
+    run = _runtime(va, dataset)
+    assert run.handle(over_the_wire(final)) is None
     (expected,) = [s for s in reference.sites if s.site == "va"]
     assert run.result == expected
     assert [r.phase for r in run.reports] == [Phase.FINETUNE] * config.finetune_rounds

@@ -11,8 +11,9 @@ from fedmap_secure.config.schema import Method, PriorConfig, PriorForm, Simulati
 from fedmap_secure.data.types import SiteData, Tier
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.experiments.pooled import run_pooled
-from fedmap_secure.experiments.simulation import SimulationResult, run_simulation
 from fedmap_secure.fedmap.site import Phase
+from fedmap_secure.runtime.inprocess import run_simulation
+from fedmap_secure.runtime.results import SimulationResult
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.training.local import AdamMapTrainer
 from tests.synthetic import tiny_dataset

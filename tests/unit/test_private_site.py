@@ -11,11 +11,11 @@ from fedmap_secure.config.loader import parse_config
 from fedmap_secure.config.privacy import OmegaRelease, PrivacyConfig, SiteBudgetOverride
 from fedmap_secure.data.types import SiteData, Tier
 from fedmap_secure.errors import BudgetExceededError, ConfigError
-from fedmap_secure.experiments.private_site import SitePrivacyGuard, plan_site_privacy, site_delta
 from fedmap_secure.privacy.accountants import create_accountant
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.events import GaussianEvent, SubsampledGaussianEvent
 from fedmap_secure.privacy.ledger import MemoryLedgerStore, PrivacyLedger
+from fedmap_secure.runtime.privacy import SitePrivacyGuard, plan_site_privacy, site_delta
 
 PRIVACY = PrivacyConfig(epsilon=2.0, steps_per_round=4, expected_batch_size=16)
 

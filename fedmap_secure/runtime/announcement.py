@@ -18,8 +18,8 @@ from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.config.loader import config_to_dict, update_dataclass
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.errors import ConfigError, RemoteProtocolError
-from fedmap_secure.experiments.simulation import round_context
 from fedmap_secure.fedmap.methods import GlobalState
+from fedmap_secure.runtime.state import round_context
 from fedmap_secure.secagg.config import SERVER_ID
 from fedmap_secure.transport import messages as tm
 

@@ -15,9 +15,9 @@ from typing import Any
 
 from fedmap_secure.data.types import Tier
 from fedmap_secure.errors import ConfigError
-from fedmap_secure.experiments.simulation import SiteResult
 from fedmap_secure.fedmap.evaluation import EvalMetrics
 from fedmap_secure.fedmap.site import Phase, SiteReport
+from fedmap_secure.runtime.results import SiteResult
 from fedmap_secure.training.interface import LocalTrainingResult
 
 

@@ -1,0 +1,404 @@
+"""What a site does in a round, written once for every transport.
+
+A ``SiteRuntime`` is built from the site's own data, its own privacy policy
+(``SitePolicy``) and its state folder. It answers the server's typed
+announcements (``FedMapRound``), whichever transport carried them:
+
+- **First announcement**: parse the run configuration; check it against the
+  site's policy (``SitePolicy.check_run``: a run asking for less protection is
+  refused with one line naming the setting, before anything is trained or
+  released); open the site's ledger in its state folder (continued across
+  runs) and calibrate its noise for this run against the remaining budget
+  (``SitePrivacy.open``); build the local model, prior and trainer (DP-SGD
+  when DP is on, else the non-private Adam MAP trainer).
+- **Training round** (``train_round``): load gamma/psi; a site of another tier
+  declines (NO_DATA); otherwise the ledger gate charges the round durably
+  *before* any release (or the site declines with BUDGET_EXHAUSTED); it trains,
+  scores and returns its clipped contribution vector; it records its own
+  report (test metrics every ``evaluate_every`` rounds) and logs one progress
+  line (round, outcome, epsilon spent and remaining).
+- **Final announcement** (``finish``): a fine-tune-tier site trains under the
+  final (gamma, psi) (it releases nothing: non-private trainer, no charge);
+  every site evaluates; the site writes its records (``result.json``) and its
+  privacy summary (``dp.json``) into its state folder.
+
+Nothing here depends on the transport: the in-process transport and the gRPC
+site driver both call ``handle``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from fedmap_secure.aggregation import FloatVector, VectorLayout
+from fedmap_secure.config.privacy import OmegaRelease
+from fedmap_secure.config.schema import Method, SimulationConfig
+from fedmap_secure.data.types import SiteData, Tier
+from fedmap_secure.errors import (
+    BudgetExceededError,
+    ConfigError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from fedmap_secure.fedmap.contribution import exact_clipped_mean
+from fedmap_secure.fedmap.icnn import ConvexPrior
+from fedmap_secure.fedmap.methods import (
+    GlobalState,
+    MethodStrategy,
+    contribution_layout,
+    make_strategy,
+)
+from fedmap_secure.fedmap.models import build_model, load_flat_vector
+from fedmap_secure.fedmap.site import Phase, Site, SiteReport, make_generator, site_seed
+from fedmap_secure.privacy.ledger import PrivacyLedger
+from fedmap_secure.runtime.announcement import config_from_json, state_of
+from fedmap_secure.runtime.channel import Answer
+from fedmap_secure.runtime.privacy import (
+    AfterCharge,
+    SitePolicy,
+    SitePrivacy,
+    charge_non_private,
+    non_private_ledger,
+)
+from fedmap_secure.runtime.records import write_records
+from fedmap_secure.runtime.results import SiteResult, TrainerFactory
+from fedmap_secure.runtime.state import derived_seed
+from fedmap_secure.secagg.config import SERVER_ID
+from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig, LocalTrainingResult
+from fedmap_secure.transport import messages as tm
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+DP_FILE = "dp.json"
+
+
+@runtime_checkable
+class PreparesModel(Protocol):
+    """A trainer that may need a fixed copy of the model (Opacus-compatible layers)."""
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteSetup:
+    """What a site runtime is built from: everything is the site's own.
+
+    ``state_dir``: the site's ledger, ``result.json`` and ``dp.json`` (a site
+    that releases under DP needs one). ``plain_trainer``: the non-private
+    trainer (default Adam MAP), used when DP is off and for the fine-tune tier.
+    """
+
+    data: SiteData
+    feature_names: tuple[str, ...]
+    n_classes: int
+    policy: SitePolicy
+    state_dir: Path | None = None
+    plain_trainer: TrainerFactory | None = None
+    after_charge: AfterCharge | None = None
+    run_label: str = ""
+
+
+def adam_trainer(site: SiteData, training: LocalTrainingConfig) -> LocalTrainer:
+    """The non-private local trainer (Adam MAP with validation early stopping)."""
+    from fedmap_secure.training.local import AdamMapTrainer
+
+    return AdamMapTrainer(training)
+
+
+class SiteRuntime:
+    """One site's part in a run (see the module docstring); ``close()`` after use."""
+
+    def __init__(self, setup: SiteSetup) -> None:
+        self.setup = setup
+        self.data = setup.data
+        self.reports: list[SiteReport] = []
+        self.result: SiteResult | None = None
+        self.final_state: GlobalState | None = None
+        self.privacy: SitePrivacy | None = None
+        self._non_private: PrivacyLedger | None = None
+        self._config: SimulationConfig | None = None
+        self._strategy: MethodStrategy | None = None
+        self._site: Site | None = None
+
+    @property
+    def name(self) -> str:
+        return self.data.name
+
+    @property
+    def declined_rounds(self) -> list[int]:
+        return [] if self.privacy is None else list(self.privacy.guard.declined_rounds)
+
+    def close(self) -> None:
+        if self.privacy is not None:
+            self.privacy.close()
+        if self._non_private is not None:
+            self._non_private.close()
+
+    # --- the transport's entry point ------------------------------------------------------
+    def handle(self, opening: tm.RoundOpening) -> Answer:
+        """Answer one announcement: a training round's vector or decline, or the final step."""
+        if not isinstance(opening, tm.FedMapRound):
+            raise RemoteProtocolError(SERVER_ID, "expected a FedMAP round announcement")
+        config = config_from_json(opening.config_json)
+        state = state_of(opening)
+        if opening.final:
+            self.finish(config, state)
+            return None
+        layout = None if opening.setup is None else opening.setup.layout
+        return self.train_round(config, state, layout)
+
+    # --- a training round ------------------------------------------------------------------
+    def train_round(
+        self, config: SimulationConfig, state: GlobalState, layout: VectorLayout | None
+    ) -> FloatVector | tm.DeclineReason:
+        """One announced round (``layout`` None: a method that aggregates nothing)."""
+        site, strategy = self._start(config, state)
+        r = state.round_index
+        every = config.evaluate_every
+        evaluate = every > 0 and (r + 1) % every == 0
+        if self.data.tier is not Tier.TRAIN:
+            self._record(r, Phase.TRAIN, None, 0, evaluate=evaluate)
+            return tm.DeclineReason.NO_DATA
+        expected = contribution_layout(strategy, state, site.prior)
+        if expected != layout:
+            raise RemoteProtocolError(SERVER_ID, "announced layout differs from the method's")
+        if self.privacy is not None and not self.privacy.admit(r):
+            self._record(r, Phase.TRAIN, None, 0, evaluate=evaluate, declined=True)
+            self._progress(config, r, "declined (budget)")
+            return tm.DeclineReason.BUDGET_EXHAUSTED
+        if self._non_private is not None and layout is not None:
+            charge_non_private(self._non_private, r, "contribution vector without DP")
+        try:
+            training = site.train(strategy, start_from_gamma=strategy.resets_to_gamma)
+            vector, clipped = (None, 0) if layout is None else site.contribute(strategy, layout)
+        except BudgetExceededError as exc:
+            log.warning("site %s declines round %d: %s", self.name, r, exc)
+            self._record(r, Phase.TRAIN, None, 0, evaluate=evaluate, declined=True)
+            return tm.DeclineReason.BUDGET_EXHAUSTED
+        self._record(r, Phase.TRAIN, training, clipped, evaluate=evaluate)
+        self._progress(config, r, "trained" if vector is None else "contributed")
+        return tm.DeclineReason.NO_DATA if vector is None else vector
+
+    # --- the final announcement ------------------------------------------------------------
+    def finish(self, config: SimulationConfig, state: GlobalState) -> SiteResult:
+        """Fine-tune (fine-tune tier), evaluate, write the site's records; returns its result."""
+        site, strategy = self._start(config, state)
+        if self.data.tier is Tier.FINETUNE:
+            for i in range(config.finetune_rounds):
+                first = strategy.resets_to_gamma and i == 0
+                training = site.train(strategy, start_from_gamma=first)
+                if strategy.uses_icnn:
+                    site.score()
+                self._record(state.round_index + i, Phase.FINETUNE, training, 0, evaluate=False)
+        self.final_state = state
+        self.result = SiteResult(
+            site=self.name,
+            tier=self.data.tier,
+            n_train=site.n_train,
+            n_test=self.data.n_test,
+            personalised=site.evaluate_personalised(),
+            global_=site.evaluate_global() if strategy.aggregates else None,
+        )
+        state_dir = self.setup.state_dir
+        if state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            write_records(state_dir / RESULT_FILE, self.result, self.reports)
+        self._write_privacy()
+        log.info(
+            "site %s: final state of round %d received; results written",
+            self.name,
+            state.round_index,
+        )
+        return self.result
+
+    # --- setup on the first announcement ---------------------------------------------------
+    def prepare(self, config: SimulationConfig) -> None:
+        """Check the run against the site's policy and open its ledger (before any round).
+
+        Called on the first announcement, or earlier by a transport that knows
+        the configuration (in-process: every site before round 0).
+        """
+        if self._config is not None:
+            if config != self._config:
+                raise RemoteProtocolError(SERVER_ID, "the run configuration changed between rounds")
+            return
+        self._config = config
+        self._strategy = make_strategy(config)
+        self._open_privacy(config)
+
+    def _start(self, config: SimulationConfig, state: GlobalState) -> tuple[Site, MethodStrategy]:
+        self.prepare(config)
+        if self._site is None:
+            self._site = self._build_site(config, state)
+        site, strategy = self._ready()
+        site.receive(state)
+        return site, strategy
+
+    def _ready(self) -> tuple[Site, MethodStrategy]:
+        if self._site is None or self._strategy is None:
+            raise LocalProtocolError(f"site {self.name!r}: no announcement received yet")
+        return self._site, self._strategy
+
+    def _releases(self, config: SimulationConfig) -> bool:
+        """Whether this site releases anything in this run (training tier of a federated method)."""
+        return (
+            self.data.tier is Tier.TRAIN
+            and self.data.n_train > 0
+            and config.method is not Method.LOCAL
+        )
+
+    def _open_privacy(self, config: SimulationConfig) -> None:
+        if not self._releases(config):
+            return
+        policy = self.setup.policy
+        policy.check_run(self.name, config.privacy)
+        effective = policy.effective(self.name, config.privacy)
+        if config.method is not Method.FEDMAP:  # no score: nothing of omega is released
+            effective = dataclasses.replace(effective, omega_release=OmegaRelease.UNIFORM)
+        state_dir = self.setup.state_dir
+        if effective.enabled:
+            if state_dir is None:
+                raise ConfigError(f"site {self.name!r}: DP needs a state folder for its ledger")
+            seed = derived_seed(config.seed, "dp-noise") if effective.reproducible_noise else None
+            self.privacy = SitePrivacy.open(
+                site=self.data,
+                privacy=effective,
+                rounds=config.rounds,
+                state_dir=state_dir,
+                noise_seed=seed,
+                after_charge=self.setup.after_charge,
+                note=self.setup.run_label,
+            )
+            plan = self.privacy.plan
+            log.info(
+                "site %s: DP-SGD sigma %.4g, q %.4g, %d steps/round, %d planned round(s); "
+                "budget epsilon %.4g (spent so far %.4g)",
+                self.name,
+                plan.noise_multiplier,
+                plan.sample_rate,
+                plan.steps_per_round,
+                plan.planned_rounds,
+                plan.budget.epsilon,
+                self.privacy.ledger.spent(),
+            )
+        elif state_dir is not None and not policy.privacy.enabled:
+            self._non_private = non_private_ledger(state_dir, policy.privacy, self.data.n_train)
+            log.warning(
+                "site %s: DP is OFF by its own policy; releases are recorded as non-private",
+                self.name,
+            )
+
+    def _trainer(self, config: SimulationConfig) -> LocalTrainer | None:
+        if self.data.n_train == 0:
+            return None
+        if self.privacy is None:
+            return (self.setup.plain_trainer or adam_trainer)(self.data, config.training)
+        from fedmap_secure.training.dp_config import DpSgdConfig
+        from fedmap_secure.training.dp_training import DpSgdMapTrainer
+
+        plan = self.privacy.plan
+        dp = DpSgdConfig.from_local_config(
+            config.training,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm,
+            expected_batch_size=None,
+            sample_rate=plan.sample_rate,
+            steps=plan.steps_per_round,
+            reproducible_seed=self.privacy.noise_seed,
+        )
+        trainer = DpSgdMapTrainer(dp, stream_label=f"{self.name}/dp-sgd")
+        planned = trainer.planned_mechanism(self.data.n_train)
+        if (planned.noise_multiplier, planned.sample_rate, planned.steps) != (
+            plan.noise_multiplier,
+            plan.sample_rate,
+            plan.steps_per_round,
+        ):
+            raise ConfigError(f"site {self.name!r}: trainer plan differs from the charged plan")
+        return trainer
+
+    def _build_site(self, config: SimulationConfig, state: GlobalState) -> Site:
+        d, c = len(self.setup.feature_names), self.setup.n_classes
+        net = build_model(config.model, n_features=d, n_classes=c, seed=0)
+        load_flat_vector(net.parameters(), state.gamma)
+        trainer = self._trainer(config)
+        if isinstance(trainer, PreparesModel):
+            net = trainer.prepare_model(net)
+        gamma_net = build_model(config.model, n_features=d, n_classes=c, seed=0)
+        prior = (
+            ConvexPrior([int(p.numel()) for p in net.parameters()], config.prior, seed=0)
+            if self._strategy is not None and self._strategy.uses_icnn
+            else None
+        )
+        return Site(
+            data=self.data,
+            model=net,
+            gamma_model=gamma_net,
+            prior=prior,
+            trainer=trainer,
+            generator=make_generator(site_seed(config.seed, self.name)),
+            score_config=config.score,
+            n_classes=c,
+            score_release=(
+                exact_clipped_mean
+                if self.privacy is None
+                else self.privacy.score_release(self.data.n_train)
+            ),
+        )
+
+    # --- the site's own records --------------------------------------------------------------
+    def _record(
+        self,
+        round_index: int,
+        phase: Phase,
+        training: LocalTrainingResult | None,
+        clipped: int,
+        *,
+        evaluate: bool,
+        declined: bool = False,
+    ) -> None:
+        site, strategy = self._ready()
+        score = site.last_score
+        personalised = site.evaluate_personalised() if evaluate and training is not None else None
+        report = SiteReport(
+            site=self.name,
+            tier=self.data.tier,
+            round_index=round_index,
+            phase=phase,
+            training=training,
+            omega=score[0] if score else None,
+            prior_value=score[1] if score else None,
+            clipped_coordinates=clipped,
+            personalised=personalised,
+            global_=site.evaluate_global() if evaluate and strategy.aggregates else None,
+        )
+        self.reports.append(dataclasses.replace(report, declined=declined))
+
+    def _progress(self, config: SimulationConfig, round_index: int, outcome: str) -> None:
+        budget = ""
+        receipt = None if self.privacy is None else self.privacy.guard.last_receipt
+        if self.privacy is not None and receipt is not None:
+            total = self.privacy.plan.budget.epsilon
+            budget = (
+                f"; epsilon spent {receipt.epsilon_after:.4g} of {total:.4g} "
+                f"(remaining {receipt.remaining:.4g})"
+            )
+        log.info(
+            "site %s round %d/%d: %s%s", self.name, round_index + 1, config.rounds, outcome, budget
+        )
+
+    def _write_privacy(self) -> None:
+        """``dp.json`` in the state folder: this site's entry of the run's privacy summary."""
+        if self.privacy is None or self.setup.state_dir is None:
+            return
+        path = self.setup.state_dir / DP_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.privacy.describe(), indent=2, allow_nan=False), "utf-8")
+        tmp.replace(path)
