@@ -51,7 +51,7 @@ def over_the_wire(message: tm.FedMapRound) -> tm.FedMapRound:
     return parsed
 
 
-def _setup(plan: RoundPlan, layout_digest: bytes) -> tm.SecAggSetup:
+def inprocess_setup(plan: RoundPlan, layout_digest: bytes) -> tm.SecAggSetup:
     """The in-process stand-in of the gRPC server's ``SecAggSetup`` (layout and context)."""
     assert plan.layout is not None
     return tm.SecAggSetup(
@@ -82,7 +82,7 @@ class InProcessChannel:
                 site.train_round(config, plan.state, None)
             return None
         digest = hashlib.sha256(plan.config_text.encode()).digest()
-        opening = over_the_wire(plan.opening(_setup(plan, digest)))
+        opening = over_the_wire(plan.opening(inprocess_setup(plan, digest)))
         inputs = {}
         for site in self.sites:
             answer = site.handle(opening)

@@ -67,6 +67,10 @@ CALIBRATION_TOLERANCE = 0.01
 """Relative tolerance of the noise calibration: at most 1% more noise than the minimum
 that fits (always on the feasible side); 1e-3 costs twice the PLD evaluations."""
 
+EXHAUSTED_SHARE = 0.05
+"""A ledger with less than this share of its budget left is exhausted: a new run is refused
+(whatever still fits would be almost pure noise)."""
+
 AfterCharge = Callable[[str, ChargeReceipt], None]
 """Called as after_charge(site, receipt) once a charge is durable, before any release."""
 
@@ -136,9 +140,7 @@ class SitePolicy:
             delta=own.delta,
             accountant=own.accountant,
             reproducible_noise=run.reproducible_noise and own.reproducible_noise,
-            site=tuple(
-                dataclasses.replace(o, epsilon=None) for o in run.site if o.site == site
-            ),
+            site=tuple(dataclasses.replace(o, epsilon=None) for o in run.site if o.site == site),
         )
 
 
@@ -205,9 +207,13 @@ def plan_site_privacy(
     rounds: int,
     *,
     spent: Sequence[Event] = (),
+    run_epsilon: float | None = None,
 ) -> SitePrivacyPlan:
     """Calibrate a site's noise from its own budget minus ``spent`` (see the module docstring).
 
+    ``run_epsilon`` (the run's announced epsilon, when below the site's budget):
+    the plan on its own also stays within it, so a run spends at most what it
+    announced and the rest of the budget is left for later runs.
     Raises ``BudgetExceededError`` naming the site when even the largest noise
     cannot fit its plan (composed with ``spent``) into its budget.
     """
@@ -216,7 +222,12 @@ def plan_site_privacy(
     planned = override.planned_rounds if override and override.planned_rounds else rounds
     try:
         plan = _calibrated_plan(
-            site.n_train, epsilon, planned, _calibration_inputs(privacy), tuple(spent)
+            site.n_train,
+            epsilon,
+            planned,
+            _calibration_inputs(privacy),
+            tuple(spent),
+            min(epsilon, run_epsilon or epsilon),
         )
     except BudgetExceededError as exc:
         already = f" after the {len(spent)} event(s) its ledger holds" if spent else ""
@@ -237,27 +248,42 @@ def _calibration_inputs(privacy: PrivacyConfig) -> PrivacyConfig:
 
 @functools.lru_cache(maxsize=256)
 def _calibrated_plan(
-    n: int, epsilon: float, planned: int, privacy: PrivacyConfig, spent: tuple[Event, ...]
+    n: int,
+    epsilon: float,
+    planned: int,
+    privacy: PrivacyConfig,
+    spent: tuple[Event, ...],
+    run_epsilon: float,
 ) -> SitePrivacyPlan:
-    """The calibration: a pure function of public plan parameters (cached per process)."""
+    """The calibration: a pure function of public plan parameters (cached per process).
+
+    The plan alone fits ``run_epsilon``; composed with ``spent`` it fits the
+    site's budget ``epsilon``: the noisier of the two calibrations is used.
+    """
     budget = Budget(epsilon=epsilon, delta=site_delta(privacy.delta, n))
     sample_rate = min(1.0, privacy.expected_batch_size / n)
-    extra: tuple[Event, ...] = spent
+    omega: tuple[Event, ...] = ()
     omega_sigma = None
     if privacy.omega_release is OmegaRelease.GAUSSIAN:
         # `planned` Gaussian releases at multiplier s compose to one at s / sqrt(planned).
-        single = calibrate_gaussian(epsilon * privacy.omega_epsilon_share, budget.delta)
+        single = calibrate_gaussian(run_epsilon * privacy.omega_epsilon_share, budget.delta)
         omega_sigma = single * math.sqrt(planned)
-        extra = (*spent, GaussianEvent(noise_multiplier=omega_sigma, count=planned))
-    sigma = calibrate_noise_multiplier(
-        budget,
-        sample_rate=sample_rate,
-        steps_per_round=privacy.steps_per_round,
-        rounds=planned,
-        extra_events=extra,
-        accountant=create_accountant(privacy.accountant),
-        relative_tolerance=CALIBRATION_TOLERANCE,
-    )
+        omega = (GaussianEvent(noise_multiplier=omega_sigma, count=planned),)
+
+    def calibrate(target: Budget, extra: tuple[Event, ...]) -> float:
+        return calibrate_noise_multiplier(
+            target,
+            sample_rate=sample_rate,
+            steps_per_round=privacy.steps_per_round,
+            rounds=planned,
+            extra_events=extra,
+            accountant=create_accountant(privacy.accountant),
+            relative_tolerance=CALIBRATION_TOLERANCE,
+        )
+
+    sigma = calibrate(dataclasses.replace(budget, epsilon=run_epsilon), omega)
+    if spent or run_epsilon < epsilon:
+        sigma = max(sigma, calibrate(budget, (*spent, *omega)))
     return SitePrivacyPlan(
         site="",
         n_train=n,
@@ -357,6 +383,7 @@ class SitePrivacy:
         noise_seed: int | None,
         after_charge: AfterCharge | None = None,
         note: str = "",
+        run_epsilon: float | None = None,
     ) -> SitePrivacy:
         budget = Budget(epsilon=privacy.epsilon, delta=site_delta(privacy.delta, site.n_train))
         ledger = open_site_ledger(
@@ -367,7 +394,13 @@ class SitePrivacy:
         )
         try:
             spent = stored_events(state_dir)
-            plan = plan_site_privacy(site, privacy, rounds, spent=spent)
+            if spent and ledger.remaining() < EXHAUSTED_SHARE * budget.epsilon:
+                raise BudgetExceededError(
+                    f"site {site.name!r}: its ledger has spent epsilon {ledger.spent():.4g} of "
+                    f"{budget.epsilon:g}; the budget is exhausted and the run is refused before "
+                    "any release"
+                )
+            plan = plan_site_privacy(site, privacy, rounds, spent=spent, run_epsilon=run_epsilon)
         except BaseException:
             ledger.close()
             raise

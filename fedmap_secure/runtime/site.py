@@ -66,6 +66,7 @@ from fedmap_secure.runtime.privacy import (
     SitePrivacy,
     charge_non_private,
     non_private_ledger,
+    run_epsilon,
 )
 from fedmap_secure.runtime.records import write_records
 from fedmap_secure.runtime.results import SiteResult, TrainerFactory
@@ -276,6 +277,9 @@ class SiteRuntime:
                 noise_seed=seed,
                 after_charge=self.setup.after_charge,
                 note=self.setup.run_label,
+                run_epsilon=run_epsilon(config.privacy, self.name)
+                if config.privacy.enabled
+                else None,
             )
             plan = self.privacy.plan
             log.info(

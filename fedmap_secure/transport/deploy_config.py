@@ -302,8 +302,8 @@ def load_site_deployment(path: Path) -> SiteDeployment:
         site_records=site.optional_path("site_records"),
     )
     site.done()
-    if (deployment.data is None) == (deployment.dataset is None):
-        raise ConfigError(f"{path}: set exactly one of site.data (CSV folder) or site.dataset")
+    if deployment.data is not None and deployment.dataset is not None:
+        raise ConfigError(f"{path}: set site.data (CSV folder) or site.dataset, not both")
     if site_id not in deployment.consortium.roster:
         raise ConfigError(f"{path}: site {site_id!r} is not on the roster")
     return deployment

@@ -198,14 +198,15 @@ def _own_data(path: Path, deployment: SiteDeployment) -> FederatedDataset:
 
         dataset = load_csv_sites(deployment.data, label_column=deployment.label_column)
         where = f"{deployment.data}: no {deployment.site_id}_train/test.csv files"
-    else:
+    elif deployment.dataset is not None:
         from fedmap_secure.data import load_dataset
 
-        assert deployment.dataset is not None
         spec = deployment.dataset
         label = deployment.label_column if spec.startswith("csv:") else None
         dataset = load_dataset(spec, label_column=label, seed=deployment.dataset_seed)
         where = f"{path}: site {deployment.site_id!r} is not in dataset {deployment.dataset!r}"
+    else:
+        raise ConfigError(f"{path}: site.data (the site's CSV folder) is required")
     mine = tuple(s for s in dataset.sites if s.name == deployment.site_id)
     if len(mine) != 1:
         raise ConfigError(where)

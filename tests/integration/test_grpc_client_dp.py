@@ -9,6 +9,7 @@ import json
 import math
 import socket
 import threading
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -235,9 +236,10 @@ def test_simulate_over_grpc_with_client_level_dp(tmp_path: Path) -> None:
     assert summary["privacy"]["secure_aggregation"]["bits"] == 64
     assert summary["privacy"]["secure_aggregation"]["transport"] == "grpc (plaintext, local)"
     assert ledger_path(out / "server" / "client-dp").is_file()
-    jobs = [json.loads(p.read_text()) for p in (out / "grpc" / "sites").glob("*.job.json")]
-    assert len(jobs) == 3
-    assert all(j["client_dp"]["epsilon"] == 6.0 and j["client_dp"]["rounds"] == 2 for j in jobs)
+    tomls = [tomllib.loads(p.read_text()) for p in (out / "grpc" / "sites").glob("*/site.toml")]
+    assert len(tomls) == 3  # each site process runs `fedmap-secure site` with its own site.toml
+    assert all(t["client_dp"]["epsilon"] == 6.0 and t["client_dp"]["rounds"] == 2 for t in tomls)
+    assert all(t["privacy"]["enabled"] is False for t in tomls)
     buf = io.StringIO()
     show = ["ledger", "show", "--site-state", str(out / "server" / "client-dp"), "--json"]
     assert main(show, console=Console(file=buf, width=200)) == 0
