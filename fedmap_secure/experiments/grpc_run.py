@@ -31,6 +31,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from fedmap_secure.experiments.pipeline import (
     site_state_dirs,
 )
 from fedmap_secure.experiments.report import site_table, summary_dict, write_outputs
+from fedmap_secure.fedmap.methods import GlobalState
 from fedmap_secure.fedmap.site import SiteReport
 from fedmap_secure.runtime.announcement import announcement, config_json
 from fedmap_secure.runtime.inprocess import over_the_wire
@@ -117,7 +119,12 @@ def site_toml(
     state_dir: Path,
     records: Path | None,
 ) -> Path:
-    """Write the site's ``site.toml`` (what a deployed site would hold) and return its path."""
+    """Write the site's ``site.toml`` (what a deployed site would hold) and return its path.
+
+    Every path in it is absolute (a site.toml resolves relative paths against itself).
+    """
+    root, state_dir = root.resolve(), state_dir.resolve()
+    records = None if records is None else records.resolve()
     pki = root / "pki"
     privacy = config_to_dict(simulated_policy(config.privacy, site, "").privacy)
     privacy.pop("site", None)
@@ -186,6 +193,39 @@ def _site_error(path: Path) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+class _Watchdog:
+    """Runs the server runtime while watching the site processes: a site process that
+    fails ends the run with that site's error instead of a wait for the join timeout."""
+
+    def __init__(self, processes: dict[str, subprocess.Popen[bytes]], tomls: dict[str, Path]):
+        self._processes, self._tomls = processes, tomls
+
+    def run(self, runtime: ServerRuntime) -> GlobalState:
+        outcome: list[GlobalState | BaseException] = []
+
+        def serve() -> None:
+            try:
+                outcome.append(runtime.run())
+            except BaseException as exc:  # handed to the calling thread
+                outcome.append(exc)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.5)
+            for site, process in self._processes.items():
+                code = process.poll()
+                if code is not None and code != 0:
+                    raise ConfigError(
+                        f"site process {site} exited with status {code}: "
+                        f"{_site_error(self._tomls[site])}"
+                    )
+        (result,) = outcome
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
 def simulate_over_grpc(
     *,
     config: SimulationConfig,
@@ -240,6 +280,7 @@ def simulate_over_grpc(
         for site in training
     }
     processes = {site: _launch(path, spec.insecure) for site, path in tomls.items()}
+    watchdog = _Watchdog(processes, tomls)
     try:
         runtime = ServerRuntime(
             config=config,
@@ -253,7 +294,7 @@ def simulate_over_grpc(
             layout_check=None if client_level is None else client_level.check_layout,
             progress=progress,
         )
-        final = runtime.run()
+        final = watchdog.run(runtime)
         for site, process in processes.items():
             if process.wait(timeout=spec.join_timeout) != 0:
                 raise ConfigError(

@@ -1,0 +1,160 @@
+"""The real CLI processes (``fedmap-secure server`` + 3 x ``fedmap-secure site``, mutual TLS,
+CSV sites, DP on by default in each site's own site.toml): every site trains under DP and
+keeps a ledger that outlives the run; the ledger events are, mechanism by mechanism, those of
+the same configuration under ``simulate --transport grpc`` (one code path: the site runtime);
+a second run continues the ledger and a third, over the exhausted budget, is refused.
+(THREAT_MODEL O2: DP holds for deployments, not only in simulation.)"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedmap_secure.data import load_dataset
+from fedmap_secure.privacy.events import Event
+from fedmap_secure.privacy.ledger_store import ledger_path, load_report
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = """
+[simulation]
+method = "fedmap"
+rounds = 2
+finetune_rounds = 1
+[training]
+epochs = 1
+[prior]
+form = "coordinatewise"
+[privacy]
+epsilon = {epsilon}
+steps_per_round = 2
+[secagg]
+dropout_fraction = 0.34
+corrupt_fraction = 0.0
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _cli(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with log.open("wb") as sink:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fedmap_secure.cli", *args],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=log.parent,
+        )
+
+
+def _write_csvs(folder: Path) -> tuple[list[str], int]:
+    """Three heart sites as CSV files (``<site>_train.csv``, ``<site>_test.csv``)."""
+    dataset = load_dataset("heart", label_column=None, seed=0)
+    folder.mkdir(parents=True)
+    sites = dataset.sites[:3]
+    for site in sites:
+        for split, x, y in (
+            ("train", site.x_train, site.y_train),
+            ("test", site.x_test, site.y_test),
+        ):
+            frame = pd.DataFrame(np.asarray(x, dtype=np.float64), columns=dataset.feature_names)
+            frame["label"] = y
+            frame.to_csv(folder / f"{site.name}_{split}.csv", index=False)
+    return [s.name for s in sites], len(dataset.feature_names)
+
+
+def _deploy(root: Path, sites: list[str], features: int, run: str) -> dict[str, int]:
+    """One deployment run: the server and one ``fedmap-secure site`` per site; exit codes."""
+    port = _free_port()
+    consortium = (
+        '[consortium]\nroster = "pki/roster.json"\ndropout_fraction = 0.34\n'
+        "corrupt_fraction = 0.0\n"
+    )
+    (root / f"server-{run}.toml").write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\nstate_dir = "server-{run}"\n'
+        f'run_config = "{run}.toml"\nfeatures = {features}\n'
+        '[tls]\nca = "pki/ca.pem"\ncertificate = "pki/server/server.pem"\n'
+        'private_key = "pki/server/server.key"\n[timeouts]\njoin = 60\nstage = 20\n' + consortium
+    )
+    for site in sites:  # DP is on by the site's own [privacy]: its budget epsilon 2
+        (root / f"{site}-{run}.toml").write_text(
+            f'[site]\nid = "{site}"\nserver = "localhost:{port}"\n'
+            f'identity = "pki/sites/{site}/identity.pem"\nstate_dir = "state/{site}"\n'
+            f'data = "data"\nsite_records = "records-{run}"\n'
+            f'[tls]\nca = "pki/ca.pem"\ncertificate = "pki/sites/{site}/site.pem"\n'
+            f'private_key = "pki/sites/{site}/site.key"\n'
+            "[privacy]\nepsilon = 2.0\n" + consortium
+        )
+    server = _cli("server", "--config", f"server-{run}.toml", log=root / f"server-{run}.log")
+    procs = {
+        site: _cli("site", "--config", f"{site}-{run}.toml", log=root / f"{site}-{run}.log")
+        for site in sites
+    }
+    codes = {site: p.wait(timeout=240) for site, p in procs.items()}
+    codes["server"] = server.wait(timeout=240)
+    return codes
+
+
+def _events(state: Path) -> list[tuple[Event, ...]]:
+    return [entry.events for entry in load_report(state).entries]
+
+
+@pytest.mark.slow
+def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) -> None:
+    sites, features = _write_csvs(tmp_path / "data")
+    (tmp_path / "run1.toml").write_text(RUN.format(epsilon=1.0))
+    (tmp_path / "run2.toml").write_text(RUN.format(epsilon=2.0))
+    (tmp_path / "run3.toml").write_text(RUN.format(epsilon=2.0))
+    keygen = _cli("keygen", "--sites", ",".join(sites), "--out", "pki", log=tmp_path / "kg.log")
+    assert keygen.wait(timeout=60) == 0
+    simulated = _cli(
+        "simulate", "--dataset", f"csv:{tmp_path / 'data'}", "--label-column", "label",
+        "--config", "run1.toml", "--transport", "grpc", "--out", "sim",
+        log=tmp_path / "sim.log",
+    )  # fmt: skip
+
+    # run 1: the run asks for epsilon 1 of each site's own budget of 2
+    codes = _deploy(tmp_path, sites, features, "run1")
+    assert codes == dict.fromkeys([*sites, "server"], 0), (tmp_path / "server-run1.log").read_text()
+    assert simulated.wait(timeout=240) == 0, (tmp_path / "sim.log").read_text()
+    first: dict[str, float] = {}
+    for site in sites:
+        state = tmp_path / "state" / site
+        assert ledger_path(state).is_file()
+        report = load_report(state)
+        assert [e.round_index for e in report.entries] == [0, 1]
+        assert 0 < report.epsilon_spent <= 1.0
+        first[site] = report.epsilon_spent
+        # mechanism by mechanism (q, sigma, steps, omega release) as under simulate --transport grpc
+        assert _events(state) == _events(tmp_path / "sim" / "sites" / site)
+    log = (tmp_path / "server-run1.log").read_text()
+    assert "round 2/2: 3 contributor(s)" in log
+    assert "epsilon spent" in (tmp_path / f"{sites[0]}-run1.log").read_text()
+
+    # run 2 (epsilon 2): the same ledgers continue, calibrated against what they already hold
+    codes = _deploy(tmp_path, sites, features, "run2")
+    assert codes == dict.fromkeys([*sites, "server"], 0), (tmp_path / "server-run2.log").read_text()
+    for site in sites:
+        report = load_report(tmp_path / "state" / site)
+        assert [e.round_index for e in report.entries] == [0, 1, 0, 1]
+        assert first[site] < report.epsilon_spent <= 2.0
+
+    # run 3: the budget is exhausted; every site refuses before any release
+    codes = _deploy(tmp_path, sites, features, "run3")
+    assert all(codes[site] == 2 for site in sites)
+    for site in sites:
+        text = (tmp_path / f"{site}-run3.log").read_text()
+        assert "budget is exhausted" in text
+        assert len(load_report(tmp_path / "state" / site).entries) == 4
