@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo deploy-demo test lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/fedmap-secure simulate --dataset heart --method fedmap --transport grpc --out runs/demo
+
+# A CA, a server and 3 site processes on localhost from CSV files (examples/deploy/):
+# a private, secure deployment end to end; run it again and the sites continue their ledgers.
+deploy-demo: $(STAMP)
+	$(BIN)/python examples/deploy/deploy_demo.py --out runs/deploy-demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from fedmap_secure.errors import ConfigError
-from fedmap_secure.transport.keygen import keygen_consortium, keygen_identity
+from fedmap_secure.transport.keygen import keygen_consortium, keygen_identity, keygen_step
 
 if TYPE_CHECKING:
     from fedmap_secure.experiments.grpc_run import GrpcSimulation
@@ -42,7 +42,18 @@ def add_commands(sub: Any) -> None:
     what = keygen.add_mutually_exclusive_group(required=True)
     what.add_argument("--sites", help="comma-separated site ids: a whole test consortium")
     what.add_argument("--identity", type=Path, help="write one site identity key to this file")
-    keygen.add_argument("--out", type=Path, default=Path("pki"), help="output folder (--sites)")
+    what.add_argument("--ca", action="store_true", help="coordinator: CA + server certificate")
+    what.add_argument("--site", help="on a site's machine: its keys and a certificate request")
+    what.add_argument("--sign", type=Path, help="CA: sign a site's site.csr (needs --ca-dir)")
+    what.add_argument("--roster", type=Path, help="add a site's identity key (needs --add)")
+    keygen.add_argument("--ca-dir", type=Path, help="the CA folder (ca.pem, ca.key) for --sign")
+    keygen.add_argument("--add", help="SITE=HEX public identity key, for --roster")
+    keygen.add_argument(
+        "--out",
+        type=Path,
+        default=Path("pki"),
+        help="output folder (--sites, --ca, --site) or certificate file (--sign)",
+    )
     keygen.add_argument(
         "--server-host",
         action="append",
@@ -99,6 +110,10 @@ def run_command(args: argparse.Namespace, console: Console) -> bool:
 
 
 def _keygen(args: argparse.Namespace, console: Console) -> None:
+    if args.ca or args.site or args.sign or args.roster:
+        for line in keygen_step(args):
+            console.print(line)
+        return
     if args.identity is not None:
         public = keygen_identity(args.identity)
         console.print(f"wrote {args.identity} (mode 0600); roster entry public key: {public}")

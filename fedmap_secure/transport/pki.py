@@ -293,3 +293,110 @@ def _issue(
     )
     _write_secret(files.private_key, _key_pem(key))
     _write_public(files.certificate, cert.public_bytes(serialization.Encoding.PEM))
+
+
+# ----------------------------------------------------------------------------- several machines
+
+
+def generate_ca(
+    out: Path,
+    *,
+    server_hosts: Iterable[str] = ("localhost", "127.0.0.1"),
+    now: datetime.datetime | None = None,
+) -> Deployment:
+    """The coordinator's part: a CA and the server certificate, no site material."""
+    when = now or datetime.datetime.now(datetime.UTC)
+    layout = Deployment(root=out)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = _certificate(subject="fedmap-secure test CA", key=ca_key, issuer=None, now=when)
+    _write_secret(out / "ca.key", _key_pem(ca_key))
+    _write_public(layout.ca, ca_cert.public_bytes(serialization.Encoding.PEM))
+    hosts = list(server_hosts)
+    _issue(
+        layout.server_tls(),
+        subject=hosts[0],
+        issuer=(ca_cert.subject, ca_key),
+        now=when,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        alt_names=[_alt_name(h) for h in hosts],
+    )
+    return layout
+
+
+def site_request(out: Path, site: str) -> bytes:
+    """A site's own part, on its machine: TLS key, identity key (both 0600, never sent) and a
+    certificate request ``site.csr`` (CN = site id). Returns the identity public key."""
+    check_site_id(site)
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(site))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(site)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_secret(out / "site.key", _key_pem(key))
+    identity = create_identity(out / "identity.pem")
+    _write_public(out / "site.csr", request.public_bytes(serialization.Encoding.PEM))
+    return identity.public
+
+
+def sign_request(
+    ca_dir: Path, request_path: Path, out: Path, *, now: datetime.datetime | None = None
+) -> str:
+    """The CA signs a site's request (signature and site id checked); returns the site id."""
+    try:
+        request = x509.load_pem_x509_csr(request_path.read_bytes())
+        ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes())
+        ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the request or the CA in {ca_dir}: {exc}") from None
+    if not request.is_signature_valid:
+        raise ConfigError(f"{request_path}: the request's signature does not verify")
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{ca_dir / 'ca.key'} is not the CA's EC key")
+    names = request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    site = str(names[0].value) if names else ""
+    check_site_id(site)
+    public = request.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise ConfigError(f"{request_path}: the site key must be an EC P-256 key")
+    when = now or datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(site))
+        .issuer_name(ca_cert.subject)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(when - datetime.timedelta(minutes=5))
+        .not_valid_after(when + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(site)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_public(out, cert.public_bytes(serialization.Encoding.PEM))
+    return site
+
+
+def add_to_roster(path: Path, site: str, public_hex: str) -> int:
+    """Add one site's identity public key to ``roster.json`` (created if absent); refuses a
+    changed key. Returns the number of sites on it (a usable roster needs at least two)."""
+    check_site_id(site)
+    try:
+        key = bytes.fromhex(public_hex)
+    except ValueError:
+        raise ConfigError(f"the public key of site {site!r} is not hex") from None
+    if len(key) != 32:
+        raise ConfigError(f"the public key of site {site!r} must be 32 bytes (64 hex digits)")
+    sites: dict[str, str] = {}
+    if path.exists():
+        try:
+            sites = dict(json.loads(path.read_text(encoding="utf-8"))["sites"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"roster {path} is unusable: {exc}") from None
+    if site in sites and sites[site] != key.hex():
+        raise ConfigError(f"{path}: site {site!r} is on the roster with another key")
+    sites[site] = key.hex()
+    document = {"version": ROSTER_VERSION, "sites": sites}
+    _write_public(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    return len(sites)

@@ -131,3 +131,25 @@ def test_keygen_functions(tmp_path: Path) -> None:
     assert pki.load_roster(tmp_path / "c" / "roster.json").sites == ("site-a", "site-b")
     public = keygen_identity(tmp_path / "one.pem")
     assert pki.load_identity(tmp_path / "one.pem").public.hex() == public
+
+
+def test_several_machines_each_site_keeps_its_keys_and_the_ca_signs(tmp_path: Path) -> None:
+    add_to_roster, load_roster = pki.add_to_roster, pki.load_roster
+    layout = pki.generate_ca(tmp_path / "pki")
+    assert layout.server_tls().certificate.is_file()
+    keys = {}
+    for site in ("site-a", "site-b"):
+        home = tmp_path / site
+        keys[site] = pki.site_request(home, site)
+        assert (home / "site.key").stat().st_mode & 0o077 == 0
+        assert (home / "identity.pem").stat().st_mode & 0o077 == 0
+        assert pki.sign_request(tmp_path / "pki", home / "site.csr", home / "site.pem") == site
+        cert = x509.load_pem_x509_certificate((home / "site.pem").read_bytes())
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(layout.ca.read_bytes()))
+        (name,) = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        assert name.value == site
+        add_to_roster(tmp_path / "pki" / "roster.json", site, keys[site].hex())
+    roster = load_roster(tmp_path / "pki" / "roster.json")
+    assert dict(roster.entries) == keys
+    with pytest.raises(ConfigError, match="another key"):
+        add_to_roster(tmp_path / "pki" / "roster.json", "site-a", keys["site-b"].hex())
