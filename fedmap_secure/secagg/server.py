@@ -129,6 +129,7 @@ class ServerSession:
         self._responses: dict[str, UnmaskResponse] = {}
         self._good: dict[tuple[str, str], list[shamir.Share]] = {}
         self._rejected: list[tuple[str, str, str]] = []
+        self._holder_cache: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -250,7 +251,19 @@ class ServerSession:
             self._on_unmask(message)
 
     def _holders(self, owner: str) -> list[str]:
-        return sorted(({owner} | self._graph[owner]) & set(self._ads))
+        """Sorted holders of ``owner``'s secrets among the advertised sites."""
+        return list(self._holder_positions(owner))
+
+    def _holder_positions(self, owner: str) -> dict[str, int]:
+        """Holder -> share index (1-based) for ``owner``, cached once the key stage closed
+        (the advertised set no longer changes), so checking a share is O(1), not O(k)."""
+        cached = self._holder_cache.get(owner)
+        if cached is None:
+            holders = sorted(({owner} | self._graph[owner]) & self._ads.keys())
+            cached = {site: i + 1 for i, site in enumerate(holders)}
+            if self._stage is not ServerStage.COLLECTING_KEYS:
+                self._holder_cache[owner] = cached
+        return cached
 
     # ------------------------------------------------------------------ stage 1: keys
 
@@ -427,8 +440,8 @@ class ServerSession:
             raise RemoteProtocolError(peer, f"{kind} shares are not exactly one per expected owner")
         out = []
         for revealed in shares:
-            holders = self._holders(revealed.owner)
-            if revealed.index != holders.index(peer) + 1:
+            holders = self._holder_positions(revealed.owner)
+            if revealed.index != holders.get(peer):
                 raise RemoteProtocolError(peer, f"{kind} share of {revealed.owner!r}: wrong index")
             share = shamir.Share(index=revealed.index, value=revealed.value)
             try:
@@ -447,38 +460,60 @@ class ServerSession:
             return committed.self_mask_commitment
         return committed.mask_key_commitment
 
-    def _reconstruct(self, owner: str, kind: str) -> bytes:
-        shares = self._good.get((owner, kind), [])
-        try:
-            return shamir.combine(
-                shares, threshold=self._config.t, commitment=self._commitment(owner, kind)
+    def _reconstruct_all(self, needed: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """Rebuild every needed (owner, kind) secret in one batch (``shamir.combine_many``).
+
+        Each secret is interpolated from its ``t`` valid shares with the smallest
+        indices (SPEC 6.5); further valid shares are not interpolated: a dealer
+        whose committed shares disagree could only change its own contribution,
+        and a rebuilt mask key is checked against the advertised key anyway.
+        Too few valid shares of any secret aborts the round, naming it.
+        """
+        t = self._config.t
+        batch = [
+            (
+                sorted(self._good.get(item, []), key=lambda share: share.index)[:t],
+                self._commitment(*item),
             )
+            for item in needed
+        ]
+        names = [f"the {kind} secret of {owner!r}" for owner, kind in needed]
+        try:
+            secrets = shamir.combine_many(batch, threshold=t, names=names)
         except CryptoError as exc:
-            self._abort(f"cannot rebuild the {kind} secret of {owner!r}: {exc}")
+            self._abort(f"cannot rebuild {exc}")
             raise  # unreachable: _abort raises
+        return dict(zip(needed, secrets, strict=True))
 
     def _unmask(self) -> RoundOutput:
-        """Rebuild every needed seed first, then remove all masks in one chunked pass."""
+        """Rebuild every needed seed first (one batch), then remove all masks in one pass."""
         self._need(set(self._responses), "unmask responses")
         session = self._session
         alive = frozenset(self._survivors)
         dropped = frozenset(self._shares) - alive
+        partners = {
+            gone: [s for s in self._survivors if gone in self._delivered[s]]
+            for gone in sorted(dropped)
+        }
+        needed = [(site, SELF_MASK) for site in self._survivors]
+        needed += [(gone, MASK_KEY) for gone, sites in partners.items() if sites]
+        secrets = self._reconstruct_all(needed)
         terms: list[MaskTerm] = [
-            self_mask_term(self._reconstruct(site, SELF_MASK), session=session, site=site, sign=-1)
+            self_mask_term(secrets[(site, SELF_MASK)], session=session, site=site, sign=-1)
             for site in self._survivors
         ]
-        for gone in sorted(dropped):
-            terms.extend(self._orphaned_masks(gone))
+        for gone, sites in partners.items():
+            if sites:
+                terms.extend(self._orphaned_masks(gone, secrets[(gone, MASK_KEY)], sites))
         self._sum.add_masks(terms)
         return RoundOutput(total=self._sum.value(), contributors=alive, dropped=dropped)
 
-    def _orphaned_masks(self, gone: str) -> list[MaskTerm]:
-        """Terms cancelling the pairwise masks survivors share with the dropped site ``gone``."""
+    def _orphaned_masks(
+        self, gone: str, mask_key: bytes, partners: Sequence[str]
+    ) -> list[MaskTerm]:
+        """Terms cancelling the pairwise masks ``partners`` (survivors) share with ``gone``."""
         session = self._session
-        partners = sorted(s for s in self._survivors if gone in self._delivered[s])
-        if not partners:
-            return []
-        keys = AgreementKeyPair.from_private_bytes(self._reconstruct(gone, MASK_KEY))
+        keys = AgreementKeyPair.from_private_bytes(mask_key)
         if keys.public != self._ads[gone].mask_public:
             self._abort(f"rebuilt mask key of {gone!r} does not match its advertised key")
         terms = []
