@@ -232,6 +232,7 @@ def _simulate_grpc(
     overrides: dict[str, Any] = {
         "dropout_fraction": config.secagg.dropout_fraction,
         "corrupt_fraction": config.secagg.corrupt_fraction,
+        "max_colluding_sites": config.secagg.max_colluding_sites,
     }
     if config.client_dp.enabled:  # its noise needs the configured ring (default 64 bits)
         overrides["bits"] = config.secagg.bits

@@ -23,6 +23,7 @@ server.toml::
     roster = "pki/roster.json"
     dropout_fraction = 0.1
     corrupt_fraction = 0.1
+    max_colluding_sites = 1         # optional: c_max as an integer (needed if 0.1 n < 1)
     bits = 64                       # optional
     [timeouts]                      # optional, seconds
     join = 600.0                    # first stage: covers the sites' local training
@@ -154,6 +155,10 @@ class _Table:
         value: int = self._take(key, (int,), default)
         return value
 
+    def optional_integer(self, key: str) -> int | None:
+        value: int | None = self._take(key, (int,), None)
+        return value
+
     def flag(self, key: str) -> bool:
         value: bool = self._take(key, (bool,), False)
         return value
@@ -217,6 +222,7 @@ def _consortium(source: Path, content: object) -> ConsortiumConfig:
             dropout_fraction=table.number("dropout_fraction"),
             corrupt_fraction=table.number("corrupt_fraction"),
             bits=table.integer("bits", 64),
+            max_colluding_sites=table.optional_integer("max_colluding_sites"),
         )
         if seed_hex is not None:
             secagg = replace(secagg, graph_seed=bytes.fromhex(seed_hex))
