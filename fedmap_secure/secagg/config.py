@@ -373,6 +373,27 @@ def neighbourhood_bounds(
     return min(c, n_corrupt), min(d, n_dropped)
 
 
+def disconnection_log2_bound(*, n: int, k: int, removed: int) -> float:
+    """log2 of an upper bound on P[the sites left after removing ``removed`` are disconnected].
+
+    Bell et al. (CCS 2020, section 3) also need the graph of honest survivors to
+    stay connected; otherwise the server learns the partial sum of each
+    component. On the Harary graph H_{k,n} over a uniformly random ordering, the
+    remaining sites are connected unless two disjoint runs of k/2 consecutive
+    positions are all removed (one long gap still leaves a path around the
+    ring). With r removed sites at uniformly random positions, a given set of k
+    positions is all removed with probability (r)_k / (n)_k, and there are fewer
+    than n^2 pairs of run starts: P <= n^2 (r)_k / (n)_k, and P = 0 if k > r.
+    Returns -inf for the complete graph and whenever the bound is 0.
+    """
+    if k == n - 1 or k > removed:
+        return -math.inf
+    log_p = 2 * math.log2(n)
+    for i in range(k):
+        log_p += math.log2(removed - i) - math.log2(n - i)
+    return log_p
+
+
 def check_threat_model(
     *,
     n: int,
@@ -410,6 +431,15 @@ def check_threat_model(
     if h - d < t:
         raise ConfigError(
             f"t={t} is not live: up to d={d} of the h={h} holders may drop, leaving {h - d} < t"
+        )
+    removed = max_colluding(n, corrupt_fraction, max_colluding_sites) + math.floor(
+        dropout_fraction * n
+    )
+    if disconnection_log2_bound(n=n, k=k, removed=removed) > -security_parameter:
+        raise ConfigError(
+            f"k={k} is not private: the honest survivors' graph may split (probability "
+            f"above 2^-{security_parameter} with {removed} corrupt or dropped sites), which "
+            "would reveal partial sums; raise k"
         )
     quorum = consistency_quorum(
         n=n, t=t, corrupt_fraction=corrupt_fraction, max_colluding_sites=max_colluding_sites
