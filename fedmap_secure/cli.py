@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
+import fedmap_secure.process_clock  # noqa: F401  (early: the process start where /proc is absent)
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.config.privacy import ClientDpMechanism, OmegaRelease, PrivacyConfig
 from fedmap_secure.config.schema import Method, PriorForm, SimulationConfig

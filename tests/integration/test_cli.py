@@ -51,6 +51,7 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
         "seed",
         "privacy",
         "wall_seconds",
+        "process_wall_seconds",
         "sites",
         "mean_personalised_accuracy",
         "worst_site_personalised_accuracy",
@@ -58,6 +59,7 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
     ):
         assert key in summary
     assert summary["method"] == method
+    assert summary["process_wall_seconds"] >= summary["wall_seconds"]
     assert summary["rounds"] == 2
     assert summary["seed"] == 3
     dp = summary["privacy"]["differential_privacy"]
