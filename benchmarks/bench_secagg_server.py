@@ -37,9 +37,8 @@ TARGETS = {(100, 10**6): 1.0, (1000, 10**4): 10.0, (1000, 10**6): 60.0}
 Json = dict[str, Any]
 
 
-def run_cell(tree: Path, n: int, m: int, model: str, drop: float) -> Json:
+def run_cell(tree: Path, n: int, m: int, model: str, drop: float, method: str) -> Json:
     delta, gamma, bits = MODELS[model]
-    method = "round" if n <= 100 else "components"
     command = [sys.executable, str(HERE / "secagg_server_cells.py"), "--n", str(n)]
     command += ["--m", str(m), "--delta", str(delta), "--gamma", str(gamma)]
     command += ["--bits", str(bits), "--drop", str(drop), "--method", method]
@@ -90,12 +89,15 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[tuple[Json, Json | None]] = []
     for n, m in cells:
         for model in args.models.split(","):
+            method = (
+                args.method if args.method != "auto" else ("round" if n <= 100 else "components")
+            )
             old = None
-            if args.baseline and not (args.skip_baseline_over and n > args.skip_baseline_over):
-                old = run_cell(args.baseline.resolve(), n, m, model, args.drop)
-            new = run_cell(ROOT, n, m, model, args.drop)
+            if args.baseline:
+                old = run_cell(args.baseline.resolve(), n, m, model, args.drop, method)
+            new = run_cell(ROOT, n, m, model, args.drop, method)
             rows.append((new, old))
-    out = HERE / "results" / "secagg_server.json"
+    out = HERE / "results" / f"secagg_server{'' if args.cells == 'all' else '_' + args.method}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps([{"this": a, "baseline": b} for a, b in rows], indent=1) + "\n")
     print(table(rows))
