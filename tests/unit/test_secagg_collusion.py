@@ -71,3 +71,13 @@ def test_the_run_config_states_the_integer() -> None:
     assert config.secagg.max_colluding_sites == 1
     with pytest.raises(ConfigError, match="max_colluding_sites"):
         parse_config("[secagg]\nmax_colluding_sites = -1\n")
+
+
+def test_site_records_keep_a_stated_c_max() -> None:
+    from fedmap_secure.transcript.records import _config_json, _parse_config
+
+    stated = SecAggConfig(n=10, k=9, t=6, corrupt_fraction=0.1, max_colluding_sites=1)
+    implicit = SecAggConfig(n=10, k=9, t=6, corrupt_fraction=0.1)
+    assert _parse_config(_config_json(stated)) == stated
+    assert _parse_config(_config_json(implicit)) == implicit
+    assert "max_colluding_sites" not in _config_json(implicit)
