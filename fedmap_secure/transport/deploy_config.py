@@ -68,6 +68,7 @@ derives another setup id and refuses every round.
 from __future__ import annotations
 
 import json
+import logging
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -82,6 +83,8 @@ from fedmap_secure.transport.client_dp_pin import PinnedClientDp
 from fedmap_secure.transport.pki import TlsFiles, load_roster
 from fedmap_secure.transport.security import Insecure, MutualTls
 from fedmap_secure.transport.server import ServerSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,6 +232,7 @@ def _consortium(source: Path, content: object) -> ConsortiumConfig:
     except ValueError:
         raise ConfigError(f"{source}: consortium.graph_seed must be 64 hex digits") from None
     table.done()
+    log.info("%s: secure aggregation %s", source, secagg.summary())
     return ConsortiumConfig(roster=roster, secagg=secagg)
 
 
