@@ -122,6 +122,33 @@ def measure_round(n: int, m: int, drop: float, config: SecAggConfig) -> Json:
     return {"method": "round", "server_s": sum(server_s.values()), "server_parts_s": server_s}
 
 
+def measure_sessions(n: int, m: int, drop: float, config: SecAggConfig) -> Json:
+    """Memory of one round's n client sessions and the server session, as built in-process."""
+    import tracemalloc
+
+    sites = [f"s{i:04d}" for i in range(n)]
+    keys = {s: IdentityKey.generate() for s in sites}
+    roster = Roster.from_mapping({s: k.public for s, k in keys.items()})
+    common = {"roster": roster, "config": config, "layout": _layout(m), "round_index": 0}
+    tracemalloc.start()
+    start = time.process_time()
+    server = ServerSession(**common, context=b"model")  # type: ignore[arg-type]
+    clients = [
+        ClientSession(site_id=s, identity=keys[s], **common, context=b"model")  # type: ignore[arg-type]
+        for s in sites
+    ]
+    seconds = time.process_time() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    del clients, server
+    return {
+        "method": "sessions",
+        "server_s": seconds,
+        "server_parts_s": {"build n client sessions and the server (CPU s)": seconds},
+        "sessions_traced_peak_mb": peak / 2**20,
+    }
+
+
 def _best(action: Callable[[], object], repeat: int = 3) -> float:
     best = math.inf
     for _ in range(repeat):
@@ -249,10 +276,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gamma", type=float, required=True, help="declared corrupt_fraction")
     parser.add_argument("--bits", type=int, required=True)
     parser.add_argument("--drop", type=float, default=0.1, help="sites that actually drop")
-    parser.add_argument("--method", choices=["round", "components"], required=True)
+    parser.add_argument("--method", choices=["round", "components", "sessions"], required=True)
     args = parser.parse_args(argv)
     config = config_for(args.n, args.delta, args.gamma, args.bits)
-    run = measure_round if args.method == "round" else measure_components
+    run = {"round": measure_round, "components": measure_components}.get(
+        args.method, measure_sessions
+    )
     result = run(args.n, args.m, args.drop, config)
     result.update(
         n=args.n,

@@ -53,6 +53,7 @@ import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import VectorLayout
@@ -110,21 +111,30 @@ class Roster:
     def from_mapping(cls, keys: Mapping[str, bytes]) -> Roster:
         return cls(tuple(keys.items()))
 
-    @property
+    @cached_property
     def sites(self) -> tuple[str, ...]:
         """Site ids in sorted order."""
         return tuple(site for site, _ in self.entries)
 
+    @cached_property
+    def _keys(self) -> dict[str, bytes]:
+        return dict(self.entries)
+
     def __contains__(self, site: object) -> bool:
-        return any(site == s for s, _ in self.entries)
+        return isinstance(site, str) and site in self._keys
 
     def public_key(self, site: str) -> bytes:
-        for s, key in self.entries:
-            if s == site:
-                return key
-        raise ConfigError(f"site {site!r} is not on the roster")
+        key = self._keys.get(site) if isinstance(site, str) else None
+        if key is None:
+            raise ConfigError(f"site {site!r} is not on the roster")
+        return key
 
     def digest(self) -> bytes:
+        """``roster_digest`` (SPEC section 3), computed once per roster (it is immutable)."""
+        return self._digest
+
+    @cached_property
+    def _digest(self) -> bytes:
         parts = [part for site, key in self.entries for part in (encode_str(site), key)]
         return setup_digest(b"roster", *parts)
 
