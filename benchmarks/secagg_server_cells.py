@@ -169,9 +169,10 @@ def _shamir_seconds(
 
     Owners are sampled among the sites; each owner's holders are its graph neighbourhood
     (sorted, all advertised), the answering holders are the survivors among them, and
-    the secret is split for real with (t, h). ``combine_many`` present: the batched call
-    on the t valid shares with the smallest indices (this branch's server); otherwise
-    ``combine`` per secret on every valid share (main's server).
+    the secret is split for real with (t, h). ``combine_checked`` present: the batched call
+    on the t valid shares with the smallest indices (this branch's server: the shares were
+    checked against their commitments on arrival, counted under share checks); otherwise
+    ``combine`` per secret on every valid share (main's server, which checks them again).
     """
     t = config.t
     batch = []
@@ -180,9 +181,9 @@ def _shamir_seconds(
         shares, commitment = shamir.split(os.urandom(32), threshold=t, n_shares=len(holders))
         good = [sh for sh, h in zip(shares, holders, strict=True) if h not in dropped]
         batch.append((good, commitment))
-    if hasattr(shamir, "combine_many"):
-        trimmed = [(good[:t], commitment) for good, commitment in batch]
-        seconds = _best(lambda: shamir.combine_many(trimmed, threshold=t), repeat=1)
+    if hasattr(shamir, "combine_checked"):  # shares were checked on arrival (share checks)
+        checked = [good[:t] for good, _ in batch]
+        seconds = _best(lambda: shamir.combine_checked(checked, threshold=t), repeat=1)
     else:
         seconds = _best(
             lambda: [shamir.combine(g, threshold=t, commitment=c) for g, c in batch], repeat=1
@@ -244,7 +245,7 @@ def measure_components(n: int, m: int, drop: float, config: SecAggConfig) -> Jso
     shares, commitment = shamir.split(os.urandom(32), threshold=min(t, 8), n_shares=k + 1)
     share_ok = _per_call(lambda: shamir.share_ok(shares[0], commitment=commitment, n_shares=k + 1))
     parts[f"share checks {revealed} (computed)"] = revealed * share_ok
-    cached = hasattr(shamir, "combine_many")  # the holder cache came with the batched server
+    cached = hasattr(shamir, "combine_checked")  # the holder cache came with the batched server
     parts[f"holder lookups {revealed} (computed)"] = revealed * _holder_lookup_seconds(
         graph, sites, cached
     )

@@ -180,21 +180,62 @@ def combine_many(
     any machine word, so the products are exact big-integer products, reduced
     mod p once per secret). Each coefficient row costs O(t |M|) small-integer
     products instead of O(t^2) field products, with M the indices missing from
-    1..max(S) (``_lagrange_weights``). The sequence of operations depends only
+    1..max(S) (``_lagrange_at_zero``). The sequence of operations depends only
     on the public indices, never on the share values.
     """
+    labels = _labels(batch, threshold, names)
+    point_lists = []
+    for label, (shares, commitment) in zip(labels, batch, strict=True):
+        try:
+            point_lists.append(_good_points(shares, threshold=threshold, commitment=commitment))
+        except CryptoError as exc:
+            raise CryptoError(f"{label}: {exc}") from None
+    return _interpolate_batch(labels, point_lists, threshold)
+
+
+def combine_checked(
+    batch: Sequence[Sequence[Share]], *, threshold: int, names: Sequence[str] | None = None
+) -> list[bytes]:
+    """``combine_many`` for shares the caller has already checked with ``share_ok``.
+
+    The SecAgg server checks every revealed share against its dealer's
+    commitment when it arrives (and keeps only those that pass); hashing them
+    again here would double the cost of the unmask stage's share handling.
+    Duplicate indices and fewer than ``threshold`` shares still raise
+    ``CryptoError`` (prefixed by the secret's name); the result for checked
+    shares is exactly ``combine``'s.
+    """
+    labels = _labels(batch, threshold, names)
+    point_lists = []
+    for label, shares in zip(labels, batch, strict=True):
+        try:
+            _reject_duplicates(shares)
+        except CryptoError as exc:
+            raise CryptoError(f"{label}: {exc}") from None
+        if len(shares) < threshold:
+            raise CryptoError(f"{label}: only {len(shares)} valid shares, need {threshold}")
+        ordered = sorted(shares, key=lambda share: share.index)
+        point_lists.append([(share.index, share.y) for share in ordered])
+    return _interpolate_batch(labels, point_lists, threshold)
+
+
+def _labels(batch: Sequence[object], threshold: int, names: Sequence[str] | None) -> list[str]:
     if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
         raise ValueError(f"threshold must be >= 1, got {threshold!r}")
     labels = [f"secret {j}" for j in range(len(batch))] if names is None else list(names)
     if len(labels) != len(batch):
         raise ValueError("names must name every secret of the batch")
+    return labels
+
+
+def _interpolate_batch(
+    labels: Sequence[str], point_lists: Sequence[Sequence[tuple[int, int]]], threshold: int
+) -> list[bytes]:
+    """f(0) of every secret from its ``threshold`` first points (sorted by index); further
+    points must lie on the same polynomial. One coefficient row per index set."""
     rows: dict[tuple[int, ...], list[int]] = {}
     selected: list[tuple[tuple[int, ...], list[int]]] = []
-    for label, (shares, commitment) in zip(labels, batch, strict=True):
-        try:
-            points = _good_points(shares, threshold=threshold, commitment=commitment)
-        except CryptoError as exc:
-            raise CryptoError(f"{label}: {exc}") from None
+    for label, points in zip(labels, point_lists, strict=True):
         xs = tuple(x for x, _ in points[:threshold])
         ys = [y for _, y in points[:threshold]]
         if len(points) > threshold:
@@ -205,7 +246,6 @@ def combine_many(
         if xs not in rows:
             rows[xs] = _lagrange_at_zero(xs)
         selected.append((xs, ys))
-    secrets: list[bytes] = []
     by_row: dict[tuple[int, ...], list[int]] = {}
     for j, (xs, _) in enumerate(selected):
         by_row.setdefault(xs, []).append(j)
@@ -215,6 +255,7 @@ def combine_many(
         lam = np.array(rows[xs], dtype=object)
         for j, value in zip(members, ys_matrix.dot(lam), strict=True):
             values[j] = int(value) % FIELD_PRIME
+    secrets: list[bytes] = []
     for j, label in enumerate(labels):
         try:
             secrets.append(_decode_secret(values[j]))

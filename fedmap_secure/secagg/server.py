@@ -461,7 +461,7 @@ class ServerSession:
         return committed.mask_key_commitment
 
     def _reconstruct_all(self, needed: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
-        """Rebuild every needed (owner, kind) secret in one batch (``shamir.combine_many``).
+        """Rebuild every needed (owner, kind) secret in one batch (``shamir.combine_checked``).
 
         Each secret is interpolated from its ``t`` valid shares with the smallest
         indices (SPEC 6.5); further valid shares are not interpolated: a dealer
@@ -471,15 +471,11 @@ class ServerSession:
         """
         t = self._config.t
         batch = [
-            (
-                sorted(self._good.get(item, []), key=lambda share: share.index)[:t],
-                self._commitment(*item),
-            )
-            for item in needed
+            sorted(self._good.get(item, []), key=lambda share: share.index)[:t] for item in needed
         ]
         names = [f"the {kind} secret of {owner!r}" for owner, kind in needed]
-        try:
-            secrets = shamir.combine_many(batch, threshold=t, names=names)
+        try:  # every share in _good passed share_ok against its dealer's commitment on arrival
+            secrets = shamir.combine_checked(batch, threshold=t, names=names)
         except CryptoError as exc:
             self._abort(f"cannot rebuild {exc}")
             raise  # unreachable: _abort raises

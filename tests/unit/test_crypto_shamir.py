@@ -13,6 +13,7 @@ from fedmap_secure.crypto.shamir import (
     Share,
     _lagrange_at_zero,
     combine,
+    combine_checked,
     combine_many,
     share_ok,
     split,
@@ -248,3 +249,14 @@ def test_combine_many_detects_an_inconsistent_dealer_like_combine() -> None:
     mixed = commitment_a[:64] + commitment_b[64:]
     with pytest.raises(CryptoError, match="dealer x: share 3 is committed but inconsistent"):
         combine_many([([first[0], first[1], second[2]], mixed)], threshold=2, names=["dealer x"])
+
+
+def test_combine_checked_equals_combine_on_checked_shares() -> None:
+    shares, commitment = _split(threshold=3, n_shares=6)
+    subsets = [subset for size in (3, 4, 6) for subset in itertools.combinations(shares, size)]
+    expected = [combine(s, threshold=3, commitment=commitment) for s in subsets]
+    assert combine_checked(subsets, threshold=3) == expected
+    with pytest.raises(CryptoError, match=r"owner: only 2 valid shares, need 3"):
+        combine_checked([shares[:2]], threshold=3, names=["owner"])
+    with pytest.raises(CryptoError, match=r"duplicate share indices: \[1\]"):
+        combine_checked([(shares[0], shares[0], shares[1])], threshold=2)
