@@ -147,6 +147,7 @@ def test_simulate_refuses_to_mix_transcripts_of_two_runs(
 ) -> None:
     out, _ = secure_run
     argv = ["simulate", "--dataset", "tiny", "--rounds", "1", "--no-dp", "--out", str(out)]
+    argv += ["--config", str(tiny_config(tmp_path / "c.toml"))]
     assert _main(argv)[0] == 2
     assert "earlier run's transcripts" in capsys.readouterr().err
 
