@@ -68,6 +68,7 @@ from fedmap_secure.secagg.messages import (
     RevealedShare,
     ServerMessage,
     ShareDelivery,
+    ShareEnvelope,
     ShareKeys,
     SurvivorSignature,
     UnmaskRequest,
@@ -130,6 +131,9 @@ class ServerSession:
         self._good: dict[tuple[str, str], list[shamir.Share]] = {}
         self._rejected: list[tuple[str, str, str]] = []
         self._holder_cache: dict[str, dict[str, int]] = {}
+        self._key_owner: dict[bytes, str] = {}
+        self._survivor_set: frozenset[str] = frozenset()
+        self._payload: bytes | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -274,13 +278,12 @@ class ServerSession:
             ad, roster=self._roster, setup=self._setup, round_index=self.round_index
         )
         check_public_keys(ad)
-        for other in self._ads.values():
-            if {ad.mask_public, ad.encryption_public} & {
-                other.mask_public,
-                other.encryption_public,
-            }:
-                raise RemoteProtocolError(ad.sender, f"reuses public keys of {other.sender!r}")
+        for key in (ad.mask_public, ad.encryption_public):  # O(1) per key, not O(n) per site
+            other = self._key_owner.get(key)
+            if other is not None:
+                raise RemoteProtocolError(ad.sender, f"reuses public keys of {other!r}")
         self._ads[ad.sender] = ad
+        self._key_owner[ad.mask_public] = self._key_owner[ad.encryption_public] = ad.sender
 
     def _close_keys(self) -> dict[str, ServerMessage]:
         self._need(self._ads.keys() - self._excluded, "sites advertised keys")
@@ -320,14 +323,14 @@ class ServerSession:
             del self._shares[site]  # excluded before the stage closed: not part of U2
         senders = sorted(self._shares)
         self._need(senders, "sites shared keys")
+        inbox: dict[str, list[ShareEnvelope]] = {receiver: [] for receiver in senders}
+        for sender in senders:  # one pass over all envelopes (O(n k), not O(n^2 k))
+            for e in self._shares[sender].envelopes:
+                if e.receiver in inbox:
+                    inbox[e.receiver].append(e)
         out: dict[str, ServerMessage] = {}
         for receiver in senders:
-            envelopes = tuple(
-                e
-                for sender in senders
-                for e in self._shares[sender].envelopes
-                if e.receiver == receiver
-            )
+            envelopes = tuple(inbox[receiver])  # in sender order, as before
             self._delivered[receiver] = frozenset(e.sender for e in envelopes)
             out[receiver] = ShareDelivery(
                 version=PROTOCOL_VERSION,
@@ -358,6 +361,7 @@ class ServerSession:
     def _close_inputs(self) -> dict[str, ServerMessage]:
         self._need(self._survivors, "masked inputs", threshold=self._config.quorum)
         self._survivors = tuple(sorted(self._survivors))
+        self._survivor_set = frozenset(self._survivors)
         request = ConsistencyRequest(
             version=PROTOCOL_VERSION,
             session_id=self._session,
@@ -371,14 +375,16 @@ class ServerSession:
 
     def _on_signature(self, message: ConsistencySignature) -> None:
         peer = message.sender
-        if peer not in self._survivors or peer in self._signatures:
+        if peer not in self._survivor_set or peer in self._signatures:
             raise RemoteProtocolError(peer, "consistency signature from a site not expected")
-        payload = encoding.consistency_payload(
-            session=self._session,
-            round_index=self.round_index,
-            survivors=self._survivors,
-            context_hash=self._context_hash,
-        )
+        if self._payload is None:  # the same O(n) bytes for every signer: encode once
+            self._payload = encoding.consistency_payload(
+                session=self._session,
+                round_index=self.round_index,
+                survivors=self._survivors,
+                context_hash=self._context_hash,
+            )
+        payload = self._payload
         try:
             verify(
                 self._roster.public_key(peer), payload, message.signature, label=LABEL_CONSISTENCY
@@ -416,7 +422,7 @@ class ServerSession:
         if peer not in self._signatures or peer in self._responses:
             raise RemoteProtocolError(peer, "unmask response from a site not expected")
         owners = self._delivered[peer] | {peer}
-        alive = set(self._survivors)
+        alive = self._survivor_set
         checked = [
             *self._check_shares(peer, message.self_mask_shares, owners & alive, SELF_MASK),
             *self._check_shares(peer, message.mask_key_shares, owners - alive, MASK_KEY),
