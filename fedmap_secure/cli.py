@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
+import fedmap_secure.process_clock  # noqa: F401  (early: the process start where /proc is absent)
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.config.privacy import ClientDpMechanism, OmegaRelease, PrivacyConfig
 from fedmap_secure.config.schema import Method, PriorForm, SimulationConfig
@@ -232,6 +233,7 @@ def _simulate_grpc(
     overrides: dict[str, Any] = {
         "dropout_fraction": config.secagg.dropout_fraction,
         "corrupt_fraction": config.secagg.corrupt_fraction,
+        "max_colluding_sites": config.secagg.max_colluding_sites,
     }
     if config.client_dp.enabled:  # its noise needs the configured ring (default 64 bits)
         overrides["bits"] = config.secagg.bits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from rich.console import Console
 
@@ -10,6 +11,16 @@ from fedmap_secure.cli import main
 from fedmap_secure.data.types import FederatedDataset
 from fedmap_secure.errors import DataError
 from tests.synthetic import tiny_dataset
+
+TINY_SECAGG = "[secagg]\nmax_colluding_sites = 0\n"
+"""``tiny`` has 3 training sites: the default corrupt_fraction 0.25 rounds down to 0
+colluders there, which is refused unless stated (issue 15); these tests state it."""
+
+
+def tiny_config(path: Path, text: str = "") -> Path:
+    """Write ``text`` plus ``TINY_SECAGG`` to ``path`` (a run config for ``--config``)."""
+    path.write_text(text + TINY_SECAGG)
+    return path
 
 
 def tiny_loader(spec: str, label_column: str | None, seed: int) -> FederatedDataset:

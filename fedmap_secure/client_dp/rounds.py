@@ -73,7 +73,7 @@ def ring_spec(encoding: RingEncoding, length: int) -> RingSpec:
 
 def noise_shares(secagg: SecAggConfig) -> int:
     """Honest noise shares in the worst completed round: t survivors minus the declared corrupt."""
-    return secagg.t - math.floor(secagg.corrupt_fraction * secagg.n)
+    return secagg.t - secagg.c_max
 
 
 class ClientDpRoundEncoder:

@@ -106,7 +106,10 @@ class SecAggSettings:
     """Secure aggregation among the training-tier sites (``[secagg]``).
 
     n is the number of training-tier sites; k and t come from
-    ``secagg.config.derive_parameters`` for the declared fractions.
+    ``secagg.config.derive_parameters`` for the declared threat model.
+    ``max_colluding_sites`` (absent: ``floor(corrupt_fraction * n)``) states
+    c_max as an integer; a positive fraction that rounds down to 0 is refused
+    without it (``secagg.config.max_colluding``).
     """
 
     enabled: bool = True
@@ -114,6 +117,7 @@ class SecAggSettings:
     corrupt_fraction: float = 0.25
     bits: int = 64
     security_parameter: int = 40
+    max_colluding_sites: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("dropout_fraction", "corrupt_fraction"):
@@ -122,6 +126,9 @@ class SecAggSettings:
                 raise ConfigError(f"secagg.{name} must be in [0, 1), got {value!r}")
         if not 16 <= self.bits <= 64:
             raise ConfigError(f"secagg.bits must be in [16, 64], got {self.bits}")
+        c = self.max_colluding_sites
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 0):
+            raise ConfigError(f"secagg.max_colluding_sites must be an int >= 0, got {c!r}")
 
 
 class ClientDpMechanism(enum.Enum):

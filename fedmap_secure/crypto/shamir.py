@@ -41,10 +41,14 @@ to reconstruct (the protocol layer decides which secret may be revealed).
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
 
 from fedmap_secure.crypto import _primitives
 from fedmap_secure.crypto.hashing import digest, encode_uint
@@ -154,6 +158,174 @@ def combine(shares: Sequence[Share], *, threshold: int, commitment: bytes) -> by
         if interpolator.at(x) != y:
             raise CryptoError(f"share {x} is committed but inconsistent with the others")
     return _decode_secret(interpolator.at(0))
+
+
+def combine_many(
+    batch: Sequence[tuple[Sequence[Share], bytes]],
+    *,
+    threshold: int,
+    names: Sequence[str] | None = None,
+) -> list[bytes]:
+    """``combine`` for many secrets at once: the same checks, results and errors, batched.
+
+    ``batch[j] = (shares, commitment)`` of secret j; returns the secrets in order.
+    A ``CryptoError`` for secret j is prefixed by ``names[j]`` (default ``"secret j"``).
+
+    Every secret is interpolated from its ``threshold`` valid shares with the
+    smallest indices, exactly as ``combine`` does, so the results are identical.
+    The Lagrange coefficients at 0 depend only on those indices S (public), not
+    on the shares: secrets with the same S share one coefficient row, computed
+    once, and every secret is then one row of the product Y @ lambda over
+    GF(p) (numpy object arrays of Python integers: p = 2^521 - 1 is wider than
+    any machine word, so the products are exact big-integer products, reduced
+    mod p once per secret). Each coefficient row costs O(t |M|) small-integer
+    products instead of O(t^2) field products, with M the indices missing from
+    1..max(S) (``_lagrange_at_zero``). The sequence of operations depends only
+    on the public indices, never on the share values.
+    """
+    labels = _labels(batch, threshold, names)
+    point_lists = []
+    for label, (shares, commitment) in zip(labels, batch, strict=True):
+        try:
+            point_lists.append(_good_points(shares, threshold=threshold, commitment=commitment))
+        except CryptoError as exc:
+            raise CryptoError(f"{label}: {exc}") from None
+    return _interpolate_batch(labels, point_lists, threshold)
+
+
+def combine_checked(
+    batch: Sequence[Sequence[Share]], *, threshold: int, names: Sequence[str] | None = None
+) -> list[bytes]:
+    """``combine_many`` for shares the caller has already checked with ``share_ok``.
+
+    The SecAgg server checks every revealed share against its dealer's
+    commitment when it arrives (and keeps only those that pass); hashing them
+    again here would double the cost of the unmask stage's share handling.
+    Duplicate indices and fewer than ``threshold`` shares still raise
+    ``CryptoError`` (prefixed by the secret's name); the result for checked
+    shares is exactly ``combine``'s.
+    """
+    labels = _labels(batch, threshold, names)
+    point_lists = []
+    for label, shares in zip(labels, batch, strict=True):
+        try:
+            _reject_duplicates(shares)
+        except CryptoError as exc:
+            raise CryptoError(f"{label}: {exc}") from None
+        if len(shares) < threshold:
+            raise CryptoError(f"{label}: only {len(shares)} valid shares, need {threshold}")
+        ordered = sorted(shares, key=lambda share: share.index)
+        point_lists.append([(share.index, share.y) for share in ordered])
+    return _interpolate_batch(labels, point_lists, threshold)
+
+
+def _labels(batch: Sequence[object], threshold: int, names: Sequence[str] | None) -> list[str]:
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+        raise ValueError(f"threshold must be >= 1, got {threshold!r}")
+    labels = [f"secret {j}" for j in range(len(batch))] if names is None else list(names)
+    if len(labels) != len(batch):
+        raise ValueError("names must name every secret of the batch")
+    return labels
+
+
+def _interpolate_batch(
+    labels: Sequence[str], point_lists: Sequence[Sequence[tuple[int, int]]], threshold: int
+) -> list[bytes]:
+    """f(0) of every secret from its ``threshold`` first points (sorted by index); further
+    points must lie on the same polynomial. One coefficient row per index set."""
+    rows: dict[tuple[int, ...], list[int]] = {}
+    selected: list[tuple[tuple[int, ...], list[int]]] = []
+    for label, points in zip(labels, point_lists, strict=True):
+        xs = tuple(x for x, _ in points[:threshold])
+        ys = [y for _, y in points[:threshold]]
+        if len(points) > threshold:
+            interpolator = _Interpolator(points[:threshold], max_x=points[-1][0])
+            for x, y in points[threshold:]:
+                if interpolator.at(x) != y:
+                    raise CryptoError(f"{label}: share {x} is committed but inconsistent")
+        if xs not in rows:
+            rows[xs] = _lagrange_at_zero(xs)
+        selected.append((xs, ys))
+    by_row: dict[tuple[int, ...], list[int]] = {}
+    for j, (xs, _) in enumerate(selected):
+        by_row.setdefault(xs, []).append(j)
+    values: dict[int, int] = {}
+    for xs, members in by_row.items():
+        ys_matrix = np.array([selected[j][1] for j in members], dtype=object)
+        lam = np.array(rows[xs], dtype=object)
+        for j, value in zip(members, ys_matrix.dot(lam), strict=True):
+            values[j] = int(value) % FIELD_PRIME
+    secrets: list[bytes] = []
+    for j, label in enumerate(labels):
+        try:
+            secrets.append(_decode_secret(values[j]))
+        except CryptoError as exc:
+            raise CryptoError(f"{label}: {exc}") from None
+    return secrets
+
+
+def _good_points(
+    shares: Sequence[Share], *, threshold: int, commitment: bytes
+) -> list[tuple[int, int]]:
+    """The (index, y) of the shares that match ``commitment``, sorted; ``combine``'s checks."""
+    if len(commitment) % COMMITMENT_ENTRY_SIZE or not commitment:
+        raise CryptoError("share commitment is not a non-empty multiple of 32 bytes")
+    n_shares = len(commitment) // COMMITMENT_ENTRY_SIZE
+    _check_commitment(commitment, n_shares)
+    if threshold > n_shares:
+        raise CryptoError(f"threshold {threshold} exceeds the {n_shares} committed shares")
+    _reject_duplicates(shares)
+    ordered = sorted(shares, key=lambda share: share.index)
+    good = [share for share in ordered if _matches(share, commitment, n_shares)]
+    if len(good) < threshold:
+        good_indices = {share.index for share in good}
+        bad = [share.index for share in ordered if share.index not in good_indices]
+        raise CryptoError(
+            f"only {len(good)} valid shares, need {threshold}; bad share indices: {bad}"
+        )
+    return [(share.index, share.y) for share in good]
+
+
+def _lagrange_at_zero(xs: Sequence[int]) -> list[int]:
+    """lambda_i = prod_{j != i} x_j / (x_j - x_i) mod p for sorted distinct indices ``xs``.
+
+    With N = max(xs) and M = {1..N} minus xs (the missing indices), the
+    products over xs are those over 1..N divided by those over M:
+
+        prod_{j in xs} x_j            = N! / prod_{m in M} m
+        prod_{j in xs, j != i} (x_j - x_i) = (-1)^(i-1) (i-1)! (N-i)! / prod_{m in M} (m - i)
+
+    so lambda_i = (-1)^(i-1) * (N! / prod M) * prod_{m in M}(m - i) / (i! (N-i)!)
+    = (-1)^(i-1) * C(N, i) * prod_{m in M}(m - i) / prod M  (mod p), using one table of
+    factorials and inverse factorials mod p (one modular inversion per table size).
+    Every factor is a non-zero integer below 2^16 < p, so nothing divides by zero.
+    """
+    top = xs[-1]
+    present = set(xs)
+    missing = [m for m in range(1, top + 1) if m not in present]
+    fact, inv_fact = _factorials(top)
+    inv_missing = pow(math.prod(missing), -1, FIELD_PRIME) if missing else 1
+    base = fact[top] * inv_missing % FIELD_PRIME
+    row = []
+    for i in xs:
+        numerator = math.prod(m - i for m in missing) if missing else 1
+        value = base * inv_fact[i] % FIELD_PRIME * inv_fact[top - i] % FIELD_PRIME
+        value = value * (numerator % FIELD_PRIME) % FIELD_PRIME
+        row.append(value if i % 2 == 1 else (FIELD_PRIME - value) % FIELD_PRIME)
+    return row
+
+
+@lru_cache(maxsize=8)
+def _factorials(size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(k! mod p, 1/k! mod p) for k = 0..size (public tables; one inversion)."""
+    fact = [1] * (size + 1)
+    for k in range(1, size + 1):
+        fact[k] = fact[k - 1] * k % FIELD_PRIME
+    inv = [1] * (size + 1)
+    inv[size] = pow(fact[size], -1, FIELD_PRIME)
+    for k in range(size, 0, -1):
+        inv[k - 1] = inv[k] * k % FIELD_PRIME
+    return tuple(fact), tuple(inv)
 
 
 def _check_parameters(*, threshold: int, n_shares: int) -> None:

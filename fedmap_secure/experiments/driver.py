@@ -89,7 +89,8 @@ def _print_privacy(console: Console, privacy: Mapping[str, Any]) -> None:
     secure = privacy.get("secure_aggregation")
     if secure:
         console.print(
-            f"aggregation: {secure['protocol']} n={secure['n']} k={secure['k']} t={secure['t']}"
+            f"aggregation: {secure['protocol']} n={secure['n']} k={secure['k']} t={secure['t']} "
+            f"c_max={secure.get('max_colluding_sites')} colluding sites"
         )
         clipped = secure.get("clipped_coordinates") or {}
         if any(clipped.values()):

@@ -91,6 +91,7 @@ class GrpcSimulation:
     label_column: str | None = None
     dropout_fraction: float = 0.25
     corrupt_fraction: float = 0.0
+    max_colluding_sites: int | None = None
     insecure: bool = False
     bits: int = DEFAULT_BITS
     join_timeout: float = 600.0
@@ -154,6 +155,8 @@ def site_toml(
         "corrupt_fraction": spec.corrupt_fraction,
         "bits": spec.bits,
     }
+    if spec.max_colluding_sites is not None:
+        tables["consortium"]["max_colluding_sites"] = spec.max_colluding_sites
     tables["privacy"] = privacy
     pinned = pinned_client_dp(config)
     if pinned is not None:
@@ -171,6 +174,7 @@ def server_secagg(spec: GrpcSimulation, n_sites: int) -> SecAggConfig:
         dropout_fraction=spec.dropout_fraction,
         corrupt_fraction=spec.corrupt_fraction,
         bits=spec.bits,
+        max_colluding_sites=spec.max_colluding_sites,
     )
 
 
@@ -355,6 +359,8 @@ def describe_secure_aggregation(spec: GrpcSimulation, n_sites: int) -> dict[str,
         "bits": c.bits,
         "dropout_fraction": c.dropout_fraction,
         "corrupt_fraction": c.corrupt_fraction,
+        "max_colluding_sites": c.c_max,
+        "quorum": c.quorum,
     }
 
 

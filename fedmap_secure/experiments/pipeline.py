@@ -64,6 +64,7 @@ def secagg_config(config: SimulationConfig, dataset: FederatedDataset) -> SecAgg
         corrupt_fraction=s.corrupt_fraction,
         bits=s.bits,
         security_parameter=s.security_parameter,
+        max_colluding_sites=s.max_colluding_sites,
     )
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.fedmap.evaluation import EvalMetrics
+from fedmap_secure.process_clock import process_wall_seconds
 from fedmap_secure.runtime.results import SimulationResult
 
 METRICS_COLUMNS = (
@@ -64,6 +65,7 @@ def summary_dict(
         "seed": result.seed,
         "privacy": privacy,
         "wall_seconds": result.wall_seconds,
+        "process_wall_seconds": process_wall_seconds(),
         "parameters": {"theta": result.n_theta, "psi": result.n_psi},
         "sites": [
             {

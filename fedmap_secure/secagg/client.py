@@ -240,13 +240,13 @@ class ClientSession:
         listed = list(sites)
         unique = frozenset(listed)
         self._require(len(unique) == len(listed), f"{name} lists a site more than once")
-        unknown = sorted(unique - set(self._peers))
+        unknown = sorted(unique - self._peers.keys())
         self._require(not unknown, f"{name} names sites outside this session: {unknown}")
         return unique
 
     def _holders(self, owner: str) -> list[str]:
         """Sorted holders of ``owner``'s secrets: itself and its advertised neighbours."""
-        return sorted(({owner} | self._graph[owner]) & set(self._peers))
+        return sorted(({owner} | self._graph[owner]) & self._peers.keys())
 
     # ------------------------------------------------------------------ stage 1
 

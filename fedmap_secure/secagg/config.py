@@ -15,10 +15,18 @@ Notation (Bonawitz et al. CCS 2017; Bell et al. CCS 2020):
   B * n / 2^31 (n = 1000, B = 1: 2^-21 per site, far below DP-SGD noise).
   Choose 64 for larger bounds or when n * size exceeds 2^31.
 
-Declared threat model: a malicious server colluding with at most
-``floor(corrupt_fraction * n)`` sites, and at most ``floor(dropout_fraction * n)``
-sites dropping out. With ``c`` corrupt and ``d`` dropped holders among the ``h``
-holders of some site, the protocol is
+Declared threat model: a malicious server colluding with at most ``c_max``
+sites, and at most ``floor(dropout_fraction * n)`` sites dropping out.
+``c_max`` is ``max_colluding_sites`` when the consortium states it (an integer is
+clearer than a fraction for a handful of hospitals), else
+``floor(corrupt_fraction * n)``. A fraction that rounds down to zero although it
+is positive (``corrupt_fraction = 0.1`` with fewer than 10 sites) is refused
+unless ``max_colluding_sites`` is given: it would silently mean "no collusion",
+and with n = 3 one colluding site plus the server learns another site's input
+exactly (the sum minus its own input; see SPEC section 2).
+
+With ``c`` corrupt and ``d`` dropped holders among the ``h`` holders of some
+site, the protocol is
 
 - private if ``2t > h + c``: the server would need ``t`` shares of the self-mask
   seed and ``t`` shares of the mask key of one honest site; corrupt holders give
@@ -45,6 +53,7 @@ import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import VectorLayout
@@ -102,21 +111,30 @@ class Roster:
     def from_mapping(cls, keys: Mapping[str, bytes]) -> Roster:
         return cls(tuple(keys.items()))
 
-    @property
+    @cached_property
     def sites(self) -> tuple[str, ...]:
         """Site ids in sorted order."""
         return tuple(site for site, _ in self.entries)
 
+    @cached_property
+    def _keys(self) -> dict[str, bytes]:
+        return dict(self.entries)
+
     def __contains__(self, site: object) -> bool:
-        return any(site == s for s, _ in self.entries)
+        return isinstance(site, str) and site in self._keys
 
     def public_key(self, site: str) -> bytes:
-        for s, key in self.entries:
-            if s == site:
-                return key
-        raise ConfigError(f"site {site!r} is not on the roster")
+        key = self._keys.get(site) if isinstance(site, str) else None
+        if key is None:
+            raise ConfigError(f"site {site!r} is not on the roster")
+        return key
 
     def digest(self) -> bytes:
+        """``roster_digest`` (SPEC section 3), computed once per roster (it is immutable)."""
+        return self._digest
+
+    @cached_property
+    def _digest(self) -> bytes:
         parts = [part for site, key in self.entries for part in (encode_str(site), key)]
         return setup_digest(b"roster", *parts)
 
@@ -169,6 +187,7 @@ class SecAggConfig:
     corrupt_fraction: float = 0.0
     security_parameter: int = 40
     graph_seed: bytes = bytes(32)
+    max_colluding_sites: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("n", "k", "t", "bits", "security_parameter"):
@@ -192,6 +211,7 @@ class SecAggConfig:
             dropout_fraction=self.dropout_fraction,
             corrupt_fraction=self.corrupt_fraction,
             security_parameter=self.security_parameter,
+            max_colluding_sites=self.max_colluding_sites,
         )
 
     @classmethod
@@ -204,10 +224,15 @@ class SecAggConfig:
         bits: int = DEFAULT_BITS,
         security_parameter: int = 40,
         graph_seed: bytes = bytes(32),
+        max_colluding_sites: int | None = None,
     ) -> SecAggConfig:
         """The config with the smallest ``k`` and ``t`` that ``derive_parameters`` finds."""
         k, t = derive_parameters(
-            n, dropout_fraction, corrupt_fraction, security_parameter=security_parameter
+            n,
+            dropout_fraction,
+            corrupt_fraction,
+            security_parameter=security_parameter,
+            max_colluding_sites=max_colluding_sites,
         )
         return cls(
             n=n,
@@ -218,12 +243,34 @@ class SecAggConfig:
             corrupt_fraction=corrupt_fraction,
             security_parameter=security_parameter,
             graph_seed=graph_seed,
+            max_colluding_sites=max_colluding_sites,
         )
+
+    @property
+    def c_max(self) -> int:
+        """Sites that may collude with the server (``max_colluding_sites``)."""
+        return max_colluding(self.n, self.corrupt_fraction, self.max_colluding_sites)
 
     @property
     def quorum(self) -> int:
         """Identical consistency signatures required (``consistency_quorum``)."""
-        return consistency_quorum(n=self.n, t=self.t, corrupt_fraction=self.corrupt_fraction)
+        return consistency_quorum(
+            n=self.n,
+            t=self.t,
+            corrupt_fraction=self.corrupt_fraction,
+            max_colluding_sites=self.max_colluding_sites,
+        )
+
+    def summary(self) -> str:
+        """One line for logs: protocol, n, k, t, quorum and the threat model it was checked for."""
+        source = "stated" if self.max_colluding_sites is not None else "floor(corrupt_fraction n)"
+        return (
+            f"{self.protocol_name}: n={self.n} k={self.k} t={self.t} quorum={self.quorum} "
+            f"bits={self.bits}; tolerates c_max={self.c_max} colluding sites ({source}, "
+            f"corrupt_fraction={self.corrupt_fraction:g}) and "
+            f"{math.floor(self.dropout_fraction * self.n)} dropouts "
+            f"(dropout_fraction={self.dropout_fraction:g})"
+        )
 
     @property
     def complete_graph(self) -> bool:
@@ -236,8 +283,9 @@ class SecAggConfig:
         return "SecAgg+ (Bell et al. 2020)"
 
     def digest(self) -> bytes:
-        return setup_digest(
-            b"config",
+        """``config_digest`` (SPEC section 3); a stated ``max_colluding_sites`` adds two parts,
+        so parties that disagree on it (or on whether it was stated) never share a session."""
+        parts = [
             encode_uint(PROTOCOL_VERSION),
             encode_uint(self.n),
             encode_uint(self.k),
@@ -247,12 +295,46 @@ class SecAggConfig:
             struct.pack(">d", float(self.dropout_fraction)),
             struct.pack(">d", float(self.corrupt_fraction)),
             encode_uint(self.security_parameter),
-        )
+        ]
+        if self.max_colluding_sites is not None:
+            parts += [b"max-colluding-sites", encode_uint(self.max_colluding_sites)]
+        return setup_digest(b"config", *parts)
 
 
 def _check_fraction(name: str, value: float) -> None:
     if not (isinstance(value, int | float) and 0.0 <= value < 1.0):
         raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def max_colluding(n: int, corrupt_fraction: float, max_colluding_sites: int | None) -> int:
+    """c_max: ``max_colluding_sites`` if stated, else ``floor(corrupt_fraction * n)``.
+
+    ``ConfigError`` if the fraction is positive but rounds down to 0 colluding sites
+    and no integer is stated (it would silently mean "no collusion": with n = 3 one
+    colluding site and the server would learn another site's input exactly), or if
+    a stated integer is below what the fraction declares or not in [0, n - 1].
+    """
+    _check_fraction("corrupt_fraction", corrupt_fraction)
+    from_fraction = math.floor(corrupt_fraction * n)
+    if max_colluding_sites is None:
+        if from_fraction == 0 < corrupt_fraction:
+            raise ConfigError(
+                f"corrupt_fraction = {corrupt_fraction:g} of n = {n} sites rounds down to 0 "
+                "colluding sites, i.e. no collusion at all; state the number instead: "
+                "max_colluding_sites = 0 (no site colludes with the server) or 1 (one may)"
+            )
+        return from_fraction
+    if isinstance(max_colluding_sites, bool) or not isinstance(max_colluding_sites, int):
+        raise ConfigError(f"max_colluding_sites must be an int, got {max_colluding_sites!r}")
+    if not 0 <= max_colluding_sites <= n - 1:
+        raise ConfigError(f"max_colluding_sites must be in [0, n-1] = [0, {n - 1}]")
+    if max_colluding_sites < from_fraction:
+        raise ConfigError(
+            f"max_colluding_sites = {max_colluding_sites} is below the {from_fraction} "
+            f"colluding sites that corrupt_fraction = {corrupt_fraction:g} declares for "
+            f"n = {n}; lower corrupt_fraction or raise max_colluding_sites"
+        )
+    return max_colluding_sites
 
 
 def _log_comb(a: int, b: int) -> float:
@@ -277,7 +359,13 @@ def hypergeometric_bound(*, population: int, marked: int, draws: int, epsilon: f
 
 
 def neighbourhood_bounds(
-    *, n: int, k: int, dropout_fraction: float, corrupt_fraction: float, security_parameter: int
+    *,
+    n: int,
+    k: int,
+    dropout_fraction: float,
+    corrupt_fraction: float,
+    security_parameter: int,
+    max_colluding_sites: int | None = None,
 ) -> tuple[int, int]:
     """Worst-case (corrupt, dropped) counts among one site's ``k + 1`` holders.
 
@@ -285,7 +373,7 @@ def neighbourhood_bounds(
     bounds holding for all ``n`` sites at once except with probability 2^-security_parameter
     (the site itself counts as possibly corrupt and possibly dropped).
     """
-    n_corrupt = math.floor(corrupt_fraction * n)
+    n_corrupt = max_colluding(n, corrupt_fraction, max_colluding_sites)
     n_dropped = math.floor(dropout_fraction * n)
     if k == n - 1:
         return n_corrupt, n_dropped
@@ -293,6 +381,27 @@ def neighbourhood_bounds(
     c = 1 + hypergeometric_bound(population=n - 1, marked=n_corrupt, draws=k, epsilon=epsilon)
     d = 1 + hypergeometric_bound(population=n - 1, marked=n_dropped, draws=k, epsilon=epsilon)
     return min(c, n_corrupt), min(d, n_dropped)
+
+
+def disconnection_log2_bound(*, n: int, k: int, removed: int) -> float:
+    """log2 of an upper bound on P[the sites left after removing ``removed`` are disconnected].
+
+    Bell et al. (CCS 2020, section 3) also need the graph of honest survivors to
+    stay connected; otherwise the server learns the partial sum of each
+    component. On the Harary graph H_{k,n} over a uniformly random ordering, the
+    remaining sites are connected unless two disjoint runs of k/2 consecutive
+    positions are all removed (one long gap still leaves a path around the
+    ring). With r removed sites at uniformly random positions, a given set of k
+    positions is all removed with probability (r)_k / (n)_k, and there are fewer
+    than n^2 pairs of run starts: P <= n^2 (r)_k / (n)_k, and P = 0 if k > r.
+    Returns -inf for the complete graph and whenever the bound is 0.
+    """
+    if k == n - 1 or k > removed:
+        return -math.inf
+    log_p = 2 * math.log2(n)
+    for i in range(k):
+        log_p += math.log2(removed - i) - math.log2(n - i)
+    return log_p
 
 
 def check_threat_model(
@@ -303,8 +412,9 @@ def check_threat_model(
     dropout_fraction: float,
     corrupt_fraction: float,
     security_parameter: int = 40,
+    max_colluding_sites: int | None = None,
 ) -> None:
-    """``ConfigError`` unless ``(n, k, t)`` is private and live for the declared fractions."""
+    """``ConfigError`` unless ``(n, k, t)`` is private and live for the declared threat model."""
     _check_fraction("dropout_fraction", dropout_fraction)
     _check_fraction("corrupt_fraction", corrupt_fraction)
     if not 20 <= security_parameter <= 128:
@@ -315,6 +425,7 @@ def check_threat_model(
         dropout_fraction=dropout_fraction,
         corrupt_fraction=corrupt_fraction,
         security_parameter=security_parameter,
+        max_colluding_sites=max_colluding_sites,
     )
     h = k + 1
     if 2 * t <= h + c:
@@ -331,7 +442,18 @@ def check_threat_model(
         raise ConfigError(
             f"t={t} is not live: up to d={d} of the h={h} holders may drop, leaving {h - d} < t"
         )
-    quorum = consistency_quorum(n=n, t=t, corrupt_fraction=corrupt_fraction)
+    removed = max_colluding(n, corrupt_fraction, max_colluding_sites) + math.floor(
+        dropout_fraction * n
+    )
+    if disconnection_log2_bound(n=n, k=k, removed=removed) > -security_parameter:
+        raise ConfigError(
+            f"k={k} is not private: the honest survivors' graph may split (probability "
+            f"above 2^-{security_parameter} with {removed} corrupt or dropped sites), which "
+            "would reveal partial sums; raise k"
+        )
+    quorum = consistency_quorum(
+        n=n, t=t, corrupt_fraction=corrupt_fraction, max_colluding_sites=max_colluding_sites
+    )
     n_dropped = math.floor(dropout_fraction * n)
     if n - n_dropped < quorum:
         raise ConfigError(
@@ -340,10 +462,12 @@ def check_threat_model(
         )
 
 
-def consistency_quorum(*, n: int, t: int, corrupt_fraction: float) -> int:
+def consistency_quorum(
+    *, n: int, t: int, corrupt_fraction: float, max_colluding_sites: int | None = None
+) -> int:
     """Identical consistency signatures a site needs before it reveals any share.
 
-    ``max(t, floor((n + c_global) / 2) + 1)`` with ``c_global = floor(corrupt_fraction * n)``:
+    ``max(t, floor((n + c_global) / 2) + 1)`` with ``c_global = c_max`` (``max_colluding``):
     two different survivor sets cannot both gather a quorum, since that needs
     ``2 * quorum - c_global > n`` signers. For the complete graph this equals ``t``
     (``2t > n + c`` already); for sparse graphs it stops a server from showing
@@ -351,7 +475,7 @@ def consistency_quorum(*, n: int, t: int, corrupt_fraction: float) -> int:
     another a view in which that one dropped (which per-neighbourhood thresholds
     alone would not prevent when t is much smaller than n).
     """
-    n_corrupt = math.floor(corrupt_fraction * n)
+    n_corrupt = max_colluding(n, corrupt_fraction, max_colluding_sites)
     return max(t, (n + n_corrupt) // 2 + 1)
 
 
@@ -361,8 +485,9 @@ def derive_parameters(
     corrupt_fraction: float,
     *,
     security_parameter: int = 40,
+    max_colluding_sites: int | None = None,
 ) -> tuple[int, int]:
-    """Return ``(k, t)`` for ``n`` sites under the declared dropout and corrupt fractions.
+    """Return ``(k, t)`` for ``n`` sites under the declared dropout fraction and c_max.
 
     Consortia of at most ``COMPLETE_GRAPH_MAX_N`` sites, and larger ones for which
     no sparse graph works, use the complete graph ``k = n - 1``; otherwise the
@@ -373,7 +498,7 @@ def derive_parameters(
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ConfigError(f"n must be an int >= 2, got {n!r}")
     _check_fraction("dropout_fraction", dropout_fraction)
-    _check_fraction("corrupt_fraction", corrupt_fraction)
+    max_colluding(n, corrupt_fraction, max_colluding_sites)
     candidates = [] if n <= COMPLETE_GRAPH_MAX_N else list(range(2, n - 1, 2))
     for k in [*candidates, n - 1]:
         c, _ = neighbourhood_bounds(
@@ -382,6 +507,7 @@ def derive_parameters(
             dropout_fraction=dropout_fraction,
             corrupt_fraction=corrupt_fraction,
             security_parameter=security_parameter,
+            max_colluding_sites=max_colluding_sites,
         )
         t = (k + 1 + c) // 2 + 1
         try:
@@ -392,6 +518,7 @@ def derive_parameters(
                 dropout_fraction=dropout_fraction,
                 corrupt_fraction=corrupt_fraction,
                 security_parameter=security_parameter,
+                max_colluding_sites=max_colluding_sites,
             )
         except ConfigError:
             continue

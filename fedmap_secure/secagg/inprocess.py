@@ -89,6 +89,7 @@ class SecureAggregator:
         self._random_bytes = random_bytes
         self._dropouts = dict(dropouts or {})
         self._encoders = encoders or fixed_point_encoders(n_max=config.n, bits=config.bits)
+        log.info("secure aggregation: %s", config.summary())
 
     @classmethod
     def simulated(
@@ -100,6 +101,7 @@ class SecureAggregator:
         bits: int = DEFAULT_BITS,
         random_bytes: Callable[[int], bytes] = os.urandom,
         dropouts: Mapping[str, DropPoint] | None = None,
+        max_colluding_sites: int | None = None,
     ) -> SecureAggregator:
         """Fresh identity keys for ``sites`` and parameters from ``derive_parameters``."""
         config = SecAggConfig.for_threat_model(
@@ -107,6 +109,7 @@ class SecureAggregator:
             dropout_fraction=dropout_fraction,
             corrupt_fraction=corrupt_fraction,
             bits=bits,
+            max_colluding_sites=max_colluding_sites,
         )
         identities = {s: IdentityKey.generate(random_bytes) for s in sites}
         return cls(
@@ -132,6 +135,9 @@ class SecureAggregator:
             "graph": "complete" if c.complete_graph else "random k-regular (Harary)",
             "dropout_fraction": c.dropout_fraction,
             "corrupt_fraction": c.corrupt_fraction,
+            "max_colluding_sites": c.c_max,
+            "max_colluding_sites_stated": c.max_colluding_sites is not None,
+            "quorum": c.quorum,
             "security_parameter": c.security_parameter,
         }
 

@@ -7,14 +7,13 @@ same neighbour graph; one function keeps the two derivations from drifting apart
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.secagg import encoding
 from fedmap_secure.secagg.config import RingSpec, Roster, SecAggConfig, layout_digest
-from fedmap_secure.secagg.graph import neighbour_graph
+from fedmap_secure.secagg.graph import NeighbourGraph, neighbour_graph
 from fedmap_secure.secagg.quantize import encoded_length
 
 
@@ -25,7 +24,8 @@ class RoundSetup:
     length: int
     context_hash: bytes
     setup: bytes
-    graph: Mapping[str, frozenset[str]]
+    graph: NeighbourGraph
+    """Shared by every session of the round (``neighbour_graph`` returns one object)."""
 
 
 def round_setup(

@@ -68,6 +68,7 @@ from fedmap_secure.secagg.messages import (
     RevealedShare,
     ServerMessage,
     ShareDelivery,
+    ShareEnvelope,
     ShareKeys,
     SurvivorSignature,
     UnmaskRequest,
@@ -129,6 +130,10 @@ class ServerSession:
         self._responses: dict[str, UnmaskResponse] = {}
         self._good: dict[tuple[str, str], list[shamir.Share]] = {}
         self._rejected: list[tuple[str, str, str]] = []
+        self._holder_cache: dict[str, dict[str, int]] = {}
+        self._key_owner: dict[bytes, str] = {}
+        self._survivor_set: frozenset[str] = frozenset()
+        self._payload: bytes | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -250,7 +255,19 @@ class ServerSession:
             self._on_unmask(message)
 
     def _holders(self, owner: str) -> list[str]:
-        return sorted(({owner} | self._graph[owner]) & set(self._ads))
+        """Sorted holders of ``owner``'s secrets among the advertised sites."""
+        return list(self._holder_positions(owner))
+
+    def _holder_positions(self, owner: str) -> dict[str, int]:
+        """Holder -> share index (1-based) for ``owner``, cached once the key stage closed
+        (the advertised set no longer changes), so checking a share is O(1), not O(k)."""
+        cached = self._holder_cache.get(owner)
+        if cached is None:
+            holders = sorted(({owner} | self._graph[owner]) & self._ads.keys())
+            cached = {site: i + 1 for i, site in enumerate(holders)}
+            if self._stage is not ServerStage.COLLECTING_KEYS:
+                self._holder_cache[owner] = cached
+        return cached
 
     # ------------------------------------------------------------------ stage 1: keys
 
@@ -261,13 +278,12 @@ class ServerSession:
             ad, roster=self._roster, setup=self._setup, round_index=self.round_index
         )
         check_public_keys(ad)
-        for other in self._ads.values():
-            if {ad.mask_public, ad.encryption_public} & {
-                other.mask_public,
-                other.encryption_public,
-            }:
-                raise RemoteProtocolError(ad.sender, f"reuses public keys of {other.sender!r}")
+        for key in (ad.mask_public, ad.encryption_public):  # O(1) per key, not O(n) per site
+            other = self._key_owner.get(key)
+            if other is not None:
+                raise RemoteProtocolError(ad.sender, f"reuses public keys of {other!r}")
         self._ads[ad.sender] = ad
+        self._key_owner[ad.mask_public] = self._key_owner[ad.encryption_public] = ad.sender
 
     def _close_keys(self) -> dict[str, ServerMessage]:
         self._need(self._ads.keys() - self._excluded, "sites advertised keys")
@@ -307,14 +323,14 @@ class ServerSession:
             del self._shares[site]  # excluded before the stage closed: not part of U2
         senders = sorted(self._shares)
         self._need(senders, "sites shared keys")
+        inbox: dict[str, list[ShareEnvelope]] = {receiver: [] for receiver in senders}
+        for sender in senders:  # one pass over all envelopes (O(n k), not O(n^2 k))
+            for e in self._shares[sender].envelopes:
+                if e.receiver in inbox:
+                    inbox[e.receiver].append(e)
         out: dict[str, ServerMessage] = {}
         for receiver in senders:
-            envelopes = tuple(
-                e
-                for sender in senders
-                for e in self._shares[sender].envelopes
-                if e.receiver == receiver
-            )
+            envelopes = tuple(inbox[receiver])  # in sender order, as before
             self._delivered[receiver] = frozenset(e.sender for e in envelopes)
             out[receiver] = ShareDelivery(
                 version=PROTOCOL_VERSION,
@@ -345,6 +361,7 @@ class ServerSession:
     def _close_inputs(self) -> dict[str, ServerMessage]:
         self._need(self._survivors, "masked inputs", threshold=self._config.quorum)
         self._survivors = tuple(sorted(self._survivors))
+        self._survivor_set = frozenset(self._survivors)
         request = ConsistencyRequest(
             version=PROTOCOL_VERSION,
             session_id=self._session,
@@ -358,14 +375,16 @@ class ServerSession:
 
     def _on_signature(self, message: ConsistencySignature) -> None:
         peer = message.sender
-        if peer not in self._survivors or peer in self._signatures:
+        if peer not in self._survivor_set or peer in self._signatures:
             raise RemoteProtocolError(peer, "consistency signature from a site not expected")
-        payload = encoding.consistency_payload(
-            session=self._session,
-            round_index=self.round_index,
-            survivors=self._survivors,
-            context_hash=self._context_hash,
-        )
+        if self._payload is None:  # the same O(n) bytes for every signer: encode once
+            self._payload = encoding.consistency_payload(
+                session=self._session,
+                round_index=self.round_index,
+                survivors=self._survivors,
+                context_hash=self._context_hash,
+            )
+        payload = self._payload
         try:
             verify(
                 self._roster.public_key(peer), payload, message.signature, label=LABEL_CONSISTENCY
@@ -403,7 +422,7 @@ class ServerSession:
         if peer not in self._signatures or peer in self._responses:
             raise RemoteProtocolError(peer, "unmask response from a site not expected")
         owners = self._delivered[peer] | {peer}
-        alive = set(self._survivors)
+        alive = self._survivor_set
         checked = [
             *self._check_shares(peer, message.self_mask_shares, owners & alive, SELF_MASK),
             *self._check_shares(peer, message.mask_key_shares, owners - alive, MASK_KEY),
@@ -427,8 +446,8 @@ class ServerSession:
             raise RemoteProtocolError(peer, f"{kind} shares are not exactly one per expected owner")
         out = []
         for revealed in shares:
-            holders = self._holders(revealed.owner)
-            if revealed.index != holders.index(peer) + 1:
+            holders = self._holder_positions(revealed.owner)
+            if revealed.index != holders.get(peer):
                 raise RemoteProtocolError(peer, f"{kind} share of {revealed.owner!r}: wrong index")
             share = shamir.Share(index=revealed.index, value=revealed.value)
             try:
@@ -447,38 +466,56 @@ class ServerSession:
             return committed.self_mask_commitment
         return committed.mask_key_commitment
 
-    def _reconstruct(self, owner: str, kind: str) -> bytes:
-        shares = self._good.get((owner, kind), [])
-        try:
-            return shamir.combine(
-                shares, threshold=self._config.t, commitment=self._commitment(owner, kind)
-            )
+    def _reconstruct_all(self, needed: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """Rebuild every needed (owner, kind) secret in one batch (``shamir.combine_checked``).
+
+        Each secret is interpolated from its ``t`` valid shares with the smallest
+        indices (SPEC 6.5); further valid shares are not interpolated: a dealer
+        whose committed shares disagree could only change its own contribution,
+        and a rebuilt mask key is checked against the advertised key anyway.
+        Too few valid shares of any secret aborts the round, naming it.
+        """
+        t = self._config.t
+        batch = [
+            sorted(self._good.get(item, []), key=lambda share: share.index)[:t] for item in needed
+        ]
+        names = [f"the {kind} secret of {owner!r}" for owner, kind in needed]
+        try:  # every share in _good passed share_ok against its dealer's commitment on arrival
+            secrets = shamir.combine_checked(batch, threshold=t, names=names)
         except CryptoError as exc:
-            self._abort(f"cannot rebuild the {kind} secret of {owner!r}: {exc}")
+            self._abort(f"cannot rebuild {exc}")
             raise  # unreachable: _abort raises
+        return dict(zip(needed, secrets, strict=True))
 
     def _unmask(self) -> RoundOutput:
-        """Rebuild every needed seed first, then remove all masks in one chunked pass."""
+        """Rebuild every needed seed first (one batch), then remove all masks in one pass."""
         self._need(set(self._responses), "unmask responses")
         session = self._session
         alive = frozenset(self._survivors)
         dropped = frozenset(self._shares) - alive
+        partners = {
+            gone: [s for s in self._survivors if gone in self._delivered[s]]
+            for gone in sorted(dropped)
+        }
+        needed = [(site, SELF_MASK) for site in self._survivors]
+        needed += [(gone, MASK_KEY) for gone, sites in partners.items() if sites]
+        secrets = self._reconstruct_all(needed)
         terms: list[MaskTerm] = [
-            self_mask_term(self._reconstruct(site, SELF_MASK), session=session, site=site, sign=-1)
+            self_mask_term(secrets[(site, SELF_MASK)], session=session, site=site, sign=-1)
             for site in self._survivors
         ]
-        for gone in sorted(dropped):
-            terms.extend(self._orphaned_masks(gone))
+        for gone, sites in partners.items():
+            if sites:
+                terms.extend(self._orphaned_masks(gone, secrets[(gone, MASK_KEY)], sites))
         self._sum.add_masks(terms)
         return RoundOutput(total=self._sum.value(), contributors=alive, dropped=dropped)
 
-    def _orphaned_masks(self, gone: str) -> list[MaskTerm]:
-        """Terms cancelling the pairwise masks survivors share with the dropped site ``gone``."""
+    def _orphaned_masks(
+        self, gone: str, mask_key: bytes, partners: Sequence[str]
+    ) -> list[MaskTerm]:
+        """Terms cancelling the pairwise masks ``partners`` (survivors) share with ``gone``."""
         session = self._session
-        partners = sorted(s for s in self._survivors if gone in self._delivered[s])
-        if not partners:
-            return []
-        keys = AgreementKeyPair.from_private_bytes(self._reconstruct(gone, MASK_KEY))
+        keys = AgreementKeyPair.from_private_bytes(mask_key)
         if keys.public != self._ads[gone].mask_public:
             self._abort(f"rebuilt mask key of {gone!r} does not match its advertised key")
         terms = []

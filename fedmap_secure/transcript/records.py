@@ -318,7 +318,7 @@ def _config_json(c: SecAggConfig) -> Json:
         "corrupt_fraction": c.corrupt_fraction,
         "security_parameter": c.security_parameter,
         "graph_seed": c.graph_seed.hex(),
-    }
+    } | ({} if c.max_colluding_sites is None else {"max_colluding_sites": c.max_colluding_sites})
 
 
 def _hex(value: object, name: str) -> bytes:
@@ -347,7 +347,8 @@ def _list(value: object, name: str) -> list[Any]:
 
 
 def _parse_config(data: object) -> SecAggConfig:
-    c = _obj(data, "config", _CONFIG_KEYS)
+    stated = isinstance(data, dict) and "max_colluding_sites" in data
+    c = _obj(data, "config", _CONFIG_KEYS | ({"max_colluding_sites"} if stated else set()))
     try:
         return SecAggConfig(
             n=c["n"],
@@ -358,6 +359,7 @@ def _parse_config(data: object) -> SecAggConfig:
             corrupt_fraction=c["corrupt_fraction"],
             security_parameter=c["security_parameter"],
             graph_seed=_hex(c["graph_seed"], "graph_seed"),
+            max_colluding_sites=c.get("max_colluding_sites"),
         )
     except ConfigError as exc:
         raise _bad(f"config: {exc}") from None

@@ -113,6 +113,7 @@ def recording_aggregator(
     corrupt_fraction: float = 0.1,
     bits: int = 64,
     random_bytes: Callable[[int], bytes] = os.urandom,
+    max_colluding_sites: int | None = None,
 ) -> RecordingSecureAggregator:
     """Like ``SecureAggregator.simulated``, writing transcripts, site records and the roster
     under ``out`` (``OUT/transcripts``, ``OUT/site-records``, ``OUT/roster.json``)."""
@@ -121,6 +122,7 @@ def recording_aggregator(
         dropout_fraction=dropout_fraction,
         corrupt_fraction=corrupt_fraction,
         bits=bits,
+        max_colluding_sites=max_colluding_sites,
     )
     identities = {s: IdentityKey.generate(random_bytes) for s in sites}
     aggregator = RecordingSecureAggregator(

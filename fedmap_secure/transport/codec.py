@@ -8,9 +8,12 @@ whole number of 8-byte values, an unknown or unspecified enum value) raises
 from. Besides this module only ``framing`` (frames), ``rpc`` (the service
 binding) and the drivers (frame and ack objects) touch generated code.
 
-Vector encoding (SPEC section 5): ``MaskedInput.masked`` is m little-endian
-unsigned 8-byte integers, concatenated; FedMAP's gamma and psi are
-little-endian IEEE-754 binary64 values, concatenated.
+Vector encoding (SPEC section 5): ``MaskedInput.masked`` is the m values
+packed at ``value_bits`` = w bits each (``bitpack``; w is the bit length of the
+largest value, which for a masked vector, uniform in Z_{2^bits}, is ``bits``),
+so it takes m * bits / 8 bytes; ``value_bits = 0`` (the earlier encoding) means
+m little-endian unsigned 8-byte integers and is still accepted. FedMAP's gamma
+and psi are little-endian IEEE-754 binary64 values, concatenated.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import Field, FloatVector, VectorLayout
 from fedmap_secure.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from fedmap_secure.secagg import messages as sm
+from fedmap_secure.transport import bitpack
 from fedmap_secure.transport import messages as tm
 from fedmap_secure.transport.generated.v1 import fedmap_pb2 as fpb
 from fedmap_secure.transport.generated.v1 import secagg_pb2 as pb
@@ -92,6 +96,33 @@ def _build(peer: str, what: str, make: Callable[..., T], /, **kwargs: object) ->
 def encode_vector(values: sm.MaskedVector) -> bytes:
     """m values as little-endian unsigned 8-byte integers."""
     return np.ascontiguousarray(values, dtype="<u8").tobytes()
+
+
+def packed_vector(values: sm.MaskedVector) -> tuple[bytes, int]:
+    """(packed bytes, w): the values at w = the bit length of the largest (at least 1).
+
+    The width is a function of the values alone, which the receiver learns
+    anyway, so it reveals nothing more; for a masked vector it is ``bits``
+    except with probability 2^-m.
+    """
+    width = max(1, int(values.max()).bit_length()) if values.size else 1
+    return bitpack.pack(np.ascontiguousarray(values, dtype=np.uint64), width), width
+
+
+def unpacked_vector(data: bytes, *, width: int, count: int, peer: str) -> sm.MaskedVector:
+    """Inverse of ``packed_vector``; ``width = 0`` is the 8-byte encoding (``decode_vector``)."""
+    if width == 0:
+        if count:
+            raise RemoteProtocolError(peer, "value_count is set but value_bits is not")
+        return decode_vector(data, peer=peer)
+    if not 1 <= width <= 64:
+        raise RemoteProtocolError(peer, f"value_bits {width} is outside 1..64")
+    if count < 1:
+        raise RemoteProtocolError(peer, "vector is empty")
+    try:
+        return bitpack.unpack(data, width, count)
+    except ValueError as exc:
+        raise RemoteProtocolError(peer, f"packed vector rejected: {exc}") from None
 
 
 def decode_vector(data: bytes, *, peer: str) -> sm.MaskedVector:
@@ -212,7 +243,10 @@ def encode_site_message(message: SiteWireMessage) -> spb.SiteMessage:
             )
         )
     if isinstance(message, sm.MaskedInput):
-        masked = pb.MaskedInput(header=h, masked=encode_vector(message.masked))
+        data, width = packed_vector(message.masked)
+        masked = pb.MaskedInput(
+            header=h, masked=data, value_bits=width, value_count=message.masked.size
+        )
         return spb.SiteMessage(masked_input=masked)
     if isinstance(message, sm.ConsistencySignature):
         sig = pb.ConsistencySignature(header=h, signature=message.signature)
@@ -247,7 +281,7 @@ def decode_site_message(proto: spb.SiteMessage, *, peer: str) -> SiteWireMessage
     if kind == "masked_input":
         q = proto.masked_input
         header = _header(q.HasField("header"), q.header, peer=peer, what="MaskedInput")
-        masked = decode_vector(q.masked, peer=peer)
+        masked = unpacked_vector(q.masked, width=q.value_bits, count=q.value_count, peer=peer)
         return _build(peer, "MaskedInput", sm.MaskedInput, **header, masked=masked)
     if kind == "consistency_signature":
         c = proto.consistency_signature

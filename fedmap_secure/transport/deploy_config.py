@@ -23,6 +23,7 @@ server.toml::
     roster = "pki/roster.json"
     dropout_fraction = 0.1
     corrupt_fraction = 0.1
+    max_colluding_sites = 1         # optional: c_max as an integer (needed if 0.1 n < 1)
     bits = 64                       # optional
     [timeouts]                      # optional, seconds
     join = 600.0                    # first stage: covers the sites' local training
@@ -67,6 +68,7 @@ derives another setup id and refuses every round.
 from __future__ import annotations
 
 import json
+import logging
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -81,6 +83,8 @@ from fedmap_secure.transport.client_dp_pin import PinnedClientDp
 from fedmap_secure.transport.pki import TlsFiles, load_roster
 from fedmap_secure.transport.security import Insecure, MutualTls
 from fedmap_secure.transport.server import ServerSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,6 +158,10 @@ class _Table:
         value: int = self._take(key, (int,), default)
         return value
 
+    def optional_integer(self, key: str) -> int | None:
+        value: int | None = self._take(key, (int,), None)
+        return value
+
     def flag(self, key: str) -> bool:
         value: bool = self._take(key, (bool,), False)
         return value
@@ -217,12 +225,14 @@ def _consortium(source: Path, content: object) -> ConsortiumConfig:
             dropout_fraction=table.number("dropout_fraction"),
             corrupt_fraction=table.number("corrupt_fraction"),
             bits=table.integer("bits", 64),
+            max_colluding_sites=table.optional_integer("max_colluding_sites"),
         )
         if seed_hex is not None:
             secagg = replace(secagg, graph_seed=bytes.fromhex(seed_hex))
     except ValueError:
         raise ConfigError(f"{source}: consortium.graph_seed must be 64 hex digits") from None
     table.done()
+    log.info("%s: secure aggregation %s", source, secagg.summary())
     return ConsortiumConfig(roster=roster, secagg=secagg)
 
 

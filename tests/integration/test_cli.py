@@ -11,6 +11,7 @@ from rich.console import Console
 from fedmap_secure.cli import main
 from fedmap_secure.data.types import FederatedDataset
 from tests.cli_runner import run_cli as _main
+from tests.cli_runner import tiny_config
 from tests.synthetic import tiny_dataset
 from tests.torch_threads import _single_thread  # noqa: F401
 
@@ -22,7 +23,7 @@ METRIC_KEYS = {"accuracy", "balanced_accuracy", "roc_auc"}
 def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> None:
     out = tmp_path / "run"
     fast = tmp_path / "fast.toml"
-    fast.write_text("[training]\nepochs = 2\n")
+    tiny_config(fast, "[training]\nepochs = 2\n")
     code, text = _main(
         [
             "simulate",
@@ -50,6 +51,7 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
         "seed",
         "privacy",
         "wall_seconds",
+        "process_wall_seconds",
         "sites",
         "mean_personalised_accuracy",
         "worst_site_personalised_accuracy",
@@ -57,6 +59,7 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
     ):
         assert key in summary
     assert summary["method"] == method
+    assert summary["process_wall_seconds"] >= summary["wall_seconds"]
     assert summary["rounds"] == 2
     assert summary["seed"] == 3
     dp = summary["privacy"]["differential_privacy"]
@@ -87,7 +90,7 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
 
 def test_config_file_and_flag_override(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[simulation]\nmethod = "fedavg"\nrounds = 1\n[training]\nepochs = 1\n')
+    tiny_config(cfg, '[simulation]\nmethod = "fedavg"\nrounds = 1\n[training]\nepochs = 1\n')
     out = tmp_path / "o"
     code, _ = _main(
         [
@@ -154,7 +157,7 @@ def test_prior_flag_and_label_column_reach_the_run(tmp_path: Path) -> None:
         return tiny_dataset(seed=seed)
 
     fast = tmp_path / "fast.toml"
-    fast.write_text("[training]\nepochs = 1\n")
+    tiny_config(fast, "[training]\nepochs = 1\n")
     psi = {}
     for form in ("per-tensor", "coordinatewise"):
         out = tmp_path / form

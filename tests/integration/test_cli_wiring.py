@@ -10,6 +10,7 @@ import pytest
 
 from fedmap_secure.cli import main
 from tests.cli_runner import run_cli as _main
+from tests.cli_runner import tiny_config
 from tests.torch_threads import _single_thread  # noqa: F401
 
 
@@ -68,7 +69,7 @@ def test_keygen_writes_a_consortium(tmp_path: Path) -> None:
 
 def _secure_run(out: Path, tmp_path: Path, *extra: str) -> dict[str, object]:
     fast = tmp_path / "fast.toml"
-    fast.write_text("[training]\nepochs = 1\n")
+    tiny_config(fast, "[training]\nepochs = 1\n")
     argv = ["simulate", "--config", str(fast), "--dataset", "tiny", "--rounds", "2"]
     code, text = _main([*argv, "--seed", "5", "--out", str(out), *extra])
     assert code == 0, text
@@ -146,6 +147,7 @@ def test_simulate_refuses_to_mix_transcripts_of_two_runs(
 ) -> None:
     out, _ = secure_run
     argv = ["simulate", "--dataset", "tiny", "--rounds", "1", "--no-dp", "--out", str(out)]
+    argv += ["--config", str(tiny_config(tmp_path / "c.toml"))]
     assert _main(argv)[0] == 2
     assert "earlier run's transcripts" in capsys.readouterr().err
 

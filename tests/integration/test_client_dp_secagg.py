@@ -23,6 +23,7 @@ from fedmap_secure.secagg.inprocess import SecureAggregator
 from fedmap_secure.secagg.round_setup import round_setup
 from fedmap_secure.training.secure_noise import CsprngStream
 from tests.cli_runner import run_cli as _cli
+from tests.cli_runner import tiny_config
 from tests.torch_threads import _single_thread  # noqa: F401
 
 SITES = ("s1", "s2", "s3", "s4")
@@ -165,7 +166,7 @@ def test_the_encoding_is_bound_into_the_session() -> None:
 
 def test_simulate_with_client_level_dp_writes_its_guarantee(tmp_path: Path) -> None:
     cfg = tmp_path / "fast.toml"
-    cfg.write_text("[training]\nepochs = 1\n")
+    tiny_config(cfg, "[training]\nepochs = 1\n")
     out = tmp_path / "run"
     argv = ["simulate", "--config", str(cfg), "--dataset", "tiny", "--rounds", "2", "--no-dp"]
     code, text = _cli([*argv, "--method", "fedmap", "--client-epsilon", "6", "--out", str(out)])
@@ -197,6 +198,7 @@ def test_client_level_dp_refuses_what_it_cannot_protect(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
     argv = ["simulate", "--dataset", "tiny", "--rounds", "1", "--no-dp", "--client-epsilon", "4"]
+    argv += ["--config", str(tiny_config(tmp_path / "c.toml"))]
     code, text = _cli([*argv, "--out", str(tmp_path / "run"), *extra])
     captured = capsys.readouterr()
     assert code == 2

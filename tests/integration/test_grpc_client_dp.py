@@ -39,6 +39,7 @@ from fedmap_secure.transport.processes import CLIENT_DP_STATE
 from fedmap_secure.transport.server import AggregationServer
 from fedmap_secure.transport.site import SiteClient, SiteOutcome, SiteReport
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
+from tests.cli_runner import TINY_SECAGG
 from tests.integration.grpc_harness import (
     CONTEXT,
     FAST,
@@ -221,7 +222,7 @@ def _write_csvs(root: Path, only: str | None = None) -> str:
 def test_simulate_over_grpc_with_client_level_dp(tmp_path: Path) -> None:
     """The CLI run: server here, one process per site, 2 client-level rounds charged."""
     data = _write_csvs(tmp_path / "data")
-    (tmp_path / "fast.toml").write_text("[training]\nepochs = 1\n")
+    (tmp_path / "fast.toml").write_text("[training]\nepochs = 1\n" + TINY_SECAGG)
     out = tmp_path / "out"
     argv = ["simulate", "--dataset", data, "--label-column", "label", "--method", "fedmap"]
     argv += ["--transport", "grpc", "--insecure", "--rounds", "2", "--no-dp"]

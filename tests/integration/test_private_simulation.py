@@ -21,12 +21,13 @@ from fedmap_secure.experiments.pipeline import build_aggregator, run_private_sim
 from fedmap_secure.privacy.ledger_store import load_report
 from fedmap_secure.secagg.inprocess import SecureAggregator
 from fedmap_secure.secagg.quantize import Quantizer
+from tests.cli_runner import TINY_SECAGG
 from tests.cli_runner import run_cli as _cli
 from tests.synthetic import tiny_dataset
 from tests.torch_threads import _single_thread  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = "[training]\nepochs = 1\n[privacy]\nsteps_per_round = 3\n"
+FAST = "[training]\nepochs = 1\n[privacy]\nsteps_per_round = 3\n" + TINY_SECAGG
 
 
 def _simulate(tmp_path: Path, *extra: str, config: str = FAST, rounds: int = 2) -> Path:
@@ -45,6 +46,7 @@ def _config(**privacy: object) -> SimulationConfig:
         base,
         training=dataclasses.replace(base.training, epochs=1),
         privacy=dataclasses.replace(base.privacy, steps_per_round=3, **privacy),  # type: ignore[arg-type]
+        secagg=dataclasses.replace(base.secagg, max_colluding_sites=0),  # tiny: 3 sites
     )
 
 
@@ -146,6 +148,9 @@ def test_layout_bounds_pass_the_secagg_wraparound_check() -> None:
     data = tiny_dataset()
     for method in (Method.FEDMAP, Method.FEDAVG):
         cfg = SimulationConfig(method=method)
+        cfg = dataclasses.replace(
+            cfg, secagg=dataclasses.replace(cfg.secagg, max_colluding_sites=0)
+        )
         agg = build_aggregator(cfg, data)
         assert isinstance(agg, SecureAggregator)
         from fedmap_secure.fedmap.methods import make_strategy
@@ -167,7 +172,8 @@ def test_privacy_errors_exit_2(
     tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["simulate", "--dataset", "tiny", "--rounds", "2", "--out", str(tmp_path / "o")]
-    code, _ = _cli([*args, *extra])
+    (tmp_path / "c.toml").write_text(TINY_SECAGG)
+    code, _ = _cli([*args, "--config", str(tmp_path / "c.toml"), *extra])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err
@@ -177,7 +183,9 @@ def test_privacy_errors_exit_2(
 def test_existing_site_state_is_refused(
     private_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _ = _cli(["simulate", "--dataset", "tiny", "--out", str(private_run)])
+    (private_run.parent / "c.toml").write_text(TINY_SECAGG)
+    args = ["simulate", "--dataset", "tiny", "--config", str(private_run.parent / "c.toml")]
+    code, _ = _cli([*args, "--out", str(private_run)])
     assert code == 2
     assert "already exists" in capsys.readouterr().err
 
@@ -195,7 +203,8 @@ CRASH_SCRIPT = textwrap.dedent(
 
     base = SimulationConfig(rounds=2)
     cfg = dataclasses.replace(
-        base, privacy=dataclasses.replace(base.privacy, steps_per_round=3)
+        base, privacy=dataclasses.replace(base.privacy, steps_per_round=3),
+        secagg=dataclasses.replace(base.secagg, max_colluding_sites=0),
     )
     run_private_simulation(cfg, tiny_dataset(), Path(sys.argv[1]), after_charge=crash)
     """

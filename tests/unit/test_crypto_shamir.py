@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+from fractions import Fraction
 
 import pytest
 
@@ -10,7 +11,10 @@ from fedmap_secure.crypto.shamir import (
     FIELD_PRIME,
     SHARE_VALUE_SIZE,
     Share,
+    _lagrange_at_zero,
     combine,
+    combine_checked,
+    combine_many,
     share_ok,
     split,
 )
@@ -195,3 +199,64 @@ def test_short_randomness_is_refused() -> None:
 
     with pytest.raises(CryptoError, match="random_bytes"):
         split(SECRET, threshold=2, n_shares=3, random_bytes=short)
+
+
+# ----------------------------------------------------------------------------- combine_many
+
+
+@pytest.mark.parametrize(("threshold", "n_shares"), [(1, 1), (1, 3), (2, 4), (3, 5), (4, 6)])
+def test_combine_many_equals_combine_on_every_subset(threshold: int, n_shares: int) -> None:
+    """The batched reconstruction agrees with the per-secret one on every subset of shares."""
+    secrets = [bytes([j + 1]) * (j + 1) for j in range(3)]
+    splits = [_split(s, threshold, n_shares, seed=bytes([j])) for j, s in enumerate(secrets)]
+    batch = []
+    expected = []
+    for shares, commitment in splits:
+        for size in range(threshold, n_shares + 1):
+            for subset in itertools.combinations(shares, size):
+                batch.append((subset, commitment))
+                expected.append(combine(subset, threshold=threshold, commitment=commitment))
+    assert combine_many(batch, threshold=threshold) == expected
+
+
+def test_lagrange_coefficients_from_factorials_match_exact_fractions() -> None:
+    """lambda_i = prod_{j != i} x_j / (x_j - x_i) mod p, checked against exact rationals."""
+    for xs in [(1, 2, 3), (2, 5, 7), (1, 4, 9, 16), (3,), (7, 8)]:
+        row = _lagrange_at_zero(xs)
+        for i, xi in enumerate(xs):
+            exact = Fraction(1)
+            for xj in xs:
+                if xj != xi:
+                    exact *= Fraction(xj, xj - xi)
+            assert row[i] == exact.numerator * pow(exact.denominator, -1, FIELD_PRIME) % FIELD_PRIME
+
+
+def test_combine_many_names_the_failing_secret() -> None:
+    good, good_commitment = _split()
+    bad, bad_commitment = _split(seed=b"other")
+    batch = [(good[:3], good_commitment), ((_corrupt(bad[0]), bad[1], bad[2]), bad_commitment)]
+    with pytest.raises(CryptoError, match=r"owner b: only 2 valid shares, need 3.*\[1\]"):
+        combine_many(batch, threshold=3, names=["owner a", "owner b"])
+    assert combine_many([(good[:3], good_commitment)], threshold=3) == [SECRET]
+    assert combine_many([], threshold=3) == []
+    with pytest.raises(ValueError, match="names"):
+        combine_many([(good, good_commitment)], threshold=3, names=[])
+
+
+def test_combine_many_detects_an_inconsistent_dealer_like_combine() -> None:
+    first, commitment_a = _split(threshold=2, n_shares=4)
+    second, commitment_b = _split(threshold=2, n_shares=4, seed=b"second")
+    mixed = commitment_a[:64] + commitment_b[64:]
+    with pytest.raises(CryptoError, match="dealer x: share 3 is committed but inconsistent"):
+        combine_many([([first[0], first[1], second[2]], mixed)], threshold=2, names=["dealer x"])
+
+
+def test_combine_checked_equals_combine_on_checked_shares() -> None:
+    shares, commitment = _split(threshold=3, n_shares=6)
+    subsets = [subset for size in (3, 4, 6) for subset in itertools.combinations(shares, size)]
+    expected = [combine(s, threshold=3, commitment=commitment) for s in subsets]
+    assert combine_checked(subsets, threshold=3) == expected
+    with pytest.raises(CryptoError, match=r"owner: only 2 valid shares, need 3"):
+        combine_checked([shares[:2]], threshold=3, names=["owner"])
+    with pytest.raises(CryptoError, match=r"duplicate share indices: \[1\]"):
+        combine_checked([(shares[0], shares[0], shares[1])], threshold=2)

@@ -36,3 +36,23 @@ def test_graph_rejects_bad_k_and_duplicates() -> None:
         neighbour_graph(SITES, k=5, graph_seed=bytes(32), round_index=0)
     with pytest.raises(ConfigError, match="duplicate"):
         neighbour_graph(["a", "a", "b"], k=2, graph_seed=bytes(32), round_index=0)
+
+
+def test_one_graph_object_per_round_with_o_n_memory() -> None:
+    """n sessions of one round share one graph; it holds the ordering, not an n x k adjacency."""
+    import tracemalloc
+
+    sites = [f"s{i:04d}" for i in range(1000)]
+    tracemalloc.start()
+    graph = neighbour_graph(sites, k=624, graph_seed=b"\x07" * 32, round_index=9)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2_000_000  # an n x k frozenset adjacency would take ~30 MB
+    assert (
+        neighbour_graph(list(reversed(sites)), k=624, graph_seed=b"\x07" * 32, round_index=9)
+        is graph
+    )
+    assert graph is not neighbour_graph(sites, k=624, graph_seed=b"\x07" * 32, round_index=10)
+    first = graph[sites[0]]
+    assert len(first) == 624
+    assert all(sites[0] in graph[v] for v in list(first)[:20])

@@ -186,3 +186,30 @@ def test_too_few_unmask_responses_abort_and_no_secret_reaches_t_shares() -> None
 def test_sessions_refuse_a_negative_round() -> None:
     with pytest.raises(ConfigError, match="round_index"):
         Round(round_index=-1)
+
+
+def test_every_session_of_a_round_shares_the_servers_neighbour_graph() -> None:
+    from fedmap_secure.secagg.client import ClientSession
+    from fedmap_secure.secagg.server import ServerSession
+
+    agg = SecureAggregator.simulated(
+        [f"g{i:02d}" for i in range(40)], dropout_fraction=0.05, corrupt_fraction=0.05
+    )
+    layout = LAYOUT
+    server = ServerSession(
+        roster=agg.roster, config=agg.config, layout=layout, round_index=2, context=b"c"
+    )
+    identities = agg._identities
+    clients = [
+        ClientSession(
+            site_id=s,
+            identity=identities[s],
+            roster=agg.roster,
+            config=agg.config,
+            layout=layout,
+            round_index=2,
+            context=b"c",
+        )
+        for s in sorted(identities)[:5]
+    ]
+    assert all(c._graph is server._graph for c in clients)

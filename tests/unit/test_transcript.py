@@ -297,7 +297,9 @@ def test_site_record_catches_a_transcript_that_invents_a_reveal(run: Run) -> Non
 
 
 def test_recording_aggregator_factory_writes_everything_the_cli_needs(tmp_path: Path) -> None:
-    agg = recording_aggregator(SITES, tmp_path, random_bytes=DeterministicRandom(b"factory"))
+    agg = recording_aggregator(
+        SITES, tmp_path, random_bytes=DeterministicRandom(b"factory"), max_colluding_sites=1
+    )
     for r in range(2):
         inputs = {s: np.full(3, 0.25) for s in SITES}
         agg.aggregate(round_index=r, layout=LAYOUT, inputs=inputs, context=b"m")

@@ -125,3 +125,20 @@ def test_bad_consortium(root: Path) -> None:
     text = "[server]\ninsecure = true\nfeatures = 3\n[timeouts]\nstage = 0\n" + CONSORTIUM
     with pytest.raises(ConfigError, match="timeouts"):
         load_server_deployment(_write(root, "server.toml", text))
+
+
+def test_the_consortium_states_max_colluding_sites(root: Path) -> None:
+    """Issue 15: 0.1 of 4 sites rounds down to no collusion; the integer must be stated."""
+    site = '[site]\nid = "site-b"\nserver = "s"\nidentity = "i"\ndata = "d"\ninsecure = true\n'
+    fraction = CONSORTIUM.replace("corrupt_fraction = 0.0", "corrupt_fraction = 0.1")
+    with pytest.raises(ConfigError, match="rounds down to 0 colluding sites"):
+        load_site_deployment(_write(root, "site.toml", site + fraction))
+    stated = fraction.replace("dropout_fraction = 0.25", "dropout_fraction = 0.0")
+    config = load_site_deployment(
+        _write(root, "site.toml", site + stated + "max_colluding_sites = 1\n")
+    )
+    assert (config.consortium.secagg.c_max, config.consortium.secagg.t) == (1, 3)
+    with pytest.raises(ConfigError, match="max_colluding_sites must be int"):
+        load_site_deployment(
+            _write(root, "site.toml", site + stated + "max_colluding_sites = 1.5\n")
+        )

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64map_secure/v1/secagg.proto\x12\x10\x66\x65\x64map_secure.v1\"L\n\x06Header\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\x0c\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0e\n\x06sender\x18\x04 \x01(\t\":\n\x0bLayoutField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\r\n\x05\x62ound\x18\x03 \x01(\x01\"\xe1\x01\n\x0bSecAggSetup\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12-\n\x06layout\x18\x02 \x03(\x0b\x32\x1d.fedmap_secure.v1.LayoutField\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\x12\x15\n\rconfig_digest\x18\x04 \x01(\x0c\x12\x15\n\rroster_digest\x18\x05 \x01(\x0c\x12\x18\n\x10stage_timeout_ms\x18\x06 \x01(\x04\x12 \n\x18previous_transcript_hash\x18\x10 \x01(\x0c\"|\n\rAdvertiseKeys\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x13\n\x0bmask_public\x18\x02 \x01(\x0c\x12\x19\n\x11\x65ncryption_public\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"q\n\x0cKeyBroadcast\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x37\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32\x1f.fedmap_secure.v1.AdvertiseKeys\"E\n\rShareEnvelope\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\xa4\x01\n\tShareKeys\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x32\n\tenvelopes\x18\x02 \x03(\x0b\x32\x1f.fedmap_secure.v1.ShareEnvelope\x12\x1c\n\x14self_mask_commitment\x18\x03 \x01(\x0c\x12\x1b\n\x13mask_key_commitment\x18\x04 \x01(\x0c\"\x7f\n\rShareDelivery\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x32\n\tenvelopes\x18\x03 \x03(\x0b\x32\x1f.fedmap_secure.v1.ShareEnvelope\"G\n\x0bMaskedInput\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x0e\n\x06masked\x18\x02 \x01(\x0c\"Q\n\x12\x43onsistencyRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x11\n\tsurvivors\x18\x02 \x03(\t\"S\n\x14\x43onsistencySignature\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"4\n\x11SurvivorSignature\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x92\x01\n\rUnmaskRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\r\n\x05\x61live\x18\x02 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\t\x12\x37\n\nsignatures\x18\x04 \x03(\x0b\x32#.fedmap_secure.v1.SurvivorSignature\"<\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05value\x18\x03 \x01(\x0c\"\xaf\x01\n\x0eUnmaskResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x39\n\x10self_mask_shares\x18\x02 \x03(\x0b\x32\x1f.fedmap_secure.v1.RevealedShare\x12\x38\n\x0fmask_key_shares\x18\x03 \x03(\x0b\x32\x1f.fedmap_secure.v1.RevealedShare\"d\n\x07\x44\x65\x63line\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12/\n\x06reason\x18\x02 \x01(\x0e\x32\x1f.fedmap_secure.v1.DeclineReason\"\x8d\x01\n\x0cRoundOutcome\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.fedmap_secure.v1.RoundStatus\x12\x14\n\x0c\x63ontributors\x18\x03 \x03(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t*\x8d\x01\n\rDeclineReason\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x44\x45\x43LINE_REASON_BUDGET_EXHAUSTED\x10\x01\x12\x1a\n\x16\x44\x45\x43LINE_REASON_NO_DATA\x10\x02\x12\x1b\n\x17\x44\x45\x43LINE_REASON_OPERATOR\x10\x03*a\n\x0bRoundStatus\x12\x1c\n\x18ROUND_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16ROUND_STATUS_COMPLETED\x10\x01\x12\x18\n\x14ROUND_STATUS_ABORTED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64map_secure/v1/secagg.proto\x12\x10\x66\x65\x64map_secure.v1\"L\n\x06Header\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\x0c\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0e\n\x06sender\x18\x04 \x01(\t\":\n\x0bLayoutField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06length\x18\x02 \x01(\x04\x12\r\n\x05\x62ound\x18\x03 \x01(\x01\"\xe1\x01\n\x0bSecAggSetup\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12-\n\x06layout\x18\x02 \x03(\x0b\x32\x1d.fedmap_secure.v1.LayoutField\x12\x0f\n\x07\x63ontext\x18\x03 \x01(\x0c\x12\x15\n\rconfig_digest\x18\x04 \x01(\x0c\x12\x15\n\rroster_digest\x18\x05 \x01(\x0c\x12\x18\n\x10stage_timeout_ms\x18\x06 \x01(\x04\x12 \n\x18previous_transcript_hash\x18\x10 \x01(\x0c\"|\n\rAdvertiseKeys\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x13\n\x0bmask_public\x18\x02 \x01(\x0c\x12\x19\n\x11\x65ncryption_public\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"q\n\x0cKeyBroadcast\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x37\n\x0e\x61\x64vertisements\x18\x02 \x03(\x0b\x32\x1f.fedmap_secure.v1.AdvertiseKeys\"E\n\rShareEnvelope\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"\xa4\x01\n\tShareKeys\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x32\n\tenvelopes\x18\x02 \x03(\x0b\x32\x1f.fedmap_secure.v1.ShareEnvelope\x12\x1c\n\x14self_mask_commitment\x18\x03 \x01(\x0c\x12\x1b\n\x13mask_key_commitment\x18\x04 \x01(\x0c\"\x7f\n\rShareDelivery\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x32\n\tenvelopes\x18\x03 \x03(\x0b\x32\x1f.fedmap_secure.v1.ShareEnvelope\"p\n\x0bMaskedInput\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x0e\n\x06masked\x18\x02 \x01(\x0c\x12\x12\n\nvalue_bits\x18\x03 \x01(\r\x12\x13\n\x0bvalue_count\x18\x04 \x01(\x04\"Q\n\x12\x43onsistencyRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x11\n\tsurvivors\x18\x02 \x03(\t\"S\n\x14\x43onsistencySignature\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"4\n\x11SurvivorSignature\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x92\x01\n\rUnmaskRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\r\n\x05\x61live\x18\x02 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\t\x12\x37\n\nsignatures\x18\x04 \x03(\x0b\x32#.fedmap_secure.v1.SurvivorSignature\"<\n\rRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05value\x18\x03 \x01(\x0c\"\xaf\x01\n\x0eUnmaskResponse\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12\x39\n\x10self_mask_shares\x18\x02 \x03(\x0b\x32\x1f.fedmap_secure.v1.RevealedShare\x12\x38\n\x0fmask_key_shares\x18\x03 \x03(\x0b\x32\x1f.fedmap_secure.v1.RevealedShare\"d\n\x07\x44\x65\x63line\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12/\n\x06reason\x18\x02 \x01(\x0e\x32\x1f.fedmap_secure.v1.DeclineReason\"\x8d\x01\n\x0cRoundOutcome\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.fedmap_secure.v1.Header\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.fedmap_secure.v1.RoundStatus\x12\x14\n\x0c\x63ontributors\x18\x03 \x03(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t*\x8d\x01\n\rDeclineReason\x12\x1e\n\x1a\x44\x45\x43LINE_REASON_UNSPECIFIED\x10\x00\x12#\n\x1f\x44\x45\x43LINE_REASON_BUDGET_EXHAUSTED\x10\x01\x12\x1a\n\x16\x44\x45\x43LINE_REASON_NO_DATA\x10\x02\x12\x1b\n\x17\x44\x45\x43LINE_REASON_OPERATOR\x10\x03*a\n\x0bRoundStatus\x12\x1c\n\x18ROUND_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16ROUND_STATUS_COMPLETED\x10\x01\x12\x18\n\x14ROUND_STATUS_ABORTED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedmap_secure.v1.secagg_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECLINEREASON']._serialized_start=1956
-  _globals['_DECLINEREASON']._serialized_end=2097
-  _globals['_ROUNDSTATUS']._serialized_start=2099
-  _globals['_ROUNDSTATUS']._serialized_end=2196
+  _globals['_DECLINEREASON']._serialized_start=1997
+  _globals['_DECLINEREASON']._serialized_end=2138
+  _globals['_ROUNDSTATUS']._serialized_start=2140
+  _globals['_ROUNDSTATUS']._serialized_end=2237
   _globals['_HEADER']._serialized_start=51
   _globals['_HEADER']._serialized_end=127
   _globals['_LAYOUTFIELD']._serialized_start=129
@@ -52,21 +52,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHAREDELIVERY']._serialized_start=896
   _globals['_SHAREDELIVERY']._serialized_end=1023
   _globals['_MASKEDINPUT']._serialized_start=1025
-  _globals['_MASKEDINPUT']._serialized_end=1096
-  _globals['_CONSISTENCYREQUEST']._serialized_start=1098
-  _globals['_CONSISTENCYREQUEST']._serialized_end=1179
-  _globals['_CONSISTENCYSIGNATURE']._serialized_start=1181
-  _globals['_CONSISTENCYSIGNATURE']._serialized_end=1264
-  _globals['_SURVIVORSIGNATURE']._serialized_start=1266
-  _globals['_SURVIVORSIGNATURE']._serialized_end=1318
-  _globals['_UNMASKREQUEST']._serialized_start=1321
-  _globals['_UNMASKREQUEST']._serialized_end=1467
-  _globals['_REVEALEDSHARE']._serialized_start=1469
-  _globals['_REVEALEDSHARE']._serialized_end=1529
-  _globals['_UNMASKRESPONSE']._serialized_start=1532
-  _globals['_UNMASKRESPONSE']._serialized_end=1707
-  _globals['_DECLINE']._serialized_start=1709
-  _globals['_DECLINE']._serialized_end=1809
-  _globals['_ROUNDOUTCOME']._serialized_start=1812
-  _globals['_ROUNDOUTCOME']._serialized_end=1953
+  _globals['_MASKEDINPUT']._serialized_end=1137
+  _globals['_CONSISTENCYREQUEST']._serialized_start=1139
+  _globals['_CONSISTENCYREQUEST']._serialized_end=1220
+  _globals['_CONSISTENCYSIGNATURE']._serialized_start=1222
+  _globals['_CONSISTENCYSIGNATURE']._serialized_end=1305
+  _globals['_SURVIVORSIGNATURE']._serialized_start=1307
+  _globals['_SURVIVORSIGNATURE']._serialized_end=1359
+  _globals['_UNMASKREQUEST']._serialized_start=1362
+  _globals['_UNMASKREQUEST']._serialized_end=1508
+  _globals['_REVEALEDSHARE']._serialized_start=1510
+  _globals['_REVEALEDSHARE']._serialized_end=1570
+  _globals['_UNMASKRESPONSE']._serialized_start=1573
+  _globals['_UNMASKRESPONSE']._serialized_end=1748
+  _globals['_DECLINE']._serialized_start=1750
+  _globals['_DECLINE']._serialized_end=1850
+  _globals['_ROUNDOUTCOME']._serialized_start=1853
+  _globals['_ROUNDOUTCOME']._serialized_end=1994
 # @@protoc_insertion_point(module_scope)

@@ -363,8 +363,21 @@ class MaskedInput(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     MASKED_FIELD_NUMBER: _builtins.int
+    VALUE_BITS_FIELD_NUMBER: _builtins.int
+    VALUE_COUNT_FIELD_NUMBER: _builtins.int
     masked: _builtins.bytes
-    """m values in Z_{2^bits}, each as 8 little-endian bytes (unsigned), concatenated."""
+    """The m values in Z_{2^bits} (SPEC section 5). If value_bits = 0 (unset: the
+    encoding before packing, still accepted): m unsigned 8-byte little-endian integers.
+    If value_bits = w in 1..64: value i occupies bits [i w, (i + 1) w) of a
+    little-endian bit stream (bit j = bit j mod 8 of byte j / 8, each value least
+    significant bit first); ceil(m w / 8) bytes, unused high bits of the last byte zero.
+    Senders use w = the bit length of the largest value, i.e. w = bits for a masked
+    vector (its values are uniform in Z_{2^bits}): m bits / 8 bytes on the wire.
+    """
+    value_bits: _builtins.int
+    """w; 0 = 8-byte words"""
+    value_count: _builtins.int
+    """m when value_bits > 0, else 0"""
     @_builtins.property
     def header(self) -> Global___Header: ...
     def __init__(
@@ -372,10 +385,12 @@ class MaskedInput(_message.Message):
         *,
         header: Global___Header | None = ...,
         masked: _builtins.bytes = ...,
+        value_bits: _builtins.int = ...,
+        value_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "masked", b"masked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "masked", b"masked", "value_bits", b"value_bits", "value_count", b"value_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
