@@ -27,14 +27,46 @@ METRICS_COLUMNS = (
     "omega",
     "prior_value",
     "clipped_coordinates",
-    "personalised_accuracy",
     "personalised_balanced_accuracy",
     "personalised_roc_auc",
-    "global_accuracy",
+    "personalised_accuracy",
     "global_balanced_accuracy",
     "global_roc_auc",
+    "global_accuracy",
     "declined",
 )
+
+
+HEADLINE_METRICS = ("balanced_accuracy", "roc_auc", "accuracy")
+"""Metrics of the headline keys, in order of importance: balanced accuracy leads (accuracy
+rewards predicting the majority class at a skewed site), ROC AUC is threshold-free."""
+
+
+def site_metric_values(result: SimulationResult, model: str, metric: str) -> list[float]:
+    """``metric`` of every site's ``model`` ("personalised" or "global_") where it is defined."""
+    values = []
+    for s in result.sites:
+        m: EvalMetrics | None = getattr(s, model)
+        v = None if m is None else m.as_dict().get(metric)
+        if v is not None and math.isfinite(v):
+            values.append(float(v))
+    return values
+
+
+def headline(result: SimulationResult) -> dict[str, float | None]:
+    """Mean and worst site of each headline metric, personalised and global models.
+
+    Keys ``mean_<model>_<metric>`` and ``worst_site_<model>_<metric>``; None when
+    no site has the value (e.g. AUC when every test set has one class, or the
+    global model of ``local``). Means are unweighted over sites (each hospital counts once).
+    """
+    out: dict[str, float | None] = {}
+    for model, attr in (("personalised", "personalised"), ("global", "global_")):
+        for metric in HEADLINE_METRICS:
+            values = site_metric_values(result, attr, metric)
+            out[f"mean_{model}_{metric}"] = sum(values) / len(values) if values else None
+            out[f"worst_site_{model}_{metric}"] = min(values) if values else None
+    return out
 
 
 def _finite(value: float | None) -> float | None:
@@ -77,9 +109,7 @@ def summary_dict(
             }
             for s in result.sites
         ],
-        "mean_personalised_accuracy": result.mean_personalised_accuracy,
-        "worst_site_personalised_accuracy": result.worst_site_personalised_accuracy,
-        "mean_global_accuracy": result.mean_global_accuracy,
+        **headline(result),
     }
 
 
@@ -101,7 +131,7 @@ def metrics_rows(result: SimulationResult) -> list[dict[str, object]]:
         }
         for prefix, m in (("personalised", r.personalised), ("global", r.global_)):
             d = m.as_dict() if m is not None else {}
-            for key in ("accuracy", "balanced_accuracy", "roc_auc"):
+            for key in HEADLINE_METRICS:
                 row[f"{prefix}_{key}"] = d.get(key)
         rows.append(row)
     return rows
@@ -129,7 +159,7 @@ def _fmt(value: float | None) -> str:
 def site_table(
     result: SimulationResult, *, epsilon_spent: Mapping[str, float] | None = None
 ) -> Table:
-    """Per-site table: accuracy, balanced accuracy, AUC (and epsilon spent when DP is on)."""
+    """Per-site table led by balanced accuracy, then AUC, accuracy (and epsilon spent under DP)."""
     table = Table(
         title=f"{result.method} on {result.dataset}: {result.rounds} rounds, seed {result.seed}",
         box=box.SIMPLE_HEAD,
@@ -142,7 +172,7 @@ def site_table(
     for col in ("train", "test"):
         table.add_column(col, justify="right")
     for prefix in ("P", "G"):
-        for name in ("acc", "bal", "AUC"):
+        for name in ("BA", "AUC", "acc"):
             table.add_column(f"{prefix} {name}", justify="right")
     if epsilon_spent is not None:
         table.add_column("eps", justify="right")
@@ -150,20 +180,27 @@ def site_table(
         cells = [s.site, s.tier.value, str(s.n_train), str(s.n_test)]
         for m in (s.personalised, s.global_):
             cells += [
-                _fmt(m.accuracy if m else None),
                 _fmt(m.balanced_accuracy if m else None),
                 _fmt(m.roc_auc if m else None),
+                _fmt(m.accuracy if m else None),
             ]
         if epsilon_spent is not None:
             cells.append(f"{epsilon_spent.get(s.site, 0.0):.2f}")
         table.add_row(*cells)
+    h = headline(result)
     table.caption = (
-        "P = personalised model, G = global model; acc = accuracy, bal = balanced accuracy; "
-        "AUC '-' = one class in the test data"
+        "P = personalised model, G = global model; BA = balanced accuracy (mean recall over "
+        "classes; chance = 1/classes), acc = accuracy; AUC '-' = one class in the test data"
         + ("; eps = epsilon spent (site ledger).\n" if epsilon_spent is not None else ".\n")
         + "Metrics are each site's own view (they are not released).\n"
-        f"mean personalised acc {_fmt(result.mean_personalised_accuracy)}, "
-        f"worst site {_fmt(result.worst_site_personalised_accuracy)}, "
-        f"mean global acc {_fmt(result.mean_global_accuracy)}"
+        f"personalised: mean BA {_fmt(h['mean_personalised_balanced_accuracy'])} "
+        f"(worst site {_fmt(h['worst_site_personalised_balanced_accuracy'])}), "
+        f"mean AUC {_fmt(h['mean_personalised_roc_auc'])} "
+        f"(worst {_fmt(h['worst_site_personalised_roc_auc'])}), "
+        f"mean acc {_fmt(h['mean_personalised_accuracy'])}\n"
+        f"global: mean BA {_fmt(h['mean_global_balanced_accuracy'])} "
+        f"(worst site {_fmt(h['worst_site_global_balanced_accuracy'])}), "
+        f"mean AUC {_fmt(h['mean_global_roc_auc'])}, "
+        f"mean acc {_fmt(h['mean_global_accuracy'])}"
     )
     return table
