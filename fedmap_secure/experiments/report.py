@@ -69,6 +69,41 @@ def headline(result: SimulationResult) -> dict[str, float | None]:
     return out
 
 
+CHANCE_MARGIN = 0.05
+"""A model within this margin of chance balanced accuracy (1/K) is reported as at chance."""
+
+
+def chance_warnings(result: SimulationResult, *, n_classes: int) -> list[str]:
+    """One line per site whose trained model is no better than chance, and one for the run
+    when every site's is (the model family likely does not fit the task).
+
+    Judged on each site's own held-out test rows (the metric the site computes anyway;
+    nothing extra is read or released), at sites whose test rows hold more than one class:
+    balanced accuracy <= 1/K + ``CHANCE_MARGIN`` and ROC AUC <= 0.5 + ``CHANCE_MARGIN``
+    (a threshold-free check, so a well-ranked but badly thresholded model is not flagged).
+    """
+    chance = 1.0 / n_classes
+    flagged, judged = [], 0
+    for s in result.sites:
+        m = s.personalised or s.global_
+        if m is None or m.roc_auc is None:
+            continue
+        judged += 1
+        if m.balanced_accuracy <= chance + CHANCE_MARGIN and m.roc_auc <= 0.5 + CHANCE_MARGIN:
+            which = "personalised" if s.personalised else "global"
+            flagged.append(
+                f"site {s.site!r}: the {which} model is no better than chance on its test rows "
+                f"(balanced accuracy {m.balanced_accuracy:.3f}, AUC {m.roc_auc:.3f}; chance "
+                f"{chance:.3f})"
+            )
+    if judged and len(flagged) == judged:
+        flagged.append(
+            "every site's model is at chance: the model may not fit the task (a nonlinear "
+            'decision boundary needs [model] kind = "mlp"), or training diverged'
+        )
+    return flagged
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
@@ -82,13 +117,17 @@ def summary_dict(
     *,
     privacy: dict[str, Any],
     epsilon_spent: Mapping[str, float] | None = None,
+    n_classes: int | None = None,
 ) -> dict[str, Any]:
-    """The summary.json document (keys fixed by issue 2).
+    """The summary.json document (keys fixed by issue 2; headline keys by issue 16).
 
     ``epsilon_spent`` (per private site, from its ledger) is None when DP is
     off: every site's ``epsilon_spent`` is then null. With DP on, sites that
-    release nothing (fine-tune and unseen tiers) spent 0.
+    release nothing (fine-tune and unseen tiers) spent 0. ``warnings`` lists
+    the chance-level checks (``chance_warnings``); null when ``n_classes`` is
+    not given (the check needs the number of classes).
     """
+    warnings = None if n_classes is None else chance_warnings(result, n_classes=n_classes)
     return {
         "dataset": result.dataset,
         "method": result.method,
@@ -110,6 +149,7 @@ def summary_dict(
             for s in result.sites
         ],
         **headline(result),
+        "warnings": warnings,
     }
 
 
