@@ -105,10 +105,23 @@ class ScoreConfig:
     omega_min: float = 1e-3
     omega_max: float = 1.0
     loglik_clip: float = 10.0
+    dp_loglik_clip: float = 10.0
+    """B of the DP (Gaussian) release of the mean log-likelihood: its noise std is
+    sigma * B / N, so a smaller B is less noise at the same epsilon (records with a
+    log-likelihood below -B count as -B)."""
+    dp_shrinkage: bool = False
+    """Shrink each noisy DP mean toward ``dp_prior_mean`` by its public noise level
+    (``training.dp_score.shrink_noisy_mean``; post-processing, free)."""
+    dp_prior_mean: float = -0.7
+    dp_prior_sd: float = 0.35
 
     def __post_init__(self) -> None:
         _positive("score.omega_min", self.omega_min)
         _positive("score.loglik_clip", self.loglik_clip)
+        _positive("score.dp_loglik_clip", self.dp_loglik_clip)
+        _positive("score.dp_prior_sd", self.dp_prior_sd)
+        if not (math.isfinite(self.dp_prior_mean) and self.dp_prior_mean <= 0):
+            raise ConfigError("score.dp_prior_mean must be a finite log-likelihood <= 0")
         if not (math.isfinite(self.omega_max) and self.omega_max > self.omega_min):
             raise ConfigError("score.omega_max must be finite and > score.omega_min")
 
