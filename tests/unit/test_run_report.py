@@ -55,7 +55,7 @@ def _run_dir(tmp_path: Path) -> Path:
         writer.writeheader()
         for r in range(3):
             for i, site in enumerate(SITES):
-                row = {c: "" for c in METRICS_COLUMNS}
+                row: dict[str, object] = dict.fromkeys(METRICS_COLUMNS, "")
                 row.update(
                     round=r, phase="train", site=site, tier="train", train_loss=1.0 / (r + 1),
                     personalised_balanced_accuracy=0.5 + 0.1 * r * (1 - i), omega=0.5,
