@@ -43,7 +43,8 @@ from fedmap_secure.config import Method, SimulationConfig, load_config
 from fedmap_secure.data import load_dataset
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 from fedmap_secure.experiments.pooled import run_pooled
-from fedmap_secure.experiments.simulation import SimulationResult, run_simulation
+from fedmap_secure.runtime.inprocess import run_simulation
+from fedmap_secure.runtime.results import SimulationResult
 from fedmap_secure.training.interface import ClassWeighting, LocalTrainer, LocalTrainingConfig
 from fedmap_secure.training.local import AdamMapTrainer
 

@@ -14,8 +14,8 @@ from fedmap_secure.experiments.report import (
     site_table,
     summary_dict,
 )
-from fedmap_secure.experiments.simulation import SimulationResult, SiteResult
 from fedmap_secure.fedmap.evaluation import EvalMetrics
+from fedmap_secure.runtime.results import SimulationResult, SiteResult
 
 
 def _m(acc: float, ba: float, auc: float | None) -> EvalMetrics:
