@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     # Listed for --help only: main() hands these to their own parsers before parsing.
     sub.add_parser("sweep", help="run a resumable privacy-utility sweep (see sweep --help)")
-    sub.add_parser("report", help="build report.md and plots from a sweep (see report --help)")
+    sub.add_parser(
+        "report", help="build report.md and plots of a sweep or of one run (see report --help)"
+    )
     return parser
 
 

@@ -77,9 +77,13 @@ def simulate_to_dir(
                 site_state=site_state,
             )
             result, privacy, epsilon = run.result, run.privacy, run.epsilon_spent
-    summary = summary_dict(result, privacy=privacy, epsilon_spent=epsilon)
+    summary = summary_dict(
+        result, privacy=privacy, epsilon_spent=epsilon, n_classes=dataset.n_classes
+    )
     write_outputs(out_dir, result, summary)
     console.print(site_table(result, epsilon_spent=epsilon))
+    for warning in summary["warnings"]:
+        console.print(f"[yellow]warning: {warning}")
     _print_privacy(console, privacy)
     console.print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'metrics.csv'}")
     return summary

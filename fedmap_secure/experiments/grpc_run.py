@@ -425,9 +425,13 @@ def simulate_grpc_to_dir(
         "client_level_dp": client_level_dp,
         "metrics_released": False,
     }
-    summary = summary_dict(result, privacy=privacy, epsilon_spent=epsilon)
+    summary = summary_dict(
+        result, privacy=privacy, epsilon_spent=epsilon, n_classes=dataset.n_classes
+    )
     write_outputs(out_dir, result, summary)
     console.print(site_table(result, epsilon_spent=epsilon))
+    for warning in summary["warnings"]:
+        console.print(f"[yellow]warning: {warning}")
     if differential_privacy is not None:
         console.print(f"DP budget: {differential_privacy['budget_scope']}")
     console.print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'metrics.csv'}")

@@ -28,14 +28,81 @@ METRICS_COLUMNS = (
     "omega",
     "prior_value",
     "clipped_coordinates",
-    "personalised_accuracy",
     "personalised_balanced_accuracy",
     "personalised_roc_auc",
-    "global_accuracy",
+    "personalised_accuracy",
     "global_balanced_accuracy",
     "global_roc_auc",
+    "global_accuracy",
     "declined",
 )
+
+
+HEADLINE_METRICS = ("balanced_accuracy", "roc_auc", "accuracy")
+"""Metrics of the headline keys, in order of importance: balanced accuracy leads (accuracy
+rewards predicting the majority class at a skewed site), ROC AUC is threshold-free."""
+
+
+def site_metric_values(result: SimulationResult, model: str, metric: str) -> list[float]:
+    """``metric`` of every site's ``model`` ("personalised" or "global_") where it is defined."""
+    values = []
+    for s in result.sites:
+        m: EvalMetrics | None = getattr(s, model)
+        v = None if m is None else m.as_dict().get(metric)
+        if v is not None and math.isfinite(v):
+            values.append(float(v))
+    return values
+
+
+def headline(result: SimulationResult) -> dict[str, float | None]:
+    """Mean and worst site of each headline metric, personalised and global models.
+
+    Keys ``mean_<model>_<metric>`` and ``worst_site_<model>_<metric>``; None when
+    no site has the value (e.g. AUC when every test set has one class, or the
+    global model of ``local``). Means are unweighted over sites (each hospital counts once).
+    """
+    out: dict[str, float | None] = {}
+    for model, attr in (("personalised", "personalised"), ("global", "global_")):
+        for metric in HEADLINE_METRICS:
+            values = site_metric_values(result, attr, metric)
+            out[f"mean_{model}_{metric}"] = sum(values) / len(values) if values else None
+            out[f"worst_site_{model}_{metric}"] = min(values) if values else None
+    return out
+
+
+CHANCE_MARGIN = 0.05
+"""A model within this margin of chance balanced accuracy (1/K) is reported as at chance."""
+
+
+def chance_warnings(result: SimulationResult, *, n_classes: int) -> list[str]:
+    """One line per site whose trained model is no better than chance, and one for the run
+    when every site's is (the model family likely does not fit the task).
+
+    Judged on each site's own held-out test rows (the metric the site computes anyway;
+    nothing extra is read or released), at sites whose test rows hold more than one class:
+    balanced accuracy <= 1/K + ``CHANCE_MARGIN`` and ROC AUC <= 0.5 + ``CHANCE_MARGIN``
+    (a threshold-free check, so a well-ranked but badly thresholded model is not flagged).
+    """
+    chance = 1.0 / n_classes
+    flagged, judged = [], 0
+    for s in result.sites:
+        m = s.personalised or s.global_
+        if m is None or m.roc_auc is None:
+            continue
+        judged += 1
+        if m.balanced_accuracy <= chance + CHANCE_MARGIN and m.roc_auc <= 0.5 + CHANCE_MARGIN:
+            which = "personalised" if s.personalised else "global"
+            flagged.append(
+                f"site {s.site!r}: the {which} model is no better than chance on its test rows "
+                f"(balanced accuracy {m.balanced_accuracy:.3f}, AUC {m.roc_auc:.3f}; chance "
+                f"{chance:.3f})"
+            )
+    if judged and len(flagged) == judged:
+        flagged.append(
+            "every site's model is at chance: the model may not fit the task (a nonlinear "
+            'decision boundary needs [model] kind = "mlp"), or training diverged'
+        )
+    return flagged
 
 
 def _finite(value: float | None) -> float | None:
@@ -51,13 +118,17 @@ def summary_dict(
     *,
     privacy: dict[str, Any],
     epsilon_spent: Mapping[str, float] | None = None,
+    n_classes: int | None = None,
 ) -> dict[str, Any]:
-    """The summary.json document (keys fixed by issue 2).
+    """The summary.json document (keys fixed by issue 2; headline keys by issue 16).
 
     ``epsilon_spent`` (per private site, from its ledger) is None when DP is
     off: every site's ``epsilon_spent`` is then null. With DP on, sites that
-    release nothing (fine-tune and unseen tiers) spent 0.
+    release nothing (fine-tune and unseen tiers) spent 0. ``warnings`` lists
+    the chance-level checks (``chance_warnings``); null when ``n_classes`` is
+    not given (the check needs the number of classes).
     """
+    warnings = None if n_classes is None else chance_warnings(result, n_classes=n_classes)
     return {
         "dataset": result.dataset,
         "method": result.method,
@@ -79,9 +150,8 @@ def summary_dict(
             }
             for s in result.sites
         ],
-        "mean_personalised_accuracy": result.mean_personalised_accuracy,
-        "worst_site_personalised_accuracy": result.worst_site_personalised_accuracy,
-        "mean_global_accuracy": result.mean_global_accuracy,
+        **headline(result),
+        "warnings": warnings,
     }
 
 
@@ -103,7 +173,7 @@ def metrics_rows(result: SimulationResult) -> list[dict[str, object]]:
         }
         for prefix, m in (("personalised", r.personalised), ("global", r.global_)):
             d = m.as_dict() if m is not None else {}
-            for key in ("accuracy", "balanced_accuracy", "roc_auc"):
+            for key in HEADLINE_METRICS:
                 row[f"{prefix}_{key}"] = d.get(key)
         rows.append(row)
     return rows
@@ -131,7 +201,7 @@ def _fmt(value: float | None) -> str:
 def site_table(
     result: SimulationResult, *, epsilon_spent: Mapping[str, float] | None = None
 ) -> Table:
-    """Per-site table: accuracy, balanced accuracy, AUC (and epsilon spent when DP is on)."""
+    """Per-site table led by balanced accuracy, then AUC, accuracy (and epsilon spent under DP)."""
     table = Table(
         title=f"{result.method} on {result.dataset}: {result.rounds} rounds, seed {result.seed}",
         box=box.SIMPLE_HEAD,
@@ -144,7 +214,7 @@ def site_table(
     for col in ("train", "test"):
         table.add_column(col, justify="right")
     for prefix in ("P", "G"):
-        for name in ("acc", "bal", "AUC"):
+        for name in ("BA", "AUC", "acc"):
             table.add_column(f"{prefix} {name}", justify="right")
     if epsilon_spent is not None:
         table.add_column("eps", justify="right")
@@ -152,20 +222,27 @@ def site_table(
         cells = [s.site, s.tier.value, str(s.n_train), str(s.n_test)]
         for m in (s.personalised, s.global_):
             cells += [
-                _fmt(m.accuracy if m else None),
                 _fmt(m.balanced_accuracy if m else None),
                 _fmt(m.roc_auc if m else None),
+                _fmt(m.accuracy if m else None),
             ]
         if epsilon_spent is not None:
             cells.append(f"{epsilon_spent.get(s.site, 0.0):.2f}")
         table.add_row(*cells)
+    h = headline(result)
     table.caption = (
-        "P = personalised model, G = global model; acc = accuracy, bal = balanced accuracy; "
-        "AUC '-' = one class in the test data"
+        "P = personalised model, G = global model; BA = balanced accuracy (mean recall over "
+        "classes; chance = 1/classes), acc = accuracy; AUC '-' = one class in the test data"
         + ("; eps = epsilon spent (site ledger).\n" if epsilon_spent is not None else ".\n")
         + "Metrics are each site's own view (they are not released).\n"
-        f"mean personalised acc {_fmt(result.mean_personalised_accuracy)}, "
-        f"worst site {_fmt(result.worst_site_personalised_accuracy)}, "
-        f"mean global acc {_fmt(result.mean_global_accuracy)}"
+        f"personalised: mean BA {_fmt(h['mean_personalised_balanced_accuracy'])} "
+        f"(worst site {_fmt(h['worst_site_personalised_balanced_accuracy'])}), "
+        f"mean AUC {_fmt(h['mean_personalised_roc_auc'])} "
+        f"(worst {_fmt(h['worst_site_personalised_roc_auc'])}), "
+        f"mean acc {_fmt(h['mean_personalised_accuracy'])}\n"
+        f"global: mean BA {_fmt(h['mean_global_balanced_accuracy'])} "
+        f"(worst site {_fmt(h['worst_site_global_balanced_accuracy'])}), "
+        f"mean AUC {_fmt(h['mean_global_roc_auc'])}, "
+        f"mean acc {_fmt(h['mean_global_accuracy'])}"
     )
     return table

@@ -41,6 +41,7 @@ from typing import Any
 
 from fedmap_secure.aggregation import FloatVector
 from fedmap_secure.config.privacy import OmegaRelease, PrivacyConfig
+from fedmap_secure.config.schema import ScoreConfig
 from fedmap_secure.data.types import SiteData
 from fedmap_secure.errors import BudgetExceededError, PrivacyError
 from fedmap_secure.fedmap.contribution import MeanLoglikRelease
@@ -428,9 +429,15 @@ class SitePrivacy:
     def admit(self, round_index: int) -> bool:
         return self.guard.admit(round_index)
 
-    def score_release(self, n_public: int) -> MeanLoglikRelease:
-        """The site's DP release of the mean log-likelihood in its score (or the constant 0)."""
-        from fedmap_secure.training.dp_score import release_mean_loglik
+    def score_release(self, n_public: int, score: ScoreConfig | None = None) -> MeanLoglikRelease:
+        """The site's DP release of the mean log-likelihood in its score (or the constant 0).
+
+        ``score`` (the run's ``[score]``): ``dp_loglik_clip`` bounds B of the release
+        (noise std sigma * B / n; the charged event is the same noise multiplier) and
+        ``dp_shrinkage`` shrinks the noisy mean toward the declared prior by its public
+        noise level (``shrink_noisy_mean``): both are safe whoever sets them.
+        """
+        from fedmap_secure.training.dp_score import release_mean_loglik, shrink_noisy_mean
         from fedmap_secure.training.secure_noise import CsprngStream, SecureGaussian
 
         sigma = self.plan.omega_noise_multiplier
@@ -444,13 +451,26 @@ class SitePrivacy:
         )
         source = SecureGaussian(stream)
 
+        opts = score if score is not None else ScoreConfig()
+
         def release(per_sample_loglik: FloatVector, clip: float) -> float:
-            return release_mean_loglik(
+            bound = min(clip, opts.dp_loglik_clip)
+            mean = release_mean_loglik(
                 per_sample_loglik,
-                clip=clip,
+                clip=bound,
                 noise_multiplier=sigma,
                 public_n=n_public,
                 random=source,
+                clamp=not opts.dp_shrinkage,
+            )
+            if not opts.dp_shrinkage:
+                return mean
+            return shrink_noisy_mean(
+                mean,
+                noise_std=sigma * bound / n_public,
+                prior_mean=opts.dp_prior_mean,
+                prior_sd=opts.dp_prior_sd,
+                clip=bound,
             )
 
         return release

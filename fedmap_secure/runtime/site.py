@@ -353,7 +353,7 @@ class SiteRuntime:
             score_release=(
                 exact_clipped_mean
                 if self.privacy is None
-                else self.privacy.score_release(self.data.n_train)
+                else self.privacy.score_release(self.data.n_train, config.score)
             ),
         )
 

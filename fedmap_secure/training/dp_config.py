@@ -80,8 +80,13 @@ class DpSgdConfig:
     secure_noise: bool = True
     reproducible_seed: int | None = None
     fix_incompatible_modules: bool = False
+    class_weights: tuple[float, ...] = ()
+    """Declared (public) per-class loss weights; empty: unweighted. Never computed from
+    the site's records (see ``ClassWeighting``)."""
 
     def __post_init__(self) -> None:
+        if any(not (_finite(w) and w > 0.0) for w in self.class_weights):
+            raise ConfigError("class_weights must be finite and > 0")
         if not (_finite(self.noise_multiplier) and self.noise_multiplier >= 0.0):
             raise ConfigError("noise_multiplier must be finite and >= 0")
         if not (_finite(self.max_grad_norm) and self.max_grad_norm > 0.0):
@@ -110,16 +115,23 @@ class DpSgdConfig:
         max_grad_norm: float,
         **overrides: Any,
     ) -> DpSgdConfig:
-        """The DP counterpart of a non-private config: same epochs, batch size, Adam lr/wd.
+        """The DP counterpart of a non-private config: same epochs, batch size, Adam wd;
+        learning rate ``dp_learning_rate`` (else ``learning_rate``); declared class weights.
 
-        ``local``'s early-stopping fields (patience, validation_fraction) and
-        its whole-gradient clip have no DP counterpart and are ignored.
+        ``local``'s early-stopping fields (patience, validation_fraction), its
+        whole-gradient clip and its "balanced" class weighting (computed from the
+        site's counts: not DP) have no DP counterpart and are ignored.
         """
         fields: dict[str, Any] = {
             "expected_batch_size": local.batch_size,
             "epochs": local.epochs,
-            "learning_rate": local.learning_rate,
+            "learning_rate": (
+                local.dp_learning_rate
+                if local.dp_learning_rate is not None
+                else local.learning_rate
+            ),
             "weight_decay": local.weight_decay,
+            "class_weights": local.dp_class_weights(),
         }
         fields.update(overrides)
         return cls(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, **fields)

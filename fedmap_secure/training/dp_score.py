@@ -104,3 +104,24 @@ def release_mean_loglik(
     noisy = total + float(source.standard_normal(1)[0]) * noise_multiplier * clip
     mean = noisy / public_n
     return min(0.0, max(-clip, mean)) if clamp else mean
+
+
+def shrink_noisy_mean(
+    noisy_mean: float, *, noise_std: float, prior_mean: float, prior_sd: float, clip: float
+) -> float:
+    """Shrink a DP mean log-likelihood toward a declared prior by its public noise level.
+
+    Maths: with the true mean m ~ N(mu_0, tau^2) a priori (declared, public) and the
+    release x = m + e, e ~ N(0, s^2), the posterior mean is
+    mu_0 + tau^2 / (tau^2 + s^2) (x - mu_0). s = sigma B / N_pub is public (noise
+    multiplier, clip bound, declared size), so this is post-processing of the DP
+    release: no privacy cost. Effect: when s >> tau (a small site at a small
+    budget) the score stays near exp(mu_0 - R/N), i.e. close to equal weights,
+    instead of jumping at random between the clamps omega_min and omega_max; when
+    s << tau the data speak. The result is clamped into [-B, 0].
+    """
+    if not (math.isfinite(noise_std) and noise_std >= 0.0 and prior_sd > 0.0):
+        raise ConfigError("noise_std must be finite and >= 0, prior_sd > 0")
+    weight = prior_sd**2 / (prior_sd**2 + noise_std**2)
+    value = prior_mean + weight * (noisy_mean - prior_mean)
+    return min(0.0, max(-clip, value))

@@ -202,13 +202,27 @@ class _DpLoop:
         self.optimizer.zero_grad(set_to_none=True)
         return (loss_sum / seen if seen else float("nan")), empty
 
+    def _class_weight(self, n_classes: int) -> torch.Tensor | None:
+        """Declared (public) class weights: they scale a record's loss before its gradient
+        is clipped to C, so one record's influence stays bounded by C."""
+        weights = self.config.class_weights
+        if not weights:
+            return None
+        if len(weights) != n_classes:
+            raise ConfigError(
+                f"class_weights has {len(weights)} entries, the model {n_classes} classes"
+            )
+        return torch.tensor(weights, dtype=torch.float32)
+
     def privatised_data_gradient(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
         """Set ``p.grad`` to the clipped, noised, scaled data gradient; return the loss sum."""
         self.optimizer.zero_grad(set_to_none=True)
         if len(xb) == 0:
             self.optimizer.noisy_step_without_data()
             return 0.0
-        per_sample = torch.nn.functional.cross_entropy(self.gsm(xb), yb, reduction="none")
+        logits = self.gsm(xb)
+        weight = self._class_weight(logits.shape[1])
+        per_sample = torch.nn.functional.cross_entropy(logits, yb, weight=weight, reduction="none")
         if self.config.grad_sample_mode is GradSampleMode.GHOST:
             DPTensorFastGradientClipping(self.gsm, self.optimizer, per_sample, "sum").backward()
         else:

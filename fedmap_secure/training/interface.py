@@ -10,6 +10,8 @@ this protocol, so the FedMAP round code does not change when DP is switched on.
 
 from __future__ import annotations
 
+import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +24,22 @@ from fedmap_secure.errors import ConfigError
 
 PriorFn = Callable[[], torch.Tensor]
 """Returns the scalar prior R(theta; gamma, psi) for the model's *current* parameters."""
+
+
+class ClassWeighting(enum.Enum):
+    """How the data term weights the classes (``[training] class_weighting``).
+
+    NONE: plain mean cross-entropy.
+    BALANCED: inverse class frequency at the site, w_c = n / (K n_c) (scikit-learn's
+    "balanced"), for the NON-PRIVATE trainer only: the counts n_c are a statistic of
+    the site's records, and under DP-SGD they would make every record's weight depend
+    on every other record (adding one patient changes all weights), which the per-record
+    clipping bound does not cover. DP-SGD sites use ``class_weights`` (declared, public)
+    or none; see ``dp_class_weights``.
+    """
+
+    NONE = "none"
+    BALANCED = "balanced"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +58,14 @@ class LocalTrainingConfig:
     grad_clip_norm: float = 1.0
     patience: int = 2
     validation_fraction: float = 0.2
+    class_weighting: ClassWeighting = ClassWeighting.NONE
+    class_weights: tuple[float, ...] = ()
+    """Declared per-class loss weights (public, the same at every site); both trainers use
+    them, DP-SGD included (a public weight scales a record's loss before its gradient is
+    clipped, so the sensitivity stays the clipping bound). Empty: no declared weights."""
+    dp_learning_rate: float | None = None
+    """Adam learning rate of the DP-SGD trainer (None: ``learning_rate``). Tuned separately:
+    the noisy, clipped gradient of a fixed number of steps wants a different step size."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 0:
@@ -48,6 +74,19 @@ class LocalTrainingConfig:
             raise ConfigError("validation_fraction must be in [0, 1)")
         if not (self.learning_rate > 0 and self.weight_decay >= 0 and self.grad_clip_norm > 0):
             raise ConfigError("learning_rate and grad_clip_norm must be > 0, weight_decay >= 0")
+        if self.dp_learning_rate is not None and not self.dp_learning_rate > 0:
+            raise ConfigError("dp_learning_rate must be > 0")
+        if any(not (math.isfinite(w) and w > 0) for w in self.class_weights):
+            raise ConfigError("class_weights must be finite and > 0")
+        if self.class_weights and self.class_weighting is not ClassWeighting.NONE:
+            raise ConfigError(
+                "class_weights (declared) and class_weighting = "
+                f"{self.class_weighting.value!r} (from the site's counts) exclude each other"
+            )
+
+    def dp_class_weights(self) -> tuple[float, ...]:
+        """The class weights a DP-SGD trainer may use: the declared ones only (public)."""
+        return self.class_weights
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,3 +109,28 @@ class LocalTrainer(Protocol):
     ) -> LocalTrainingResult:
         """Train ``model`` in place on the site's data under ``prior``."""
         ...
+
+
+def loss_class_weights(
+    config: LocalTrainingConfig, y: torch.Tensor, n_classes: int
+) -> torch.Tensor | None:
+    """The ``weight`` argument of the non-private trainer's cross-entropy (None: unweighted).
+
+    Declared weights must name every class; "balanced" gives w_c = n / (K n_c) for the
+    classes present (an absent class gets weight 1: it never appears in the loss).
+    """
+    if config.class_weights:
+        if len(config.class_weights) != n_classes:
+            raise ConfigError(
+                f"class_weights has {len(config.class_weights)} entries, the model {n_classes} "
+                "classes"
+            )
+        return torch.tensor(config.class_weights, dtype=torch.float32)
+    if config.class_weighting is ClassWeighting.NONE:
+        return None
+    counts = torch.bincount(y, minlength=n_classes).to(torch.float32)
+    present = counts > 0
+    k = float(present.sum())
+    weights = torch.ones(n_classes, dtype=torch.float32)
+    weights[present] = float(y.numel()) / (k * counts[present])
+    return weights

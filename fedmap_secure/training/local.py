@@ -1,7 +1,8 @@
 """The non-private local MAP trainer (FedMAP reference training loop).
 
-Minimises ``mean cross-entropy(batch) + prior()`` with Adam (lr 1e-3, weight
-decay 1e-5 by default), clips the gradient norm of every step, shuffles
+Minimises ``mean cross-entropy(batch) + prior()`` (class-weighted when
+``class_weighting`` / ``class_weights`` say so) with Adam (lr and weight
+decay from ``LocalTrainingConfig``), clips the gradient norm of every step, shuffles
 batches with the site's ``torch.Generator`` and stops early when the loss on
 a held-out validation part of the site's training rows stops improving; the
 parameters with the best validation loss are restored at the end.
@@ -17,7 +18,12 @@ import torch
 from torch import nn
 
 from fedmap_secure.errors import DataError
-from fedmap_secure.training.interface import LocalTrainingConfig, LocalTrainingResult, PriorFn
+from fedmap_secure.training.interface import (
+    LocalTrainingConfig,
+    LocalTrainingResult,
+    PriorFn,
+    loss_class_weights,
+)
 
 
 def validation_split(
@@ -32,9 +38,13 @@ def validation_split(
 
 
 def _objective(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, prior: PriorFn | None
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    prior: PriorFn | None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    loss = nn.functional.cross_entropy(model(x), y)
+    loss = nn.functional.cross_entropy(model(x), y, weight=weight)
     return loss + prior() if prior is not None else loss
 
 
@@ -58,6 +68,9 @@ class AdamMapTrainer:
             raise DataError("local training needs at least one training row")
         x, y = torch.from_numpy(x_train), torch.from_numpy(y_train)
         train_idx, val_idx = validation_split(n, cfg.validation_fraction, generator)
+        with torch.no_grad():
+            n_classes = int(model(x[:1]).shape[1])
+        weight = loss_class_weights(cfg, y, n_classes)
         opt = torch.optim.Adam(
             model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
@@ -69,7 +82,7 @@ class AdamMapTrainer:
             total = 0.0
             for batch in torch.split(order, cfg.batch_size):
                 opt.zero_grad()
-                loss = _objective(model, x[batch], y[batch], prior)
+                loss = _objective(model, x[batch], y[batch], prior, weight)
                 loss.backward()  # type: ignore[no-untyped-call]
                 nn.utils.clip_grad_norm_(model.parameters(), max_norm=cfg.grad_clip_norm)
                 opt.step()
@@ -81,7 +94,7 @@ class AdamMapTrainer:
                 continue
             model.eval()
             with torch.no_grad():
-                val = float(_objective(model, x[val_idx], y[val_idx], prior))
+                val = float(_objective(model, x[val_idx], y[val_idx], prior, weight))
             if val < best_val:
                 best_val, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
             else:

@@ -14,6 +14,7 @@ from fedmap_secure.training.dp_score import (
     clipped_loglik_sum,
     gaussian_release_event_params,
     release_mean_loglik,
+    shrink_noisy_mean,
 )
 from fedmap_secure.training.secure_noise import CsprngStream, SecureGaussian
 
@@ -108,3 +109,16 @@ def test_invalid_parameters_refused(clip: float, sigma: float, n: int) -> None:
 def test_nan_loglik_refused() -> None:
     with pytest.raises(DataError, match="NaN"):
         release_mean_loglik(np.array([-1.0, np.nan]), clip=1.0, noise_multiplier=1.0, public_n=2)
+
+
+def test_shrinkage_follows_the_data_when_noise_is_small_and_the_prior_when_large() -> None:
+    kw = {"prior_mean": -0.7, "prior_sd": 0.35, "clip": 2.0}
+    assert shrink_noisy_mean(-0.3, noise_std=0.0, **kw) == pytest.approx(-0.3)
+    # noise std 100x the prior sd: the released value barely moves the estimate
+    assert shrink_noisy_mean(-2.0, noise_std=35.0, **kw) == pytest.approx(-0.7, abs=1e-3)
+    assert shrink_noisy_mean(+50.0, noise_std=35.0, **kw) == pytest.approx(-0.7, abs=0.05)
+    # equal noise and prior sd: halfway; the result stays inside [-B, 0]
+    assert shrink_noisy_mean(-0.1, noise_std=0.35, **kw) == pytest.approx(-0.4)
+    assert shrink_noisy_mean(5.0, noise_std=0.0, **kw) == 0.0
+    with pytest.raises(ConfigError):
+        shrink_noisy_mean(-0.3, noise_std=float("nan"), **kw)

@@ -417,3 +417,41 @@ def test_config_from_the_non_private_config() -> None:
     assert (cfg.expected_batch_size, cfg.epochs, cfg.steps) == (16, 3, 7)
     assert (cfg.learning_rate, cfg.weight_decay) == (0.01, 0.0)
     assert (cfg.noise_multiplier, cfg.max_grad_norm, cfg.sample_rate) == (1.1, 0.5, None)
+
+
+def test_dp_config_takes_the_dp_learning_rate_and_only_declared_class_weights() -> None:
+    from fedmap_secure.training.interface import ClassWeighting
+
+    local = LocalTrainingConfig(
+        learning_rate=0.01, dp_learning_rate=0.1, class_weighting=ClassWeighting.BALANCED
+    )
+    cfg = DpSgdConfig.from_local_config(local, noise_multiplier=1.0, max_grad_norm=1.0)
+    # "balanced" weights come from the site's counts (not DP): the DP trainer never uses them
+    assert (cfg.learning_rate, cfg.class_weights) == (0.1, ())
+    declared = LocalTrainingConfig(class_weights=(1.0, 3.0))
+    cfg = DpSgdConfig.from_local_config(declared, noise_multiplier=1.0, max_grad_norm=1.0)
+    assert (cfg.learning_rate, cfg.class_weights) == (declared.learning_rate, (1.0, 3.0))
+
+
+def test_declared_class_weights_keep_every_record_within_the_clip() -> None:
+    """A public weight scales a record's loss before clipping: each clipped per-sample
+    gradient (noise 0) still has norm <= C, so the summed data gradient is <= batch * C."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 3).numpy()
+    y = (torch.arange(16) % 2).numpy()
+    for weights in ((), (1.0, 50.0)):
+        model = torch.nn.Linear(3, 2)
+        before = flat(model).clone()
+        trainer = DpSgdMapTrainer(
+            config(
+                noise_multiplier=0.0, sample_rate=1.0, steps=1, optimizer=InnerOptimizer.SGD,
+                learning_rate=1.0, class_weights=weights, secure_noise=False,
+            )
+        )  # fmt: skip
+        trainer.train(model, x, y, None, torch.Generator().manual_seed(0))
+        # SGD lr 1: the step is the averaged clipped gradient, norm <= C = 1
+        assert float((flat(model) - before).norm()) <= 1.0 + 1e-5
+    with pytest.raises(ConfigError, match="class_weights has 3 entries"):
+        DpSgdMapTrainer(config(class_weights=(1.0, 1.0, 1.0), secure_noise=False)).train(
+            torch.nn.Linear(3, 2), x, y, None, torch.Generator().manual_seed(0)
+        )

@@ -128,7 +128,12 @@ def test_report_tables_plots_and_published_numbers(sweep_dir: Path) -> None:
     assert "BudgetExceededError: too small" in text
     assert "| heart | fedavg | on | 2.00 (n=2) | 800 | 500 | 1,300 |" in text
     assert "s0: 0.900" in text  # privacy spent at eps 1
-    for name in ("plot_utility_heart", "plot_sites_heart", "plot_privacy", "plot_cost"):
+    # the headline table leads with balanced accuracy, the worst site beside the mean
+    assert "| method | ε | mean BA | worst-site BA | mean AUC | worst-site AUC | mean acc |" in text
+    assert _row(text, "Headline", "fedmap")[1:4] == ["0.5", "0.652 ± 0.003", "0.550 ± 0.000"]
+    assert _row(text, "Mean personalised balanced accuracy", "fedmap")[2] == "0.677 ± 0.003 (n=2)"
+    assert re.search(r"\| 1 \| fedavg \| \+0\.102 \| \+0\.100 \|", text)  # mean, worst site
+    for name in ("plot_utility_heart", "plot_sites_heart", "plot_privacy_heart", "plot_cost"):
         assert (sweep_dir / f"{name}.png").read_bytes()[:8] == PNG
 
 
@@ -160,7 +165,7 @@ def test_client_level_runs_get_their_own_section_only(sweep_dir: Path) -> None:
     assert "NOT hidden" in section
     assert "δ = 0.001" in section
     mean = "heart, record-level ε = ∞ (no DP): mean personalised accuracy over sites"
-    worst = "heart, record-level ε = ∞ (no DP): worst-site personalised accuracy"
+    worst = "heart, record-level ε = ∞ (no DP): worst-site personalised balanced accuracy"
     spent = "heart, record-level ε = ∞ (no DP): client-level ε spent (max over seeds)"
     assert "| method | client ε = 1 | client ε = 4 | no client DP |" in section
     # fedmap: seed means 0.60/0.62 at client eps 1; no client DP = the SecAgg no-DP runs
@@ -171,9 +176,9 @@ def test_client_level_runs_get_their_own_section_only(sweep_dir: Path) -> None:
     ]
     assert _row(section, mean, "fedavg")[3] == "0.625 ± 0.000 (n=2)"  # not the plain 0.1 runs
     assert _row(section, worst, "fedavg")[1:] == [
-        "0.300 ± 0.000 (n=2)",
-        "0.300 ± 0.000 (n=2)",
-        "0.500 ± 0.000 (n=2)",
+        "0.250 ± 0.000 (n=2)",
+        "0.250 ± 0.000 (n=2)",
+        "0.450 ± 0.000 (n=2)",
     ]
     assert _row(section, spent, "fedmap")[1:] == ["0.990", "3.960"]
     assert (sweep_dir / "plot_client_dp_heart.png").read_bytes()[:8] == PNG

@@ -70,8 +70,12 @@ def _sweep(argv: Sequence[str] | None, console: Console) -> int:
 
 
 def report_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fedmap-secure report", description="build report.md and plots of a sweep")
-    p.add_argument("dir", type=Path, help="sweep result directory")
+    p = _Parser(
+        prog="fedmap-secure report",
+        description="build report.md and plots of a sweep, or of one run (a simulate --out "
+        "directory: learning curves per site, the per-site table, epsilon over rounds)",
+    )
+    p.add_argument("dir", type=Path, help="sweep result directory or one run's directory")
     p.add_argument(
         "--epsilon",
         help=f"privacy level of the per-site tables: a number or {NO_DP!r} (default: 1 if run)",
@@ -83,6 +87,13 @@ def _report(argv: Sequence[str] | None, console: Console) -> int:
     from fedmap_secure.experiments.sweep.report import AUTO, build_report
 
     args = report_parser().parse_args(argv)
+    from fedmap_secure.experiments.run_report import build_run_report, is_run_dir
+
+    if is_run_dir(args.dir):
+        if args.epsilon is not None:
+            raise ConfigError("--epsilon applies to a sweep report, not to one run")
+        console.print(f"wrote {build_run_report(args.dir)}")
+        return 0
     epsilon: float | str | None = AUTO
     if args.epsilon == NO_DP:
         epsilon = None

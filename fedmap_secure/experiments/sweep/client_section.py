@@ -25,8 +25,10 @@ Value = Callable[[RunRow], float | None]
 Text = Callable[[Sequence[RunRow]], str]
 
 TABLES: tuple[tuple[str, Value], ...] = (
+    ("mean personalised balanced accuracy over sites", lambda r: r.mean("balanced_accuracy")),
+    ("worst-site personalised balanced accuracy", lambda r: r.worst("balanced_accuracy")),
+    ("mean personalised ROC AUC", lambda r: r.mean("roc_auc")),
     ("mean personalised accuracy over sites", lambda r: r.mean("accuracy")),
-    ("worst-site personalised accuracy", lambda r: r.worst("accuracy")),
 )
 
 

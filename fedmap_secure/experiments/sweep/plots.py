@@ -25,11 +25,14 @@ from fedmap_secure.experiments.sweep.results import (
 )
 
 PANELS: tuple[tuple[str, Callable[[RunRow], float | None]], ...] = (
-    ("mean accuracy", lambda r: r.mean("accuracy")),
-    ("worst-site accuracy", lambda r: r.worst("accuracy")),
     ("mean balanced accuracy", lambda r: r.mean("balanced_accuracy")),
+    ("worst-site balanced accuracy", lambda r: r.worst("balanced_accuracy")),
     ("mean ROC AUC", lambda r: r.mean("roc_auc")),
+    ("worst-site ROC AUC", lambda r: r.worst("roc_auc")),
+    ("mean accuracy (secondary)", lambda r: r.mean("accuracy")),
+    ("worst-site accuracy (secondary)", lambda r: r.worst("accuracy")),
 )
+"""Balanced accuracy and AUC first, each mean beside its worst site; accuracy last."""
 
 
 def _positions(epsilons: Sequence[float | None]) -> dict[float | None, float]:
@@ -47,7 +50,7 @@ def _utility(out: Path, rows: Sequence[RunRow], dataset: str) -> None:
     data = [r for r in rows if r.dataset == dataset]
     epsilons = epsilons_of(data)
     pos = _positions(epsilons)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+    fig, axes = plt.subplots(3, 2, figsize=(11, 11), sharex=True)
     for ax, (title, value) in zip(axes.flat, PANELS, strict=True):
         for method in methods_of(data):
             pts = [
@@ -62,11 +65,11 @@ def _utility(out: Path, rows: Sequence[RunRow], dataset: str) -> None:
                     [p for p, _ in pts], [s.mean for _, s in pts], yerr=[s.sd for _, s in pts],
                     marker="o", capsize=3, label=method,
                 )  # fmt: skip
-        if title == "mean accuracy":
+        if title.startswith("mean accuracy"):
             _references(ax, dataset, pos)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    for ax in axes[1]:
+    for ax in axes[-1]:
         ax.set_xticks(list(pos.values()), [eps_label(e).split(" ")[0] for e in pos])
         ax.set_xlabel("per-site ε (∞ = no DP)")
     axes[0][0].legend(fontsize=7, loc="lower right")
@@ -114,14 +117,18 @@ def _sites(out: Path, rows: Sequence[RunRow], dataset: str, epsilon: float | Non
     width = 0.8 / len(methods)
     for j, method in enumerate(methods):
         picked = [r for r in data if r.method == method]
-        stats = [stat([r.site_metrics.get(s, {}).get("accuracy") for r in picked]) for s in sites]
+        stats = [
+            stat([r.site_metrics.get(s, {}).get("balanced_accuracy") for r in picked])
+            for s in sites
+        ]
         xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(sites))]
         ax.bar(
             xs, [s.mean if s else 0.0 for s in stats], width,
             yerr=[s.sd if s else 0.0 for s in stats], capsize=2, label=method,
         )  # fmt: skip
     ax.set_xticks(range(len(sites)), sites)
-    ax.set_ylabel("personalised accuracy")
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_ylabel("personalised balanced accuracy")
     ax.set_title(f"{dataset}: per site at ε = {eps_label(epsilon)} (local, pooled: no DP)")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -129,24 +136,40 @@ def _sites(out: Path, rows: Sequence[RunRow], dataset: str, epsilon: float | Non
     plt.close(fig)
 
 
-def _privacy(out: Path, rows: Sequence[RunRow]) -> None:
-    recorded = [
-        (f"{r.dataset}/{r.method}/ε{eps_label(r.epsilon)}/{s}", v)
-        for r in rows
-        if r.epsilon is not None
-        for s, v in r.site_epsilon.items()
-        if v is not None
-    ]
-    if not recorded:
+def _privacy(out: Path, rows: Sequence[RunRow], dataset: str) -> None:
+    """``plot_privacy_<dataset>.png``: one panel per method, epsilon spent per site (bars,
+    mean over seeds) at each budget, the budget as a dashed line: few labels, all readable."""
+    data = [r for r in rows if r.dataset == dataset and r.epsilon is not None]
+    data = [r for r in data if any(v is not None for v in r.site_epsilon.values())]
+    methods = methods_of(data)
+    if not methods:
         return
-    labels = sorted({k for k, _ in recorded})
-    means = [stat([v for k, v in recorded if k == label]) for label in labels]
-    fig, ax = plt.subplots(figsize=(8, max(3, 0.25 * len(labels))))
-    ax.barh(labels, [m.mean if m else 0.0 for m in means])
-    ax.set_xlabel("ε spent (per site, mean over seeds)")
-    ax.tick_params(axis="y", labelsize=6)
+    budgets = sorted({r.epsilon for r in data if r.epsilon is not None})
+    sites = sorted({s for r in data for s, v in r.site_epsilon.items() if v is not None})
+    fig, axes = plt.subplots(
+        1, len(methods), figsize=(4.2 * len(methods), 4), sharey=True, squeeze=False
+    )
+    width = 0.8 / max(len(sites), 1)
+    for ax, method in zip(axes[0], methods, strict=True):
+        for j, site in enumerate(sites):
+            means = []
+            for eps in budgets:
+                picked = [r for r in data if r.method == method and r.epsilon == eps]
+                s = stat([r.site_epsilon.get(site) for r in picked])
+                means.append(s.mean if s else 0.0)
+            xs = [i + (j - (len(sites) - 1) / 2) * width for i in range(len(budgets))]
+            ax.bar(xs, means, width, label=site)
+        for i, eps in enumerate(budgets):
+            ax.plot([i - 0.45, i + 0.45], [eps, eps], "k--", linewidth=0.8)
+        ax.set_xticks(range(len(budgets)), [f"{e:g}" for e in budgets])
+        ax.set_xlabel("per-site budget ε (dashed)")
+        ax.set_title(method)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("ε spent (site ledger, mean over seeds)")
+    axes[0][-1].legend(fontsize=8, title="site")
+    fig.suptitle(f"{dataset}: privacy spent per site")
     fig.tight_layout()
-    fig.savefig(out / "plot_privacy.png", dpi=110)
+    fig.savefig(out / f"plot_privacy_{dataset}.png", dpi=110)
     plt.close(fig)
 
 
@@ -194,7 +217,7 @@ def _client_dp(out: Path, client: Sequence[RunRow], base: Sequence[RunRow], data
             pts = [
                 (pos[c], s)
                 for c, g in zip(cepsilons, groups, strict=True)
-                if (s := stat([r.mean("accuracy") for r in g])) is not None
+                if (s := stat([r.mean("balanced_accuracy") for r in g])) is not None
             ]
             if not pts:
                 continue
@@ -207,7 +230,7 @@ def _client_dp(out: Path, client: Sequence[RunRow], base: Sequence[RunRow], data
             )  # fmt: skip
     ax.set_xticks(list(pos.values()), [f"{c:g}" if c is not None else "∞" for c in pos])
     ax.set_xlabel("client-level ε (∞ = no client-level DP)")
-    ax.set_ylabel("mean personalised accuracy")
+    ax.set_ylabel("mean personalised balanced accuracy")
     ax.set_title(f"{dataset}: utility vs client-level DP (mean ± sd over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -230,5 +253,5 @@ def write_plots(
     for dataset in sorted({r.dataset for r in rows}):
         _utility(out, rows, dataset)
         _sites(out, rows, dataset, per_site_epsilon)
-    _privacy(out, rows)
+        _privacy(out, rows, dataset)
     _cost(out, all_rows)

@@ -41,6 +41,7 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
 def _utility_table(
     rows: Sequence[RunRow], dataset: str, value: Value, published: bool
 ) -> list[str]:
+    """Methods x epsilons; ``published``: FLamby's figures (accuracy only) in italics."""
     epsilons = epsilons_of(rows)
     body = []
     for method in methods_of(rows):
@@ -60,15 +61,23 @@ def _utility_table(
 
 
 UTILITY: tuple[tuple[str, Value, bool], ...] = (
-    ("Mean personalised accuracy over sites", lambda r: r.mean("accuracy"), True),
-    ("Worst-site personalised accuracy", lambda r: r.worst("accuracy"), False),
-    ("Mean personalised balanced accuracy", lambda r: r.mean("balanced_accuracy"), False),
+    (
+        "Mean personalised balanced accuracy over sites",
+        lambda r: r.mean("balanced_accuracy"),
+        False,
+    ),
+    ("Worst-site personalised balanced accuracy", lambda r: r.worst("balanced_accuracy"), False),
     ("Mean personalised ROC AUC (sites with both classes)", lambda r: r.mean("roc_auc"), False),
+    ("Worst-site personalised ROC AUC", lambda r: r.worst("roc_auc"), False),
+    ("Mean personalised accuracy over sites (secondary)", lambda r: r.mean("accuracy"), True),
+    ("Worst-site personalised accuracy (secondary)", lambda r: r.worst("accuracy"), False),
 )
+"""Balanced accuracy leads: at a skewed site, predicting the majority class wins accuracy."""
 
 
 def _utility_section(rows: Sequence[RunRow], dataset: str) -> list[str]:
     lines = [f"## {dataset}", "", f"![utility against epsilon](plot_utility_{dataset}.png)", ""]
+    lines += _headline_table([r for r in rows if r.dataset == dataset])
     for title, value, published in UTILITY:
         lines += [f"### {title}", ""]
         lines += _utility_table(
@@ -88,14 +97,15 @@ def _per_site(rows: Sequence[RunRow], dataset: str, epsilon: float | None) -> li
         picked = [r for r in data if r.method == method]
         cells = [method]
         for site in sites:
-            s = stat([r.site_metrics.get(site, {}).get("accuracy") for r in picked])
+            s = stat([r.site_metrics.get(site, {}).get("balanced_accuracy") for r in picked])
             cells.append("-" if s is None else s.text())
         body.append(cells)
     lines = [
-        f"### Per-site personalised accuracy at ε = {eps_label(epsilon)} (local, pooled: no DP)",
+        f"### Per-site personalised balanced accuracy at ε = {eps_label(epsilon)} "
+        "(local, pooled: no DP)",
         "",
     ]
-    lines += [f"![per-site accuracy](plot_sites_{dataset}.png)", ""]
+    lines += [f"![per-site balanced accuracy](plot_sites_{dataset}.png)", ""]
     return lines + _table(["method", *sites], body) + [""]
 
 
@@ -112,19 +122,52 @@ def _comparison(rows: Sequence[RunRow], dataset: str) -> list[str]:
             other = [r for r in at_epsilon(data, eps) if r.method == base]
             if not fm or not other:
                 continue
-            cells = [eps_label(eps), base, _diff(fm, other, lambda r: r.mean("accuracy"))]
+            cells = [
+                eps_label(eps),
+                base,
+                _diff(fm, other, lambda r: r.mean("balanced_accuracy")),
+                _diff(fm, other, lambda r: r.worst("balanced_accuracy")),
+            ]
             for site in sites:
-                cells.append(_diff(fm, other, _site_accuracy(site)))
+                cells.append(_diff(fm, other, _site_metric(site, "balanced_accuracy")))
             body.append(cells)
-    lines = ["### FedMAP minus baseline (personalised accuracy; + = FedMAP better)", ""]
-    return lines + _table(["ε", "baseline", "mean", *sites], body) + [""]
+    lines = ["### FedMAP minus baseline (personalised balanced accuracy; + = FedMAP better)", ""]
+    return lines + _table(["ε", "baseline", "mean", "worst site", *sites], body) + [""]
 
 
-def _site_accuracy(site: str) -> Value:
+def _site_metric(site: str, metric: str) -> Value:
     def value(r: RunRow) -> float | None:
-        return r.site_metrics.get(site, {}).get("accuracy")
+        return r.site_metrics.get(site, {}).get(metric)
 
     return value
+
+
+HEADLINE: tuple[tuple[str, Value], ...] = (
+    ("mean BA", lambda r: r.mean("balanced_accuracy")),
+    ("worst-site BA", lambda r: r.worst("balanced_accuracy")),
+    ("mean AUC", lambda r: r.mean("roc_auc")),
+    ("worst-site AUC", lambda r: r.worst("roc_auc")),
+    ("mean acc", lambda r: r.mean("accuracy")),
+)
+
+
+def _headline_table(rows: Sequence[RunRow]) -> list[str]:
+    """One row per (method, ε): balanced accuracy and AUC, mean and worst site, then accuracy."""
+    body = []
+    for eps in epsilons_of(rows):
+        for method in methods_of(rows):
+            picked = [r for r in rows if r.method == method and r.epsilon == eps]
+            if not picked:
+                continue
+            cells = [method, eps_label(eps)]
+            for _, value in HEADLINE:
+                s = stat([value(r) for r in picked])
+                cells.append("-" if s is None else s.text().replace(f" (n={s.n})", ""))
+            cells.append(str(len(picked)))
+            body.append(cells)
+    header = ["method", "ε", *[name for name, _ in HEADLINE], "seeds"]
+    title = "### Headline: personalised models, mean ± sd over seeds"
+    return [title, "", *_table(header, body), ""]
 
 
 def _diff(a: Sequence[RunRow], b: Sequence[RunRow], value: Value) -> str:
@@ -137,7 +180,9 @@ def _diff(a: Sequence[RunRow], b: Sequence[RunRow], value: Value) -> str:
 def _privacy_section(rows: Sequence[RunRow]) -> list[str]:
     dp = [r for r in rows if r.epsilon is not None]
     recorded = [r for r in dp if any(v is not None for v in r.site_epsilon.values())]
-    lines = ["## Privacy spent per site", "", "![privacy spent](plot_privacy.png)", ""]
+    lines = ["## Privacy spent per site", ""]
+    for dataset in sorted({r.dataset for r in recorded}):
+        lines += [f"![privacy spent, {dataset}](plot_privacy_{dataset}.png)", ""]
     if not recorded:
         return [*lines[:2], "No DP run recorded a per-site epsilon spent.", ""]
     body = []
