@@ -353,8 +353,6 @@ def describe_sites(
                 **site.privacy.describe_site(),
                 "ledger": str(site.setup.state_dir),
             }
-    dp = describe_differential_privacy(
-        private[0].privacy if private else config.privacy, entries
-    )
+    dp = describe_differential_privacy(private[0].privacy if private else config.privacy, entries)
     dp["budget_scope"] = scope
     return dp, {name: float(entry["epsilon_spent"]) for name, entry in entries.items()}

@@ -205,10 +205,10 @@ class ServerSession:
         self._erase()
         raise LocalProtocolError(problem)
 
-    def _abort(self, problem: str) -> None:
+    def _abort(self, problem: str, *, culprits: frozenset[str] = frozenset()) -> None:
         self._stage = ServerStage.ABORTED
         self._erase()
-        raise AbortedError(problem)
+        raise AbortedError(problem, culprits=culprits)
 
     def _need(
         self,
@@ -454,7 +454,9 @@ class ServerSession:
                 shares, threshold=self._config.t, commitment=self._commitment(owner, kind)
             )
         except CryptoError as exc:
-            self._abort(f"cannot rebuild the {kind} secret of {owner!r}: {exc}")
+            self._abort(
+                f"cannot rebuild the {kind} secret of {owner!r}: {exc}", culprits=frozenset({owner})
+            )
             raise  # unreachable: _abort raises
 
     def _unmask(self) -> RoundOutput:

@@ -131,3 +131,15 @@ def test_keygen_functions(tmp_path: Path) -> None:
     assert pki.load_roster(tmp_path / "c" / "roster.json").sites == ("site-a", "site-b")
     public = keygen_identity(tmp_path / "one.pem")
     assert pki.load_identity(tmp_path / "one.pem").public.hex() == public
+
+
+def test_a_private_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    deployment = pki.generate_deployment(tmp_path, ["site-a", "site-b"])
+    files = deployment.site_tls("site-a")
+    files.read()  # generated at 0600
+    files.private_key.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"site\.key has mode 0644.*chmod 600"):
+        files.read()
+    files.private_key.chmod(0o640)
+    with pytest.raises(ConfigError, match="group/others may read it"):
+        files.read()
