@@ -157,5 +157,6 @@ def test_the_fedmap_server_loop_survives_aborted_rounds(tmp_path: Path) -> None:
     assert final.round_index == 3
     np.testing.assert_array_equal(final.gamma, initial)
     stored = store.latest()
-    assert stored is not None and stored.next_round == 3
+    assert stored is not None
+    assert stored.next_round == 3
     assert stored.metrics["contributors"] == 0
