@@ -51,7 +51,7 @@ from tests.integration.grpc_harness import (
 )
 
 HONEST = SITES[:3]
-SETTINGS = ServerSettings(join_timeout=6.0, stage_timeout=2.0, join_grace=0.5)
+SETTINGS = ServerSettings(join_timeout=3.0, stage_timeout=2.0, join_grace=0.5)
 MiB = 1 << 20
 
 
