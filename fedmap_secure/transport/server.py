@@ -334,11 +334,18 @@ class _Publication:
     def leave(self, site: str) -> None:
         """Nothing to do: the publication does not wait for answers."""
 
-    def wait(self, timeout: float) -> frozenset[str]:
+    def wait(
+        self, timeout: float, *, active: frozenset[str] = frozenset(), grace: float = 0.0
+    ) -> frozenset[str]:
+        """Until every roster site has the message, or ``timeout``; once every ``active``
+        site (one that joined a round of this server) has it, at most ``grace`` more."""
         end = time.monotonic() + timeout
         with self.cond:
             while self.expected - self.delivered and time.monotonic() < end:
-                self.cond.wait(min(1.0, max(0.0, end - time.monotonic())))
+                if active and active <= self.delivered:
+                    end = min(end, time.monotonic() + grace)
+                    active = frozenset()  # the grace is counted once
+                self.cond.wait(min(0.1, max(0.0, end - time.monotonic())))
             return frozenset(self.delivered)
 
 
@@ -370,6 +377,7 @@ class AggregationServer:
         self._cond = threading.Condition()
         self._round: _Round | _Publication | None = None
         self._stopping = False
+        self._active: set[str] = set()  # sites that joined a secure round of this server
         self._joins = _Slots()
         self._submits = _Slots()
         # Every roster site may hold one Join and ``submit_per_site`` Submits; the rest is
@@ -603,6 +611,8 @@ class AggregationServer:
                             )
                     outbox = rnd.try_join(site)
                 if rnd is not None and outbox is not None:
+                    if isinstance(rnd, _Round):
+                        self._active.add(site)
                     return rnd, outbox
                 if self._stopping or not context.is_active():
                     raise _RefusalError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
@@ -616,7 +626,9 @@ class AggregationServer:
     def publish(self, message: tm.FedMapRound, *, timeout: float) -> frozenset[str]:
         """Send ``message`` (a final round) to every site that joins within ``timeout``.
 
-        Returns the sites it reached; returns early once every roster site has it.
+        Returns the sites it reached; returns early once every roster site has it, or
+        ``join_grace`` after every site that joined a round of this server has it (a dead
+        site costs the end of the run the grace, not ``timeout``).
         """
         if not message.final:
             raise LocalProtocolError("only a final FedMapRound is published without a secure round")
@@ -625,7 +637,12 @@ class AggregationServer:
             self._round = publication
             self._cond.notify_all()
         try:
-            return publication.wait(timeout)
+            with self._cond:
+                upcoming = self.exclusion.fresh_index(0)
+                active = frozenset(
+                    s for s in self._active if self.exclusion.refusal(s, upcoming) is None
+                )
+            return publication.wait(timeout, active=active, grace=self.settings.join_grace)
         finally:
             with self._cond:
                 self._round = None

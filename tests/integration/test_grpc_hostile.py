@@ -19,11 +19,14 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 from cryptography import x509
 
 from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import VectorLayout
+from fedmap_secure.config.loader import load_config
 from fedmap_secure.errors import AbortedError, ImplausibleAggregateError, LocalProtocolError
+from fedmap_secure.runtime.announcement import config_json
 from fedmap_secure.secagg import messages as sm
 from fedmap_secure.secagg.config import RingSpec
 from fedmap_secure.secagg.quantize import Quantizer
@@ -34,9 +37,11 @@ from fedmap_secure.transport import messages as tm
 from fedmap_secure.transport.codec import SiteWireMessage
 from fedmap_secure.transport.generated.v1 import secagg_pb2 as pb
 from fedmap_secure.transport.generated.v1 import service_pb2 as spb
+from fedmap_secure.transport.keygen import keygen_consortium
 from fedmap_secure.transport.round_floor import RoundFloor
 from fedmap_secure.transport.server import AggregationServer, ServerSettings
 from fedmap_secure.transport.site import SiteClient, SiteOutcome, SiteReport
+from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
 from tests.integration.grpc_harness import (
     CONFIG,
     LAYOUT,
@@ -46,6 +51,7 @@ from tests.integration.grpc_harness import (
     make_deployment,
     open_channel,
     play_round,
+    run_deployment_threads,
     running_server,
     start_sites,
 )
@@ -410,3 +416,49 @@ def test_a_replayed_round_is_refused_by_every_site_and_records_never_change(
     assert {
         f: f.read_bytes() for f in sorted(state.glob("*/site-records/*/round-*.json"))
     } == before
+
+
+def test_a_deployment_with_a_dead_site_runs_at_the_pace_of_the_grace(tmp_path: Path) -> None:
+    """`fedmap-secure server` + 3 of the roster's 4 `site`s (mTLS, CSV): the fourth never
+    starts. join = 300 s, join_grace = 0.5 s: both rounds and the final publication finish
+    within the threads' 120 s budget only because nobody waits the join timeout for it."""
+    from tests.integration.test_grpc_deployment import _free_port, _write_csvs
+
+    torch.set_num_threads(1)
+    sites, features = _write_csvs(tmp_path)
+    keygen_consortium(tmp_path / "pki", sites)
+    port = _free_port()
+    consortium = (
+        '[consortium]\nroster = "pki/roster.json"\ndropout_fraction = 0.25\n'
+        "corrupt_fraction = 0.0\n"
+    )
+    (tmp_path / "run.toml").write_text(
+        "[simulation]\nrounds = 2\nfinetune_rounds = 1\n[training]\nepochs = 1\n"
+    )
+    (tmp_path / "server.toml").write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\nstate_dir = "server-state"\n'
+        f'run_config = "run.toml"\nfeatures = {features}\n'
+        '[tls]\nca = "pki/ca.pem"\ncertificate = "pki/server/server.pem"\n'
+        'private_key = "pki/server/server.key"\n'
+        "[timeouts]\njoin = 300\nstage = 20\njoin_grace = 0.5\n" + consortium
+    )
+    alive = sites[:3]
+    for site in alive:
+        (tmp_path / f"{site}.toml").write_text(
+            f'[site]\nid = "{site}"\nserver = "localhost:{port}"\n'
+            f'identity = "pki/sites/{site}/identity.pem"\nstate_dir = "state/{site}"\n'
+            f'data = "data/{site}"\n'
+            f'[tls]\nca = "pki/ca.pem"\ncertificate = "pki/sites/{site}/site.pem"\n'
+            f'private_key = "pki/sites/{site}/site.key"\n' + consortium
+        )
+    errors = run_deployment_threads(
+        tmp_path / "server.toml", [tmp_path / f"{s}.toml" for s in alive], timeout=120
+    )
+    assert errors == []
+    store = ServerStateStore(
+        tmp_path / "server-state" / STATE_FILENAME,
+        run_config_json=config_json(load_config(tmp_path / "run.toml")),
+    )
+    assert [m["contributors"] for m in store.history()] == [3, 3]
+    transcripts = sorted((tmp_path / "server-state" / "transcripts").glob("round-*.json"))
+    assert [p.name for p in transcripts] == ["round-0000.json", "round-0001.json"]
