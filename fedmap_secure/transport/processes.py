@@ -153,6 +153,7 @@ def run_site(
     dataset = _own_data(path, deployment)
     (mine,) = dataset.sites
     channel = open_channel(deployment.server, deployment.security)
+    records = deployment.site_records or deployment.state_dir
     client = SiteClient(
         channel=channel,
         site_id=deployment.site_id,
@@ -164,8 +165,9 @@ def run_site(
             if deployment.client_dp is None
             else deployment.client_dp.encoders(deployment.consortium.secagg)
         ),
-        site_records=SiteRecordWriter(deployment.site_records or deployment.state_dir),
-        round_floor=RoundFloor(deployment.state_dir),
+        site_records=SiteRecordWriter(records),
+        # the floor lives with the records it protects: a new records folder is a new run
+        round_floor=RoundFloor(records / "site-records" / deployment.site_id),
     )
     runtime = SiteRuntime(
         SiteSetup(

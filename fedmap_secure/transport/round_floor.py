@@ -1,7 +1,8 @@
 """A site's durable floor of round indices: it never plays a round index twice.
 
 Once a site has advertised keys in round r (its round keys for r may have been
-seen), it records r in ``<state_dir>/highest_round`` (write to a temporary
+seen), it records r in ``highest_round`` next to its site records
+(``<records>/site-records/<site>/``, one folder per run; write to a temporary
 file, fsync, rename, fsync the directory) *before* sending anything; it
 refuses every later announcement of a round <= that index. A server (or a
 network attacker) replaying a completed round, or re-running an index after a
