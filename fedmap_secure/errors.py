@@ -43,7 +43,20 @@ class RemoteProtocolError(ProtocolError):
 
 
 class AbortedError(ProtocolError):
-    """A round could not complete (e.g. fewer than t survivors); nothing was unmasked."""
+    """A round could not complete (e.g. fewer than t survivors); nothing was unmasked.
+
+    ``culprits`` are the sites the protocol blames for the abort (e.g. a dealer
+    whose shares do not rebuild its committed secret); empty when nobody is to
+    blame (too few sites).
+    """
+
+    def __init__(self, message: str, *, culprits: frozenset[str] = frozenset()) -> None:
+        super().__init__(message)
+        self.culprits = frozenset(culprits)
+
+
+class ImplausibleAggregateError(AbortedError):
+    """A decoded sum is impossible for honest inputs (a corrupt site); the update is rejected."""
 
 
 class CryptoError(FedMapError):

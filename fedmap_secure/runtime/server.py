@@ -9,10 +9,10 @@ before round r + 1 opens, and report progress (round i/N, contributors,
 dropped sites; a site that drops or rejoins is logged). After the last round
 the final state is published (``ServerChannel.publish_final``).
 
-A round in which nothing was aggregated (every site declined; or an
-in-process secure round aborted) leaves the model unchanged. A gRPC round that
-aborts raises from the channel and writes nothing: a restarted server resumes
-at the same round with the same state.
+A round in which nothing was aggregated (every site declined; a secure round
+aborted, in process or over gRPC; a decoded sum rejected as implausible)
+leaves the model unchanged and is stored as such: the next round has the next
+index, also after a restart (a round index is never announced twice).
 """
 
 from __future__ import annotations
@@ -92,6 +92,13 @@ class ServerRuntime:
             if result is None:
                 state = dataclasses.replace(current, round_index=current.round_index + 1)
                 self._log_round(current.round_index, None)
+                if self.store is not None:  # the index is used up, also after a restart
+                    self.store.save(
+                        next_round=state.round_index,
+                        gamma=state.gamma,
+                        psi=state.psi,
+                        metrics={"round_index": current.round_index, "contributors": 0},
+                    )
             else:
                 state, round_log = strategy.server_update(current, result, mask)
                 self.logs.append(round_log)

@@ -15,7 +15,7 @@ protocol/SPEC.md section 3 defines both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -89,7 +89,7 @@ class RevealedShare:
 
     owner: str
     index: int
-    value: bytes
+    value: bytes = field(repr=False)  # a secret share: never in a repr or a log line
 
     def __post_init__(self) -> None:
         _require_str("owner", self.owner)

@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from fedmap_secure.aggregation import AggregateResult, FloatVector, VectorLayout
 from fedmap_secure.secagg.config import RingSpec
+from fedmap_secure.secagg.plausibility import check_aggregate
 from fedmap_secure.secagg.quantize import Quantizer
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,24 @@ def decode_result(
     contributors: frozenset[str],
     round_index: int,
 ) -> AggregateResult:
-    """The server's end of a round (in-process or gRPC): decode the ring sum into named sums."""
+    """The server's end of a round (in-process or gRPC): decode the ring sum into named sums.
+
+    The decoded sum must pass the free plausibility checks
+    (``plausibility.check_aggregate``); otherwise ``ImplausibleAggregateError``
+    rejects the round's update (the caller keeps the previous model).
+    """
     values, clipped = encoder.decode(total)
+    resolution = (
+        encoder.error_bound(1) if isinstance(encoder, Quantizer) else None
+    )  # one fixed-point level per coordinate (plus float64 rounding)
+    check_aggregate(
+        layout=layout,
+        sums=values,
+        clipped=clipped,
+        survivors=len(contributors),
+        resolution=resolution,
+        round_index=round_index,
+    )
     if clipped:
         log.warning(
             "round %d: %d coordinates exceeded their declared bound and were clipped; "

@@ -210,10 +210,10 @@ class ServerSession:
         self._erase()
         raise LocalProtocolError(problem)
 
-    def _abort(self, problem: str) -> None:
+    def _abort(self, problem: str, *, culprits: frozenset[str] = frozenset()) -> None:
         self._stage = ServerStage.ABORTED
         self._erase()
-        raise AbortedError(problem)
+        raise AbortedError(problem, culprits=culprits)
 
     def _need(
         self,
@@ -483,7 +483,12 @@ class ServerSession:
         try:  # every share in _good passed share_ok against its dealer's commitment on arrival
             secrets = shamir.combine_checked(batch, threshold=t, names=names)
         except CryptoError as exc:
-            self._abort(f"cannot rebuild {exc}")
+            short = frozenset(
+                owner
+                for (owner, _kind), shares in zip(needed, batch, strict=True)
+                if len({share.index for share in shares}) < t
+            )
+            self._abort(f"cannot rebuild {exc}", culprits=short)
             raise  # unreachable: _abort raises
         return dict(zip(needed, secrets, strict=True))
 

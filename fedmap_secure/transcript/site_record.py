@@ -45,6 +45,7 @@ from fedmap_secure.transcript.records import (
     ShareKind,
 )
 
+OUTCOMES = frozenset({"completed", "aborted", "failed", "unknown"})
 Logged = tuple[tuple[str, bytes], ...]
 """(message kind, digest) in the order the site saw them."""
 
@@ -61,6 +62,9 @@ class SiteRecord:
     signed_survivors: tuple[str, ...]
     consistency_signature: bytes
     revealed: tuple[tuple[str, ShareKind], ...]
+    # How the round ended for this site: "completed" (the server announced the round
+    # completed), "aborted", "failed" (the site lost or refused it) or "unknown".
+    outcome: str = "unknown"
 
     def __post_init__(self) -> None:
         def bad(what: str) -> TranscriptError:
@@ -83,6 +87,13 @@ class SiteRecord:
                 raise bad(f"bad message entry ({kind!r})")
         if not all(isinstance(k, ShareKind) for _, k in self.revealed):
             raise bad("revealed kinds must be ShareKind")
+        if self.outcome not in OUTCOMES:
+            raise bad(f"outcome must be one of {sorted(OUTCOMES)}")
+
+    @property
+    def unmasked(self) -> bool:
+        """Whether the round may have been unmasked with this site's help (or completed)."""
+        return self.outcome == "completed" or (self.outcome != "aborted" and bool(self.revealed))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -94,6 +105,7 @@ class SiteRecord:
             "signed_survivors": list(self.signed_survivors),
             "consistency_signature": self.consistency_signature.hex(),
             "revealed": [[o, k.value] for o, k in self.revealed],
+            "outcome": self.outcome,
         }
 
     @classmethod
@@ -109,6 +121,7 @@ class SiteRecord:
                 signed_survivors=tuple(str(s) for s in data["signed_survivors"]),
                 consistency_signature=bytes.fromhex(data["consistency_signature"]),
                 revealed=tuple((str(o), ShareKind(k)) for o, k in data["revealed"]),
+                outcome=str(data.get("outcome", "unknown")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TranscriptError(f"malformed site record: {type(exc).__name__}: {exc}") from None

@@ -20,6 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -96,13 +97,32 @@ def resume_chain(out: Path, roster: Roster) -> TranscriptChain:
 
 
 class SiteRecordWriter:
-    """A site-record sink writing ``OUT/site-records/<site>/round-NNNN.json``."""
+    """A site-record sink writing ``OUT/site-records/<site>/round-NNNN.json``, append-only:
+    a record, once written, is never replaced (``ConfigError`` if the file exists)."""
 
     def __init__(self, out: Path) -> None:
         self.directory = Path(out) / "site-records"
 
     def __call__(self, record: SiteRecord) -> None:
-        _write(round_file(self.directory / record.site, record.round_index), record.to_json())
+        _write_once(round_file(self.directory / record.site, record.round_index), record.to_json())
+
+
+def _write_once(path: Path, data: object) -> None:
+    """Write ``path`` atomically, refusing to replace an existing file (hard link, no race)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(canonical_bytes(data) + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise ConfigError(
+            f"site record {path} already exists; records are append-only (a replayed round?)"
+        ) from None
+    finally:
+        tmp.unlink()
 
 
 def recording_aggregator(
@@ -174,15 +194,55 @@ def transcript_files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
+def _document(path: Path) -> object:
+    """A file's JSON; a file that exists but does not parse is a verification failure."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"cannot read {path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise TranscriptError(f"{path}: corrupted (not valid JSON: {exc})") from None
+
+
 def load_transcript(path: Path) -> RoundTranscript:
     try:
-        return RoundTranscript.from_json(_json(path))
+        return RoundTranscript.from_json(_document(path))
     except TranscriptError as exc:
-        raise TranscriptError(f"{path}: {exc}") from None
+        raise TranscriptError(f"{path}: {exc}") if str(path) not in str(exc) else exc from None
 
 
 def load_site_records(directory: Path) -> list[SiteRecord]:
-    return [SiteRecord.from_json(_json(f)) for f in sorted(directory.glob("*/round-*.json"))]
+    records = []
+    for f in sorted(directory.glob("*/round-*.json")):
+        try:
+            records.append(SiteRecord.from_json(_document(f)))
+        except TranscriptError as exc:
+            raise TranscriptError(f"{f}: {exc}") if str(f) not in str(exc) else exc from None
+    return records
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verified:
+    """What ``verify_files`` checked."""
+
+    rounds: int
+    sites: int = 0
+    cross_checked: int = 0  # (site, round) pairs cross-checked against the chain
+    aborted: tuple[tuple[str, int], ...] = ()  # site records of rounds that did not complete
+
+    def summary(self) -> str:
+        text = f"OK: {self.rounds} round transcript(s) verified against the roster"
+        if self.sites:
+            text += (
+                f"; site records cross-checked: {self.cross_checked} "
+                f"(site x round) of {self.sites} site(s) x {self.rounds} round(s)"
+            )
+        if self.aborted:
+            listed = ", ".join(f"{s}/round {r}" for s, r in self.aborted)
+            text += f"; records of rounds that did not complete (not in the chain): {listed}"
+        return text
 
 
 def verify_files(
@@ -193,15 +253,53 @@ def verify_files(
     head: bytes | None = None,
 ) -> int:
     """Verify and cross-check; returns the number of rounds verified (raises on failure)."""
+    return check_files(paths, roster_path, site_records=site_records, head=head).rounds
+
+
+def check_files(
+    paths: Sequence[Path],
+    roster_path: Path,
+    *,
+    site_records: Path | None = None,
+    head: bytes | None = None,
+) -> Verified:
+    """Verify and cross-check; returns what was checked (raises on failure).
+
+    Every site record must either cross-check against the chain's transcript of
+    its round, or be of a round that did not complete for that site and on
+    which it revealed no share (an aborted round writes no transcript). A
+    record of a completed (or unmasked) round missing from the chain fails:
+    the server removed that round (e.g. the newest one, with HEAD rewritten).
+    """
     roster = load_roster(roster_path)
     transcripts = [load_transcript(f) for f in transcript_files(paths)]
     verify_chain(transcripts, roster, head=head)
-    if site_records is not None:
-        by_round = {t.round_index: t for t in transcripts}
-        for record in load_site_records(site_records):
-            if record.round_index in by_round:
-                cross_check(by_round[record.round_index], record)
-    return len(transcripts)
+    if site_records is None:
+        return Verified(rounds=len(transcripts))
+    by_round = {t.round_index: t for t in transcripts}
+    records = load_site_records(site_records)
+    checked = 0
+    aborted: list[tuple[str, int]] = []
+    for record in records:
+        if record.round_index in by_round:
+            cross_check(by_round[record.round_index], record)
+            checked += 1
+        elif record.unmasked:
+            raise TranscriptError(
+                f"the site holds a record of this round ({record.outcome}"
+                f"{', shares revealed' if record.revealed else ''}) but the chain has no "
+                "transcript of it: a round was removed from the server's history",
+                round_index=record.round_index,
+                site=record.site,
+            )
+        else:
+            aborted.append((record.site, record.round_index))
+    return Verified(
+        rounds=len(transcripts),
+        sites=len({r.site for r in records}),
+        cross_checked=checked,
+        aborted=tuple(aborted),
+    )
 
 
 def verify_transcript_cli(
@@ -215,7 +313,7 @@ def verify_transcript_cli(
     """``fedmap-secure verify-transcript``: print OK or what failed; return the exit status."""
     stream = out if out is not None else sys.stdout
     try:
-        count = verify_files(
+        verified = check_files(
             [Path(p) for p in paths],
             Path(roster_path),
             site_records=Path(site_records) if site_records is not None else None,
@@ -227,5 +325,5 @@ def verify_transcript_cli(
     except (ConfigError, ValueError) as exc:
         print(f"ERROR: {exc}", file=stream)
         return 2
-    print(f"OK: {count} round transcript(s) verified against the roster", file=stream)
+    print(verified.summary(), file=stream)
     return 0

@@ -105,6 +105,16 @@ def _check_link(t: RoundTranscript, previous: RoundTranscript | None, anchor: by
     chained = dict(t.previous_sections)
     actual = previous.section_digests()
     changed = [name for name, d in actual.items() if chained.get(name) not in (None, d)]
+    if "keys" in changed:
+        # `previous` verified on its own, so its keys section carries valid site signatures
+        # over fresh round keys: another round's keys, not an edit. Round r chained a round
+        # that is not in the given history (removed) or `previous` replaced a round.
+        raise TranscriptError(
+            f"chain broken: round {r} does not chain to round {previous.round_index} (their "
+            f"signed keys differ): a round between round {previous.round_index} and round {r} "
+            "was removed, or one of them replaced",
+            round_index=r,
+        )
     if changed and all(name in chained for name in actual):
         raise TranscriptError(
             f"chain broken: section(s) {changed} of round {previous.round_index} differ from "

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import grpc
 
-from fedmap_secure.transport.security import Insecure, MutualTls, channel_credentials
+from fedmap_secure.transport.security import (
+    Insecure,
+    MutualTls,
+    channel_credentials,
+    require_loopback,
+)
 
 GRPC_MESSAGE_LIMIT = 4 << 20
 KEEPALIVE_MS = 20_000
@@ -33,7 +38,9 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 
 
 def open_channel(target: str, security: MutualTls | Insecure) -> grpc.Channel:
-    """A channel to the server at ``target`` (``host:port``), mutual TLS unless ``Insecure``."""
+    """A channel to the server at ``target`` (``host:port``), mutual TLS unless ``Insecure``
+    (plaintext: loopback targets only, ``ConfigError`` otherwise)."""
+    require_loopback(target, security)
     if isinstance(security, MutualTls):
         options: list[tuple[str, int | str]] = list(CHANNEL_OPTIONS)
         if security.server_name is not None:

@@ -122,5 +122,14 @@ def _keygen(args: argparse.Namespace, console: Console) -> None:
     if len(sites) < 2:
         raise ConfigError("--sites needs at least two site ids")
     hosts = args.server_host or ["localhost", "127.0.0.1"]
+    console.print(CENTRAL_KEYS_WARNING)
     for line in keygen_consortium(args.out, sites, hosts):
         console.print(line)
+
+
+CENTRAL_KEYS_WARNING = (
+    "WARNING: --sites makes every site's identity key and TLS key on this machine: whoever "
+    "holds this folder can impersonate every hospital. Use it for tests and single-machine "
+    "trials only; in a deployment each site runs `fedmap-secure keygen --identity` itself and "
+    "only public keys and certificate requests leave it (DEPLOYMENT.md, multi-machine)."
+)

@@ -14,7 +14,11 @@ server.toml::
     run_config = "experiment.toml"  # optional FedMAP run configuration (simulate's format)
     features = 13                   # model input size and number of classes the consortium
     classes = 2                     #   agreed on (every site's CSV columns in the same order)
-    insecure = false                # true: plaintext gRPC, local experiments only
+    insecure = false                # true: plaintext gRPC, local experiments only (loopback)
+    exclude_rounds = 3              # optional: a site blamed for an abort is refused for
+                                    #   this many rounds (omitted: for the rest of the run)
+    revoked = ["3f2a..."]           # optional: revoked site certificates, serial numbers or
+                                    #   SHA-256 fingerprints (hex), refused on every call
     [tls]                           # required unless insecure
     ca = "pki/ca.pem"
     certificate = "pki/server/server.pem"
@@ -28,6 +32,7 @@ server.toml::
     [timeouts]                      # optional, seconds
     join = 600.0                    # first stage: covers the sites' local training
     stage = 60.0                    # every later SecAgg stage
+    join_grace = 5.0                # once t sites joined, wait this long for the others
 
 site.toml::
 
@@ -162,6 +167,13 @@ class _Table:
         value: int | None = self._take(key, (int,), None)
         return value
 
+    def strings(self, key: str) -> tuple[str, ...]:
+        """A list of strings (empty when absent)."""
+        value = self._take(key, (list,), [])
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{self.source}: {self.name}.{key} must be a list of strings")
+        return tuple(value)
+
     def flag(self, key: str) -> bool:
         value: bool = self._take(key, (bool,), False)
         return value
@@ -254,12 +266,17 @@ def load_server_deployment(path: Path) -> ServerDeployment:
     if features < 1 or classes < 2:
         raise ConfigError(f"{path}: server.features must be >= 1 and server.classes >= 2")
     security = _security(path, server.flag("insecure"), document)
+    exclude_rounds = server.integer("exclude_rounds", 0) or None
+    revoked = server.strings("revoked")
     server.done()
     timeouts = _Table(path, "timeouts", document.get("timeouts", {}))
     try:
         settings = ServerSettings(
             join_timeout=timeouts.number("join", 600.0),
             stage_timeout=timeouts.number("stage", 60.0),
+            join_grace=timeouts.number("join_grace", 5.0),
+            exclude_rounds=exclude_rounds,
+            revoked=frozenset(revoked),
         )
     except ValueError as exc:
         raise ConfigError(f"{path}: timeouts: {exc}") from None

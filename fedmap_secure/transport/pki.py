@@ -50,14 +50,31 @@ class TlsFiles:
     private_key: Path
 
     def read(self) -> tuple[bytes, bytes, bytes]:
-        """(ca, certificate, private key) bytes; ``ConfigError`` names a missing file."""
+        """(ca, certificate, private key) bytes; ``ConfigError`` names a missing file, or a
+        private key that the group or other users can read (``check_private_key_mode``)."""
         out = []
         for path in (self.ca, self.certificate, self.private_key):
             try:
                 out.append(path.read_bytes())
             except OSError as exc:
                 raise ConfigError(f"cannot read TLS file {path}: {exc.strerror}") from None
+        check_private_key_mode(self.private_key)
         return out[0], out[1], out[2]
+
+
+def check_private_key_mode(path: Path) -> None:
+    """Refuse a private key file readable by its group or other users (POSIX modes only)."""
+    if os.name != "posix":
+        return
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"private key {path} has mode {mode & 0o777:04o}: group/others may read it; "
+            f"run: chmod 600 {path}"
+        )
 
 
 # ----------------------------------------------------------------------------- files

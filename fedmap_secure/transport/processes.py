@@ -44,7 +44,9 @@ from fedmap_secure.transport.deploy_config import (
     load_server_deployment,
     load_site_deployment,
 )
+from fedmap_secure.transport.exclusion import AbortJournal, ExclusionPolicy
 from fedmap_secure.transport.pki import load_identity
+from fedmap_secure.transport.round_floor import RoundFloor
 from fedmap_secure.transport.security import Insecure, MutualTls
 from fedmap_secure.transport.server import AggregationServer
 from fedmap_secure.transport.server_channel import GrpcServerChannel
@@ -89,6 +91,10 @@ def run_server(path: Path, *, insecure: bool = False) -> None:
             settings=deployment.settings,
             encoders=None if client_level is None else client_level.encoder,
             transcripts=transcripts,
+            exclusion=ExclusionPolicy(
+                exclude_rounds=deployment.settings.exclude_rounds,
+                journal=AbortJournal(deployment.state_dir / "transcripts" / "aborted.jsonl"),
+            ),
         ).start()
         log.info("listening on %s (port %d)", deployment.listen, server.port)
         try:
@@ -147,6 +153,7 @@ def run_site(
     dataset = _own_data(path, deployment)
     (mine,) = dataset.sites
     channel = open_channel(deployment.server, deployment.security)
+    records = deployment.site_records or deployment.state_dir
     client = SiteClient(
         channel=channel,
         site_id=deployment.site_id,
@@ -158,7 +165,9 @@ def run_site(
             if deployment.client_dp is None
             else deployment.client_dp.encoders(deployment.consortium.secagg)
         ),
-        site_records=SiteRecordWriter(deployment.site_records or deployment.state_dir),
+        site_records=SiteRecordWriter(records),
+        # the floor lives with the records it protects: a new records folder is a new run
+        round_floor=RoundFloor(records / "site-records" / deployment.site_id),
     )
     runtime = SiteRuntime(
         SiteSetup(

@@ -31,6 +31,7 @@ the server serving the others.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import queue
 import threading
@@ -44,9 +45,15 @@ import grpc
 
 from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import AggregateResult, VectorLayout
-from fedmap_secure.errors import AbortedError, LocalProtocolError, RemoteProtocolError
+from fedmap_secure.errors import (
+    AbortedError,
+    ImplausibleAggregateError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
 from fedmap_secure.secagg.config import SERVER_ID, RingSpec, Roster, SecAggConfig
-from fedmap_secure.secagg.messages import CLIENT_MESSAGE_TYPES, Message
+from fedmap_secure.secagg.messages import CLIENT_MESSAGE_TYPES, MaskedInput, Message
+from fedmap_secure.secagg.quantize import encoded_length
 from fedmap_secure.secagg.round_encoder import (
     RoundEncoder,
     RoundEncoderFactory,
@@ -60,8 +67,16 @@ from fedmap_secure.transcript.recorder import RecordingServerSession, Transcript
 from fedmap_secure.transport import codec, framing, rpc
 from fedmap_secure.transport import messages as tm
 from fedmap_secure.transport.channels import GRPC_MESSAGE_LIMIT, SERVER_OPTIONS
+from fedmap_secure.transport.exclusion import ExclusionPolicy
 from fedmap_secure.transport.generated.v1 import service_pb2 as spb
-from fedmap_secure.transport.security import Insecure, MutualTls, server_credentials, tls_identity
+from fedmap_secure.transport.security import (
+    Insecure,
+    MutualTls,
+    certificate_ids,
+    require_loopback,
+    server_credentials,
+    tls_identity,
+)
 
 log = logging.getLogger(__name__)
 _POLL = 0.2
@@ -69,18 +84,62 @@ _POLL = 0.2
 
 @dataclass(frozen=True, kw_only=True)
 class ServerSettings:
-    """Timing and size limits of the server."""
+    """Timing, size and concurrency limits of the server.
+
+    ``join_grace``: once ``min_sites`` (default: the threshold t) have joined a
+    round, the first stage waits at most this long for sites that have not
+    joined at all (a dead site costs each round the grace, not
+    ``join_timeout``; sites that joined are still waited for up to
+    ``join_timeout``). ``submit_per_site``: concurrent ``Submit`` calls one
+    identity may hold (one live ``Join`` per identity, always).
+    ``max_message_bytes`` caps every message; the limit actually applied is
+    derived from the round's layout (``message_limits``). ``exclude_rounds``:
+    how long a site the protocol blames for an abort is refused (None: the rest
+    of the run). ``revoked``: certificate serial numbers (hex) or SHA-256
+    fingerprints (hex) refused on every call.
+    """
 
     join_timeout: float = 600.0
     stage_timeout: float = 60.0
+    join_grace: float = 5.0
+    min_sites: int | None = None
+    submit_per_site: int = 2
     chunk_size: int = framing.DEFAULT_CHUNK_SIZE
     max_message_bytes: int = framing.DEFAULT_MAX_MESSAGE_BYTES
+    exclude_rounds: int | None = None
+    revoked: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        if not (self.join_timeout > 0 and self.stage_timeout > 0):
-            raise ValueError("timeouts must be > 0")
+        if not (self.join_timeout > 0 and self.stage_timeout > 0 and self.join_grace >= 0):
+            raise ValueError("timeouts must be > 0 (join_grace >= 0)")
         if not 1 <= self.chunk_size <= GRPC_MESSAGE_LIMIT - (64 << 10):
             raise ValueError("chunk_size must fit in one gRPC message")
+        if self.submit_per_site < 1 or (self.min_sites is not None and self.min_sites < 1):
+            raise ValueError("submit_per_site and min_sites must be >= 1")
+        if self.exclude_rounds is not None and self.exclude_rounds < 1:
+            raise ValueError("exclude_rounds must be >= 1 (None: the rest of the run)")
+        object.__setattr__(self, "revoked", frozenset(_normalise(r) for r in self.revoked))
+
+
+def _normalise(serial_or_fingerprint: str) -> str:
+    return serial_or_fingerprint.replace(":", "").strip().lower().lstrip("0") or "0"
+
+
+SMALL_MESSAGE_BASE = 16 << 10
+PER_SITE_BYTES = 1 << 10
+MASKED_INPUT_OVERHEAD = 4 << 10
+
+
+def message_limits(config: SecAggConfig, encoded_length: int) -> tuple[int, int]:
+    """(limit of a masked input, limit of every other site message), in bytes.
+
+    A masked input carries ``encoded_length`` ring elements of at most 8 bytes
+    each plus a header; the other messages carry keys, signatures and at most
+    one share envelope or revealed share per other site.
+    """
+    masked = 8 * encoded_length + MASKED_INPUT_OVERHEAD
+    small = SMALL_MESSAGE_BASE + config.n * PER_SITE_BYTES
+    return masked, small
 
 
 class _RefusalError(Exception):
@@ -102,11 +161,19 @@ def _late(message: Message, stage: ServerStage) -> bool:
 class _Round:
     """The state of one open round; every method runs under ``self.cond``."""
 
-    def __init__(self, *, session: ServerSession, opening: tm.RoundOpening, roster: Roster) -> None:
+    def __init__(
+        self,
+        *,
+        session: ServerSession,
+        opening: tm.RoundOpening,
+        roster: Roster,
+        limits: tuple[int, int],
+    ) -> None:
         self.index = opening.round_index
         self.session = session
         self.opening = opening
         self.roster = roster
+        self.limits = limits
         self.cond = threading.Condition()
         self.queues: dict[str, queue.SimpleQueue[codec.ServerWireMessage]] = {}
         self.gone: set[str] = set()  # disconnected or declined
@@ -114,6 +181,20 @@ class _Round:
         self.expected: set[str] = set(roster.sites)
         self.seen: set[bytes] = set()
         self.joining = True
+
+    def limit(self) -> int:
+        """Size limit of the message the current stage accepts (or a Decline)."""
+        masked, small = self.limits
+        return masked if SERVER_ACCEPTS.get(self.session.stage) is MaskedInput else small
+
+    def check_sender(self, peer: str) -> None:
+        """Before a Submit's body is read: the sender must have joined and still be in."""
+        with self.cond:
+            if peer not in self.queues or peer in self.gone or peer in self.session.excluded:
+                raise _RefusalError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"peer {peer!r}: not taking part in round {self.index} (join it first)",
+                )
 
     def try_join(self, site: str) -> queue.SimpleQueue[codec.ServerWireMessage] | None:
         """The site's outbox, or None if the round no longer admits it (first stage closed,
@@ -166,20 +247,44 @@ class _Round:
             self.answered.add(peer)
             self.cond.notify_all()
 
-    def wait_stage(self, timeout: float) -> None:
-        """Block until every expected site answered, left or was excluded, or ``timeout``."""
+    def wait_stage(self, timeout: float, *, grace: float | None = None, min_sites: int = 0) -> None:
+        """Block until every expected site answered, left or was excluded, or ``timeout``.
+
+        With ``grace`` (the first stage): once ``min_sites`` sites have joined,
+        sites that have not joined at all are waited for at most ``grace`` more
+        seconds; the joined ones still until ``timeout``.
+        """
         end = time.monotonic() + timeout
+        quorum_at: float | None = None
         with self.cond:
             while True:
                 pending = self.expected - self.answered - self.gone - self.session.excluded
-                left = end - time.monotonic()
+                now = time.monotonic()
+                if grace is not None:
+                    if quorum_at is None and len(set(self.queues) - self.gone) >= min_sites:
+                        quorum_at = now
+                    if quorum_at is not None and now - quorum_at >= grace:
+                        absent = pending - set(self.queues)
+                        if absent and pending == absent:
+                            log.info(
+                                "round %d: starting without %s (not joined after the %.1f s grace)",
+                                self.index,
+                                sorted(absent),
+                                grace,
+                            )
+                        pending -= absent
+                left = end - now
                 if not pending or left <= 0:
                     if pending:
                         log.info(
                             "round %d: stage deadline missed by %s", self.index, sorted(pending)
                         )
                     return
-                self.cond.wait(min(left, 1.0))
+                step = min(left, 1.0)
+                if grace is not None:  # re-check soon: the quorum and the grace end are timed
+                    wake = 0.1 if quorum_at is None else quorum_at + grace - now
+                    step = min(step, max(0.01, wake))
+                self.cond.wait(step)
 
     def deliver(self, outgoing: dict[str, codec.ServerWireMessage]) -> None:
         """Queue each recipient's message; the recipients are the next stage's expected sites."""
@@ -229,11 +334,18 @@ class _Publication:
     def leave(self, site: str) -> None:
         """Nothing to do: the publication does not wait for answers."""
 
-    def wait(self, timeout: float) -> frozenset[str]:
+    def wait(
+        self, timeout: float, *, active: frozenset[str] = frozenset(), grace: float = 0.0
+    ) -> frozenset[str]:
+        """Until every roster site has the message, or ``timeout``; once every ``active``
+        site (one that joined a round of this server) has it, at most ``grace`` more."""
         end = time.monotonic() + timeout
         with self.cond:
             while self.expected - self.delivered and time.monotonic() < end:
-                self.cond.wait(min(1.0, max(0.0, end - time.monotonic())))
+                if active and active <= self.delivered:
+                    end = min(end, time.monotonic() + grace)
+                    active = frozenset()  # the grace is counted once
+                self.cond.wait(min(0.1, max(0.0, end - time.monotonic())))
             return frozenset(self.delivered)
 
 
@@ -250,22 +362,36 @@ class AggregationServer:
         settings: ServerSettings | None = None,
         encoders: RoundEncoderFactory | None = None,
         transcripts: TranscriptChain | None = None,
+        exclusion: ExclusionPolicy | None = None,
     ) -> None:
         self.roster = roster
         self.transcripts = transcripts
         self._model_hash = b""
         self.config = config
         self.settings = settings or ServerSettings()
+        self.exclusion = exclusion or ExclusionPolicy(exclude_rounds=self.settings.exclude_rounds)
+        if transcripts is not None and transcripts.head is not None:
+            self.exclusion.used(transcripts.head.round_index)
         self._security = security
         self._encoders = encoders or fixed_point_encoders(n_max=config.n, bits=config.bits)
         self._cond = threading.Condition()
         self._round: _Round | _Publication | None = None
         self._stopping = False
+        self._active: set[str] = set()  # sites that joined a secure round of this server
+        self._joins = _Slots()
+        self._submits = _Slots()
+        # Every roster site may hold one Join and ``submit_per_site`` Submits; the rest is
+        # headroom for calls refused at once (unknown, revoked, over their cap).
+        workers = config.n * (1 + self.settings.submit_per_site) + 32
+        options = [o for o in SERVER_OPTIONS if o[0] != "grpc.max_receive_message_length"]
+        options.append(("grpc.max_receive_message_length", self.settings.chunk_size + (64 << 10)))
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=2 * config.n + 8),
-            options=SERVER_OPTIONS,
+            futures.ThreadPoolExecutor(max_workers=workers),
+            options=options,
+            maximum_concurrent_rpcs=workers,
         )
         self._grpc.add_generic_rpc_handlers((rpc.service_handler(_Servicer(self)),))
+        require_loopback(address, security)
         if isinstance(security, MutualTls):
             self.port = self._grpc.add_secure_port(address, server_credentials(security))
         else:
@@ -325,6 +451,12 @@ class AggregationServer:
             previous = self.transcripts.previous_hash
             self._model_hash = model_hash(context)
             context = bound_context(self._model_hash, previous)
+        fresh = self.exclusion.fresh_index(round_index)
+        if fresh != round_index:
+            raise LocalProtocolError(
+                f"round index {round_index} was already announced (keys of it may have been "
+                f"seen); the next fresh index is {fresh}"
+            )
         encoder = self._encoders(round_index, layout, context)
         session = self._session(round_index, layout, context, encoder.ring)
         setup = tm.SecAggSetup(
@@ -342,7 +474,16 @@ class AggregationServer:
         opening = setup if announce is None else announce(setup)
         if tm.setup_of(opening) != setup:
             raise LocalProtocolError("announce() must embed the round's SecAggSetup unchanged")
-        rnd = _Round(session=session, opening=opening, roster=self.roster)
+        length = encoder.ring.length if encoder.ring is not None else encoded_length(layout)
+        masked_limit, small_limit = message_limits(self.config, length)
+        cap = self.settings.max_message_bytes
+        rnd = _Round(
+            session=session,
+            opening=opening,
+            roster=self.roster,
+            limits=(min(cap, masked_limit), min(cap, small_limit)),
+        )
+        self.exclusion.used(round_index)
         with self._cond:
             self._round = rnd
             self._cond.notify_all()
@@ -377,8 +518,13 @@ class AggregationServer:
         )
 
     def _play(self, rnd: _Round, layout: VectorLayout, encoder: RoundEncoder) -> AggregateResult:
+        settings = self.settings
         try:
-            rnd.wait_stage(self.settings.join_timeout)
+            rnd.wait_stage(
+                settings.join_timeout,
+                grace=settings.join_grace,
+                min_sites=settings.min_sites or self.config.t,
+            )
             for _ in range(4):
                 with rnd.cond:
                     rnd.joining = False
@@ -390,6 +536,12 @@ class AggregationServer:
         except AbortedError as exc:
             log.warning("round %d aborted: %s", rnd.index, exc)
             self._announce_abort(rnd, str(exc))
+            self.exclusion.record_abort(
+                round_index=rnd.index,
+                setup_id=rnd.session.setup_id,
+                culprits=exc.culprits | rnd.session.excluded,
+                detail=str(exc),
+            )
             raise
         except BaseException:
             self._announce_abort(rnd, "the server failed during the round")
@@ -404,7 +556,14 @@ class AggregationServer:
                 contributors=tuple(sorted(output.contributors)),
             )
         )
-        return decode_result(encoder, layout, output.total, output.contributors, rnd.index)
+        try:
+            return decode_result(encoder, layout, output.total, output.contributors, rnd.index)
+        except ImplausibleAggregateError as exc:
+            log.error("round %d: update rejected, the previous model is kept: %s", rnd.index, exc)
+            self.exclusion.record_abort(
+                round_index=rnd.index, setup_id=rnd.session.setup_id, culprits=(), detail=str(exc)
+            )
+            raise
 
     def _announce_abort(self, rnd: _Round, detail: str) -> None:
         rnd.broadcast(
@@ -419,6 +578,14 @@ class AggregationServer:
             )
         )
 
+    def joined(self, sites: tuple[str, ...] | frozenset[str]) -> bool:
+        """Whether every one of ``sites`` has joined the open secure round."""
+        rnd = self._current()
+        if not isinstance(rnd, _Round):
+            return False
+        with rnd.cond:
+            return set(sites) <= set(rnd.queues) - rnd.gone
+
     @property
     def open_round(self) -> int | None:
         """Index of the round in progress, if any."""
@@ -428,23 +595,40 @@ class AggregationServer:
     def _admit(
         self, site: str, min_round: int, context: grpc.ServicerContext
     ) -> tuple[_Round | _Publication, queue.SimpleQueue[codec.ServerWireMessage]]:
-        """Wait for a round with index >= ``min_round`` that admits ``site``."""
+        """Wait (at most ``join_timeout``) for a round with index >= ``min_round`` that
+        admits ``site``; an excluded site is refused."""
+        end = time.monotonic() + self.settings.join_timeout
         with self._cond:
             while True:
                 rnd = self._round
                 outbox = None
                 if rnd is not None and rnd.index >= min_round:
+                    if isinstance(rnd, _Round):
+                        why = self.exclusion.refusal(site, rnd.index)
+                        if why is not None:
+                            raise _RefusalError(
+                                grpc.StatusCode.PERMISSION_DENIED, f"peer {site!r}: {why}"
+                            )
                     outbox = rnd.try_join(site)
                 if rnd is not None and outbox is not None:
+                    if isinstance(rnd, _Round):
+                        self._active.add(site)
                     return rnd, outbox
                 if self._stopping or not context.is_active():
                     raise _RefusalError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+                if time.monotonic() >= end:
+                    raise _RefusalError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"peer {site!r}: no round >= {min_round} opened in time; join again",
+                    )
                 self._cond.wait(_POLL)
 
     def publish(self, message: tm.FedMapRound, *, timeout: float) -> frozenset[str]:
         """Send ``message`` (a final round) to every site that joins within ``timeout``.
 
-        Returns the sites it reached; returns early once every roster site has it.
+        Returns the sites it reached; returns early once every roster site has it, or
+        ``join_grace`` after every site that joined a round of this server has it (a dead
+        site costs the end of the run the grace, not ``timeout``).
         """
         if not message.final:
             raise LocalProtocolError("only a final FedMapRound is published without a secure round")
@@ -453,7 +637,12 @@ class AggregationServer:
             self._round = publication
             self._cond.notify_all()
         try:
-            return publication.wait(timeout)
+            with self._cond:
+                upcoming = self.exclusion.fresh_index(0)
+                active = frozenset(
+                    s for s in self._active if self.exclusion.refusal(s, upcoming) is None
+                )
+            return publication.wait(timeout, active=active, grace=self.settings.join_grace)
         finally:
             with self._cond:
                 self._round = None
@@ -468,24 +657,78 @@ def _abort(context: grpc.ServicerContext, refusal: _RefusalError) -> NoReturn:
     raise AssertionError("unreachable")  # context.abort raises
 
 
+class _Slots:
+    """Per-identity counters of live calls (one Join, a few Submits per site)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+
+    def acquire(self, site: str, limit: int) -> bool:
+        with self._lock:
+            if self._held.get(site, 0) >= limit:
+                return False
+            self._held[site] = self._held.get(site, 0) + 1
+            return True
+
+    def release(self, site: str) -> None:
+        with self._lock:
+            left = self._held.get(site, 0) - 1
+            if left > 0:
+                self._held[site] = left
+            else:
+                self._held.pop(site, None)
+
+
+class _Once:
+    """Releases a slot exactly once (from the handler's finally or the RPC's callback)."""
+
+    def __init__(self, slots: _Slots, site: str) -> None:
+        self._slots = slots
+        self._site = site
+        self._lock = threading.Lock()
+        self._done = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        self._slots.release(self._site)
+
+
 class _Servicer:
     """The two RPCs; identity checks here, protocol rules in the session."""
 
     def __init__(self, server: AggregationServer) -> None:
         self._server = server
 
+    def _tls_peer(self, context: grpc.ServicerContext) -> str | None:
+        """The TLS identity (mutual TLS), refused when its certificate is revoked."""
+        if not isinstance(self._server._security, MutualTls):
+            return None
+        identity = tls_identity(context)
+        if identity is None:
+            raise _RefusalError(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+        revoked = self._server.settings.revoked
+        if revoked:
+            ids = certificate_ids(context)
+            if ids is None or ids & revoked:
+                raise _RefusalError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"peer {identity!r}: certificate revoked",
+                )
+        return identity
+
     def _identity(self, context: grpc.ServicerContext, claimed: str) -> str:
         """The authenticated sender: the TLS identity, which must equal the claimed sender."""
         roster = self._server.roster
-        if isinstance(self._server._security, MutualTls):
-            identity = tls_identity(context)
-            if identity is None:
-                raise _RefusalError(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
-            if claimed != identity:
-                raise _RefusalError(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"peer {identity!r}: message claims sender {claimed!r}",
-                )
+        identity = self._tls_peer(context)
+        if identity is not None and claimed != identity:
+            raise _RefusalError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"peer {identity!r}: message claims sender {claimed!r}",
+            )
         if claimed not in roster:
             raise _RefusalError(
                 grpc.StatusCode.PERMISSION_DENIED, f"peer {claimed!r}: not on the roster"
@@ -493,6 +736,7 @@ class _Servicer:
         return claimed
 
     def join(self, data: bytes, context: grpc.ServicerContext) -> Iterator[spb.Frame]:
+        release: _Once | None = None
         try:
             peer = tls_identity(context) or "unauthenticated peer"
             request = rpc.parse_join(data, peer=peer)
@@ -500,13 +744,27 @@ class _Servicer:
                 request, peer=tls_identity(context) or request.header.sender or peer
             )
             site = self._identity(context, join.sender)
+            if not self._server._joins.acquire(site, 1):
+                raise _RefusalError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"peer {site!r}: already has a live Join call (one per site)",
+                )
+            release = _Once(self._server._joins, site)
+            context.add_callback(release)
             rnd, outbox = self._server._admit(site, join.round_index, context)
         except RemoteProtocolError as exc:
+            if release is not None:
+                release()
             _abort(context, _RefusalError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
         except _RefusalError as refusal:
+            if release is not None:
+                release()
             _abort(context, refusal)
         context.add_callback(lambda: rnd.leave(site))
-        yield from self._stream(outbox, context)
+        try:
+            yield from self._stream(outbox, context)
+        finally:
+            release()
 
     def _stream(
         self, outbox: queue.SimpleQueue[codec.ServerWireMessage], context: grpc.ServicerContext
@@ -523,26 +781,50 @@ class _Servicer:
                 return
 
     def submit(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> spb.SubmitAck:
+        """One site message. Checked in this order, before anything is buffered: the TLS
+        identity and its per-site call cap, then the first frame's sender and round and the
+        round's size limit for the stage; the whole call has ``stage_timeout`` to finish."""
         settings = self._server.settings
+        release: _Once | None = None
+        peer = "unknown peer"
+        watchdog = threading.Timer(settings.stage_timeout, context.cancel)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            identity = tls_identity(context)
+            identity = self._tls_peer(context)
+            if identity is not None:
+                release = self._claim(identity)
             peer = identity or "unauthenticated peer"
             frames = (rpc.parse_frame(raw, peer=peer) for raw in requests)
-            header, data = framing.read_one(frames, peer=peer, max_bytes=settings.max_message_bytes)
-            message = codec.parse_site_message(data, peer=identity or header.sender or "unknown")
-            site = self._identity(context, message.sender)
-            if header != codec.encode_header(message):
-                raise _RefusalError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"peer {site!r}: frame header differs from the message",
-                )
+            first = next(frames, None)
+            if first is None:
+                raise RemoteProtocolError(peer, "stream carried no message")
+            claimed = first.header.sender
+            site = self._identity(context, claimed)
+            if release is None:
+                release = self._claim(site)
             rnd = self._server._current()
-            if not isinstance(rnd, _Round) or rnd.index != message.round_index:
+            if not isinstance(rnd, _Round) or rnd.index != first.header.round:
                 current = "none" if rnd is None else str(rnd.index)
                 raise _RefusalError(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"peer {site!r}: round {message.round_index} is not open "
+                    f"peer {site!r}: round {first.header.round} is not open "
                     f"(open round: {current})",
+                )
+            limit = rnd.limit()
+            if first.total_size > limit:
+                raise framing.OversizedMessageError(
+                    site, f"message of {first.total_size} bytes exceeds the limit of {limit}"
+                )
+            rnd.check_sender(site)
+            header, data = framing.read_one(
+                itertools.chain((first,), frames), peer=site, max_bytes=limit
+            )
+            message = codec.parse_site_message(data, peer=site)
+            if message.sender != site or header != codec.encode_header(message):
+                raise _RefusalError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"peer {site!r}: frame header differs from the message",
                 )
             rnd.submit(message, hashlib.sha256(data).digest())
         except framing.OversizedMessageError as exc:
@@ -551,4 +833,25 @@ class _Servicer:
             _abort(context, _RefusalError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
         except _RefusalError as refusal:
             _abort(context, refusal)
+        except grpc.RpcError:  # cancelled by the watchdog or by the peer
+            _abort(
+                context,
+                _RefusalError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"peer {peer!r}: message not received within {settings.stage_timeout} s",
+                ),
+            )
+        finally:
+            watchdog.cancel()
+            if release is not None:
+                release()
         return spb.SubmitAck(header=codec.encode_header(message))
+
+    def _claim(self, site: str) -> _Once:
+        limit = self._server.settings.submit_per_site
+        if not self._server._submits.acquire(site, limit):
+            raise _RefusalError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"peer {site!r}: more than {limit} concurrent Submit calls",
+            )
+        return _Once(self._server._submits, site)

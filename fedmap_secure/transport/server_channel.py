@@ -2,9 +2,11 @@
 
 ``run_round`` announces the round (``FedMapRound``: gamma, psi, run
 configuration and the server's ``SecAggSetup``) to every site that joins and
-returns the decoded sums of the sites that completed; an aborted round raises
-``AbortedError`` (the server runtime writes nothing; a restarted server resumes
-the round). ``publish_final`` hands the final announcement to every site that
+returns the decoded sums of the sites that completed. An aborted round (or a
+decoded sum rejected as implausible, SPEC §9.2) returns None: the server has
+journalled it and excluded its culprits (``transport.exclusion``), its index is
+used up, and the runtime keeps the previous model for the next index; a site
+can never make the server exit. ``publish_final`` hands the final announcement to every site that
 joins within ``final_timeout`` seconds. This module only moves messages.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 
 from fedmap_secure.aggregation import AggregateResult
-from fedmap_secure.errors import ConfigError
+from fedmap_secure.errors import AbortedError, ConfigError
 from fedmap_secure.runtime.channel import RoundPlan
 from fedmap_secure.transport import messages as tm
 from fedmap_secure.transport.server import AggregationServer
@@ -31,12 +33,16 @@ class GrpcServerChannel:
     def run_round(self, plan: RoundPlan) -> AggregateResult | None:
         if plan.layout is None:
             raise ConfigError("a method that aggregates nothing has no gRPC rounds; use simulate")
-        return self.server.run_round(
-            round_index=plan.state.round_index,
-            layout=plan.layout,
-            context=plan.context,
-            announce=plan.opening,
-        )
+        try:
+            return self.server.run_round(
+                round_index=plan.state.round_index,
+                layout=plan.layout,
+                context=plan.context,
+                announce=plan.opening,
+            )
+        except AbortedError as exc:  # journalled and culprits excluded by the server
+            log.warning("round %d: no update (%s)", plan.state.round_index, exc)
+            return None
 
     def publish_final(self, final: tm.FedMapRound) -> None:
         reached = self.server.publish(final, timeout=self.final_timeout)

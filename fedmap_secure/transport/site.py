@@ -16,6 +16,10 @@ retried with the same keys.
 when the round fails after the site joined); it then requires the server to
 record transcripts and checks the bound context (SPEC §13).
 
+``round_floor`` (``round_floor.RoundFloor`` in the site's state dir): the site
+refuses any round index at or below the highest it has already played, and
+records a round's index durably before sending its keys (no replayed round).
+
 ``on_send`` (tests, fault injection) is called with each message just before
 the site sends it; raising from it makes the site disconnect at that point,
 like a crashed process.
@@ -23,6 +27,7 @@ like a crashed process.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import os
@@ -57,6 +62,7 @@ from fedmap_secure.transcript.binding import bound_context, model_hash
 from fedmap_secure.transcript.site_record import RecordingClientSession, SiteRecord, SiteRecorder
 from fedmap_secure.transport import codec, framing, rpc
 from fedmap_secure.transport import messages as tm
+from fedmap_secure.transport.round_floor import RoundFloor
 
 log = logging.getLogger(__name__)
 Contribution = FloatVector | tm.DeclineReason | None
@@ -103,8 +109,10 @@ class SiteClient:
         on_send: Callable[[codec.SiteWireMessage], None] | None = None,
         encoders: RoundEncoderFactory | None = None,
         site_records: Callable[[SiteRecord], None] | None = None,
+        round_floor: RoundFloor | None = None,
     ) -> None:
         self.site_id = site_id
+        self._round_floor = round_floor
         self._site_records = site_records
         self._stub = rpc.FederationStub(channel)
         self._identity = identity
@@ -234,6 +242,13 @@ class SiteClient:
         if setup is None:
             contribute(opening)
             return SiteReport(round_index=opening.round_index, outcome=SiteOutcome.FINAL)
+        floor = self._round_floor
+        if floor is not None and not floor.allows(setup.round_index):
+            raise RemoteProtocolError(
+                SERVER_ID,
+                f"round {setup.round_index} refused: this site already played round "
+                f"{floor.highest} (a replayed or reused round index)",
+            )
         self._check_context(opening, setup, context_of)
         session, encoder = self._session(setup)
         value = contribute(opening)
@@ -251,11 +266,19 @@ class SiteClient:
             )
             return SiteReport(round_index=setup.round_index, outcome=SiteOutcome.DECLINED)
         encoded = encoder.encode(value, random_bytes=self._random_bytes)
+        if floor is not None:
+            try:
+                floor.advance(setup.round_index)  # durable before any key leaves the site
+            except ConfigError as exc:
+                raise RemoteProtocolError(SERVER_ID, f"round refused: {exc}") from None
+        report: SiteReport | None = None
         try:
-            return self._exchange(session, encoded, messages)
+            report = self._exchange(session, encoded, messages)
+            return report
         finally:
             if self._site_records is not None and isinstance(session, RecordingClientSession):
-                self._site_records(session.recorder.record())
+                record = session.recorder.record()
+                self._site_records(dataclasses.replace(record, outcome=_record_outcome(report)))
 
     def _exchange(
         self,
@@ -283,6 +306,17 @@ class SiteClient:
         data = codec.encode_site_message(message).SerializeToString()
         frames = framing.split(data, codec.encode_header(message), chunk_size=self._chunk_size)
         self._stub.submit(iter(frames), timeout=self._round_timeout)
+
+
+def _record_outcome(report: SiteReport | None) -> str:
+    """How the round ended, for the site's record (``SiteRecord.outcome``)."""
+    if report is None:
+        return "failed"
+    if report.outcome is SiteOutcome.ABORTED:
+        return "aborted"
+    if report.outcome is SiteOutcome.COMPLETED or report.contributors:
+        return "completed"
+    return "failed"
 
 
 def _report(outcome: tm.RoundOutcome, site: str) -> SiteReport:

@@ -39,7 +39,9 @@ from tests.integration.grpc_harness import (
     start_sites,
 )
 
-LIMITS = ServerSettings(join_timeout=20.0, stage_timeout=3.0, max_message_bytes=1 << 20)
+LIMITS = ServerSettings(
+    join_timeout=20.0, join_grace=20.0, stage_timeout=3.0, max_message_bytes=1 << 20
+)
 SID = b"\x07" * 32
 
 
@@ -79,16 +81,20 @@ def _check(error: grpc.RpcError, code: grpc.StatusCode, *fragments: str) -> None
 
 
 def _bad_calls(consortium: Consortium, port: int) -> None:
+    """Bad calls from site-d (not joined) and from site-a (joined, playing honestly)."""
     assert consortium.deployment is not None
     d = open_channel(port, consortium.security("site-d"))
+    a = open_channel(port, consortium.security("site-a"))
     mallory = open_channel(port, MutualTls(files=consortium.deployment.site_tls("mallory")))
     code = grpc.StatusCode
     _check(_submit(d, [b"\xff\x00garbage"]), code.INVALID_ARGUMENT, "site-d", "undecodable Frame")
-    garbage_body = [spb.Frame(header=_header(), count=1, total_size=3, data=b"\xff\xff\xff")]
+    garbage_body = [
+        spb.Frame(header=_header("site-a"), count=1, total_size=3, data=b"\xff\xff\xff")
+    ]
     _check(
-        _submit(d, [f.SerializeToString() for f in garbage_body]),
+        _submit(a, [f.SerializeToString() for f in garbage_body]),
         code.INVALID_ARGUMENT,
-        "site-d",
+        "site-a",
         "undecodable SiteMessage",
     )
     _check(_submit(d, []), code.INVALID_ARGUMENT, "no message")
@@ -98,14 +104,18 @@ def _bad_calls(consortium: Consortium, port: int) -> None:
     _check(
         _submit(d, [announced.SerializeToString()]), code.RESOURCE_EXHAUSTED, "exceeds the limit"
     )
-    _check(_submit(d, _truncated()), code.INVALID_ARGUMENT, "1 of 2")
-    short = pb.MaskedInput(header=_header(), masked=b"\x01" * 13)
+    _check(_submit(a, _truncated("site-a")), code.INVALID_ARGUMENT, "1 of 2")
+    short = pb.MaskedInput(header=_header("site-a"), masked=b"\x01" * 13)
     _check(
-        _submit(d, _frames(spb.SiteMessage(masked_input=short))),
+        _submit(a, _frames(spb.SiteMessage(masked_input=short), _header("site-a"))),
         code.INVALID_ARGUMENT,
         "not a whole number of 8-byte values",
     )
-    _check(_submit(d, _frames(_advertise(version=2))), code.INVALID_ARGUMENT, "version 2")
+    _check(
+        _submit(a, _frames(_advertise("site-a", version=2), _header("site-a"))),
+        code.INVALID_ARGUMENT,
+        "version 2",
+    )
     _check(
         _submit(d, _frames(_advertise(sender="site-a"), _header("site-a"))),
         code.PERMISSION_DENIED,
@@ -132,17 +142,19 @@ def _bad_calls(consortium: Consortium, port: int) -> None:
         list(join(request.SerializeToString(), timeout=5))
     _check(info.value, code.PERMISSION_DENIED, "not on the roster")
     d.close()
+    a.close()
     mallory.close()
 
 
-def _truncated() -> list[bytes]:
-    data = _advertise().SerializeToString()
-    return [f.SerializeToString() for f in framing.split(data, _header(), chunk_size=100)][:1]
+def _truncated(sender: str = "site-d") -> list[bytes]:
+    data = _advertise(sender).SerializeToString()
+    frames = framing.split(data, _header(sender), chunk_size=100)
+    return [f.SerializeToString() for f in frames][:1]
 
 
-def _wait_for_round(server: AggregationServer) -> None:
+def _wait_for_round(server: AggregationServer, joined: tuple[str, ...] = SITES[:3]) -> None:
     deadline = time.monotonic() + 10
-    while server.open_round is None:
+    while server.open_round is None or not server.joined(joined):
         assert time.monotonic() < deadline, "round never opened"
         time.sleep(0.02)
 

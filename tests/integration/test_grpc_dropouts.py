@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -107,8 +108,16 @@ def test_site_restarted_mid_round_rejoins_the_next_round() -> None:
 
     def crash_and_restart(message: SiteWireMessage) -> None:
         if type(message).__name__ == "ShareKeys":
-            # The "new process" asks for round 0 again; round 0 no longer admits it.
-            restarted.append(start_sites(server, consortium, {"site-b": inputs["site-b"]}))
+            # The "new process" starts once the old one is gone (its Join ended: the server
+            # admits one live Join per site) and asks for round 0 again; round 0 no longer
+            # admits it.
+            def restart() -> None:
+                deadline = time.monotonic() + 10
+                while server.joined(("site-b",)) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                restarted.append(start_sites(server, consortium, {"site-b": inputs["site-b"]}))
+
+            threading.Thread(target=restart, daemon=True).start()
             raise SiteKilledError("ShareKeys")
 
     with running_server(consortium) as server:

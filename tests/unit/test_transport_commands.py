@@ -25,8 +25,12 @@ def _console() -> Console:
 
 def test_keygen_consortium(tmp_path: Path) -> None:
     args = _parse(["keygen", "--sites", "a1,b2,c3", "--out", str(tmp_path / "pki")])
-    assert commands.run_command(args, _console())
+    console = _console()
+    assert commands.run_command(args, console)
     assert pki.load_roster(tmp_path / "pki" / "roster.json").sites == ("a1", "b2", "c3")
+    assert isinstance(console.file, io.StringIO)
+    printed = " ".join(console.file.getvalue().split())
+    assert "WARNING: --sites makes every site's identity key" in printed
 
 
 def test_keygen_identity(tmp_path: Path) -> None:

@@ -153,3 +153,15 @@ def test_several_machines_each_site_keeps_its_keys_and_the_ca_signs(tmp_path: Pa
     assert dict(roster.entries) == keys
     with pytest.raises(ConfigError, match="another key"):
         add_to_roster(tmp_path / "pki" / "roster.json", "site-a", keys["site-b"].hex())
+
+
+def test_a_private_key_readable_by_others_is_refused(tmp_path: Path) -> None:
+    deployment = pki.generate_deployment(tmp_path, ["site-a", "site-b"])
+    files = deployment.site_tls("site-a")
+    files.read()  # generated at 0600
+    files.private_key.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"site\.key has mode 0644.*chmod 600"):
+        files.read()
+    files.private_key.chmod(0o640)
+    with pytest.raises(ConfigError, match="group/others may read it"):
+        files.read()
