@@ -26,6 +26,10 @@ class DataError(ConfigError):
     """An input data file is unusable; the message names the file and column."""
 
 
+class ModelFileError(ConfigError):
+    """A saved model (weights file or its JSON sidecar) is missing, malformed or tampered with."""
+
+
 class ProtocolError(FedMapError):
     """A protocol rule was broken; the session that raised it stays failed."""
 
