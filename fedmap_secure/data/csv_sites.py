@@ -5,22 +5,25 @@ Layout of ``DIR``:
 - ``<site>_train.csv`` and ``<site>_test.csv`` per site (the FedMAP reference's
   ``client_N_train.csv`` naming gives site ``client_N``). A site with only a
   test file is UNSEEN; a train file without a test file is an error.
+- ``schema.toml`` (REQUIRED): the consortium's declared feature schema, the
+  ordered feature names with public ranges, centres and scales, and optionally
+  the class list (format in ``schema_file.py``). A folder without it is
+  refused: scaling constants computed from a site's rows would be a release
+  outside the privacy ledger. ``fedmap-secure schema template`` writes one to
+  fill in.
 - optional ``sites.toml`` with ``[sites.<name>] tier = "finetune"`` (or
   ``"train"``/``"unseen"``) to mark fine-tune-only sites.
 - any other ``*.csv`` file is an error (a misspelt name would otherwise drop a
   site silently); files with other extensions are ignored.
 
-Every file must have the same feature columns (in any order; they are put in
-the order of the first file by site name) plus ``label_column`` with 0/1
-labels. Training files need at least two rows; test files at least one (two
-for an unseen site).
+Every file must have exactly the schema's feature columns, in any order (they
+are reordered by name; a missing or an unexpected column is refused), plus
+``label_column`` holding declared class labels (see ``csv_table.py``).
+Training files need at least two rows; test files at least one (two for an
+unseen site).
 
-Standardisation never moves data across sites. A TRAIN or FINETUNE site is
-standardised with its own training mean and sample std (ddof=1). An UNSEEN
-site has no training rows, so its test features are standardised with their
-own mean and std, used as unlabelled covariates (labels are never used); this
-is test-time, transductive standardisation and is documented as such in any
-result on unseen sites. Constant columns are left unscaled.
+Every row, of every tier, is transformed on its own with the declared schema
+(clip to the range, centre, scale); nothing is estimated from any site's rows.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmap_secure.data.csv_table import CsvTable, read_table
-from fedmap_secure.data.preprocess import standardize, standardizer
+from fedmap_secure.data.schema import FeatureSchema
+from fedmap_secure.data.schema_file import FILENAME as SCHEMA_TOML
+from fedmap_secure.data.schema_file import read_schema_file
 from fedmap_secure.data.sites_toml import FILENAME as SITES_TOML
 from fedmap_secure.data.sites_toml import read_tiers
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
@@ -102,17 +107,24 @@ def _check_declared(path: Path, name: str, tier: Tier, sites: dict[str, SiteFile
         raise DataError(f"{path}: site {name!r} is {tier.value} and {need} {name}{TRAIN_SUFFIX}")
 
 
-def _check_columns(reference: CsvTable, table: CsvTable) -> CsvTable:
-    if table.columns == reference.columns:
-        return table
-    missing = sorted(set(reference.columns) - set(table.columns))
-    extra = sorted(set(table.columns) - set(reference.columns))
-    if missing or extra:
+def read_folder_schema(directory: Path, *, label_column: str = "LABEL") -> FeatureSchema:
+    """The folder's required ``schema.toml``; refused in one line when it is missing."""
+    path = directory / SCHEMA_TOML
+    if not path.is_file():
         raise DataError(
-            f"{table.path}: feature columns differ from {reference.path.name}: "
-            f"missing {missing}, unexpected {extra}"
+            f"{directory}: no {SCHEMA_TOML}; declare the consortium's feature schema (public "
+            f"ranges, centres, scales); 'fedmap-secure schema template {directory} "
+            f"--label-column {label_column}' writes one to fill in"
         )
-    return table.reordered(reference.columns)
+    return read_schema_file(path)
+
+
+def _in_schema_order(schema: FeatureSchema, table: CsvTable) -> CsvTable:
+    """``table`` with its columns reordered to the schema's order by name; differences refused."""
+    if table.columns == schema.names:
+        return table
+    schema.reorder_columns(table.columns, source=str(table.path))  # refuses differing names
+    return table.reordered(schema.names)
 
 
 def _check_rows(table: CsvTable, minimum: int) -> None:
@@ -120,33 +132,35 @@ def _check_rows(table: CsvTable, minimum: int) -> None:
         raise DataError(f"{table.path}: {table.n_rows} data row(s); at least {minimum} needed")
 
 
-def _site(name: str, tier: Tier, train: CsvTable | None, test: CsvTable) -> SiteData:
-    """Standardise with the training rows, or an unseen site's own test covariates."""
-    fit = train if train is not None else test
-    mean, std = standardizer(fit.x)
+def _site(
+    schema: FeatureSchema, name: str, tier: Tier, train: CsvTable | None, test: CsvTable
+) -> SiteData:
+    """Transform every row with the declared schema (no statistic of any row is used)."""
     x_train, y_train = (train.x, train.y) if train is not None else (test.x[:0], test.y[:0])
     return SiteData(
         name=name,
         tier=tier,
-        x_train=standardize(x_train, mean, std),
+        x_train=schema.transform(x_train),
         y_train=y_train,
-        x_test=standardize(test.x, mean, std),
+        x_test=schema.transform(test.x),
         y_test=test.y,
     )
 
 
-def _read_all(sites: list[SiteFiles], label_column: str) -> list[tuple[CsvTable | None, CsvTable]]:
-    """Read every file, checking columns against the first file and row counts."""
+def _read_all(
+    sites: list[SiteFiles], label_column: str, schema: FeatureSchema
+) -> list[tuple[CsvTable | None, CsvTable]]:
+    """Read every file, put its columns in schema order, check row counts."""
     out: list[tuple[CsvTable | None, CsvTable]] = []
-    reference: CsvTable | None = None
+    classes = schema.class_labels
     for files in sites:
-        train = read_table(files.train, label_column=label_column) if files.train else None
-        test = read_table(files.test, label_column=label_column)
-        reference = reference or train or test
-        if train is not None:
-            train = _check_columns(reference, train)
+        train = None
+        if files.train:
+            train = read_table(files.train, label_column=label_column, classes=classes)
+            train = _in_schema_order(schema, train)
             _check_rows(train, 2)
-        test = _check_columns(reference, test)
+        test = read_table(files.test, label_column=label_column, classes=classes)
+        test = _in_schema_order(schema, test)
         _check_rows(test, 1 if train is not None else 2)
         out.append((train, test))
     return out
@@ -156,12 +170,17 @@ def load_csv_sites(directory: str | Path, *, label_column: str) -> FederatedData
     """Load every site of ``directory`` (see the module docstring for the rules)."""
     root = Path(directory).expanduser()
     sites = discover(root)
+    schema = read_folder_schema(root, label_column=label_column)
     tiers = assign_tiers(root, sites)
-    tables = _read_all(sites, label_column)
+    tables = _read_all(sites, label_column, schema)
     built = tuple(
-        _site(files.name, tiers[files.name], train, test)
+        _site(schema, files.name, tiers[files.name], train, test)
         for files, (train, test) in zip(sites, tables, strict=True)
     )
     return FederatedDataset(
-        name=f"csv:{root}", feature_names=tables[0][1].columns, n_classes=2, sites=built
+        name=f"csv:{root}",
+        feature_names=schema.names,
+        n_classes=schema.n_classes,
+        sites=built,
+        schema=schema,
     )

@@ -1,4 +1,11 @@
-"""Read and validate one site CSV file: numeric features plus a binary label column.
+"""Read and validate one site CSV file: numeric features plus a class label column.
+
+Labels are class labels of the consortium's declared class list (the
+schema file's ``classes``; default the binary ``0``/``1``): a cell equal to a
+declared label is that class, and when the labels are the integers
+``0..K-1`` a numeric cell equal to one of them (``1.0``) is accepted too. A
+non-integer number is refused as a regression label, anything else as an
+unknown class, each in one line naming the file and column.
 
 Every cell is read as text and converted here, so a bad file produces a
 ``DataError`` naming the file, the column and the data row (1-based, the
@@ -24,7 +31,7 @@ _MAX_SHOWN = 32
 
 @dataclass(frozen=True, kw_only=True)
 class CsvTable:
-    """One parsed file: feature column names, float64 features, int64 0/1 labels."""
+    """One parsed file: feature column names, float64 features, int64 class indices."""
 
     path: Path
     columns: tuple[str, ...]
@@ -89,17 +96,42 @@ def _numeric(path: Path, column: str, cells: pd.Series) -> FloatArray:
     return values
 
 
-def _labels(path: Path, column: str, cells: pd.Series) -> IntArray:
-    values = _numeric(path, column, cells)
-    bad = sorted({float(v) for v in values if v not in (0.0, 1.0)})
-    if bad:
-        shown = ", ".join(f"{v:g}" for v in bad[:5])
-        raise DataError(f"{path}: label column {column!r} must hold 0/1, found {shown}")
-    return values.astype(np.int64)
+def _labels(path: Path, column: str, cells: pd.Series, classes: tuple[str, ...]) -> IntArray:
+    index = {name: k for k, name in enumerate(classes)}
+    integer_classes = all(c == str(k) for k, c in enumerate(classes))
+    out = np.empty(len(cells), dtype=np.int64)
+    unknown: list[str] = []
+    for i, raw in enumerate(cells):
+        text = "" if pd.isna(raw) else str(raw).strip()
+        if not text:
+            raise DataError(f"{path}: column {column!r}, data row {i + 1}: value is missing")
+        if text in index:
+            out[i] = index[text]
+            continue
+        number = pd.to_numeric(text, errors="coerce")
+        if integer_classes and np.isfinite(number) and float(number).is_integer():
+            key = str(int(number))
+            if key in index:
+                out[i] = index[key]
+                continue
+        if np.isfinite(number) and not float(number).is_integer():
+            raise DataError(
+                f"{path}: label column {column!r}, data row {i + 1}: {_shown(text)} is not a "
+                f"class label (regression labels are not supported; classes are {list(classes)})"
+            )
+        if text not in unknown:
+            unknown.append(text)
+    if unknown:
+        shown = ", ".join(_shown(u) for u in unknown[:5])
+        raise DataError(
+            f"{path}: label column {column!r} holds {shown}, not one of the declared "
+            f"classes {list(classes)}"
+        )
+    return out
 
 
-def read_table(path: Path, *, label_column: str) -> CsvTable:
-    """Parse ``path``; every feature must be a finite number and the label 0 or 1."""
+def read_table(path: Path, *, label_column: str, classes: tuple[str, ...] = ("0", "1")) -> CsvTable:
+    """Parse ``path``; every feature must be a finite number, every label a declared class."""
     frame = _read_text_frame(path)
     header = _header(path, frame)
     if label_column not in header:
@@ -114,5 +146,5 @@ def read_table(path: Path, *, label_column: str) -> CsvTable:
     x = np.empty((len(body), len(features)), dtype=np.float64)
     for j, column in enumerate(features):
         x[:, j] = _numeric(path, column, body[column])
-    y = _labels(path, label_column, body[label_column])
+    y = _labels(path, label_column, body[label_column], classes)
     return CsvTable(path=path, columns=features, x=x, y=y)

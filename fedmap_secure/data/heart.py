@@ -20,18 +20,22 @@ confirm every step below):
    features. FLamby calls ``get_dummies`` on the pooled frame; since every level
    occurs in the pooled data, fixed levels give the same columns without
    pooling anything.
-6. Standardise all 13 columns (dummies included) per site with that site's
-   training mean and sample std (ddof=1), as FLamby's ``normalize=True``.
+6. Scale every column with the consortium's DECLARED schema
+   (``bundled/heart_disease/schema.toml``: clinical ranges, centres and scales
+   from public references, each constant's source written beside it), one
+   record at a time: ``(clip(x, low, high) - centre) / scale``.
+
+Step 6 departs from FLamby on purpose. FLamby (``normalize=True``) standardises
+each site with its own training mean and std; that makes one record move every
+other record's features, a release outside the privacy ledger (issue 14).
+``Scaling.SITE_STATISTICS`` still reproduces FLamby's scaling, for the audit
+and the before/after comparison only (statistics in float64, a constant column
+left unscaled; the only one is Switzerland's ``chol``, 0 in every row, a
+missing-value code kept as FLamby keeps it; the declared schema clips it to the
+plausible low end, 100 mg/dl).
 
 FLamby splits before one-hot encoding; the split depends on the labels only,
 so the order of steps 4 and 5 does not matter.
-
-Deviations, both without effect beyond float32 rounding on this data:
-statistics are computed in float64 (FLamby: float32), and a column constant in
-a site's training split is left unscaled (std 1) where FLamby divides by
-``std + 1e-9``. The only such column here is Switzerland's ``chol`` (0 in every
-row of that site, a missing-value code kept as FLamby keeps it), which is 0
-after either rule.
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ import numpy as np
 import pandas as pd
 
 from fedmap_secure.data._bundled import read_bundled
-from fedmap_secure.data.preprocess import FloatArray, split_site
-from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
+from fedmap_secure.data.preprocess import FloatArray, RawSite, Scaling, split_raw
+from fedmap_secure.data.schema import FeatureSchema
+from fedmap_secure.data.schema_file import parse_schema_toml
+from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.errors import DataError
 
 RAW_COLUMNS = (
@@ -94,13 +100,37 @@ SITE_FILES: tuple[tuple[str, str, str], ...] = (
 )
 """(site name, bundled file, pinned SHA-256) in FLamby's center order 0-3."""
 
+SCHEMA_FILE = "schema.toml"
+SCHEMA_SHA256 = "7670996803665007e3747c65663865f9a3f370b340488ab76febdc2585402557"
+
 _DIR = "heart_disease"
 
 
-def load_heart() -> FederatedDataset:
-    """Load Fed-Heart-Disease: four TRAIN sites, 13 standardised features, binary label."""
-    sites = tuple(_load_site(name, fname, digest) for name, fname, digest in SITE_FILES)
-    return FederatedDataset(name="heart", feature_names=FEATURE_NAMES, n_classes=2, sites=sites)
+def heart_schema() -> FeatureSchema:
+    """The declared schema shipped in ``bundled/heart_disease/schema.toml`` (hash pinned)."""
+    text = read_bundled(_DIR, SCHEMA_FILE, sha256=SCHEMA_SHA256).decode("utf-8")
+    schema = parse_schema_toml(text, source=f"bundled/{_DIR}/{SCHEMA_FILE}")
+    if schema.names != FEATURE_NAMES:
+        raise DataError(f"bundled/{_DIR}/{SCHEMA_FILE}: features differ from {FEATURE_NAMES}")
+    return schema
+
+
+def load_heart(scaling: Scaling = Scaling.DECLARED) -> FederatedDataset:
+    """Load Fed-Heart-Disease: four TRAIN sites, 13 features scaled by the declared schema.
+
+    ``scaling=Scaling.SITE_STATISTICS`` is FLamby's per-site standardisation,
+    which is not private (audits and comparisons only).
+    """
+    schema = heart_schema()
+    sites = tuple(site.scaled(schema, scaling) for site in raw_heart_sites())
+    return FederatedDataset(
+        name="heart", feature_names=FEATURE_NAMES, n_classes=2, sites=sites, schema=schema
+    )
+
+
+def raw_heart_sites() -> tuple[RawSite, ...]:
+    """The four sites split as FLamby, with raw (unscaled) feature values."""
+    return tuple(_raw_site(name, fname, digest) for name, fname, digest in SITE_FILES)
 
 
 def read_site_frame(filename: str, sha256: str) -> pd.DataFrame:
@@ -132,7 +162,7 @@ def one_hot(frame: pd.DataFrame, filename: str) -> FloatArray:
     return np.concatenate(blocks, axis=1)
 
 
-def _load_site(name: str, filename: str, sha256: str) -> SiteData:
+def _raw_site(name: str, filename: str, sha256: str) -> RawSite:
     frame = read_site_frame(filename, sha256)
     y = (frame["num"].to_numpy() > 0).astype(np.int64)
-    return split_site(name=name, tier=Tier.TRAIN, x=one_hot(frame, filename), y=y)
+    return split_raw(name=name, tier=Tier.TRAIN, x=one_hot(frame, filename), y=y)

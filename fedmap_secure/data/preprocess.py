@@ -1,15 +1,38 @@
-"""Per-site preprocessing shared by the loaders: the benchmark split and standardisation.
+"""Per-site preprocessing shared by the loaders: the benchmark split and the declared scaling.
 
-Nothing here looks at more than one site at a time: every statistic is computed
-from one site's own rows, so no information crosses a site boundary.
+Scaling (``Scaling.DECLARED``, the only mode a run uses): every feature is
+clipped to its declared range, centred and scaled with the consortium's
+public constants (``FeatureSchema.transform``), one record at a time. No
+constant depends on any record, so adding or removing a patient changes no
+other patient's features and DP-SGD's per-record sensitivity stays the
+clipping bound C.
+
+``Scaling.SITE_STATISTICS`` reproduces the old preprocessing (each site
+standardised with its own training mean and std). It is NOT private: the mean
+and std are functions of every record, so one record moves every other
+record's features (adding one outlier patient moved the clipped gradient sum
+of Fed-Heart-Disease by about 25 C), a release outside the privacy ledger. It
+exists only so the audit and the before/after comparison can show that; the
+CLI cannot select it.
+
+The train/test split (``benchmark_split``) depends on the site's labels. It is
+done by the data holder before the run, at the site; the DP guarantee is about
+the training split (the dataset D whose neighbours D +/- one record the
+accountant considers), and the test rows never leave the site (only metrics
+computed on them do, see LEDGER.md). The split itself is therefore not a
+release: nothing about it leaves the site.
 """
 
 from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from sklearn.model_selection import train_test_split
 
+from fedmap_secure.data.schema import FeatureSchema
 from fedmap_secure.data.types import SiteData, Tier
 from fedmap_secure.errors import DataError
 
@@ -22,6 +45,15 @@ SPLIT_RANDOM_STATE = 43
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 IndexArray = npt.NDArray[np.intp]
+
+
+class Scaling(enum.Enum):
+    """How features are scaled (see the module docstring)."""
+
+    DECLARED = "declared"
+    """The consortium's public schema, per record (the default and the only private mode)."""
+    SITE_STATISTICS = "site-statistics"
+    """Each site's own training mean/std: NOT private; audits and comparisons only."""
 
 
 def benchmark_split(y: IntArray) -> tuple[IndexArray, IndexArray]:
@@ -49,9 +81,9 @@ def benchmark_split(y: IntArray) -> tuple[IndexArray, IndexArray]:
 def standardizer(reference: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Column mean and sample std (ddof=1) of ``reference``; std 1 for constant columns.
 
-    A column that is constant in ``reference`` (or has a single row) would
-    divide by zero; it is left unscaled (std 1), so its reference values
-    become exactly 0 and other values keep their offset from the constant.
+    Used only by ``Scaling.SITE_STATISTICS`` (not private, see the module
+    docstring). A column that is constant in ``reference`` (or has a single
+    row) is left unscaled (std 1).
     """
     if reference.ndim != 2 or reference.shape[0] == 0:
         raise DataError(f"cannot standardise from an array of shape {reference.shape}")
@@ -68,15 +100,57 @@ def standardize(x: FloatArray, mean: FloatArray, std: FloatArray) -> npt.NDArray
     return ((x - mean) / std).astype(np.float32)
 
 
-def split_site(*, name: str, tier: Tier, x: FloatArray, y: IntArray) -> SiteData:
-    """Benchmark-split one site and standardise it with its own training statistics."""
+def scale_rows(
+    *, schema: FeatureSchema, x_train: FloatArray, x_test: FloatArray, scaling: Scaling
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Scale one site's raw (train, test) rows: the declared schema, or (not private) its stats."""
+    if scaling is Scaling.DECLARED:
+        return schema.transform(x_train), schema.transform(x_test)
+    mean, std = standardizer(x_train if x_train.shape[0] else x_test)
+    return standardize(x_train, mean, std), standardize(x_test, mean, std)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RawSite:
+    """One site's split rows before scaling (raw feature values, schema order)."""
+
+    name: str
+    tier: Tier
+    x_train: FloatArray
+    y_train: IntArray
+    x_test: FloatArray
+    y_test: IntArray
+
+    def scaled(self, schema: FeatureSchema, scaling: Scaling = Scaling.DECLARED) -> SiteData:
+        x_train, x_test = scale_rows(
+            schema=schema, x_train=self.x_train, x_test=self.x_test, scaling=scaling
+        )
+        return SiteData(
+            name=self.name,
+            tier=self.tier,
+            x_train=x_train,
+            y_train=self.y_train.astype(np.int64),
+            x_test=x_test,
+            y_test=self.y_test.astype(np.int64),
+        )
+
+
+def split_raw(*, name: str, tier: Tier, x: FloatArray, y: IntArray) -> RawSite:
+    """Benchmark-split one site's raw rows (no scaling)."""
     train, test = benchmark_split(y)
-    mean, std = standardizer(x[train])
-    return SiteData(
-        name=name,
-        tier=tier,
-        x_train=standardize(x[train], mean, std),
-        y_train=y[train].astype(np.int64),
-        x_test=standardize(x[test], mean, std),
-        y_test=y[test].astype(np.int64),
+    return RawSite(
+        name=name, tier=tier, x_train=x[train], y_train=y[train], x_test=x[test], y_test=y[test]
     )
+
+
+def split_site(
+    *,
+    name: str,
+    tier: Tier,
+    x: FloatArray,
+    y: IntArray,
+    schema: FeatureSchema,
+    scaling: Scaling = Scaling.DECLARED,
+) -> SiteData:
+    """Benchmark-split one site and scale it (declared schema by default)."""
+    return split_raw(name=name, tier=tier, x=x, y=y).scaled(schema, scaling)

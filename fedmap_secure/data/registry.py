@@ -6,6 +6,7 @@ import numpy as np
 
 from fedmap_secure.data.csv_sites import load_csv_sites
 from fedmap_secure.data.heart import load_heart
+from fedmap_secure.data.preprocess import Scaling
 from fedmap_secure.data.synthetic import SyntheticConfig, make_synthetic
 from fedmap_secure.data.thyroid import load_thyroid
 from fedmap_secure.data.types import FederatedDataset
@@ -22,6 +23,7 @@ def load_dataset(
     label_column: str | None = None,
     seed: int = 0,
     synthetic: SyntheticConfig | None = None,
+    scaling: Scaling = Scaling.DECLARED,
 ) -> FederatedDataset:
     """Load a federated dataset.
 
@@ -34,7 +36,15 @@ def load_dataset(
     the files themselves): ``seed`` only drives the synthetic generator.
     ``label_column`` is only meaningful for ``csv:`` and ``synthetic`` only for
     ``"synthetic"``; passing them elsewhere is a ``ConfigError``.
+
+    Every dataset carries its declared ``FeatureSchema`` (``dataset.schema``)
+    and every row is scaled with it alone. ``scaling=Scaling.SITE_STATISTICS``
+    (heart and thyroid only) restores the old per-site standardisation, which
+    is NOT private; it exists for the privacy audit and the before/after
+    comparison and no command-line option selects it.
     """
+    if scaling is not Scaling.DECLARED and spec not in BUNDLED:
+        raise ConfigError(f"dataset spec {spec!r}: only the declared schema scales it")
     if spec.startswith(CSV_PREFIX):
         directory = spec[len(CSV_PREFIX) :]
         if not directory:
@@ -52,7 +62,7 @@ def load_dataset(
         config = synthetic if synthetic is not None else SyntheticConfig()
         return make_synthetic(config, rng=np.random.default_rng(seed))
     _refuse(spec, synthetic=synthetic)
-    return load_heart() if spec == "heart" else load_thyroid()
+    return load_heart(scaling) if spec == "heart" else load_thyroid(scaling)
 
 
 def _refuse(spec: str, **options: object) -> None:

@@ -15,7 +15,10 @@ so adding or removing a record changes no other record's features.
 
 ``digest()`` is a SHA-256 over the canonical JSON form; it goes into the run
 configuration so that a site whose columns differ (names, order or constants)
-is detected instead of training a silently wrong model.
+is detected instead of training a silently wrong model (``check_digest``).
+
+``classes`` (optional) is the consortium's declared, ordered class list: label
+``classes[k]`` is class index k. Without it labels are the integers 0/1.
 
 This module is sans-I/O (numpy only).
 """
@@ -72,11 +75,18 @@ class FeatureSpec:
         }
 
 
+IDENTITY_BOUND = 3.0e38
+"""Range of an identity feature: every finite float32 value passes unchanged."""
+
+BINARY_CLASSES = ("0", "1")
+
+
 @dataclass(frozen=True, kw_only=True)
 class FeatureSchema:
-    """The ordered features of a consortium (see the module docstring)."""
+    """The ordered features of a consortium and its class list (see the module docstring)."""
 
     features: tuple[FeatureSpec, ...]
+    classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.features:
@@ -85,10 +95,41 @@ class FeatureSchema:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise DataError(f"feature schema: duplicate feature names {duplicates}")
+        if self.classes is not None:
+            if len(self.classes) < 2:
+                raise DataError("feature schema: declare at least two classes")
+            if any(not c or c != c.strip() for c in self.classes):
+                raise DataError("feature schema: class labels must be non-empty, unpadded text")
+            if len(set(self.classes)) != len(self.classes):
+                raise DataError(f"feature schema: duplicate class labels {list(self.classes)}")
+
+    @classmethod
+    def identity(cls, names: Sequence[str]) -> FeatureSchema:
+        """A schema that leaves features unchanged (centre 0, scale 1, no effective range).
+
+        For data the caller has already put on a public scale (the synthetic
+        generator, tensors given to the Python API): declaring it is still
+        data-independent, so it keeps DP-SGD's per-record sensitivity at C.
+        """
+        return cls(
+            features=tuple(
+                FeatureSpec(name=n, low=-IDENTITY_BOUND, high=IDENTITY_BOUND, centre=0.0, scale=1.0)
+                for n in names
+            )
+        )
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
+
+    @property
+    def class_labels(self) -> tuple[str, ...]:
+        """The declared classes, else the binary default ``("0", "1")``."""
+        return self.classes if self.classes is not None else BINARY_CLASSES
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_labels)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -125,21 +166,42 @@ class FeatureSchema:
         return [list(columns).index(n) for n in self.names]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "version": SCHEMA_VERSION,
             "features": [f.to_json() for f in self.features],
         }
+        if self.classes is not None:
+            out["classes"] = list(self.classes)
+        return out
 
     def digest(self) -> str:
         """Hex SHA-256 of the canonical JSON form (sorted keys, no spaces)."""
         text = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(b"fedmap-secure/feature-schema/v1\x00" + text.encode()).hexdigest()
 
+    def check_digest(self, expected: str, *, source: str) -> None:
+        """Refuse (``DataError`` naming ``source``) when ``expected`` is not this digest.
+
+        A site calls this with the digest announced in the run configuration
+        before it trains: a different feature set, order, range or class list
+        would otherwise train a silently wrong model.
+        """
+        actual = self.digest()
+        if expected != actual:
+            raise DataError(
+                f"{source}: feature schema digest {actual[:16]}... differs from the run's "
+                f"{expected[:16]}... (different features, order, constants or classes)"
+            )
+
     @classmethod
     def from_json(cls, data: object, *, source: str = "feature schema") -> FeatureSchema:
         """Parse ``to_json()`` output; every field is checked, unknown keys refused."""
-        if not isinstance(data, Mapping) or set(data) != {"version", "features"}:
-            raise DataError(f"{source}: expected an object with 'version' and 'features'")
+        if not isinstance(data, Mapping) or not (
+            {"version", "features"} <= set(data) <= {"version", "features", "classes"}
+        ):
+            raise DataError(
+                f"{source}: expected an object with 'version', 'features' (and optional 'classes')"
+            )
         if data["version"] != SCHEMA_VERSION:
             raise DataError(f"{source}: unsupported schema version {data['version']!r}")
         items = data["features"]
@@ -165,4 +227,9 @@ class FeatureSchema:
                     scale=float(item["scale"]),
                 )
             )
-        return cls(features=tuple(specs))
+        classes = data.get("classes")
+        if classes is not None and (
+            not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
+        ):
+            raise DataError(f"{source}: 'classes' must be a list of strings")
+        return cls(features=tuple(specs), classes=None if classes is None else tuple(classes))

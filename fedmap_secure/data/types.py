@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
+from fedmap_secure.data.schema import FeatureSchema
 from fedmap_secure.errors import DataError
 
 
@@ -60,14 +61,35 @@ class SiteData:
 
 @dataclass(frozen=True, kw_only=True)
 class FederatedDataset:
-    """A named set of sites sharing one feature space and label set."""
+    """A named set of sites sharing one feature space and label set.
+
+    ``schema`` is the consortium's declared feature schema the sites' features
+    were transformed with (the bundled datasets ship one; ``csv:DIR`` requires
+    one). Omitted, it is ``FeatureSchema.identity(feature_names)``: the caller
+    declares the features are already on a public, data-independent scale.
+    Its names must equal ``feature_names`` and its class list (if any) must
+    have ``n_classes`` entries.
+    """
 
     name: str
     feature_names: tuple[str, ...]
     n_classes: int
     sites: tuple[SiteData, ...]
+    schema: FeatureSchema = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
+        if self.schema is None:
+            object.__setattr__(self, "schema", FeatureSchema.identity(self.feature_names))
+        if self.schema.names != tuple(self.feature_names):
+            raise DataError(
+                f"dataset {self.name!r}: feature names {list(self.feature_names)} differ "
+                f"from its schema's {list(self.schema.names)}"
+            )
+        if self.schema.classes is not None and len(self.schema.classes) != self.n_classes:
+            raise DataError(
+                f"dataset {self.name!r}: {self.n_classes} classes but the schema declares "
+                f"{list(self.schema.classes)}"
+            )
         d = len(self.feature_names)
         names = [s.name for s in self.sites]
         if len(set(names)) != len(names):
@@ -79,3 +101,8 @@ class FederatedDataset:
 
     def by_tier(self, tier: Tier) -> tuple[SiteData, ...]:
         return tuple(s for s in self.sites if s.tier is tier)
+
+    @property
+    def class_labels(self) -> tuple[str, ...] | None:
+        """The declared class labels (None: integer labels 0..n_classes-1)."""
+        return self.schema.classes

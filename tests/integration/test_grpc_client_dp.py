@@ -24,6 +24,8 @@ from fedmap_secure.cli import main
 from fedmap_secure.client_dp.rounds import ClientDpPlanner, ClientLevelRounds
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.config.privacy import ClientDpSettings
+from fedmap_secure.data.schema import FeatureSchema
+from fedmap_secure.data.schema_file import schema_toml_text
 from fedmap_secure.errors import BudgetExceededError, ConfigError
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.dp_accounting_accountants import DpAccountingRdpAccountant
@@ -205,6 +207,9 @@ def _write_csvs(root: Path, only: str | None = None) -> str:
     """``tiny``'s 3 training sites (or site ``only``) as a CSV folder."""
     dataset = tiny_dataset(seed=0, finetune=False, unseen=False)
     root.mkdir(parents=True)
+    # the rows below are already scaled: their declared schema is the identity
+    identity = FeatureSchema.identity(dataset.feature_names)
+    (root / "schema.toml").write_text(schema_toml_text(identity))
     for site in dataset.sites:
         if only is not None and site.name != only:
             continue

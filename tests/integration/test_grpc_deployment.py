@@ -13,6 +13,8 @@ import torch
 
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.data import load_dataset
+from fedmap_secure.data.schema import FeatureSchema
+from fedmap_secure.data.schema_file import schema_toml_text
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.runtime.announcement import config_json
 from fedmap_secure.transcript.store import verify_files
@@ -36,6 +38,9 @@ def _write_csvs(root: Path) -> tuple[list[str], int]:
     for site in dataset.sites:
         folder = root / "data" / site.name
         folder.mkdir(parents=True)
+        # the rows below are already scaled: their declared schema is the identity
+        identity = FeatureSchema.identity(names)
+        (folder / "schema.toml").write_text(schema_toml_text(identity))
         for split, x, y in (
             ("train", site.x_train, site.y_train),
             ("test", site.x_test, site.y_test),

@@ -9,6 +9,21 @@ from fedmap_secure.data import Tier, load_dataset
 from fedmap_secure.errors import ConfigError, DataError
 
 HEADER = "a,b,y"
+SCHEMA = """
+[[features]]
+name = "a"
+low = 0.0
+high = 20.0
+centre = 10.0
+scale = 3.0
+
+[[features]]
+name = "b"
+low = -5.0
+high = 1.0
+centre = -2.0
+scale = 0.5
+"""
 
 
 def _rows(n: int, seed: int, header: str = HEADER) -> str:
@@ -20,7 +35,8 @@ def _rows(n: int, seed: int, header: str = HEADER) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(root: Path, files: dict[str, str]) -> Path:
+def _write(root: Path, files: dict[str, str], schema: str = SCHEMA) -> Path:
+    (root / "schema.toml").write_text(schema)
     for name, text in files.items():
         (root / name).write_text(text)
     return root
@@ -57,28 +73,48 @@ def test_loads_sites_in_natural_order_with_default_tiers(tmp_path: Path) -> None
         assert site.y_test.dtype == np.int64
 
 
-def test_each_site_standardised_with_its_own_training_stats(tmp_path: Path) -> None:
+def test_every_row_is_scaled_by_the_declared_schema_alone(tmp_path: Path) -> None:
     ds = load_dataset(f"csv:{_good(tmp_path)}", label_column="y")
+    assert ds.schema.names == ("a", "b")
     for site in ds.sites:
-        if site.tier is Tier.UNSEEN:
-            continue
-        np.testing.assert_allclose(site.x_train.mean(axis=0), 0.0, atol=1e-5)
-        np.testing.assert_allclose(site.x_train.std(axis=0, ddof=1), 1.0, atol=1e-5)
-        assert np.abs(site.x_test.mean(axis=0)).max() < 2.0  # train stats, not raw scale
+        raw = np.loadtxt(
+            tmp_path / f"{site.name}_{'test' if site.tier is Tier.UNSEEN else 'train'}.csv",
+            delimiter=",",
+            skiprows=1,
+        )[:, :2]
+        scaled = site.x_test if site.tier is Tier.UNSEEN else site.x_train
+        expected = (np.clip(raw, [0.0, -5.0], [20.0, 1.0]) - [10.0, -2.0]) / [3.0, 0.5]
+        np.testing.assert_allclose(scaled, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_test_rows_are_scaled_with_training_statistics(tmp_path: Path) -> None:
-    _write(tmp_path, {"s_train.csv": "a,y\n1,0\n3,1\n", "s_test.csv": "a,y\n5,1\n"})
-    site = load_dataset(f"csv:{tmp_path}", label_column="y").sites[0]
-    # train mean 2, sample std sqrt(2)
-    np.testing.assert_allclose(site.x_test[0, 0], 3 / np.sqrt(2), rtol=1e-6)
+def test_adding_a_row_changes_no_other_row(tmp_path: Path) -> None:
+    _write(tmp_path, {"s_train.csv": "a,b,y\n1,0,0\n3,-1,1\n", "s_test.csv": "a,b,y\n5,0,1\n"})
+    before = load_dataset(f"csv:{tmp_path}", label_column="y").sites[0]
+    _write(
+        tmp_path,
+        {"s_train.csv": "a,b,y\n1,0,0\n3,-1,1\n900,-800,1\n", "s_test.csv": "a,b,y\n5,0,1\n"},
+    )
+    after = load_dataset(f"csv:{tmp_path}", label_column="y").sites[0]
+    np.testing.assert_array_equal(after.x_train[:2], before.x_train)
+    np.testing.assert_array_equal(after.x_test, before.x_test)
+    np.testing.assert_allclose(after.x_train[2], [(20 - 10) / 3, (-5 + 2) / 0.5], rtol=1e-6)
 
 
-def test_unseen_site_uses_its_own_covariates_only(tmp_path: Path) -> None:
-    ds = load_dataset(f"csv:{_good(tmp_path)}", label_column="y")
-    unseen = ds.sites[2]
-    assert unseen.n_train == 0
-    np.testing.assert_allclose(unseen.x_test.mean(axis=0), 0.0, atol=1e-5)
+def test_missing_schema_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    _good(tmp_path)
+    (tmp_path / "schema.toml").unlink()
+    with pytest.raises(DataError, match=r"no schema\.toml; declare") as info:
+        _load(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_schema_placeholders_are_refused(tmp_path: Path) -> None:
+    from fedmap_secure.data.schema_file import template_text
+
+    _good(tmp_path)
+    (tmp_path / "schema.toml").write_text(template_text(["a", "b"]))
+    with pytest.raises(DataError, match=r"feature 'a': low is nan; fill in a public value"):
+        _load(tmp_path)
 
 
 def test_sites_toml_marks_finetune_sites(tmp_path: Path) -> None:
@@ -92,12 +128,12 @@ def test_columns_in_another_order_are_aligned(tmp_path: Path) -> None:
     _write(
         tmp_path,
         {
-            "p_train.csv": "a,b,y\n1,10,0\n2,20,1\n3,30,1\n",
-            "p_test.csv": "y,b,a\n1,20,2\n",
+            "p_train.csv": "a,b,y\n1,-1,0\n2,-2,1\n3,-3,1\n",
+            "p_test.csv": "y,b,a\n1,-2,13\n",
         },
     )
     site = load_dataset(f"csv:{tmp_path}", label_column="y").sites[0]
-    np.testing.assert_allclose(site.x_test[0], [0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(site.x_test[0], [1.0, 0.0], atol=1e-6)
 
 
 BAD_CASES = {
@@ -119,8 +155,8 @@ BAD_CASES = {
     ),
     "mismatched columns": (
         {"s_train.csv": _rows(4, 0), "s_test.csv": _rows(3, 0, header="a,c,y")},
-        r"s_test\.csv: feature columns differ from s_train\.csv: "
-        r"missing \['b'\], unexpected \['c'\]",
+        r"s_test\.csv: columns differ from the consortium's feature schema "
+        r"\(missing \['b'\], unexpected \['c'\]\)",
     ),
     "one-row site": (
         {"s_train.csv": "a,b,y\n1,2,0\n", "s_test.csv": _rows(3, 0)},
@@ -136,7 +172,13 @@ BAD_CASES = {
     ),
     "label not binary": (
         {"s_train.csv": "a,b,y\n1,2,0\n3,4,2\n5,6,7\n", "s_test.csv": _rows(3, 0)},
-        r"s_train\.csv: label column 'y' must hold 0/1, found 2, 7",
+        r"s_train\.csv: label column 'y' holds '2', '7', not one of the declared "
+        r"classes \['0', '1'\]",
+    ),
+    "regression label": (
+        {"s_train.csv": "a,b,y\n1,2,0\n3,4,0.37\n", "s_test.csv": _rows(3, 0)},
+        r"s_train\.csv: label column 'y', data row 2: '0\.37' is not a class label "
+        r"\(regression labels are not supported",
     ),
     "label missing": (
         {"s_train.csv": "a,b,y\n1,2,0\n3,4,\n", "s_test.csv": _rows(3, 0)},
@@ -166,6 +208,11 @@ BAD_CASES = {
         {"s_train.csv": "y\n0\n1\n", "s_test.csv": "y\n1\n"},
         r"s_train\.csv: no feature columns besides label column 'y'",
     ),
+    "extra column": (
+        {"s_train.csv": "a,b,y,c\n1,2,0,5\n3,4,1,6\n", "s_test.csv": _rows(3, 0)},
+        r"s_train\.csv: columns differ from the consortium's feature schema "
+        r"\(missing \[\], unexpected \['c'\]\)",
+    ),
     "no training site": (
         {"u_test.csv": _rows(3, 0)},
         r"no training site",
@@ -180,6 +227,7 @@ BAD_CASES = {
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
 def test_bad_csv_raises_data_error_naming_file_and_column(tmp_path: Path, case: str) -> None:
     files, message = BAD_CASES[case]
+    (tmp_path / "schema.toml").write_text(SCHEMA)
     for name, text in files.items():
         (tmp_path / name).write_bytes(text.encode("utf-8", "surrogateescape"))
     with pytest.raises(DataError, match=message) as info:
@@ -239,3 +287,40 @@ def test_registry_rejects_bad_specs(tmp_path: Path) -> None:
         load_dataset("mnist")
     with pytest.raises(ConfigError, match="does not take label_column"):
         load_dataset("heart", label_column="y")
+
+
+def test_integer_class_labels_with_a_declared_number_of_classes(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {"s_train.csv": "a,b,y\n1,0,0\n3,-1,2\n4,-1,1.0\n", "s_test.csv": "a,b,y\n5,0,2\n"},
+        schema="classes = 3\n" + SCHEMA,
+    )
+    ds = load_dataset(f"csv:{tmp_path}", label_column="y")
+    assert ds.n_classes == 3
+    assert ds.class_labels == ("0", "1", "2")
+    assert ds.sites[0].y_train.tolist() == [0, 2, 1]
+    assert ds.sites[0].y_test.tolist() == [2]
+
+
+def test_string_labels_map_through_the_declared_class_list(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "s_train.csv": "a,b,y\n1,0,none\n3,-1,severe\n4,-1,mild\n",
+            "s_test.csv": "a,b,y\n5,0,mild\n",
+        },
+        schema='classes = ["none", "mild", "severe"]\n' + SCHEMA,
+    )
+    ds = load_dataset(f"csv:{tmp_path}", label_column="y")
+    assert ds.n_classes == 3
+    assert ds.class_labels == ("none", "mild", "severe")
+    assert ds.sites[0].y_train.tolist() == [0, 2, 1]
+    (tmp_path / "s_test.csv").write_text("a,b,y\n5,0,moderate\n")
+    with pytest.raises(
+        DataError,
+        match=r"s_test\.csv: label column 'y' holds 'moderate', not one of the declared classes",
+    ):
+        load_dataset(f"csv:{tmp_path}", label_column="y")
+    (tmp_path / "s_test.csv").write_text("a,b,y\n5,0,1\n")  # an index is not a label here
+    with pytest.raises(DataError, match="holds '1', not one of the declared classes"):
+        load_dataset(f"csv:{tmp_path}", label_column="y")

@@ -9,8 +9,17 @@ import pytest
 
 from fedmap_secure.data import Tier, load_dataset
 from fedmap_secure.data._bundled import read_bundled
-from fedmap_secure.data.heart import FEATURE_NAMES, SITE_FILES, one_hot, read_site_frame
-from fedmap_secure.data.preprocess import benchmark_split
+from fedmap_secure.data.heart import (
+    FEATURE_NAMES,
+    SCHEMA_SHA256,
+    SITE_FILES,
+    heart_schema,
+    load_heart,
+    one_hot,
+    raw_heart_sites,
+    read_site_frame,
+)
+from fedmap_secure.data.preprocess import Scaling, benchmark_split
 from fedmap_secure.data.types import FederatedDataset
 from fedmap_secure.errors import DataError
 
@@ -37,11 +46,12 @@ def _sums() -> dict[str, str]:
 
 def test_bundled_files_match_pinned_checksums() -> None:
     sums = _sums()
-    assert set(sums) == {f for _, f, _ in SITE_FILES} | {"heart-disease.names"}
+    assert set(sums) == {f for _, f, _ in SITE_FILES} | {"heart-disease.names", "schema.toml"}
     for name, digest in sums.items():
         assert hashlib.sha256(BUNDLE.joinpath(name).read_bytes()).hexdigest() == digest
     for _, filename, pinned in SITE_FILES:
         assert sums[filename] == pinned
+    assert sums["schema.toml"] == SCHEMA_SHA256
 
 
 def test_citation_note_names_the_four_principal_investigators() -> None:
@@ -86,27 +96,40 @@ def test_features_labels_dtypes(heart: FederatedDataset) -> None:
         assert np.isfinite(site.x_test).all()
 
 
-def test_each_site_standardised_with_its_own_training_statistics(heart: FederatedDataset) -> None:
-    for site in heart.sites:
-        x = site.x_train.astype(np.float64)
-        np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-6)
-        std = x.std(axis=0, ddof=1)
-        constant = np.ptp(x, axis=0) == 0
-        np.testing.assert_allclose(std[~constant], 1.0, atol=1e-5)
-        assert (x[:, constant] == 0).all()
-    # Switzerland's chol is 0 in every row: constant, left unscaled.
+def test_every_site_is_scaled_by_the_declared_schema_record_by_record(
+    heart: FederatedDataset,
+) -> None:
+    schema = heart_schema()
+    assert heart.schema == schema
+    assert schema.names == FEATURE_NAMES
+    for raw, site in zip(raw_heart_sites(), heart.sites, strict=True):
+        np.testing.assert_array_equal(site.x_train, schema.transform(raw.x_train))
+        np.testing.assert_array_equal(site.x_test, schema.transform(raw.x_test))
+        # each record alone: dropping the other rows changes nothing
+        np.testing.assert_array_equal(schema.transform(raw.x_train[:1]), site.x_train[:1])
+    # Switzerland's chol is the missing code 0 in every row: clipped to the declared low end.
     swiss_chol = heart.sites[2].x_train[:, FEATURE_NAMES.index("chol")]
-    assert (swiss_chol == 0).all()
+    chol = schema.features[FEATURE_NAMES.index("chol")]
+    np.testing.assert_allclose(swiss_chol, (chol.low - chol.centre) / chol.scale)
 
 
-def test_standardisation_reconstructs_raw_training_features() -> None:
+def test_declared_scaling_keeps_typical_values_near_unit_scale(heart: FederatedDataset) -> None:
+    """A sanity check of the declared constants (not a fit): no feature is wildly off-scale."""
+    pooled = np.vstack([s.x_train for s in heart.sites]).astype(np.float64)
+    assert np.abs(pooled.mean(axis=0)).max() < 2.5
+    assert pooled.std(axis=0).max() < 2.0
+
+
+def test_site_statistics_mode_reproduces_flamby_standardisation() -> None:
+    """The old (not private) mode, kept for the audit and the comparison."""
     _name, filename, digest = SITE_FILES[0]
     frame = read_site_frame(filename, digest)
     x = one_hot(frame, filename)
     train, test = benchmark_split((frame["num"].to_numpy() > 0).astype(np.int64))
-    site = load_dataset("heart").sites[0]
+    site = load_heart(Scaling.SITE_STATISTICS).sites[0]
     mean, std = x[train].mean(axis=0), x[train].std(axis=0, ddof=1)
     np.testing.assert_allclose(site.x_test * std + mean, x[test], atol=1e-3)
+    np.testing.assert_allclose(site.x_train.mean(axis=0), 0.0, atol=1e-6)
 
 
 def test_fixed_levels_equal_pooled_get_dummies() -> None:

