@@ -33,6 +33,18 @@ origin (which removes the shared bias shift). It is computed from the initial
 model (data-independent) and the released model only, so it is
 post-processing and the theorem applies.
 
+**Pipeline audit** (``run_pipeline_audit``): the Dirac audit above checks the
+trainer on a cleaned-up input; the pipeline audit checks what ``simulate``
+actually runs at a site: the loader's scaling of the raw rows
+(``RawSite.scaled``, the function ``load_heart`` uses), then one round of the
+site's DP-SGD plan. The canary is one raw outlier patient, added in half of
+many independent runs; the threshold audit turns the separation of a fixed
+test statistic into a rigorous lower bound (independent runs). With the
+declared schema the canary only adds its own clipped gradient and the bound
+stays below the claim; with per-site standardisation (``Scaling.
+SITE_STATISTICS``) the canary rescales every other record and the bound
+exceeds it (``tests/unit/test_audit_pipeline.py``).
+
 Reproducibility: ``AuditConfig.seed`` fixes the inclusion bits, canaries and
 initial weights; the trainer's noise is reproducible only if its own config
 says so (``DpSgdConfig.reproducible_seed``). With ``seed=None`` the inclusion
@@ -41,6 +53,7 @@ bits come from the OS CSPRNG.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -51,8 +64,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from fedmap_secure.config.schema import ModelKind, SimulationConfig
+from fedmap_secure.data.preprocess import RawSite, Scaling
+from fedmap_secure.data.schema import FeatureSchema
 from fedmap_secure.errors import ConfigError, DataError
-from fedmap_secure.privacy.accountants import default_accountant
+from fedmap_secure.fedmap.models import build_model
+from fedmap_secure.privacy.accountants import calibrate_noise_multiplier, default_accountant
 from fedmap_secure.privacy.audit import (
     AuditMethod,
     AuditResult,
@@ -61,7 +78,10 @@ from fedmap_secure.privacy.audit import (
     symmetric_candidates,
     threshold_audit,
 )
+from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.events import SubsampledGaussianEvent
+from fedmap_secure.training.dp_config import DpSgdConfig
+from fedmap_secure.training.dp_training import DpSgdMapTrainer
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingResult
 
 TrainerFactory = Callable[[], LocalTrainer]
@@ -309,3 +329,188 @@ def _frozen_copy(model: torch.nn.Linear) -> torch.nn.Linear:
     copy.load_state_dict(model.state_dict())
     copy.requires_grad_(False)
     return copy
+
+
+# --- the pipeline audit: dataset loader + declared transform + DP-SGD, as ``simulate`` runs them
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineAuditConfig:
+    """A membership audit of one site's whole pipeline, over independent training runs.
+
+    ``runs`` independent runs; in each, one outlier canary record is added to
+    the site's raw training rows with probability 1/2, the rows are scaled
+    exactly as the loader scales them (``scaling``), and the site's DP-SGD
+    trainer runs one round of ``simulation``'s plan with the noise its
+    calibration gives for ``epsilon``. ``threshold_quantiles`` of the scores are
+    the candidate thresholds (Bonferroni-corrected).
+    """
+
+    epsilon: float = 1.0
+    runs: int = 64
+    scaling: Scaling = Scaling.DECLARED
+    delta: float = 1e-5
+    confidence: float = 0.95
+    threshold_quantiles: tuple[float, ...] = (0.3, 0.5, 0.7)
+    seed: int = 0
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.runs, bool) or not isinstance(self.runs, int) or self.runs < 4:
+            raise ConfigError("PipelineAuditConfig.runs must be an int >= 4")
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ConfigError("PipelineAuditConfig.epsilon must be finite and > 0")
+        if not 0.0 < self.delta < 1.0 or not 0.0 < self.confidence < 1.0:
+            raise ConfigError("PipelineAuditConfig: delta and confidence must be in (0, 1)")
+        if not self.threshold_quantiles or any(not 0.0 < q < 1.0 for q in self.threshold_quantiles):
+            raise ConfigError("PipelineAuditConfig.threshold_quantiles must be in (0, 1)")
+        if self.simulation.model.kind is not ModelKind.LOGISTIC:
+            raise ConfigError("the pipeline audit scores a logistic model (model.kind)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineAuditReport:
+    """The pipeline audit's bound beside the accountant's claim for the audited plan."""
+
+    result: AuditResult
+    claimed_epsilon: float
+    scaling: Scaling
+    site: str
+    n_base: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    scores: npt.NDArray[np.float64] = field(repr=False)
+    included: npt.NDArray[np.bool_] = field(repr=False)
+
+    @property
+    def refuted(self) -> bool:
+        return self.result.refutes(self.claimed_epsilon)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "site": self.site,
+            "scaling": self.scaling.value,
+            "runs": self.result.canaries,
+            "included": int(self.included.sum()),
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "epsilon_lower_bound": self.result.epsilon_lower_bound,
+            "claimed_epsilon": self.claimed_epsilon,
+            "refuted": self.refuted,
+        }
+
+
+def outlier_canary(schema: FeatureSchema) -> npt.NDArray[np.float64]:
+    """One raw record far outside every declared range (binary features at their high end).
+
+    The declared schema clips it into range like any other record; per-site
+    standardisation lets it inflate every continuous column's std, which
+    shrinks every other record's features towards a constant.
+    """
+    values = [
+        f.high if (f.low, f.high) == (0.0, 1.0) else f.high + 1000.0 * (f.high - f.low)
+        for f in schema.features
+    ]
+    return np.array([values], dtype=np.float64)
+
+
+def run_pipeline_audit(
+    site: RawSite, schema: FeatureSchema, config: PipelineAuditConfig
+) -> PipelineAuditReport:
+    """Audit ``site``'s pipeline: the loader's scaling, then the site's DP-SGD trainer.
+
+    Score of a run (the auditor's test statistic, fixed before any audit run
+    from the base data only): the released model's class-1-minus-class-0
+    weight on each continuous feature, signed by that feature's correlation
+    with the label in the base data and summed. Without the canary those
+    weights learn the data's signal; with it, per-site standardisation
+    shrinks the features to near-constants, so they do not. Each run is an
+    independent trial (its own inclusion bit, Poisson sampling and noise), so
+    the threshold audit's Clopper-Pearson bound is rigorous here.
+
+    The plan (sample rate q = expected_batch_size / n and the noise) is
+    computed from the base site's n, the same in both worlds, so only the
+    preprocessing and the canary's own gradient differ.
+    """
+    privacy, training = config.simulation.privacy, config.simulation.training
+    n = len(site.y_train)
+    q = min(1.0, privacy.expected_batch_size / n)
+    steps = privacy.steps_per_round
+    sigma = calibrate_noise_multiplier(
+        Budget(epsilon=config.epsilon, delta=config.delta),
+        sample_rate=q,
+        steps_per_round=steps,
+        rounds=1,
+    )
+    claim = claimed_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=config.delta)
+    canary = outlier_canary(schema)
+    n_classes = max(2, int(site.y_train.max()) + 1)
+    signs = _feature_signs(site, schema, config.scaling, canary)
+    rng = np.random.default_rng(config.seed)
+    included = draw_inclusion(config.runs, rng)
+    scores = np.empty(config.runs, dtype=np.float64)
+    for i, inside in enumerate(included):
+        x, y = _world(site, schema, config.scaling, canary if inside else None)
+        dp = DpSgdConfig.from_local_config(
+            training,
+            noise_multiplier=sigma,
+            max_grad_norm=privacy.max_grad_norm,
+            expected_batch_size=None,
+            sample_rate=q,
+            steps=steps,
+            reproducible_seed=int(rng.integers(0, 2**63)),
+        )
+        model = build_model(
+            config.simulation.model, n_features=len(schema), n_classes=n_classes, seed=config.seed
+        )
+        generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        DpSgdMapTrainer(dp, stream_label=f"audit/{i}").train(model, x, y, None, generator)
+        weight = next(model.parameters()).detach().double().numpy()
+        scores[i] = float(np.sum(signs * (weight[1] - weight[0])))
+    thresholds = [float(t) for t in np.quantile(-scores, config.threshold_quantiles)]
+    result = threshold_audit(
+        -scores, included, thresholds=thresholds, delta=config.delta, confidence=config.confidence
+    )
+    return PipelineAuditReport(
+        result=result,
+        claimed_epsilon=claim,
+        scaling=config.scaling,
+        site=site.name,
+        n_base=n,
+        noise_multiplier=sigma,
+        sample_rate=q,
+        steps=steps,
+        scores=scores,
+        included=included,
+    )
+
+
+def _world(
+    site: RawSite,
+    schema: FeatureSchema,
+    scaling: Scaling,
+    canary: npt.NDArray[np.float64] | None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """The site's training rows (plus the canary, label 1) scaled as the loader scales them."""
+    x_raw, y = site.x_train, site.y_train
+    if canary is not None:
+        x_raw = np.vstack([x_raw, canary])
+        y = np.concatenate([y, np.ones(1, dtype=np.int64)])
+    scaled = dataclasses.replace(site, x_train=x_raw, y_train=y).scaled(schema, scaling)
+    return scaled.x_train, scaled.y_train
+
+
+def _feature_signs(
+    site: RawSite, schema: FeatureSchema, scaling: Scaling, canary: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """+/-1 on the features the canary is out of range in (by label correlation), else 0."""
+    x, y = _world(site, schema, scaling, None)
+    signs = np.zeros(len(schema))
+    for j, spec in enumerate(schema.features):
+        column = x[:, j].astype(np.float64)
+        if canary[0, j] <= spec.high or np.ptp(column) == 0:
+            continue
+        signs[j] = np.sign(np.corrcoef(column, y)[0, 1])
+    return signs
