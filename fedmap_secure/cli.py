@@ -203,8 +203,11 @@ def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console)
 
     # The models are tiny: one intra-op thread is faster than contended threads.
     torch.set_num_threads(1)
+    from fedmap_secure.data.contract import bind_config
+
     config = resolve_config(args)
     dataset = loader(args.dataset, args.label_column, config.seed)
+    config = bind_config(config, dataset.schema, source=args.dataset)  # names + schema digest
     if args.transport == "grpc":
         _simulate_grpc(args, config, dataset, console)
         return

@@ -154,6 +154,33 @@ class FedProxConfig:
         _positive("fedprox.mu", self.mu)
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeaturesConfig:
+    """The consortium's feature contract: ordered feature names and the schema digest.
+
+    Empty (the default), the run takes both from the dataset's declared
+    schema when it starts, so the announced configuration always carries
+    them. Set, a dataset (or a joining site) whose schema has other names, another
+    order, other constants or other classes is refused
+    (``fedmap_secure.data.contract``).
+    """
+
+    names: tuple[str, ...] = ()
+    schema_digest: str = ""
+
+    def __post_init__(self) -> None:
+        if any(not n or n != n.strip() for n in self.names):
+            raise ConfigError("features.names must be non-empty names without surrounding spaces")
+        if len(set(self.names)) != len(self.names):
+            raise ConfigError(f"features.names has duplicates: {list(self.names)}")
+        digest = self.schema_digest
+        if digest and (len(digest) != 64 or not set(digest) <= _HEX):
+            raise ConfigError("features.schema_digest must be empty or 64 lowercase hex digits")
+
+
 DEFAULT_TRAINING = LocalTrainingConfig(
     epochs=2,
     learning_rate=3e-3,
@@ -185,6 +212,7 @@ class SimulationConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
     client_dp: ClientDpSettings = field(default_factory=ClientDpSettings)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
