@@ -34,6 +34,7 @@ import fedmap_secure.process_clock  # noqa: F401  (early: the process start wher
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.config.privacy import ClientDpMechanism, OmegaRelease, PrivacyConfig
 from fedmap_secure.config.schema import Method, PriorForm, SimulationConfig
+from fedmap_secure.data.schema_command import add_schema_command, run_schema_command
 from fedmap_secure.data.types import FederatedDataset, SiteData
 from fedmap_secure.errors import ConfigError, FedMapError
 from fedmap_secure.privacy.accountant_base import AccountantName
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate_options(sim)
     add_commands(sub)
     _add_verify_transcript(sub)
+    add_schema_command(sub)
     ledger = sub.add_parser("ledger", help="inspect a site's privacy ledger")
     ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True, parser_class=_Parser)
     show = ledger_sub.add_parser(
@@ -295,6 +297,8 @@ def main(
             _ledger_show(args, out)
         elif args.command == "verify-transcript":
             return _verify_transcript(args)
+        elif args.command == "schema":
+            run_schema_command(args, out)
         else:
             run_command(args, out)
     except FedMapError as exc:

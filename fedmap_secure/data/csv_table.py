@@ -132,6 +132,18 @@ def _labels(path: Path, column: str, cells: pd.Series, classes: tuple[str, ...])
 
 def read_table(path: Path, *, label_column: str, classes: tuple[str, ...] = ("0", "1")) -> CsvTable:
     """Parse ``path``; every feature must be a finite number, every label a declared class."""
+    columns, x, cells = _read_features(path, label_column)
+    y = _labels(path, label_column, cells, classes)
+    return CsvTable(path=path, columns=columns, x=x, y=y)
+
+
+def read_features(path: Path, *, label_column: str) -> tuple[tuple[str, ...], FloatArray]:
+    """The feature columns and values of ``path`` (labels not read; for schema templates)."""
+    columns, x, _ = _read_features(path, label_column)
+    return columns, x
+
+
+def _read_features(path: Path, label_column: str) -> tuple[tuple[str, ...], FloatArray, pd.Series]:
     frame = _read_text_frame(path)
     header = _header(path, frame)
     if label_column not in header:
@@ -146,5 +158,4 @@ def read_table(path: Path, *, label_column: str, classes: tuple[str, ...] = ("0"
     x = np.empty((len(body), len(features)), dtype=np.float64)
     for j, column in enumerate(features):
         x[:, j] = _numeric(path, column, body[column])
-    y = _labels(path, label_column, body[label_column], classes)
-    return CsvTable(path=path, columns=features, x=x, y=y)
+    return features, x, body[label_column]
