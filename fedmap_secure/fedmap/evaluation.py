@@ -15,8 +15,13 @@ from torch import nn
 class EvalMetrics:
     """Accuracy, balanced accuracy and ROC AUC on ``n`` test rows.
 
-    ``roc_auc`` is None when undefined: the test labels contain a single
-    class (or, for more than two classes, not every class).
+    ``balanced_accuracy`` is the macro average of the per-class recalls over
+    the classes present in the test labels (sklearn's definition; for K > 2
+    the macro balanced accuracy). ``roc_auc`` is the binary AUC for two
+    classes and, for K > 2, the one-vs-rest macro AUC: the mean over the
+    classes present in the test labels of the AUC of "class c versus the
+    rest" scored by the model's probability of c. It is None when undefined:
+    the test labels contain a single class.
     """
 
     n: int
@@ -61,6 +66,5 @@ def _auc(y: npt.NDArray[np.int64], proba: npt.NDArray[np.float64], n_classes: in
         return None
     if n_classes == 2:
         return float(roc_auc_score(y, proba[:, 1]))
-    if present.size < n_classes:
-        return None
-    return float(roc_auc_score(y, proba, multi_class="ovr"))
+    # one-vs-rest macro AUC over the classes present (each has positives and negatives here)
+    return float(np.mean([roc_auc_score(y == c, proba[:, c]) for c in present]))

@@ -12,7 +12,7 @@ from fedmap_secure.data.contract import bind_config, bind_features, check_site_s
 from fedmap_secure.data.heart import heart_schema
 from fedmap_secure.data.schema import FeatureSchema, FeatureSpec
 from fedmap_secure.errors import ConfigError, DataError
-from fedmap_secure.transport.fedmap_wire import config_from_json, config_json
+from fedmap_secure.runtime.announcement import config_from_json, config_json
 
 
 def _schema(scale: float = 10.0) -> FeatureSchema:
