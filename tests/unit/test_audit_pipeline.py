@@ -6,8 +6,9 @@ DP-SGD plan (expected batch 32, 10 steps, C = 1, Adam lr 5e-2, logistic
 regression) with the noise calibrated for epsilon 1 (delta 1e-5). In each of
 64 independent runs one outlier patient is added with probability 1/2; the
 threshold audit (95% confidence, Clopper-Pearson, three thresholds) bounds
-epsilon from below. Measured on seeds 0-2: declared schema 0.0 on every
-seed; per-site standardisation 1.2-1.9 (claim 0.98).
+epsilon from below. Measured on seeds 0-2 (claim 1.00): declared schema 0.0
+on every seed (29-38 of 64 guesses right); per-site standardisation 1.33,
+1.50 and 1.73 (56, 60 and 63 of 64 right). About 0.15 s of CPU per run.
 """
 
 from __future__ import annotations
