@@ -52,6 +52,7 @@ from torch import nn
 
 from fedmap_secure.config.schema import ModelConfig, ModelKind
 from fedmap_secure.data.schema import FeatureSchema
+from fedmap_secure.data.types import FederatedDataset
 from fedmap_secure.errors import ConfigError, DataError, ModelFileError
 
 FORMAT = "fedmap-secure/model"
@@ -141,6 +142,36 @@ class ModelMeta:
         ):
             raise ConfigError(f"model meta: epsilon_spent must be >= 0, got {self.epsilon_spent}")
 
+    @classmethod
+    def for_dataset(
+        cls,
+        dataset: FederatedDataset,
+        *,
+        model: ModelConfig | None,
+        round: int,
+        run_id: str,
+        site: str = GLOBAL_SITE,
+        epsilon_spent: float | None = None,
+    ) -> ModelMeta:
+        """The meta of a model trained on ``dataset`` (its schema, classes, feature count).
+
+        ``site`` ``"global"`` (the default) makes a GLOBAL model's meta, any other
+        name a PERSONALISED one.
+        """
+        kind = ModelFileKind.GLOBAL if site == GLOBAL_SITE else ModelFileKind.PERSONALISED
+        return cls(
+            model=model,
+            n_features=len(dataset.schema),
+            n_classes=dataset.n_classes,
+            schema=dataset.schema,
+            round=round,
+            run_id=run_id,
+            site=site,
+            kind=kind,
+            epsilon_spent=epsilon_spent,
+            class_labels=dataset.class_labels,
+        )
+
     @property
     def stem(self) -> str:
         """Default file stem: ``global`` or ``site-<name>``."""
@@ -174,9 +205,11 @@ class RawFeatureModel(nn.Module):
 
     @property
     def classes(self) -> tuple[str, ...] | tuple[int, ...]:
-        """The declared class labels, else the class indices 0..K-1."""
+        """The declared class labels (the sidecar's, else the schema's), else indices 0..K-1."""
         if self.meta.class_labels is not None:
             return self.meta.class_labels
+        if self.meta.schema.classes is not None:
+            return self.meta.schema.classes
         return tuple(range(self.meta.n_classes))
 
     def transform(self, rows: RawRows) -> torch.Tensor:
@@ -230,24 +263,20 @@ def save_model(directory_or_path: str | Path, *, model: nn.Module, meta: ModelMe
 
     Intended call from a run (site runtime, after the last round)::
 
-        from fedmap_secure.model_files import ModelFileKind, ModelMeta, save_model
+        from fedmap_secure.model_files import ModelMeta, save_model
 
         save_model(
             out_dir / "models",
             model=site_model,                      # the personalised nn.Module
-            meta=ModelMeta(
+            meta=ModelMeta.for_dataset(
+                dataset,                           # its schema, classes, feature count
                 model=config.model,                # ModelConfig (None for a custom module)
-                n_features=len(dataset.schema),
-                n_classes=dataset.n_classes,
-                class_labels=dataset.class_labels,
-                schema=dataset.schema,
                 round=config.rounds - 1,
                 run_id=run_id,
-                site=site.name,                    # "global" with ModelFileKind.GLOBAL
-                kind=ModelFileKind.PERSONALISED,
+                site=site.name,                    # default "global": the global model
                 epsilon_spent=ledger_report.epsilon,   # None without DP
             ),
-        )
+        )                                          # -> out_dir/models/site-<name>.json
     """
     weights_path, sidecar_path = _paths(Path(directory_or_path), meta)
     network = _unwrap(model)

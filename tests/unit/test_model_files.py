@@ -228,3 +228,22 @@ def test_meta_is_validated() -> None:
             site="cleveland",
             kind=ModelFileKind.GLOBAL,
         )
+
+
+def test_meta_for_a_dataset_carries_its_schema_and_classes(tmp_path: Path) -> None:
+    from fedmap_secure.data import load_dataset
+
+    heart = load_dataset("heart")
+    meta = ModelMeta.for_dataset(heart, model=ModelConfig(), round=3, run_id="r")
+    assert meta.kind is ModelFileKind.GLOBAL
+    assert meta.schema == heart.schema
+    assert meta.class_labels == ("0", "1")
+    site_meta = ModelMeta.for_dataset(
+        heart, model=ModelConfig(), round=3, run_id="r", site="va", epsilon_spent=0.5
+    )
+    assert site_meta.kind is ModelFileKind.PERSONALISED
+    model = build_model(ModelConfig(), n_features=13, n_classes=2, seed=0)
+    loaded = load_model(save_model(tmp_path, model=model, meta=site_meta))
+    raw = np.array([[63.0, 1, 145, 233, 1, 150, 0, 2.3, 0, 0, 0, 0, 1]])
+    assert loaded.predict(raw).shape == (1,)
+    assert loaded.classes == ("0", "1")
