@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedmap_secure.data import Tier, load_dataset
+from fedmap_secure.data import Scaling, Tier, load_dataset
 from fedmap_secure.errors import ConfigError, DataError
 
 HEADER = "a,b,y"
@@ -287,6 +287,8 @@ def test_registry_rejects_bad_specs(tmp_path: Path) -> None:
         load_dataset("mnist")
     with pytest.raises(ConfigError, match="does not take label_column"):
         load_dataset("heart", label_column="y")
+    with pytest.raises(ConfigError, match="only the declared schema scales it"):
+        load_dataset(f"csv:{tmp_path}", label_column="y", scaling=Scaling.SITE_STATISTICS)
 
 
 def test_integer_class_labels_with_a_declared_number_of_classes(tmp_path: Path) -> None:
