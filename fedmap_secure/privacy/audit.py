@@ -56,6 +56,12 @@ independent training run*. Applied to the many canaries of a single run
 and the number is a heuristic estimate, not a guarantee; the one-run method
 is the rigorous one for a single run.
 
+Drivers (torch, in ``fedmap_secure.experiments.audit``): ``run_audit`` (Dirac
+canaries against the DP-SGD trainer, one run) and ``run_pipeline_audit`` (the
+shipped pipeline: the dataset loader's scaling of raw rows plus the site's
+DP-SGD plan, an outlier canary over independent runs, the threshold method
+above; it fails when preprocessing uses per-site statistics).
+
 Sans-I/O: numpy and scipy only; randomness is injected (a numpy Generator) or
 drawn from ``random_bytes`` (default ``os.urandom``, the OS CSPRNG).
 """
