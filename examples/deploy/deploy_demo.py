@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedmap_secure.data import load_dataset
+from fedmap_secure.data.heart import heart_schema, raw_heart_sites
+from fedmap_secure.data.schema_file import schema_toml_text
 from fedmap_secure.transport.deploy_config import toml_text
 
 HERE = Path(__file__).resolve().parent
@@ -54,21 +55,26 @@ def _free_port() -> int:
 
 
 def export_sites(out: Path) -> int:
-    """Each hospital's rows as its own CSV folder; returns the number of features."""
-    dataset = load_dataset("heart", label_column=None, seed=0)
-    for site in dataset.sites:
+    """Each hospital's raw rows as its own CSV folder, with the consortium's declared schema.
+
+    Returns the number of features. Every site holds the same ``schema.toml`` (public
+    ranges, centres and scales); no site standardises with its own statistics.
+    """
+    schema = heart_schema()
+    for site in raw_heart_sites():
         if site.name not in SITES:
             continue
         folder = out / "sites" / site.name / "data"
         folder.mkdir(parents=True, exist_ok=True)
+        (folder / "schema.toml").write_text(schema_toml_text(schema))
         for split, x, y in (
             ("train", site.x_train, site.y_train),
             ("test", site.x_test, site.y_test),
         ):
-            frame = pd.DataFrame(np.asarray(x, dtype=np.float64), columns=dataset.feature_names)
+            frame = pd.DataFrame(np.asarray(x, dtype=np.float64), columns=schema.names)
             frame["label"] = y
             frame.to_csv(folder / f"{site.name}_{split}.csv", index=False)
-    return len(dataset.feature_names)
+    return len(schema)
 
 
 def _example(name: str) -> dict[str, Any]:

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedmap_secure.data import load_dataset
+from fedmap_secure.data.heart import heart_schema, raw_heart_sites
+from fedmap_secure.data.schema_file import schema_toml_text
 from fedmap_secure.privacy.events import Event
 from fedmap_secure.privacy.ledger_store import ledger_path, load_report
 
@@ -60,19 +61,20 @@ def _cli(*args: str, log: Path) -> subprocess.Popen[bytes]:
 
 
 def _write_csvs(folder: Path) -> tuple[list[str], int]:
-    """Three heart sites as CSV files (``<site>_train.csv``, ``<site>_test.csv``)."""
-    dataset = load_dataset("heart", label_column=None, seed=0)
+    """Three heart sites as raw CSV files plus the consortium's declared ``schema.toml``."""
+    schema = heart_schema()
     folder.mkdir(parents=True)
-    sites = dataset.sites[:3]
+    (folder / "schema.toml").write_text(schema_toml_text(schema))
+    sites = raw_heart_sites()[:3]
     for site in sites:
         for split, x, y in (
             ("train", site.x_train, site.y_train),
             ("test", site.x_test, site.y_test),
         ):
-            frame = pd.DataFrame(np.asarray(x, dtype=np.float64), columns=dataset.feature_names)
+            frame = pd.DataFrame(np.asarray(x, dtype=np.float64), columns=schema.names)
             frame["label"] = y
             frame.to_csv(folder / f"{site.name}_{split}.csv", index=False)
-    return [s.name for s in sites], len(dataset.feature_names)
+    return [s.name for s in sites], len(schema)
 
 
 def _deploy(root: Path, sites: list[str], features: int, run: str) -> dict[str, int]:
