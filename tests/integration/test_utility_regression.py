@@ -3,11 +3,11 @@
 On Fed-Heart-Disease at a fixed seed (1) and 20 rounds, the non-private FedMAP of
 the default configuration must reach at least the mean balanced accuracy of the same
 run under record-level DP at epsilon 1 (noise from a seeded stream, so the DP run is
-reproducible). Measured: no DP 0.764, DP 0.722. The defaults before the tuning protocol
+reproducible). Measured: no DP 0.764, DP 0.746. The defaults before the tuning protocol
 of docs/TUNING.md failed it (no DP 0.605, DP 0.724): the non-private trainer was
 mis-tuned (Adam 5e-2, 10 epochs, early stopping on 20% of tiny sites). At fewer rounds
-the margin shrinks to noise (10 rounds: 0.763 vs 0.761), and at epsilon 4 it is 0.004
-(0.764 vs 0.760), so the pin uses 20 rounds and epsilon 1.
+the margin shrinks to noise (10 rounds, before the DP score defaults: 0.763 vs 0.761),
+and at epsilon 4 it was 0.004, so the pin uses 20 rounds and epsilon 1.
 """
 
 from __future__ import annotations
