@@ -105,11 +105,11 @@ class ScoreConfig:
     omega_min: float = 1e-3
     omega_max: float = 1.0
     loglik_clip: float = 10.0
-    dp_loglik_clip: float = 10.0
+    dp_loglik_clip: float = 2.0
     """B of the DP (Gaussian) release of the mean log-likelihood: its noise std is
     sigma * B / N, so a smaller B is less noise at the same epsilon (records with a
     log-likelihood below -B count as -B)."""
-    dp_shrinkage: bool = False
+    dp_shrinkage: bool = True
     """Shrink each noisy DP mean toward ``dp_prior_mean`` by its public noise level
     (``training.dp_score.shrink_noisy_mean``; post-processing, free)."""
     dp_prior_mean: float = -0.7

@@ -42,7 +42,7 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
         ]
     )
     assert code == 0
-    assert "mean personalised acc" in text
+    assert "personalised: mean BA" in text  # the table's caption leads with balanced accuracy
     summary = json.loads((out / "summary.json").read_text())
     for key in (
         "dataset",
@@ -53,9 +53,15 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
         "wall_seconds",
         "process_wall_seconds",
         "sites",
+        "mean_personalised_balanced_accuracy",
+        "worst_site_personalised_balanced_accuracy",
+        "mean_personalised_roc_auc",
+        "worst_site_personalised_roc_auc",
         "mean_personalised_accuracy",
         "worst_site_personalised_accuracy",
+        "mean_global_balanced_accuracy",
         "mean_global_accuracy",
+        "warnings",
     ):
         assert key in summary
     assert summary["method"] == method
