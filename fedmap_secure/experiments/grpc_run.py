@@ -33,13 +33,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 
+from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.client_dp.rounds import ClientLevelRounds
 from fedmap_secure.config.loader import config_to_dict
 from fedmap_secure.config.schema import SimulationConfig
@@ -63,6 +64,7 @@ from fedmap_secure.runtime.results import ProgressFn, SimulationResult, SiteResu
 from fedmap_secure.runtime.server import ServerRuntime
 from fedmap_secure.runtime.site import DP_FILE, RESULT_FILE, SiteRuntime, SiteSetup
 from fedmap_secure.secagg.config import DEFAULT_BITS, Roster, SecAggConfig
+from fedmap_secure.secagg.round_encoder import RoundEncoder
 from fedmap_secure.transcript.recorder import TranscriptChain
 from fedmap_secure.transcript.store import fresh_chain
 from fedmap_secure.transcript.store import write_roster as write_transcript_roster
@@ -197,6 +199,35 @@ def _site_error(path: Path) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+_T = TypeVar("_T")
+
+
+class _ClientLevel:
+    """Client-level DP rounds opened, used and closed in the server runtime's thread."""
+
+    def __init__(self, config: SimulationConfig, secagg: SecAggConfig, state: Path) -> None:
+        self._config, self._secagg, self._state = config, secagg, state
+        self.rounds: ClientLevelRounds | None = None
+
+    def _open(self) -> ClientLevelRounds:
+        if self.rounds is None:
+            self.rounds = client_level_rounds(self._config, self._secagg, self._state)
+        return self.rounds
+
+    def encoder(self, round_index: int, layout: VectorLayout, context: bytes) -> RoundEncoder:
+        return self._open().encoder(round_index, layout, context)
+
+    def check_layout(self, layout: VectorLayout) -> None:
+        self._open().check_layout(layout)
+
+    def finish(self) -> dict[str, Any]:
+        rounds = self._open()
+        try:
+            return rounds.describe()
+        finally:
+            rounds.ledger.close()
+
+
 class _Watchdog:
     """Runs the server runtime while watching the site processes: a site process that
     fails ends the run with that site's error instead of a wait for the join timeout."""
@@ -204,12 +235,14 @@ class _Watchdog:
     def __init__(self, processes: dict[str, subprocess.Popen[bytes]], tomls: dict[str, Path]):
         self._processes, self._tomls = processes, tomls
 
-    def run(self, runtime: ServerRuntime) -> GlobalState:
-        outcome: list[GlobalState | BaseException] = []
+    def run(self, serve_run: Callable[[], _T]) -> _T:
+        """``serve_run()`` in a worker thread (everything it opens, e.g. a SQLite ledger, is
+        used in that thread only) while this thread watches the site processes."""
+        outcome: list[_T | BaseException] = []
 
         def serve() -> None:
             try:
-                outcome.append(runtime.run())
+                outcome.append(serve_run())
             except BaseException as exc:  # handed to the calling thread
                 outcome.append(exc)
 
@@ -217,17 +250,31 @@ class _Watchdog:
         thread.start()
         while thread.is_alive():
             thread.join(0.5)
-            for site, process in self._processes.items():
-                code = process.poll()
-                if code is not None and code != 0:
-                    raise ConfigError(
-                        f"site process {site} exited with status {code}: "
-                        f"{_site_error(self._tomls[site])}"
-                    )
+            self._check()
         (result,) = outcome
         if isinstance(result, BaseException):
+            deadline = time.monotonic() + 10.0  # a refusing site's exit explains the failure
+            while time.monotonic() < deadline and any(
+                p.poll() is None for p in self._processes.values()
+            ):
+                self._check()
+                time.sleep(0.2)
+            self._check()
+            for site, path in self._tomls.items():  # a site that refused but has not exited yet
+                last = _site_error(path)
+                if last.startswith("fedmap-secure: error:"):
+                    raise ConfigError(f"site process {site} failed: {last}") from result
             raise result
         return result
+
+    def _check(self) -> None:
+        for site, process in self._processes.items():
+            code = process.poll()
+            if code is not None and code != 0:
+                raise ConfigError(
+                    f"site process {site} exited with status {code}: "
+                    f"{_site_error(self._tomls[site])}"
+                )
 
 
 def simulate_over_grpc(
@@ -236,28 +283,30 @@ def simulate_over_grpc(
     dataset: FederatedDataset,
     spec: GrpcSimulation,
     out_dir: Path,
-    client_level: ClientLevelRounds | None = None,
     transcripts: TranscriptChain | None = None,
     progress: ProgressFn | None = None,
-) -> tuple[SimulationResult, dict[str, Path]]:
+) -> tuple[SimulationResult, dict[str, Path], dict[str, Any] | None]:
     """Run ``config`` with the server here and one site process per training site.
 
-    Returns the result and each training site's state folder (ledger, dp.json).
-    ``client_level`` (over ``server_secagg``): client-level DP, charged to its
-    ledger before each round opens; each site process plans the same noise
-    from its pinned ``[client_dp]``. ``transcripts``: the server records each
-    round into it, ``out_dir``/roster.json is written and each site process
-    writes its own records to ``out_dir``/site-records/<site>/.
+    Returns the result, each training site's state folder (ledger, dp.json) and the
+    ``client_level_dp`` summary. With ``[client_dp]`` on, the server charges its
+    client-level ledger (``out_dir``/server/client-dp, fresh) before each round
+    opens; each site process plans the same noise from its pinned ``[client_dp]``.
+    ``transcripts``: the server records each round into it, ``out_dir``/roster.json
+    is written and each site process writes its own records to
+    ``out_dir``/site-records/<site>/.
     """
     start = time.perf_counter()
     root = out_dir / "grpc"
     training = [s.name for s in dataset.by_tier(Tier.TRAIN)]
     if len(training) < 2:
         raise ConfigError("secure aggregation over gRPC needs at least 2 training sites")
-    if (client_level is not None) != config.client_dp.enabled:
-        raise ConfigError("client-level DP is on in the config iff client_level is given")
     state_dirs = site_state_dirs(config, dataset, out_dir, spec.site_state)
     states = {s: state_dirs.get(s, out_dir / "sites" / s) for s in training}
+    secagg = server_secagg(spec, len(training))
+    client_level = None
+    if config.client_dp.enabled:
+        client_level = _ClientLevel(config, secagg, fresh_client_dp_state(out_dir))
     roster, pki = _consortium(root, training, spec.insecure)
     records = None if transcripts is None else out_dir
     if transcripts is not None:
@@ -265,7 +314,7 @@ def simulate_over_grpc(
     security = Insecure() if pki is None else MutualTls(files=Deployment(root=pki).server_tls())
     server = AggregationServer(
         roster=roster,
-        config=server_secagg(spec, len(training)),
+        config=secagg,
         security=security,
         settings=ServerSettings(join_timeout=spec.join_timeout, stage_timeout=spec.stage_timeout),
         encoders=None if client_level is None else client_level.encoder,
@@ -284,21 +333,28 @@ def simulate_over_grpc(
         for site in training
     }
     processes = {site: _launch(path, spec.insecure) for site, path in tomls.items()}
-    watchdog = _Watchdog(processes, tomls)
+    runtime = ServerRuntime(
+        config=config,
+        n_features=len(dataset.feature_names),
+        n_classes=dataset.n_classes,
+        channel=GrpcServerChannel(server, final_timeout=spec.join_timeout),
+        sites=training,
+        store=ServerStateStore(
+            root / "server-state" / STATE_FILENAME, run_config_json=config_json(config)
+        ),
+        layout_check=None if client_level is None else client_level.check_layout,
+        progress=progress,
+    )
+
+    def serve() -> tuple[GlobalState, dict[str, Any] | None]:
+        try:
+            final = runtime.run()
+        finally:
+            client_level_dp = None if client_level is None else client_level.finish()
+        return final, client_level_dp
+
     try:
-        runtime = ServerRuntime(
-            config=config,
-            n_features=len(dataset.feature_names),
-            n_classes=dataset.n_classes,
-            channel=GrpcServerChannel(server, final_timeout=spec.join_timeout),
-            sites=training,
-            store=ServerStateStore(
-                root / "server-state" / STATE_FILENAME, run_config_json=config_json(config)
-            ),
-            layout_check=None if client_level is None else client_level.check_layout,
-            progress=progress,
-        )
-        final = watchdog.run(runtime)
+        final, client_level_dp = _Watchdog(processes, tomls).run(serve)
         for site, process in processes.items():
             if process.wait(timeout=spec.join_timeout) != 0:
                 raise ConfigError(
@@ -328,7 +384,8 @@ def simulate_over_grpc(
             )
         )
         late.handle(final_opening)
-        assert late.result is not None
+        if late.result is None:
+            raise ConfigError(f"site {data.name!r} finished without a result")
         results[data.name] = late.result
         reports += late.reports
     result = SimulationResult(
@@ -344,7 +401,7 @@ def simulate_over_grpc(
         n_psi=0 if final.psi is None else int(final.psi.size),
         wall_seconds=time.perf_counter() - start,
     )
-    return result, states
+    return result, states, client_level_dp
 
 
 def describe_secure_aggregation(spec: GrpcSimulation, n_sites: int) -> dict[str, object]:
@@ -395,24 +452,14 @@ def simulate_grpc_to_dir(
     """``simulate --transport grpc``: run, write summary.json and metrics.csv, print the table."""
     training = [s.name for s in dataset.by_tier(Tier.TRAIN)]
     transcripts = fresh_chain(out_dir)
-    client_level = None
-    if config.client_dp.enabled:
-        state = fresh_client_dp_state(out_dir)
-        client_level = client_level_rounds(config, server_secagg(spec, len(training)), state)
-    try:
-        result, states = simulate_over_grpc(
-            config=config,
-            dataset=dataset,
-            spec=spec,
-            out_dir=out_dir,
-            client_level=client_level,
-            transcripts=transcripts,
-            progress=progress,
-        )
-        client_level_dp = None if client_level is None else client_level.describe()
-    finally:
-        if client_level is not None:
-            client_level.ledger.close()
+    result, states, client_level_dp = simulate_over_grpc(
+        config=config,
+        dataset=dataset,
+        spec=spec,
+        out_dir=out_dir,
+        transcripts=transcripts,
+        progress=progress,
+    )
     differential_privacy, epsilon = collect_differential_privacy(states, training)
     if differential_privacy is not None:
         differential_privacy["budget_scope"] = budget_scope(out_dir, spec.site_state)

@@ -190,8 +190,12 @@ class SiteRuntime:
 
     # --- the final announcement ------------------------------------------------------------
     def finish(self, config: SimulationConfig, state: GlobalState) -> SiteResult:
-        """Fine-tune (fine-tune tier), evaluate, write the site's records; returns its result."""
-        site, strategy = self._start(config, state)
+        """Fine-tune (fine-tune tier), evaluate, write the site's records; returns its result.
+
+        A site that took part in no training round does not open its ledger here: it
+        releases nothing at the final step.
+        """
+        site, strategy = self._start(config, state, releasing=False)
         if self.data.tier is Tier.FINETUNE:
             for i in range(config.finetune_rounds):
                 first = strategy.resets_to_gamma and i == 0
@@ -221,7 +225,7 @@ class SiteRuntime:
         return self.result
 
     # --- setup on the first announcement ---------------------------------------------------
-    def prepare(self, config: SimulationConfig) -> None:
+    def prepare(self, config: SimulationConfig, *, releasing: bool = True) -> None:
         """Check the run against the site's policy and open its ledger (before any round).
 
         Called on the first announcement, or earlier by a transport that knows
@@ -233,10 +237,13 @@ class SiteRuntime:
             return
         self._config = config
         self._strategy = make_strategy(config)
-        self._open_privacy(config)
+        if releasing:
+            self._open_privacy(config)
 
-    def _start(self, config: SimulationConfig, state: GlobalState) -> tuple[Site, MethodStrategy]:
-        self.prepare(config)
+    def _start(
+        self, config: SimulationConfig, state: GlobalState, *, releasing: bool = True
+    ) -> tuple[Site, MethodStrategy]:
+        self.prepare(config, releasing=releasing)
         if self._site is None:
             self._site = self._build_site(config, state)
         site, strategy = self._ready()

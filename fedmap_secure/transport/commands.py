@@ -96,7 +96,7 @@ def run_command(args: argparse.Namespace, console: Console) -> bool:
     """Run ``server``, ``site`` or ``keygen``; False if ``args.command`` is another command."""
     if args.command not in COMMANDS:
         return False
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _log_to(console)
     if args.command == "keygen":
         _keygen(args, console)
         return True
@@ -107,6 +107,18 @@ def run_command(args: argparse.Namespace, console: Console) -> bool:
     else:
         run_site(args.config, insecure=args.insecure)
     return True
+
+
+def _log_to(console: Console) -> None:
+    """One log line per event (round progress, drops, epsilon spent): rich on a terminal,
+    plain timestamped lines otherwise (log files)."""
+    if console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False)
+        logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
 
 def _keygen(args: argparse.Namespace, console: Console) -> None:

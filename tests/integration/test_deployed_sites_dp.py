@@ -120,7 +120,7 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
     (tmp_path / "run2.toml").write_text(RUN.format(epsilon=2.0))
     (tmp_path / "run3.toml").write_text(RUN.format(epsilon=2.0))
     keygen = _cli("keygen", "--sites", ",".join(sites), "--out", "pki", log=tmp_path / "kg.log")
-    assert keygen.wait(timeout=60) == 0
+    assert keygen.wait(timeout=240) == 0
     simulated = _cli(
         "simulate", "--dataset", f"csv:{tmp_path / 'data'}", "--label-column", "label",
         "--config", "run1.toml", "--transport", "grpc", "--out", "sim",
@@ -160,3 +160,20 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
         text = (tmp_path / f"{site}-run3.log").read_text()
         assert "budget is exhausted" in text
         assert len(load_report(tmp_path / "state" / site).entries) == 4
+
+
+@pytest.mark.slow
+def test_a_site_process_that_refuses_ends_the_grpc_simulation_with_its_error(
+    tmp_path: Path,
+) -> None:
+    """A site whose budget cannot cover the run refuses before any release; the driver stops
+    the run with that site's one-line error at once (not after the join timeout)."""
+    run = _cli(
+        "simulate", "--dataset", "heart", "--transport", "grpc", "--rounds", "2",
+        "--epsilon", "1e-6", "--out", "out", log=tmp_path / "sim.log",
+    )  # fmt: skip
+    assert run.wait(timeout=240) == 2
+    text = (tmp_path / "sim.log").read_text()
+    assert "site process" in text
+    assert "too small to run even" in text
+    assert "Traceback" not in text

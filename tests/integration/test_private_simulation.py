@@ -236,3 +236,30 @@ def test_noise_is_reproducible_only_when_asked(tmp_path: Path) -> None:
         assert run.privacy["differential_privacy"]["reproducible"] is reproducible
     np.testing.assert_array_equal(gammas["a"], gammas["b"])
     assert np.max(np.abs(gammas["a"] - gammas["c"])) > 1e-6
+
+
+def test_site_state_keeps_one_ledger_per_site_across_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--site-state: the ledgers outlive the run; a run the remaining budget cannot cover is
+    refused before any release (without it, each run's budget is fresh and says so)."""
+    state = tmp_path / "state"
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(FAST)
+    args = ["simulate", "--dataset", "tiny", "--config", str(cfg), "--rounds", "1"]
+    code, _ = _cli([*args, "--out", str(tmp_path / "r1"), "--site-state", str(state)])
+    assert code == 0
+    summary = json.loads((tmp_path / "r1" / "summary.json").read_text())
+    dp = summary["privacy"]["differential_privacy"]
+    assert dp["budget_scope"].startswith("across runs")
+    assert dp["sites"]["a"]["ledger"] == str(state / "a")
+    assert not (tmp_path / "r1" / "sites").exists()
+    before = load_report(state / "a").entries
+    assert [e.round_index for e in before] == [0]
+    code, _ = _cli([*args, "--out", str(tmp_path / "r2"), "--site-state", str(state)])
+    assert code == 2
+    assert "budget is exhausted" in capsys.readouterr().err
+    assert load_report(state / "a").entries == before  # the refused run charged nothing
+    (tmp_path / "f").mkdir()
+    fresh = json.loads((_simulate(tmp_path / "f", rounds=1) / "summary.json").read_text())
+    assert fresh["privacy"]["differential_privacy"]["budget_scope"].startswith("per run")

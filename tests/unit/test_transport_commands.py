@@ -68,3 +68,22 @@ def test_simulate_options() -> None:
     args = parser.parse_args(["--dataset", "heart", "--transport", "grpc", "--insecure"])
     spec = commands.grpc_spec(args, stage_timeout=5.0)
     assert (spec.dataset_spec, spec.insecure, spec.stage_timeout) == ("heart", True, 5.0)
+
+
+def test_keygen_several_machines_steps(tmp_path: Path) -> None:
+    """--ca at the coordinator, --site on each site's machine, --sign and --roster --add back."""
+    run = commands.run_command
+    assert run(_parse(["keygen", "--ca", "--out", str(tmp_path / "pki")]), _console())
+    for site in ("a1", "b2"):
+        home = tmp_path / site
+        console = _console()
+        assert run(_parse(["keygen", "--site", site, "--out", str(home)]), console)
+        public = console.file.getvalue().split()[-1]  # type: ignore[attr-defined]
+        assert public == pki.load_identity(home / "identity.pem").public.hex()
+        sign = ["keygen", "--sign", str(home / "site.csr"), "--out", str(home / "site.pem")]
+        with pytest.raises(ConfigError, match="--ca-dir"):
+            run(_parse(sign), _console())
+        assert run(_parse([*sign, "--ca-dir", str(tmp_path / "pki")]), _console())
+        roster = ["keygen", "--roster", str(tmp_path / "pki" / "roster.json")]
+        assert run(_parse([*roster, "--add", f"{site}={public}"]), _console())
+    assert pki.load_roster(tmp_path / "pki" / "roster.json").sites == ("a1", "b2")
