@@ -136,9 +136,7 @@ class SitePolicy:
             delta=own.delta,
             accountant=own.accountant,
             reproducible_noise=run.reproducible_noise and own.reproducible_noise,
-            site=tuple(
-                dataclasses.replace(o, epsilon=None) for o in run.site if o.site == site
-            ),
+            site=tuple(dataclasses.replace(o, epsilon=None) for o in run.site if o.site == site),
         )
 
 
