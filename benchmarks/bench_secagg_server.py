@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--drop", type=float, default=0.1)
     parser.add_argument("--cells", default="all", help="all, or e.g. 100x1000000,1000x10000")
     parser.add_argument("--models", default="shipped,milder")
-    parser.add_argument("--method", choices=["auto", "round", "components"], default="auto")
+    parser.add_argument(
+        "--method", choices=["auto", "round", "components", "sessions"], default="auto"
+    )
     args = parser.parse_args(argv)
     cells = CELLS
     if args.cells != "all":
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
                 old = run_cell(args.baseline.resolve(), n, m, model, args.drop, method)
             new = run_cell(ROOT, n, m, model, args.drop, method)
             rows.append((new, old))
-    suffix = "" if args.cells == "all" else f"_{args.cells}_{args.method}"
+    suffix = "" if args.cells == "all" else f"_{args.cells.replace(',', '_')}_{args.method}"
     out = HERE / "results" / f"secagg_server{suffix}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps([{"this": a, "baseline": b} for a, b in rows], indent=1) + "\n")

@@ -260,3 +260,11 @@ def test_combine_checked_equals_combine_on_checked_shares() -> None:
         combine_checked([shares[:2]], threshold=3, names=["owner"])
     with pytest.raises(CryptoError, match=r"duplicate share indices: \[1\]"):
         combine_checked([(shares[0], shares[0], shares[1])], threshold=2)
+
+
+def test_the_spelled_out_commitment_is_the_generic_digest() -> None:
+    from fedmap_secure.crypto.shamir import _commit, _commit_reference
+
+    shares, _ = _split(threshold=2, n_shares=4)
+    for share in (*shares, Share(index=65_535, value=shares[0].value)):
+        assert _commit(share) == _commit_reference(share)
