@@ -14,15 +14,16 @@ import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
-
-import numpy as np
-import numpy.typing as npt
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from fedmap_secure.errors import ConfigError
 
-PriorFn = Callable[[], torch.Tensor]
+if TYPE_CHECKING:  # torch is not imported here: the config (and so the CLI) loads without it
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+
+PriorFn = Callable[[], "torch.Tensor"]
 """Returns the scalar prior R(theta; gamma, psi) for the model's *current* parameters."""
 
 
