@@ -1,0 +1,81 @@
+"""Ctrl-C during ``simulate --transport grpc``: one line on stderr, no traceback, no orphans.
+
+The command runs in its own session and the test sends SIGINT to that whole
+process group, as a terminal does on Ctrl-C, once the site processes exist.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _site_pids(out: Path) -> list[int]:
+    """Site processes started by the driver (their job files are their argv)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(str(out).encode() in part and part.endswith(b".job.json") for part in cmdline):
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_and_stops_the_sites(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fedmap_secure.cli",
+            "simulate",
+            "--dataset",
+            "heart",
+            "--transport",
+            "grpc",
+            "--insecure",
+            "--no-dp",
+            "--rounds",
+            "200",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(_site_pids(out)) < 4 and time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            time.sleep(0.2)
+        assert len(_site_pids(out)) == 4
+        while not list(out.glob("transcripts/round-*.json")) and time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            time.sleep(0.2)  # until a round has completed: the sites are training
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines == ["fedmap-secure: interrupted"]
+    assert _site_pids(out) == []
