@@ -125,6 +125,9 @@ class SiteDeployment:
     dataset: str | None = None
     dataset_seed: int = 0
     site_records: Path | None = None
+    model: str | None = None
+    """``module:function`` of the custom model this site agrees to build (``[model] kind =
+    "custom"`` runs); a site never imports a factory only because the server names it."""
 
 
 class _Table:
@@ -327,6 +330,7 @@ def load_site_deployment(path: Path) -> SiteDeployment:
         dataset=site.optional_string("dataset"),
         dataset_seed=site.integer("dataset_seed", 0),
         site_records=site.optional_path("site_records"),
+        model=site.optional_string("model"),
     )
     site.done()
     if deployment.data is not None and deployment.dataset is not None:

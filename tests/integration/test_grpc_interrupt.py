@@ -28,7 +28,7 @@ def _site_pids(out: Path) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(str(out).encode() in part and part.endswith(b".job.json") for part in cmdline):
+        if any(str(out).encode() in part and part.endswith(b"site.toml") for part in cmdline):
             pids.append(int(entry.name))
     return pids
 
