@@ -79,3 +79,5 @@ def test_ctrl_c_prints_one_line_and_stops_the_sites(tmp_path: Path) -> None:
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert lines == ["fedmap-secure: interrupted"]
     assert _site_pids(out) == []
+    for log in out.glob("grpc/sites/*/site.log"):  # the sites were stopped, not interrupted
+        assert "Traceback" not in log.read_text(errors="replace")
