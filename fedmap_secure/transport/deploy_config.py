@@ -108,6 +108,9 @@ class ServerDeployment:
     security: MutualTls | Insecure
     consortium: ConsortiumConfig
     settings: ServerSettings
+    model: str | None = None
+    """``module:function`` of the run's custom model, allowed in the server process (it
+    builds the initial global model)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -271,6 +274,7 @@ def load_server_deployment(path: Path) -> ServerDeployment:
     security = _security(path, server.flag("insecure"), document)
     exclude_rounds = server.integer("exclude_rounds", 0) or None
     revoked = server.strings("revoked")
+    model = server.optional_string("model")
     server.done()
     timeouts = _Table(path, "timeouts", document.get("timeouts", {}))
     try:
@@ -295,6 +299,7 @@ def load_server_deployment(path: Path) -> ServerDeployment:
         security=security,
         consortium=_consortium(path, document["consortium"]),
         settings=settings,
+        model=model,
     )
 
 

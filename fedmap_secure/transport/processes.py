@@ -71,6 +71,10 @@ def run_server(path: Path, *, insecure: bool = False) -> None:
     """Serve the FedMAP run described by ``server.toml`` until the final state is published."""
     deployment = load_server_deployment(path)
     _require_flag(path, deployment.security, insecure)
+    if deployment.model is not None:  # the run's custom model, allowed by the operator
+        from fedmap_secure.fedmap.models import allow_importable_factory
+
+        allow_importable_factory(deployment.model)
     config = load_config(deployment.run_config)
     store = ServerStateStore(
         deployment.state_dir / STATE_FILENAME, run_config_json=config_json(config)
