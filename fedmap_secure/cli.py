@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -295,6 +296,8 @@ def main(
     """Entry point; returns the exit code (0 ok, 2 refused input or configuration;
     ``verify-transcript`` returns 1 when verification fails)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if argv is None:  # the real command: SIGTERM stops it like Ctrl-C (cleanup runs)
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         if arguments[:1] in (["sweep"], ["report"]):
             return _experiment_command(arguments[0], arguments[1:], console or _console())
@@ -317,6 +320,11 @@ def main(
         print("fedmap-secure: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM -> KeyboardInterrupt: ``finally`` blocks stop child processes and close ledgers."""
+    raise KeyboardInterrupt
 
 
 def _console() -> Console:

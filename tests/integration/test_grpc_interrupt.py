@@ -1,4 +1,4 @@
-"""Ctrl-C during ``simulate --transport grpc``: one line on stderr, no traceback, no orphans.
+"""Ctrl-C (or SIGTERM) during ``simulate --transport grpc``: one line, no traceback, no orphans.
 
 The command runs in its own session and the test sends SIGINT to that whole
 process group, as a terminal does on Ctrl-C, once the site processes exist.
@@ -34,7 +34,9 @@ def _site_pids(out: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_prints_one_line_and_stops_the_sites(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupt_prints_one_line_and_stops_the_sites(tmp_path: Path, how: str) -> None:
+    """Ctrl-C: SIGINT to the terminal's process group; SIGTERM: to the driver alone."""
     out = tmp_path / "run"
     process = subprocess.Popen(
         [
@@ -69,7 +71,10 @@ def test_ctrl_c_prints_one_line_and_stops_the_sites(tmp_path: Path) -> None:
         while not list(out.glob("transcripts/round-*.json")) and time.monotonic() < deadline:
             assert process.poll() is None, process.stderr.read() if process.stderr else ""
             time.sleep(0.2)  # until a round has completed: the sites are training
-        os.killpg(process.pid, signal.SIGINT)
+        if how == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
