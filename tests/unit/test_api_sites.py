@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -143,3 +144,12 @@ def test_built_in_models_refuse_image_inputs() -> None:
     config = dataclasses.replace(fs.load_config(), rounds=1)
     with pytest.raises(fs.ConfigError, match=r"takes flat feature rows"):
         fs.simulate(config, [fs.Site.from_tensors("i", x, y)], out="unused")
+
+
+def test_load_config_takes_a_str_path(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('[simulation]\nrounds = 3\n[model]\nkind = "mlp"\n')
+    config = fs.load_config(str(path))
+    assert config.rounds == 3
+    assert config.model.kind is ModelKind.MLP
+    assert fs.load_config() == fs.SimulationConfig()
