@@ -100,7 +100,9 @@ def configure(args: argparse.Namespace) -> fs.SimulationConfig:
         max_grad_norm=args.clip,
         omega_release=OmegaRelease(args.omega_release),
     )
-    training = dataclasses.replace(config.training, epochs=args.epochs, learning_rate=args.lr)
+    training = dataclasses.replace(
+        config.training, epochs=args.epochs, learning_rate=args.lr, dp_learning_rate=args.lr
+    )
     prior = PriorConfig(form=PriorForm(args.prior))
     return dataclasses.replace(
         config,
@@ -128,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> fs.SimulationRun:
         help="FedMAP score under DP: uniform (no data term; chosen on validation images: "
         "the noisy DP score made the aggregation weights erratic) or gaussian (DP data term)",
     )
-    parser.add_argument("--lr", type=float, default=5e-2, help="local Adam learning rate")
+    parser.add_argument("--lr", type=float, default=5e-2, help="local Adam learning rate (DP too)")
     parser.add_argument("--prior", choices=[f.value for f in PriorForm], default="per-tensor")
     parser.add_argument("--alpha", type=float, default=0.5, help="label skew (smaller: more)")
     parser.add_argument(
