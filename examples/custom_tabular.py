@@ -50,11 +50,11 @@ class TabularNet(nn.Module):
 
 
 def make_demo_sites(directory: Path, *, seed: int = 0, rows: int = 400) -> None:
-    """Three hospitals, three outcome classes, shifted feature distributions (synthetic)."""
+    """Four hospitals, three outcome classes, shifted feature distributions (synthetic)."""
     rng = np.random.default_rng(seed)
     weights = rng.normal(size=(6, 3))
     directory.mkdir(parents=True, exist_ok=True)
-    for k, site in enumerate(["north", "south", "east"]):
+    for k, site in enumerate(["north", "south", "east", "west"]):
         x = rng.normal(loc=0.3 * k, size=(rows, 6))
         logits = x @ weights + rng.normal(scale=0.5, size=(rows, 3)) + np.array([0.0, 0.3 * k, 0])
         frame = pd.DataFrame(x, columns=[f"marker_{i}" for i in range(6)]).round(4)

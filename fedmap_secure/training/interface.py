@@ -120,6 +120,8 @@ def loss_class_weights(
     Declared weights must name every class; "balanced" gives w_c = n / (K n_c) for the
     classes present (an absent class gets weight 1: it never appears in the loss).
     """
+    import torch  # here, not at module level: the config (and the CLI) load without torch
+
     if config.class_weights:
         if len(config.class_weights) != n_classes:
             raise ConfigError(

@@ -14,7 +14,7 @@ from fedmap_secure.config.schema import PriorConfig, PriorForm
 from tests.api_models import TinyCnn, batchnorm_net
 
 
-def _sites(n_sites: int = 3, n: int = 24) -> list[fs.Site]:
+def _sites(n_sites: int = 4, n: int = 24) -> list[fs.Site]:
     rng = np.random.default_rng(0)
     sites = []
     for k in range(n_sites):
@@ -37,7 +37,7 @@ def _config(**privacy: object) -> fs.SimulationConfig:
 
 def test_custom_cnn_with_dp_and_secure_aggregation(tmp_path: Path) -> None:
     run = fs.simulate(_config(), _sites(), model=lambda: TinyCnn(), out=tmp_path)
-    assert set(run.sites) == {"s0", "s1", "s2"}
+    assert set(run.sites) == {"s0", "s1", "s2", "s3"}
     for site in run.sites.values():
         assert site.personalised is not None
         assert site.global_ is not None
@@ -51,7 +51,7 @@ def test_custom_cnn_with_dp_and_secure_aggregation(tmp_path: Path) -> None:
 
 
 def test_batchnorm_is_refused_unless_fixed(tmp_path: Path) -> None:
-    sites = _sites(2)
+    sites = _sites()
     with pytest.raises(fs.ConfigError, match=r"fix_model=True"):
         fs.simulate(_config(), sites, model=batchnorm_net, out=tmp_path / "a")
     run = fs.simulate(_config(), sites, model=batchnorm_net, fix_model=True, out=tmp_path / "b")
@@ -74,7 +74,7 @@ def test_custom_cnn_over_grpc_site_processes(tmp_path: Path) -> None:
         insecure=True,
         out=tmp_path,
     )
-    assert set(run.sites) == {"s0", "s1", "s2"}
+    assert set(run.sites) == {"s0", "s1", "s2", "s3"}
     for site in run.sites.values():
         assert site.personalised is not None
         assert site.epsilon_spent is not None

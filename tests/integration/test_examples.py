@@ -52,5 +52,5 @@ def test_custom_tabular_example_tiny(tmp_path: Path) -> None:
     run = _example("custom_tabular.py").main(
         ["--make-demo-sites", str(tmp_path / "sites"), "--tiny", "--out", str(tmp_path / "run")]
     )
-    assert set(run.sites) == {"east", "north", "south"}
+    assert set(run.sites) == {"east", "north", "south", "west"}
     assert all(s.epsilon_spent for s in run.sites.values())
