@@ -20,10 +20,10 @@ __version__ = "0.1.0"
 PROTOCOL_VERSION = 1
 
 __all__ = [
+    "PROTOCOL_VERSION",
     "ConfigError",
     "DataError",
     "FedMapError",
-    "PROTOCOL_VERSION",
     "Metrics",
     "ModelFactory",
     "SimulationConfig",
