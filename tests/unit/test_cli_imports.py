@@ -12,7 +12,17 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "opacus", "dp_accounting", "ray", "grpc", "cryptography", "matplotlib")
+HEAVY = (
+    "torch",
+    "opacus",
+    "dp_accounting",
+    "ray",
+    "grpc",
+    "cryptography",
+    "matplotlib",
+    "sklearn",
+    "scipy",
+)
 
 _PROBE = """
 import contextlib, io, json, sys
