@@ -53,6 +53,7 @@ from fedmap_secure.privacy.accountants import (
     create_accountant,
     cross_check_accountant,
 )
+from fedmap_secure.privacy.adjacency import RECORD_UNIT, SITE_SIZES
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.events import (
     Event,
@@ -61,7 +62,6 @@ from fedmap_secure.privacy.events import (
     SubsampledGaussianEvent,
 )
 from fedmap_secure.privacy.ledger import ChargeReceipt, PrivacyLedger
-from fedmap_secure.privacy.adjacency import RECORD_UNIT, SITE_SIZES
 from fedmap_secure.privacy.ledger_store import SqliteLedgerStore, ledger_path, open_site_ledger
 from fedmap_secure.privacy.noise_source import NO_DP_GUARANTEE, NoiseSource
 from fedmap_secure.privacy.report import CROSS_CHECK_NOTE

@@ -12,7 +12,6 @@ import pytest
 from fedmap_secure.config.privacy import MAX_EPSILON, PrivacyConfig
 from fedmap_secure.data.types import SiteData, Tier
 from fedmap_secure.errors import BudgetExceededError, ConfigError
-from fedmap_secure.runtime.privacy import plan_site_privacy
 from fedmap_secure.privacy.accountants import (
     MIN_NOISE_MULTIPLIER,
     DpAccountingPldAccountant,
@@ -20,6 +19,7 @@ from fedmap_secure.privacy.accountants import (
 )
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.events import GaussianEvent, SubsampledGaussianEvent
+from fedmap_secure.runtime.privacy import plan_site_privacy
 from tests.cli_runner import run_cli
 
 
