@@ -119,7 +119,12 @@ class SqliteLedgerStore:
         if is_new and not create:
             raise ConfigError(f"no privacy ledger at {self._path}")
         with self._errors():
-            self._conn = sqlite3.connect(self._path, isolation_level=None, timeout=30.0)
+            # check_same_thread=False: a site may open its ledger in one thread and charge
+            # it from the thread that runs a round (e.g. a gRPC site); calls are sequential
+            # (PrivacyLedger is not for concurrent use), and processes serialise in SQLite.
+            self._conn = sqlite3.connect(
+                self._path, isolation_level=None, timeout=30.0, check_same_thread=False
+            )
             self._journal_mode = str(self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
             self._conn.execute("PRAGMA synchronous=FULL")
             self._ensure_schema()
