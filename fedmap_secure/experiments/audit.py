@@ -68,8 +68,13 @@ from fedmap_secure.config.schema import ModelKind, SimulationConfig
 from fedmap_secure.data.preprocess import RawSite, Scaling
 from fedmap_secure.data.schema import FeatureSchema
 from fedmap_secure.errors import ConfigError, DataError
+<<<<<<< HEAD
 from fedmap_secure.fedmap.models import build_model
 from fedmap_secure.privacy.accountants import calibrate_noise_multiplier, default_accountant
+=======
+from fedmap_secure.privacy.accountants import DpAccountingPldAccountant
+from fedmap_secure.privacy.adjacency import Adjacency
+>>>>>>> 001b5f6 (audit: the canary game is add/remove-one, so its claim (and the test's calibration) use that adjacency)
 from fedmap_secure.privacy.audit import (
     AuditMethod,
     AuditResult,
@@ -161,8 +166,12 @@ class AuditReport:
 def claimed_epsilon(
     *, noise_multiplier: float, sample_rate: float, steps: int, delta: float
 ) -> float:
-    """What the site's default (tightest) accountant says a DP-SGD plan costs.
+    """What the tightest accountant (PLD) says a DP-SGD plan costs in the audit's game.
 
+    The canary game is add/remove-one (a canary is in the training set or
+    not), so the claim it is compared with is the add/remove-one epsilon of
+    the same mechanism (which DP-SGD with Poisson sampling satisfies; the
+    ledgers state the larger replace-one figure, ``privacy/adjacency.py``).
     The caller passes the noise the *accountant was told*; the audit then
     checks the trainer against it. Noise 0 has no finite claim: inf.
     """
@@ -171,7 +180,8 @@ def claimed_epsilon(
     event = SubsampledGaussianEvent(
         noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps
     )
-    return default_accountant([event]).epsilon([event], delta)
+    accountant = DpAccountingPldAccountant(adjacency=Adjacency.ADD_REMOVE_ONE)
+    return accountant.epsilon([event], delta)
 
 
 def run_audit(
