@@ -1,7 +1,8 @@
 """Over real gRPC: a server re-running round 0 gets no second noisy encoding from any site.
 
-The server here charges nothing and simply runs round index 0 twice (what a
-server that reports an abort and re-runs would do); each site's encoder
+The server here charges nothing and runs round index 0 again from a fresh
+server process (a hardened server refuses a replayed round index itself; a
+malicious one restarts with empty state); each site's encoder
 factory is the one a deployed site uses (its pinned ``[client_dp]`` plus its
 own durable record in its state folder), so every site refuses the re-run
 before encoding anything.
@@ -35,17 +36,21 @@ def test_sites_refuse_a_rerun_of_round_0_over_grpc(tmp_path: Path) -> None:
     guards: dict[str, SiteNoiseGuard] = {s: pinned.open_guard(tmp_path / s, s) for s in SITES}
     planner = ClientDpPlanner(SETTINGS, rounds=2, secagg=SECAGG)
     planner.check_layout(LAYOUT)
-    server = AggregationServer(
-        roster=consortium.roster,
-        config=SECAGG,
-        security=consortium.security(),
-        settings=FAST,
-        encoders=planner.round_encoder,  # charges nothing: the sites must protect themselves
-    ).start()
+
+    def new_server() -> AggregationServer:
+        return AggregationServer(
+            roster=consortium.roster,
+            config=SECAGG,
+            security=consortium.security(),
+            settings=FAST,
+            encoders=planner.round_encoder,  # charges nothing: the sites must protect themselves
+        ).start()
+
     inputs = _inputs(np.random.default_rng(3))
 
     def one_round() -> tuple[object, dict[str, SiteReport]]:
         reports: dict[str, SiteReport] = {}
+        server = new_server()
 
         def site_main(site: str) -> None:
             channel = open_channel(server.port, consortium.security(site))
@@ -74,15 +79,13 @@ def test_sites_refuse_a_rerun_of_round_0_over_grpc(tmp_path: Path) -> None:
         finally:
             for t in threads:
                 t.join(timeout=30)
+            server.stop(grace=0.5)
         return result, reports
 
-    try:
-        first, reports = one_round()
-        assert not isinstance(first, Exception), first
-        assert all(r.outcome is not SiteOutcome.FAILED for r in reports.values())
-        second, again = one_round()
-    finally:
-        server.stop(grace=0.5)
+    first, reports = one_round()
+    assert not isinstance(first, Exception), first
+    assert all(r.outcome is not SiteOutcome.FAILED for r in reports.values())
+    second, again = one_round()
     assert isinstance(second, Exception)
     assert all(r.outcome is SiteOutcome.FAILED for r in again.values())
     assert all("already sent a noisy" in (r.detail or "") for r in again.values())

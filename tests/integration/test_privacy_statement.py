@@ -18,7 +18,7 @@ from fedmap_secure.privacy.adjacency import RECORD_ADJACENCY, RECORD_UNIT, SITE_
 from fedmap_secure.privacy.events import PrivacyUnit
 from fedmap_secure.privacy.ledger_store import LEDGER_FILENAME, load_report
 from fedmap_secure.privacy.noise_source import NO_DP_GUARANTEE
-from tests.cli_runner import run_cli
+from tests.cli_runner import TINY_SECAGG, run_cli
 from tests.torch_threads import _single_thread  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +27,7 @@ DOCS = (
     ROOT / "threat_model" / "THREAT_MODEL.md",
     ROOT / "fedmap_secure" / "experiments" / "PRIVATE_RUN.md",
 )
-FAST = "[training]\nepochs = 1\n[privacy]\nsteps_per_round = 2\n"
+FAST = "[training]\nepochs = 1\n[privacy]\nsteps_per_round = 2\n" + TINY_SECAGG
 
 
 def _run(tmp_path: Path, *extra: str) -> Path:
