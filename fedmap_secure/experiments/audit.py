@@ -68,13 +68,9 @@ from fedmap_secure.config.schema import ModelKind, SimulationConfig
 from fedmap_secure.data.preprocess import RawSite, Scaling
 from fedmap_secure.data.schema import FeatureSchema
 from fedmap_secure.errors import ConfigError, DataError
-<<<<<<< HEAD
 from fedmap_secure.fedmap.models import build_model
-from fedmap_secure.privacy.accountants import calibrate_noise_multiplier, default_accountant
-=======
-from fedmap_secure.privacy.accountants import DpAccountingPldAccountant
+from fedmap_secure.privacy.accountants import DpAccountingPldAccountant, calibrate_noise_multiplier
 from fedmap_secure.privacy.adjacency import Adjacency
->>>>>>> 001b5f6 (audit: the canary game is add/remove-one, so its claim (and the test's calibration) use that adjacency)
 from fedmap_secure.privacy.audit import (
     AuditMethod,
     AuditResult,
@@ -448,11 +444,12 @@ def run_pipeline_audit(
     n = len(site.y_train)
     q = min(1.0, privacy.expected_batch_size / n)
     steps = privacy.steps_per_round
-    sigma = calibrate_noise_multiplier(
+    sigma = calibrate_noise_multiplier(  # in the canary game's (add/remove-one) adjacency
         Budget(epsilon=config.epsilon, delta=config.delta),
         sample_rate=q,
         steps_per_round=steps,
         rounds=1,
+        accountant=DpAccountingPldAccountant(adjacency=Adjacency.ADD_REMOVE_ONE),
     )
     claim = claimed_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=config.delta)
     canary = outlier_canary(schema)
