@@ -2,21 +2,37 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# torch is installed first, explicitly, so that pip does not pick a build for us.
+# TORCH_SPEC: the torch requirement (a user with a GPU sets e.g. TORCH_SPEC='torch==2.13.0'
+# and TORCH_INDEX=https://download.pytorch.org/whl/cu126).
+# TORCH_INDEX: the package index torch comes from; empty = pip's configured index. On a
+# machine that reaches PyTorch's index, TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# selects the CPU build (plain PyPI serves a CUDA build on Linux x86-64).
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+TORCH_INDEX_ARG := $(if $(strip $(TORCH_INDEX)),--index-url $(TORCH_INDEX),)
+RUNTIME_STAMP := $(VENV)/.runtime-installed
 STAMP := $(VENV)/.installed
 
 .PHONY: demo deploy-demo test lint install clean
 
-$(STAMP): pyproject.toml
+# The runtime only (what `make demo` needs): torch, then the package without extras.
+$(RUNTIME_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	# CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install $(TORCH_INDEX_ARG) '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install -e .
+	touch $(RUNTIME_STAMP)
+
+# Tests and lint add the dev tools and Ray (tests/integration/test_sweep_end_to_end.py runs a
+# sweep on a local Ray instance).
+$(STAMP): $(RUNTIME_STAMP)
 	$(BIN)/python -m pip install -e '.[dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	rm -rf runs/demo
 	$(BIN)/fedmap-secure simulate --dataset heart --method fedmap --transport grpc --out runs/demo
 

@@ -23,23 +23,19 @@ import argparse
 import dataclasses
 import importlib
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import fedmap_secure.process_clock  # noqa: F401  (early: the process start where /proc is absent)
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.config.privacy import ClientDpMechanism, OmegaRelease, PrivacyConfig
 from fedmap_secure.config.schema import Method, PriorForm, SimulationConfig
 from fedmap_secure.data.schema_command import add_schema_command, run_schema_command
-from fedmap_secure.data.types import FederatedDataset, SiteData
 from fedmap_secure.errors import ConfigError, FedMapError
 from fedmap_secure.privacy.accountant_base import AccountantName
-from fedmap_secure.runtime.results import TrainerFactory
-from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.transport.commands import (
     add_commands,
     add_simulate_options,
@@ -47,7 +43,16 @@ from fedmap_secure.transport.commands import (
     run_command,
 )
 
-DatasetLoader = Callable[[str, str | None, int], FederatedDataset]
+if TYPE_CHECKING:
+    # Only for annotations: the CLI parses its arguments (and prints --help or an
+    # argument error) before torch, Opacus, dp-accounting, gRPC or Ray is imported.
+    from rich.console import Console
+
+    from fedmap_secure.data.types import FederatedDataset, SiteData
+    from fedmap_secure.runtime.results import TrainerFactory
+    from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
+
+DatasetLoader = Callable[[str, str | None, int], "FederatedDataset"]
 """(spec, label_column, seed) -> dataset; injectable for tests."""
 
 POOLED = "pooled"
@@ -199,6 +204,10 @@ def _load_dataset(spec: str, label_column: str | None, seed: int) -> FederatedDa
 
 
 def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console) -> None:
+    config = resolve_config(args)  # refusals of the configuration come before any heavy import
+    if args.transport == "grpc":
+        _check_grpc(args, config)
+    dataset = loader(args.dataset, args.label_column, config.seed)
     import torch
 
     from fedmap_secure.experiments.driver import simulate_to_dir
@@ -207,8 +216,6 @@ def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console)
     torch.set_num_threads(1)
     from fedmap_secure.data.contract import bind_config
 
-    config = resolve_config(args)
-    dataset = loader(args.dataset, args.label_column, config.seed)
     config = bind_config(config, dataset.schema, source=args.dataset)  # names + schema digest
     if args.transport == "grpc":
         _simulate_grpc(args, config, dataset, console)
@@ -224,6 +231,13 @@ def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console)
     )
 
 
+def _check_grpc(args: argparse.Namespace, config: SimulationConfig) -> None:
+    if args.method == POOLED:
+        raise ConfigError("--method pooled is centralised: it has no --transport grpc")
+    if not config.secagg.enabled:
+        raise ConfigError("--transport grpc always uses secure aggregation: drop --no-secagg")
+
+
 def _simulate_grpc(
     args: argparse.Namespace,
     config: SimulationConfig,
@@ -233,10 +247,6 @@ def _simulate_grpc(
     from fedmap_secure.experiments.driver import progress_bar
     from fedmap_secure.experiments.grpc_run import simulate_grpc_to_dir
 
-    if args.method == POOLED:
-        raise ConfigError("--method pooled is centralised: it has no --transport grpc")
-    if not config.secagg.enabled:
-        raise ConfigError("--transport grpc always uses secure aggregation: drop --no-secagg")
     overrides: dict[str, Any] = {
         "dropout_fraction": config.secagg.dropout_fraction,
         "corrupt_fraction": config.secagg.corrupt_fraction,
@@ -285,12 +295,14 @@ def main(
 ) -> int:
     """Entry point; returns the exit code (0 ok, 2 refused input or configuration;
     ``verify-transcript`` returns 1 when verification fails)."""
-    out = console or Console()
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] in (["sweep"], ["report"]):
-        return _experiment_command(arguments[0], arguments[1:], out)
+    if argv is None:  # the real command: SIGTERM stops it like Ctrl-C (cleanup runs)
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if arguments[:1] in (["sweep"], ["report"]):
+            return _experiment_command(arguments[0], arguments[1:], console or _console())
         args = build_parser().parse_args(arguments)
+        out = console or _console()
         if args.command == "simulate":
             _simulate(args, dataset_loader or _load_dataset, out)
         elif args.command == "ledger":
@@ -308,6 +320,17 @@ def main(
         print("fedmap-secure: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM -> KeyboardInterrupt: ``finally`` blocks stop child processes and close ledgers."""
+    raise KeyboardInterrupt
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console()
 
 
 def _experiment_command(name: str, rest: Sequence[str], console: Console) -> int:

@@ -34,10 +34,12 @@ def default_config_text() -> str:
     return resources.files("fedmap_secure.config").joinpath("default.toml").read_text("utf-8")
 
 
-def load_config(path: Path | None = None) -> SimulationConfig:
-    """Load ``path`` (or the packaged default) into a validated ``SimulationConfig``."""
+def load_config(path: Path | str | None = None) -> SimulationConfig:
+    """Load the TOML file ``path`` (or the packaged default) into a validated
+    ``SimulationConfig``; unknown keys and wrong types raise ``ConfigError``."""
     if path is None:
         return parse_config(default_config_text(), source="default.toml")
+    path = Path(path)
     try:
         text = path.read_text("utf-8")
     except OSError as exc:

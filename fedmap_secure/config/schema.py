@@ -26,10 +26,12 @@ class Method(enum.Enum):
 
 
 class ModelKind(enum.Enum):
-    """The per-site model: logistic regression (FLamby's heart baseline) or an MLP."""
+    """The per-site model: logistic regression (FLamby's heart baseline), an MLP, or a
+    user-supplied ``torch.nn.Module`` (``custom``: ``ModelConfig.factory`` names it)."""
 
     LOGISTIC = "logistic"
     MLP = "mlp"
+    CUSTOM = "custom"
 
 
 class PriorForm(enum.Enum):
@@ -57,11 +59,28 @@ def _hidden(name: str, sizes: tuple[int, ...]) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
+    """The model every site trains.
+
+    ``kind = custom`` builds ``factory`` (a ``module:function`` name, or a name the Python
+    API registered for an in-process callable): a site builds a custom model only when its
+    own operator allowed that factory in its process (``fedmap_secure.fedmap.models``), never
+    because a run configuration names it. ``fix`` replaces the layers Opacus cannot make
+    private (BatchNorm -> GroupNorm) with ``opacus.validators.ModuleValidator.fix``.
+    """
+
     kind: ModelKind = ModelKind.LOGISTIC
     hidden: tuple[int, ...] = (32,)
+    factory: str = ""
+    fix: bool = False
 
     def __post_init__(self) -> None:
         _hidden("model.hidden", self.hidden)
+        if (self.kind is ModelKind.CUSTOM) != bool(self.factory):
+            raise ConfigError(
+                'model.factory names the module of kind = "custom" (and only of that kind)'
+            )
+        if self.fix and self.kind is not ModelKind.CUSTOM:
+            raise ConfigError('model.fix applies to kind = "custom" only')
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.model_selection import train_test_split
 
 from fedmap_secure.data.schema import FeatureSchema
 from fedmap_secure.data.types import SiteData, Tier
@@ -65,6 +64,8 @@ def benchmark_split(y: IntArray) -> tuple[IndexArray, IndexArray]:
     Fed-Heart-Disease Switzerland, which has one negative, unstratified).
     Indices are returned in file order, as FLamby keeps rows in file order.
     """
+    from sklearn.model_selection import train_test_split  # slow import: only when splitting
+
     counts = np.bincount(y, minlength=2)
     stratify = y if bool((counts > 2).all()) else None
     train, test = train_test_split(

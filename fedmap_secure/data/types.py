@@ -27,7 +27,8 @@ class Tier(enum.Enum):
 
 @dataclass(frozen=True, kw_only=True)
 class SiteData:
-    """One site's preprocessed data. Features float32 (n, d), labels int64 (n,)."""
+    """One site's preprocessed data. Features float32 (n, d) (or (n, *feature_shape), e.g.
+    images passed from Python), labels int64 (n,)."""
 
     name: str
     tier: Tier
@@ -41,9 +42,10 @@ class SiteData:
             ("train", self.x_train, self.y_train),
             ("test", self.x_test, self.y_test),
         ):
-            if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+            if x.ndim < 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
                 raise DataError(
-                    f"site {self.name!r} {split}: features {x.shape} and labels {y.shape} disagree"
+                    f"site {self.name!r} {split}: features {x.shape} and labels {y.shape} "
+                    "disagree (expected features (n, *feature_shape) and labels (n,))"
                 )
         if self.tier is Tier.UNSEEN and self.x_train.shape[0] != 0:
             raise DataError(f"site {self.name!r}: an unseen site has no training data")
@@ -69,6 +71,8 @@ class FederatedDataset:
     declares the features are already on a public, data-independent scale.
     Its names must equal ``feature_names`` and its class list (if any) must
     have ``n_classes`` entries.
+    ``feature_shape`` is the shape of one input (default ``(len(feature_names),)``:
+    flat rows); an image dataset has e.g. ``(1, 8, 8)`` and one name per input value.
     """
 
     name: str
@@ -76,6 +80,7 @@ class FederatedDataset:
     n_classes: int
     sites: tuple[SiteData, ...]
     schema: FeatureSchema = field(default=None)  # type: ignore[assignment]
+    feature_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.schema is None:
@@ -90,14 +95,27 @@ class FederatedDataset:
                 f"dataset {self.name!r}: {self.n_classes} classes but the schema declares "
                 f"{list(self.schema.classes)}"
             )
-        d = len(self.feature_names)
+        shape = self.input_shape
+        if int(np.prod(shape)) != len(self.feature_names):
+            raise DataError(
+                f"dataset {self.name!r}: feature_shape {shape} does not hold "
+                f"{len(self.feature_names)} feature names"
+            )
         names = [s.name for s in self.sites]
         if len(set(names)) != len(names):
             raise DataError(f"dataset {self.name!r}: duplicate site names {names}")
         for s in self.sites:
             for x in (s.x_train, s.x_test):
-                if x.shape[0] and x.shape[1] != d:
-                    raise DataError(f"site {s.name!r}: {x.shape[1]} features, dataset has {d}")
+                if x.shape[0] and tuple(x.shape[1:]) != shape:
+                    raise DataError(
+                        f"site {s.name!r}: inputs of shape {tuple(x.shape[1:])}, "
+                        f"the dataset's are {shape}"
+                    )
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input: ``feature_shape``, or ``(d,)`` for flat feature rows."""
+        return self.feature_shape if self.feature_shape is not None else (len(self.feature_names),)
 
     def by_tier(self, tier: Tier) -> tuple[SiteData, ...]:
         return tuple(s for s in self.sites if s.tier is tier)

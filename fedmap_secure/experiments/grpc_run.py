@@ -100,6 +100,9 @@ class GrpcSimulation:
     stage_timeout: float = 60.0
     site_state: Path | None = None
     """One state folder per site under it, kept across runs (default: fresh OUT/sites/<site>)."""
+    model_factory: str | None = None
+    """``module:function`` of a custom model (``[model] kind = "custom"``): each site's
+    site.toml allows it (``[site] model``)."""
 
 
 def _consortium(root: Path, sites: list[str], insecure: bool) -> tuple[Roster, Path | None]:
@@ -142,6 +145,7 @@ def site_toml(
             "label_column": spec.label_column,
             "site_records": None if records is None else str(records),
             "insecure": spec.insecure,
+            "model": spec.model_factory,
         },
     }
     if not spec.insecure:
@@ -188,8 +192,28 @@ def _launch(path: Path, insecure: bool) -> subprocess.Popen[bytes]:
         command.append("--insecure")
     with (path.parent / "site.log").open("wb") as sink:
         return subprocess.Popen(  # noqa: S603 (our interpreter, our module, our file)
-            command, env=env, stdout=sink, stderr=subprocess.STDOUT
+            command,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            # Own process group: a Ctrl-C at the terminal reaches only this process, which
+            # stops the sites itself (one "interrupted" line, nothing from each site).
+            process_group=0,
         )
+
+
+def _stop(processes: Sequence[subprocess.Popen[bytes]], grace: float = 5.0) -> None:
+    """Terminate the site processes still running (SIGTERM, then SIGKILL after ``grace`` s)."""
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
+        process.terminate()
+    deadline = time.monotonic() + grace
+    for process in running:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _site_error(path: Path) -> str:
@@ -362,9 +386,7 @@ def simulate_over_grpc(
                     f"{_site_error(tomls[site])}"
                 )
     finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
+        _stop(list(processes.values()))
         server.stop()
     results: dict[str, SiteResult] = {}
     reports: list[SiteReport] = []

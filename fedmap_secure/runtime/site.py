@@ -39,7 +39,7 @@ import torch
 
 from fedmap_secure.aggregation import FloatVector, VectorLayout
 from fedmap_secure.config.privacy import OmegaRelease
-from fedmap_secure.config.schema import Method, SimulationConfig
+from fedmap_secure.config.schema import Method, ModelKind, SimulationConfig
 from fedmap_secure.data.types import SiteData, Tier
 from fedmap_secure.errors import (
     BudgetExceededError,
@@ -312,7 +312,7 @@ class SiteRuntime:
             return None
         if self.privacy is None:
             return (self.setup.plain_trainer or adam_trainer)(self.data, config.training)
-        from fedmap_secure.training.dp_config import DpSgdConfig
+        from fedmap_secure.training.dp_config import DpSgdConfig, GradSampleMode
         from fedmap_secure.training.dp_training import DpSgdMapTrainer
 
         plan = self.privacy.plan
@@ -324,6 +324,12 @@ class SiteRuntime:
             sample_rate=plan.sample_rate,
             steps=plan.steps_per_round,
             reproducible_seed=self.privacy.noise_seed,
+            # torch's ExpandedWeights (the default, fastest on the built-in models) handles few
+            # layers and fails on some (e.g. Conv2d before MaxPool2d): a user's module gets
+            # Opacus' general per-layer hooks.
+            grad_sample_mode=(
+                GradSampleMode.HOOKS if config.model.kind is ModelKind.CUSTOM else GradSampleMode.EW
+            ),
         )
         trainer = DpSgdMapTrainer(dp, stream_label=f"{self.name}/dp-sgd")
         planned = trainer.planned_mechanism(self.data.n_train)

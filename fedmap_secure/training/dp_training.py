@@ -362,8 +362,11 @@ def _incompatibilities(model: torch.nn.Module) -> list[str]:
 def _as_tensors(
     x_train: npt.NDArray[np.float32], y_train: npt.NDArray[np.int64]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if x_train.ndim != 2 or y_train.ndim != 1 or len(x_train) != len(y_train):
-        raise DataError("x_train must be (n, d) and y_train (n,) with the same n")
+    if x_train.ndim < 2 or y_train.ndim != 1 or len(x_train) != len(y_train):
+        raise DataError(
+            "x_train must be (n, *feature_shape) and y_train (n,) with the same n, got "
+            f"{x_train.shape} and {y_train.shape}"
+        )
     if len(x_train) == 0:
         raise DataError("a site needs at least one training record")
     if not np.all(np.isfinite(x_train)):

@@ -14,15 +14,16 @@ import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
-
-import numpy as np
-import numpy.typing as npt
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from fedmap_secure.errors import ConfigError
 
-PriorFn = Callable[[], torch.Tensor]
+if TYPE_CHECKING:  # torch is not imported here: the config (and so the CLI) loads without it
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+
+PriorFn = Callable[[], "torch.Tensor"]
 """Returns the scalar prior R(theta; gamma, psi) for the model's *current* parameters."""
 
 
@@ -119,6 +120,8 @@ def loss_class_weights(
     Declared weights must name every class; "balanced" gives w_c = n / (K n_c) for the
     classes present (an absent class gets weight 1: it never appears in the loss).
     """
+    import torch  # here, not at module level: the config (and the CLI) load without torch
+
     if config.class_weights:
         if len(config.class_weights) != n_classes:
             raise ConfigError(

@@ -4,7 +4,8 @@
 parsed namespace to ``run_command(args, console)``, which returns False for a
 command that is not one of these. ``simulate --transport grpc`` uses
 ``add_simulate_options`` and ``grpc_spec(args)``. Torch is imported only by
-the commands that train (``server``, ``site``, ``simulate``), not by ``keygen``.
+the commands that train (``server``, ``site``, ``simulate``), not by ``keygen``; nothing
+heavy (cryptography, gRPC, torch) is imported before the arguments are parsed.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
 from fedmap_secure.errors import ConfigError
-from fedmap_secure.transport.keygen import keygen_consortium, keygen_identity, keygen_step
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from fedmap_secure.experiments.grpc_run import GrpcSimulation
 
 COMMANDS = ("server", "site", "keygen")
@@ -122,6 +122,8 @@ def _log_to(console: Console) -> None:
 
 
 def _keygen(args: argparse.Namespace, console: Console) -> None:
+    from fedmap_secure.transport.keygen import keygen_consortium, keygen_identity, keygen_step
+
     if args.ca or args.site or args.sign or args.roster:
         for line in keygen_step(args):
             console.print(line)

@@ -108,6 +108,9 @@ class ServerDeployment:
     security: MutualTls | Insecure
     consortium: ConsortiumConfig
     settings: ServerSettings
+    model: str | None = None
+    """``module:function`` of the run's custom model, allowed in the server process (it
+    builds the initial global model)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,6 +128,9 @@ class SiteDeployment:
     dataset: str | None = None
     dataset_seed: int = 0
     site_records: Path | None = None
+    model: str | None = None
+    """``module:function`` of the custom model this site agrees to build (``[model] kind =
+    "custom"`` runs); a site never imports a factory only because the server names it."""
 
 
 class _Table:
@@ -268,6 +274,7 @@ def load_server_deployment(path: Path) -> ServerDeployment:
     security = _security(path, server.flag("insecure"), document)
     exclude_rounds = server.integer("exclude_rounds", 0) or None
     revoked = server.strings("revoked")
+    model = server.optional_string("model")
     server.done()
     timeouts = _Table(path, "timeouts", document.get("timeouts", {}))
     try:
@@ -292,6 +299,7 @@ def load_server_deployment(path: Path) -> ServerDeployment:
         security=security,
         consortium=_consortium(path, document["consortium"]),
         settings=settings,
+        model=model,
     )
 
 
@@ -327,6 +335,7 @@ def load_site_deployment(path: Path) -> SiteDeployment:
         dataset=site.optional_string("dataset"),
         dataset_seed=site.integer("dataset_seed", 0),
         site_records=site.optional_path("site_records"),
+        model=site.optional_string("model"),
     )
     site.done()
     if deployment.data is not None and deployment.dataset is not None:

@@ -71,6 +71,10 @@ def run_server(path: Path, *, insecure: bool = False) -> None:
     """Serve the FedMAP run described by ``server.toml`` until the final state is published."""
     deployment = load_server_deployment(path)
     _require_flag(path, deployment.security, insecure)
+    if deployment.model is not None:  # the run's custom model, allowed by the operator
+        from fedmap_secure.fedmap.models import allow_importable_factory
+
+        allow_importable_factory(deployment.model)
     config = load_config(deployment.run_config)
     store = ServerStateStore(
         deployment.state_dir / STATE_FILENAME, run_config_json=config_json(config)
@@ -150,6 +154,10 @@ def run_site(
     """
     deployment = load_site_deployment(path)
     _require_flag(path, deployment.security, insecure)
+    if deployment.model is not None:  # the custom model this site's operator allows
+        from fedmap_secure.fedmap.models import allow_importable_factory
+
+        allow_importable_factory(deployment.model)
     dataset = _own_data(path, deployment)
     (mine,) = dataset.sites
     channel = open_channel(deployment.server, deployment.security)
@@ -211,11 +219,16 @@ def _own_data(path: Path, deployment: SiteDeployment) -> FederatedDataset:
         dataset = load_csv_sites(deployment.data, label_column=deployment.label_column)
         where = f"{deployment.data}: no {deployment.site_id}_train/test.csv files"
     elif deployment.dataset is not None:
+        from fedmap_secure._api.arrays import ARRAYS_PREFIX, load_arrays
         from fedmap_secure.data import load_dataset
 
         spec = deployment.dataset
         label = deployment.label_column if spec.startswith("csv:") else None
-        dataset = load_dataset(spec, label_column=label, seed=deployment.dataset_seed)
+        dataset = (
+            load_arrays(spec)  # the sites of a Python API run (fedmap_secure.simulate)
+            if spec.startswith(ARRAYS_PREFIX)
+            else load_dataset(spec, label_column=label, seed=deployment.dataset_seed)
+        )
         where = f"{path}: site {deployment.site_id!r} is not in dataset {deployment.dataset!r}"
     else:
         raise ConfigError(f"{path}: site.data (the site's CSV folder) is required")

@@ -142,3 +142,24 @@ def test_the_consortium_states_max_colluding_sites(root: Path) -> None:
         load_site_deployment(
             _write(root, "site.toml", site + stated + "max_colluding_sites = 1.5\n")
         )
+
+
+def test_custom_model_factory_is_named_in_the_operators_own_files(root: Path) -> None:
+    site = """
+[site]
+id = "site-b"
+server = "127.0.0.1:6000"
+identity = "pki/sites/site-b/identity.pem"
+data = "/data/b"
+insecure = true
+"""
+    plain = load_site_deployment(_write(root, "plain.toml", site + CONSORTIUM))
+    assert plain.model is None
+    named = site.replace("insecure = true", 'insecure = true\nmodel = "hospital:make_net"')
+    assert load_site_deployment(_write(root, "site.toml", named + CONSORTIUM)).model == (
+        "hospital:make_net"
+    )
+    server = '[server]\nfeatures = 13\ninsecure = true\nmodel = "hospital:make_net"\n'
+    assert load_server_deployment(_write(root, "server.toml", server + CONSORTIUM)).model == (
+        "hospital:make_net"
+    )

@@ -51,9 +51,9 @@ def _backend(args: argparse.Namespace) -> Backend:
 
 
 def _sweep(argv: Sequence[str] | None, console: Console) -> int:
+    args = sweep_parser().parse_args(argv)
     from fedmap_secure.experiments.sweep.runner import pending, run_sweep
 
-    args = sweep_parser().parse_args(argv)
     specs = load_sweep(args.config)
     todo = pending(specs, args.out)
     console.print(f"{len(specs)} runs, {len(specs) - len(todo)} already finished")
@@ -84,9 +84,7 @@ def report_parser() -> argparse.ArgumentParser:
 
 
 def _report(argv: Sequence[str] | None, console: Console) -> int:
-    from fedmap_secure.experiments.sweep.report import AUTO, build_report
-
-    args = report_parser().parse_args(argv)
+    args = report_parser().parse_args(argv)  # before the plotting imports: errors come fast
     from fedmap_secure.experiments.run_report import build_run_report, is_run_dir
 
     if is_run_dir(args.dir):
@@ -94,6 +92,8 @@ def _report(argv: Sequence[str] | None, console: Console) -> int:
             raise ConfigError("--epsilon applies to a sweep report, not to one run")
         console.print(f"wrote {build_run_report(args.dir)}")
         return 0
+    from fedmap_secure.experiments.sweep.report import AUTO, build_report
+
     epsilon: float | str | None = AUTO
     if args.epsilon == NO_DP:
         epsilon = None

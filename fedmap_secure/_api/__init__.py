@@ -1,0 +1,1 @@
+"""The implementation of the public Python API (``fedmap_secure.__all__``); private."""
