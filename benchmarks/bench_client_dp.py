@@ -72,7 +72,9 @@ def _encoders(layout: VectorLayout, secagg: SecAggConfig) -> dict[str, RoundEnco
                 max_wrap_probability=1e-9,
             )
         )
-        out[kind.value] = ClientDpRoundEncoder(layout, plan.encoding(rotation_seed(0, b"bench")))
+        out[kind.value] = ClientDpRoundEncoder(
+            layout, plan.encoding(rotation_seed(0, b"bench")), plan.event()
+        )
     return out
 
 

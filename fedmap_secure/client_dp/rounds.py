@@ -41,7 +41,7 @@ from fedmap_secure.config.privacy import ClientDpMechanism, ClientDpSettings
 from fedmap_secure.crypto.hashing import digest, encode_str, encode_uint
 from fedmap_secure.crypto.labels import LABEL_CLIENT_DP_ROUND_SEED
 from fedmap_secure.errors import BudgetExceededError, LocalProtocolError
-from fedmap_secure.privacy.events import PrivacyUnit
+from fedmap_secure.privacy.events import ClientLevelEvent, PrivacyUnit
 from fedmap_secure.privacy.ledger import PrivacyLedger
 from fedmap_secure.privacy.report import accountant_description
 from fedmap_secure.secagg.config import RingSpec, SecAggConfig, setup_digest
@@ -82,13 +82,21 @@ class ClientDpRoundEncoder:
     The server learns no clip count: whether a site clipped stays at the site.
     """
 
-    def __init__(self, layout: VectorLayout, encoding: RingEncoding) -> None:
+    def __init__(
+        self, layout: VectorLayout, encoding: RingEncoding, event: ClientLevelEvent
+    ) -> None:
         self._encoder = DistributedDpEncoder(layout, encoding)
         self._ring = ring_spec(encoding, self._encoder.length)
+        self._event = event
 
     @property
     def ring(self) -> RingSpec:
         return self._ring
+
+    @property
+    def event(self) -> ClientLevelEvent:
+        """The mechanism of one round's encodings (what a site's own ledger charges)."""
+        return self._event
 
     def encode(
         self, vector: FloatVector, *, random_bytes: Callable[[int], bytes]
@@ -170,8 +178,9 @@ class ClientDpPlanner:
             )
         if layout != self._layout:
             self.check_layout(layout)
+        plan = self.plan()
         return ClientDpRoundEncoder(
-            layout, self.plan().encoding(rotation_seed(round_index, context))
+            layout, plan.encoding(rotation_seed(round_index, context)), plan.event()
         )
 
 
@@ -237,7 +246,7 @@ class ClientLevelRounds:
             "epsilon_budget": self._settings.epsilon,
             "delta": self._settings.delta,
             "epsilon_spent": self._ledger.spent(),
-            "rounds_charged": len(self._ledger.history()),
+            "rounds_charged": self._ledger.charge_count(),
             "plan": plan,
             "ledger": "server/client-dp",
             "noise_source": "OS CSPRNG at every site (os.urandom)",

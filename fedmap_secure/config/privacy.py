@@ -33,6 +33,21 @@ def _check_positive(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be finite and > 0, got {value!r}")
 
 
+MAX_EPSILON = 100.0
+"""The largest record-level budget a run accepts. Above it (e^100 ~ 1e43) the statement bounds
+nothing, and the PLD accountant's numbers overflow (e^epsilon) beyond ~700: a larger budget is
+refused with one line pointing at --no-dp, rather than run a ledger that cannot account it."""
+
+
+def _check_budget(name: str, value: float) -> None:
+    _check_positive(name, value)
+    if value > MAX_EPSILON:
+        raise ConfigError(
+            f"{name} = {value:g} is above {MAX_EPSILON:g}: such a budget bounds nothing (and "
+            "cannot be accounted); use --no-dp for a non-private comparison run"
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class SiteBudgetOverride:
     """One site's own budget or participation plan (``[[privacy.site]]`` entries).
@@ -50,19 +65,20 @@ class SiteBudgetOverride:
         if not self.site:
             raise ConfigError("privacy.site.site must name a site")
         if self.epsilon is not None:
-            _check_positive(f"privacy.site[{self.site}].epsilon", self.epsilon)
+            _check_budget(f"privacy.site[{self.site}].epsilon", self.epsilon)
         if self.planned_rounds is not None and self.planned_rounds < 1:
             raise ConfigError(f"privacy.site[{self.site}].planned_rounds must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
 class PrivacyConfig:
-    """Record-level DP of the training-tier sites (add/remove-one adjacency).
+    """Record-level DP of the training-tier sites (replace-one adjacency, public site sizes).
 
     ``epsilon``/``delta``: each site's own budget; a site uses delta_k =
-    min(delta, 1 / (10 n_k)) so delta is always well below 1/n_k.
-    DP-SGD runs exactly ``steps_per_round`` Poisson-sampled steps per round
-    (q_k = min(1, expected_batch_size / n_k), clipping bound ``max_grad_norm``).
+    min(delta, 1 / (10 n_k)) so delta is always well below 1/n_k; epsilon is at
+    most ``MAX_EPSILON`` (100). DP-SGD runs exactly ``steps_per_round``
+    Poisson-sampled steps per round (q_k = min(1, expected_batch_size / n_k),
+    clipping bound ``max_grad_norm``).
     With ``omega_release = "gaussian"`` the score releases are calibrated so
     that, on their own, they would cost ``omega_epsilon_share`` of the budget;
     DP-SGD's noise multiplier is then calibrated for the remainder by
@@ -83,7 +99,10 @@ class PrivacyConfig:
     site: tuple[SiteBudgetOverride, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_positive("privacy.epsilon", self.epsilon)
+        if self.enabled:
+            _check_budget("privacy.epsilon", self.epsilon)
+        else:
+            _check_positive("privacy.epsilon", self.epsilon)
         if not (math.isfinite(self.delta) and 0 < self.delta < 1):
             raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta!r}")
         _check_positive("privacy.max_grad_norm", self.max_grad_norm)

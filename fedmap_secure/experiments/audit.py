@@ -69,7 +69,8 @@ from fedmap_secure.data.preprocess import RawSite, Scaling
 from fedmap_secure.data.schema import FeatureSchema
 from fedmap_secure.errors import ConfigError, DataError
 from fedmap_secure.fedmap.models import build_model
-from fedmap_secure.privacy.accountants import calibrate_noise_multiplier, default_accountant
+from fedmap_secure.privacy.accountants import DpAccountingPldAccountant, calibrate_noise_multiplier
+from fedmap_secure.privacy.adjacency import Adjacency
 from fedmap_secure.privacy.audit import (
     AuditMethod,
     AuditResult,
@@ -161,8 +162,12 @@ class AuditReport:
 def claimed_epsilon(
     *, noise_multiplier: float, sample_rate: float, steps: int, delta: float
 ) -> float:
-    """What the site's default (tightest) accountant says a DP-SGD plan costs.
+    """What the tightest accountant (PLD) says a DP-SGD plan costs in the audit's game.
 
+    The canary game is add/remove-one (a canary is in the training set or
+    not), so the claim it is compared with is the add/remove-one epsilon of
+    the same mechanism (which DP-SGD with Poisson sampling satisfies; the
+    ledgers state the larger replace-one figure, ``privacy/adjacency.py``).
     The caller passes the noise the *accountant was told*; the audit then
     checks the trainer against it. Noise 0 has no finite claim: inf.
     """
@@ -171,7 +176,8 @@ def claimed_epsilon(
     event = SubsampledGaussianEvent(
         noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps
     )
-    return default_accountant([event]).epsilon([event], delta)
+    accountant = DpAccountingPldAccountant(adjacency=Adjacency.ADD_REMOVE_ONE)
+    return accountant.epsilon([event], delta)
 
 
 def run_audit(
@@ -438,11 +444,12 @@ def run_pipeline_audit(
     n = len(site.y_train)
     q = min(1.0, privacy.expected_batch_size / n)
     steps = privacy.steps_per_round
-    sigma = calibrate_noise_multiplier(
+    sigma = calibrate_noise_multiplier(  # in the canary game's (add/remove-one) adjacency
         Budget(epsilon=config.epsilon, delta=config.delta),
         sample_rate=q,
         steps_per_round=steps,
         rounds=1,
+        accountant=DpAccountingPldAccountant(adjacency=Adjacency.ADD_REMOVE_ONE),
     )
     claim = claimed_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=config.delta)
     canary = outlier_canary(schema)

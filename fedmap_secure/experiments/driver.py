@@ -108,6 +108,8 @@ def _print_privacy(console: Console, privacy: Mapping[str, Any]) -> None:
             f"({dp['unit']})"
         )
         console.print(f"DP budget: {dp.get('budget_scope', 'per run')}")
+        if not dp.get("dp_guarantee", True):
+            console.print(f"[bold red]DP: {dp['guarantee']}")
         if declined:
             console.print(f"[yellow]declined rounds (budget): {declined}")
     else:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedmap_secure.aggregation import Aggregator, PlainSum, VectorLayout
 from fedmap_secure.client_dp.rounds import ClientLevelRounds
+from fedmap_secure.client_dp.site_guard import in_memory_guards
 from fedmap_secure.config.schema import Method, SimulationConfig
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.data.types import FederatedDataset, Tier
@@ -38,7 +40,7 @@ from fedmap_secure.runtime.privacy import (
 from fedmap_secure.runtime.results import ProgressFn, SimulationResult, TrainerFactory
 from fedmap_secure.runtime.site import SiteRuntime, SiteSetup
 from fedmap_secure.secagg.config import SecAggConfig
-from fedmap_secure.secagg.inprocess import SecureAggregator
+from fedmap_secure.secagg.inprocess import SecureAggregator, SiteEncodeGuard
 from fedmap_secure.secagg.quantize import Quantizer
 from fedmap_secure.secagg.round_encoder import RoundEncoderFactory
 from fedmap_secure.transcript.aggregator import RecordingSecureAggregator
@@ -118,6 +120,7 @@ def build_aggregator(
     out_dir: Path | None = None,
     *,
     encoders: RoundEncoderFactory | None = None,
+    noise_guards: Mapping[str, SiteEncodeGuard] | None = None,
 ) -> Aggregator:
     """``SecureAggregator`` over the training-tier sites per ``[secagg]``, or ``PlainSum``.
 
@@ -134,13 +137,16 @@ def build_aggregator(
     sites = [d.name for d in dataset.by_tier(Tier.TRAIN)]
     identities = {site: IdentityKey.generate(os.urandom) for site in sites}
     if out_dir is None:
-        return SecureAggregator(identities=identities, config=secagg, encoders=encoders)
+        return SecureAggregator(
+            identities=identities, config=secagg, encoders=encoders, noise_guards=noise_guards
+        )
     aggregator = RecordingSecureAggregator(
         identities=identities,
         config=secagg,
         chain=fresh_chain(out_dir),
         site_sink=SiteRecordWriter(out_dir),
         encoders=encoders,
+        noise_guards=noise_guards,
     )
     write_roster(out_dir / "roster.json", aggregator.roster)
     return aggregator
@@ -308,7 +314,16 @@ def run_private_simulation(
     sites: list[SiteRuntime] = []
     try:
         encoders = client.encoder if client is not None else None
-        agg = aggregator or build_aggregator(config, dataset, out_dir, encoders=encoders)
+        guards = None
+        if client is not None:  # each site's own record of the noisy vectors it sends
+            guards = in_memory_guards(
+                [d.name for d in dataset.by_tier(Tier.TRAIN)],
+                epsilon=config.client_dp.epsilon,
+                delta=config.client_dp.delta,
+            )
+        agg = aggregator or build_aggregator(
+            config, dataset, out_dir, encoders=encoders, noise_guards=guards
+        )
         sites = simulated_sites(
             config, dataset, state_dirs, trainer_factory=trainer_factory, after_charge=after_charge
         )

@@ -233,7 +233,12 @@ def site_table(
     table.caption = (
         "P = personalised model, G = global model; BA = balanced accuracy (mean recall over "
         "classes; chance = 1/classes), acc = accuracy; AUC '-' = one class in the test data"
-        + ("; eps = epsilon spent (site ledger).\n" if epsilon_spent is not None else ".\n")
+        + (
+            "; eps = epsilon spent (site ledger, PLD, replace-one adjacency; the RDP "
+            "cross-check in summary.json is a looser bound and may exceed the budget).\n"
+            if epsilon_spent is not None
+            else ".\n"
+        )
         + "Metrics are each site's own view (they are not released).\n"
         f"personalised: mean BA {_fmt(h['mean_personalised_balanced_accuracy'])} "
         f"(worst site {_fmt(h['worst_site_personalised_balanced_accuracy'])}), "

@@ -1,10 +1,17 @@
 """The one interface every privacy accountant adapter implements.
 
 An accountant turns a list of events into the smallest epsilon it can prove for
-a given delta under record-level add/remove-one DP. Each adapter **checks then
-composes**: it first verifies it supports every leaf event and raises
-``UnsupportedMechanismError`` naming the first one it cannot handle, before any
-computation. ``epsilon([])`` is 0.
+a given delta under record-level DP with its ``adjacency`` (``adjacency.py``:
+replace-one for every ledger; add/remove-one only for reproducing published
+numbers). Each adapter **checks then composes**: it first verifies it supports
+every leaf event and raises ``UnsupportedMechanismError`` naming the first one
+it cannot handle, before any computation. ``epsilon([])`` is 0.
+
+Incremental composition: ``state(events)`` composes a history once into an
+``AccountantState``; ``state.compose(new)`` returns a *new* state with the new
+events composed on (the old one is unchanged, so a ledger can compose onto a
+copy, check the budget, and only then keep it). ``state.epsilon(delta)`` must
+equal ``epsilon(all events, delta)`` up to the accountant's discretisation.
 
 Sans-I/O.
 """
@@ -14,9 +21,11 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fedmap_secure.errors import ConfigError, PrivacyError, UnsupportedMechanismError
+from fedmap_secure.privacy.adjacency import Adjacency
 from fedmap_secure.privacy.events import (
     Event,
     NonPrivateRelease,
@@ -36,12 +45,33 @@ class AccountantName(enum.StrEnum):
     DP_ACCOUNTING_PLD = "dp-accounting-pld"
 
 
+class AccountantState(Protocol):
+    """A composed history that new events can be composed onto (see module docstring)."""
+
+    def compose(self, events: Sequence[Event]) -> AccountantState:
+        """A new state: this one plus ``events`` (this state is left unchanged)."""
+        ...
+
+    def epsilon(self, delta: float) -> float:
+        """Epsilon of everything composed so far, at ``delta``."""
+        ...
+
+
 class Accountant(Protocol):
     """Composes events into an (epsilon, delta) guarantee."""
 
     @property
     def name(self) -> str:
         """The ``AccountantName`` value of this adapter."""
+        ...
+
+    @property
+    def adjacency(self) -> Adjacency:
+        """The record-level neighbouring relation this adapter's epsilons are stated under."""
+        ...
+
+    def state(self, events: Sequence[Event]) -> AccountantState:
+        """``events`` composed once, ready for incremental ``compose``."""
         ...
 
     def supports(self, event: Event) -> bool:
@@ -91,3 +121,28 @@ def checked_epsilon(value: float, accountant_name: str) -> float:
     if math.isnan(result):
         raise PrivacyError(f"accountant {accountant_name} returned NaN for epsilon")
     return max(result, 0.0)
+
+
+@dataclass(frozen=True)
+class RecomposingState:
+    """The generic ``AccountantState``: keeps the events, recomposes them all on ``epsilon``.
+
+    For adapters without a cheaper incremental form; exact by construction.
+    """
+
+    accountant: Accountant
+    events: tuple[Event, ...]
+
+    def compose(self, events: Sequence[Event]) -> RecomposingState:
+        return RecomposingState(self.accountant, (*self.events, *check_events(events)))
+
+    def epsilon(self, delta: float) -> float:
+        return self.accountant.epsilon(self.events, delta)
+
+
+def has_record_level_leaves(events: Sequence[Event]) -> bool:
+    """True when some leaf is a record-level DP event (the replace-one conversion applies)."""
+    return any(
+        not isinstance(leaf, NonPrivateRelease) and event_unit(leaf) is PrivacyUnit.RECORD
+        for leaf in flatten(list(events))
+    )

@@ -1,7 +1,8 @@
 """A site's privacy budget: the (epsilon, delta) it may spend over its lifetime.
 
 The guarantee a site states is record-level (epsilon, delta)-DP under
-add/remove-one adjacency for the composition of *every* release in its ledger.
+replace-one adjacency (site sizes are public, ``adjacency.py``) for the
+composition of *every* release in its ledger.
 delta should be well below 1/n for n records (a common choice is 1/n^1.1 or
 1e-5 for a few thousand records); this module cannot know n, so it only
 enforces 0 < delta < 1.

@@ -4,12 +4,13 @@ Sequential composition is commutative, so the privacy loss of a list of events
 depends only on how many times each distinct mechanism appears. Grouping
 identical mechanisms and self-composing them with their total count lets the
 PLD/PRV accountants use one FFT self-convolution per distinct mechanism instead
-of one convolution per round (same value, far faster). Two exact identities
-are used:
+of one convolution per round (same value, far faster). Parameters are grouped
+by exact float equality; nothing is rounded.
 
-- a Poisson-subsampled Gaussian with sample rate 1 is the plain Gaussian
-  mechanism (every record is always included);
-- parameters are grouped by exact float equality; nothing is rounded.
+A DP-SGD step with sample rate 1 is *not* merged with ``GaussianEvent``: under
+replace-one adjacency (``adjacency.py``) a replaced record moves the clipped
+gradient sum by up to 2C (C to -C), while a ``GaussianEvent``'s sensitivity S is
+already the largest change between neighbours. The accountants handle rate 1.
 
 Sans-I/O.
 """
@@ -35,7 +36,7 @@ from fedmap_secure.privacy.events import (
 class MechanismMix:
     """Distinct mechanisms with their total repetition counts, sorted for determinism.
 
-    ``subsampled``: (noise_multiplier, sample_rate, steps) with sample_rate < 1.
+    ``subsampled``: (noise_multiplier, sample_rate, steps), sample_rate in (0, 1].
     ``gaussian``: (noise_multiplier, count).
     ``zcdp``: (rho, xi, count) of the client-level distributed mechanisms.
     ``non_private``: descriptions of the non-DP releases (not composable).
@@ -59,10 +60,7 @@ def mechanism_mix(events: Sequence[Event]) -> MechanismMix:
     non_private: list[str] = []
     for leaf in flatten(list(events)):
         if isinstance(leaf, SubsampledGaussianEvent):
-            if leaf.sample_rate == 1.0:
-                gaussian[leaf.noise_multiplier] += leaf.steps
-            else:
-                subsampled[(leaf.noise_multiplier, leaf.sample_rate)] += leaf.steps
+            subsampled[(leaf.noise_multiplier, leaf.sample_rate)] += leaf.steps
         elif isinstance(leaf, GaussianEvent):
             gaussian[leaf.noise_multiplier] += leaf.count
         elif isinstance(leaf, DistributedDiscreteGaussianEvent | DistributedSkellamEvent):

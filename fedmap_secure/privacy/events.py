@@ -2,15 +2,16 @@
 
 Every quantity a site releases that depends on its records is described, before
 it leaves the site, by one of these events. The privacy model throughout is
-**record-level (example-level) differential privacy under add/remove-one
-adjacency**: two datasets are neighbours when one is the other plus or minus a
-single patient record. All sensitivities below are L2 sensitivities under that
-relation.
+**record-level (example-level) differential privacy under replace-one
+adjacency** (``adjacency.py``): two datasets are neighbours when they have the
+same size and differ in one patient record; each site's size n_k is public.
+All sensitivities below are L2 sensitivities under that relation.
 
 - ``SubsampledGaussianEvent``: ``steps`` iterations of DP-SGD. Each step
   includes every record independently with probability ``sample_rate``
   (Poisson subsampling), clips each per-record gradient to L2 norm C and adds
-  N(0, (noise_multiplier * C)^2) to the sum (Abadi et al. 2016; Mironov,
+  N(0, (noise_multiplier * C)^2) to the sum (a replaced record moves the sum
+  by up to 2C; the accountants model the replace-one pair of mixtures) (Abadi et al. 2016; Mironov,
   Talwar and Zhang 2019 for its RDP).
 - ``GaussianEvent``: ``count`` releases of a statistic with L2 sensitivity S
   plus N(0, (noise_multiplier * S)^2), without subsampling (Dwork and Roth
@@ -53,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedmap_secure.errors import InvalidMechanismError
+from fedmap_secure.privacy.adjacency import RECORD_UNIT
 
 JsonDict = dict[str, Any]
 
@@ -93,7 +95,8 @@ class SubsampledGaussianEvent:
     """``steps`` DP-SGD steps: Poisson sampling rate q, Gaussian noise sigma * C.
 
     Requires noise_multiplier > 0 (finite), 0 < sample_rate <= 1, steps >= 1.
-    With sample_rate == 1 it is ``steps`` plain Gaussian mechanisms.
+    With sample_rate == 1 every record is in every step (the replace-one
+    sensitivity of the sum is then 2C; accountants handle it).
     """
 
     TAG = "subsampled_gaussian"
@@ -401,7 +404,7 @@ EVENT_TYPES = (
 class PrivacyUnit(enum.Enum):
     """What one ledger's guarantee protects."""
 
-    RECORD = "record-level, add/remove-one record adjacency"
+    RECORD = RECORD_UNIT
     CLIENT = "client-level, one site's whole contribution replaced by zero (zero-out adjacency)"
 
 

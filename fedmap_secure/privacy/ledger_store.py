@@ -49,10 +49,13 @@ from fedmap_secure.privacy.ledger import (
     events_from_json_text,
     events_to_json_text,
 )
+from fedmap_secure.privacy.noise_source import NoiseSource
 from fedmap_secure.privacy.report import LedgerReport, build_report
 
 LEDGER_FILENAME = "privacy_ledger.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: settings carry ``adjacency`` (replace-one) and ``noise_source``. Version 1 ledgers
+(add/remove-one, noise source unrecorded) are refused, never reinterpreted."""
 
 _SCHEMA = (
     "CREATE TABLE schema_version (version INTEGER NOT NULL)",
@@ -116,7 +119,12 @@ class SqliteLedgerStore:
         if is_new and not create:
             raise ConfigError(f"no privacy ledger at {self._path}")
         with self._errors():
-            self._conn = sqlite3.connect(self._path, isolation_level=None, timeout=30.0)
+            # check_same_thread=False: a site may open its ledger in one thread and charge
+            # it from the thread that runs a round (e.g. a gRPC site); calls are sequential
+            # (PrivacyLedger is not for concurrent use), and processes serialise in SQLite.
+            self._conn = sqlite3.connect(
+                self._path, isolation_level=None, timeout=30.0, check_same_thread=False
+            )
             self._journal_mode = str(self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
             self._conn.execute("PRAGMA synchronous=FULL")
             self._ensure_schema()
@@ -175,6 +183,13 @@ class SqliteLedgerStore:
             if "schema_version" not in tables:
                 raise LedgerIntegrityError(f"{self._path} is not a privacy ledger (no schema)")
             versions = [row[0] for row in conn.execute("SELECT version FROM schema_version")]
+            if versions == [1]:
+                raise LedgerIntegrityError(
+                    f"{self._path}: a version-1 ledger (add/remove-one adjacency, noise source "
+                    "not recorded) cannot be continued: this release states replace-one "
+                    "adjacency and records whether the noise was seeded; keep the old release "
+                    "to read it, and start a new site state directory"
+                )
             if versions != [SCHEMA_VERSION]:
                 raise LedgerIntegrityError(
                     f"{self._path}: unsupported ledger schema version {versions!r} "
@@ -305,13 +320,17 @@ def open_site_ledger(
     accountant: Accountant,
     cross_check: Accountant | None = None,
     now: Callable[[], str] = iso_utc_now,
+    noise_source: NoiseSource = NoiseSource.OS_CSPRNG,
 ) -> PrivacyLedger:
-    """Open (creating if needed) a site's ledger, bound to ``budget`` and ``accountant``."""
+    """Open (creating if needed) a site's ledger, bound to ``budget``, ``accountant`` and
+    ``noise_source``."""
     directory = Path(site_state_dir)
     directory.mkdir(parents=True, exist_ok=True)
     store = SqliteLedgerStore(ledger_path(directory), now=now)
     try:
-        return PrivacyLedger(store, budget, accountant, cross_check=cross_check)
+        return PrivacyLedger(
+            store, budget, accountant, cross_check=cross_check, noise_source=noise_source
+        )
     except BaseException:
         store.close()
         raise
@@ -328,7 +347,11 @@ def open_existing_ledger(
             raise LedgerIntegrityError(f"{store.path}: ledger was never initialised")
         cross = cross_check_accountant() if with_cross_check else None
         return PrivacyLedger(
-            store, settings.budget(), create_accountant(settings.accountant), cross_check=cross
+            store,
+            settings.budget(),
+            create_accountant(settings.accountant),
+            cross_check=cross,
+            noise_source=NoiseSource(settings.noise_source),
         )
     except BaseException:
         store.close()

@@ -4,10 +4,15 @@ Importing ``opacus`` imports torch, so both adapters import it lazily inside
 their methods: ``fedmap_secure.privacy`` itself stays torch-free and the
 default accountant (dp-accounting PLD) never loads it.
 
-Maths and assumptions (both adapters): record-level DP under add/remove-one
-adjacency; a ``SubsampledGaussianEvent`` is the Sampled Gaussian Mechanism with
-Poisson sampling (Mironov, Talwar and Zhang 2019); a ``GaussianEvent`` is the
-same mechanism with sampling rate 1.
+Maths and assumptions (both adapters): Opacus analyses record-level DP under
+add/remove-one adjacency only; a ``SubsampledGaussianEvent`` is the Sampled
+Gaussian Mechanism with Poisson sampling (Mironov, Talwar and Zhang 2019); a
+``GaussianEvent`` is the same mechanism with sampling rate 1. Under the
+project's replace-one adjacency (``adjacency.py``, the default) the value is
+the group-privacy conversion of the add/remove-one value
+(``replace_one_from_add_remove``: (eps, d) -> (2 eps, (1 + e^eps) d)), a valid
+but conservative bound; ``adjacency=ADD_REMOVE_ONE`` gives Opacus' own figure
+(used to reproduce published numbers).
 
 - ``OpacusRdpAccountant``: per-order RDP from
   ``opacus.accountants.analysis.rdp.compute_rdp`` (exact for integer orders,
@@ -32,12 +37,18 @@ import numpy.typing as npt
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.privacy.accountant_base import (
     AccountantName,
+    RecomposingState,
     check_supported,
     checked_epsilon,
     supports_dp_leaves,
 )
+from fedmap_secure.privacy.adjacency import (
+    RECORD_ADJACENCY,
+    Adjacency,
+    replace_one_from_add_remove,
+)
 from fedmap_secure.privacy.composition import mechanism_mix
-from fedmap_secure.privacy.events import Event
+from fedmap_secure.privacy.events import Event, check_events
 from fedmap_secure.privacy.rdp_conversion import RdpConversion, rdp_to_epsilon
 
 OPACUS_DEFAULT_ORDERS: tuple[float, ...] = tuple(
@@ -54,15 +65,24 @@ class OpacusRdpAccountant:
         *,
         orders: Sequence[float] = OPACUS_DEFAULT_ORDERS,
         conversion: RdpConversion = RdpConversion.BALLE_2020,
+        adjacency: Adjacency = RECORD_ADJACENCY,
     ) -> None:
         self._orders = tuple(float(a) for a in orders)
         if not self._orders or min(self._orders) <= 1:
             raise ConfigError("RDP orders must be a non-empty sequence of values > 1")
         self._conversion = RdpConversion(conversion)
+        self._adjacency = Adjacency(adjacency)
 
     @property
     def name(self) -> str:
         return AccountantName.OPACUS_RDP.value
+
+    @property
+    def adjacency(self) -> Adjacency:
+        return self._adjacency
+
+    def state(self, events: Sequence[Event]) -> RecomposingState:
+        return RecomposingState(self, check_events(events))
 
     def supports(self, event: Event) -> bool:
         return supports_dp_leaves(event)
@@ -88,8 +108,15 @@ class OpacusRdpAccountant:
         check_supported(self, events, delta)
         if not events:
             return 0.0
-        eps, _ = rdp_to_epsilon(self._orders, self.rdp_curve(events), delta, self._conversion)
-        return checked_epsilon(eps, self.name)
+        curve = self.rdp_curve(events)
+
+        def add_remove(d: float) -> float:
+            eps, _ = rdp_to_epsilon(self._orders, curve, d, self._conversion)
+            return checked_epsilon(eps, self.name)
+
+        if self._adjacency is Adjacency.REPLACE_ONE:
+            return replace_one_from_add_remove(add_remove, delta)
+        return add_remove(delta)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -97,21 +124,45 @@ class OpacusRdpAccountant:
             "method": "RDP of the Poisson-sampled Gaussian (opacus.accountants.analysis.rdp)",
             "conversion": self._conversion.value,
             "orders": [min(self._orders), max(self._orders), len(self._orders)],
+            **_adjacency_fields(self._adjacency),
         }
+
+
+def _adjacency_fields(adjacency: Adjacency) -> dict[str, str]:
+    if adjacency is Adjacency.REPLACE_ONE:
+        return {
+            "adjacency": adjacency.value,
+            "adjacency_conversion": "group privacy from add-or-remove-one (2 eps)",
+        }
+    return {"adjacency": adjacency.value}
 
 
 class OpacusPrvAccountant:
     """PRV accounting (Gopi et al. 2021) via Opacus; returns the upper error bound."""
 
-    def __init__(self, *, eps_error: float = 0.01, delta_error_fraction: float = 1e-3) -> None:
+    def __init__(
+        self,
+        *,
+        eps_error: float = 0.01,
+        delta_error_fraction: float = 1e-3,
+        adjacency: Adjacency = RECORD_ADJACENCY,
+    ) -> None:
         if not 0 < eps_error < 1 or not 0 < delta_error_fraction < 1:
             raise ConfigError("eps_error and delta_error_fraction must be in (0, 1)")
         self._eps_error = eps_error
         self._delta_error_fraction = delta_error_fraction
+        self._adjacency = Adjacency(adjacency)
 
     @property
     def name(self) -> str:
         return AccountantName.OPACUS_PRV.value
+
+    @property
+    def adjacency(self) -> Adjacency:
+        return self._adjacency
+
+    def state(self, events: Sequence[Event]) -> RecomposingState:
+        return RecomposingState(self, check_events(events))
 
     def supports(self, event: Event) -> bool:
         return supports_dp_leaves(event)
@@ -128,15 +179,19 @@ class OpacusPrvAccountant:
         for sigma, rate, steps in runs:
             for _ in range(steps):
                 accountant.step(noise_multiplier=sigma, sample_rate=rate)
-        with warnings.catch_warnings():
-            # Sample rate 1 makes Opacus evaluate log(1 - q) = -inf on purpose; harmless.
-            warnings.simplefilter("ignore", RuntimeWarning)
-            eps = accountant.get_epsilon(
-                delta,
-                eps_error=self._eps_error,
-                delta_error=delta * self._delta_error_fraction,
-            )
-        return checked_epsilon(eps, self.name)
+
+        def add_remove(d: float) -> float:
+            with warnings.catch_warnings():
+                # Sample rate 1 makes Opacus evaluate log(1 - q) = -inf on purpose; harmless.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                eps = accountant.get_epsilon(
+                    d, eps_error=self._eps_error, delta_error=d * self._delta_error_fraction
+                )
+            return checked_epsilon(eps, self.name)
+
+        if self._adjacency is Adjacency.REPLACE_ONE:
+            return replace_one_from_add_remove(add_remove, delta)
+        return add_remove(delta)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -145,4 +200,5 @@ class OpacusPrvAccountant:
             "eps_error": self._eps_error,
             "delta_error": f"{self._delta_error_fraction:g} * delta",
             "bound": "upper",
+            **_adjacency_fields(self._adjacency),
         }

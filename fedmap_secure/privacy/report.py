@@ -4,7 +4,15 @@ Per charge: round, mechanisms with their parameters, cumulative epsilon at the
 site's delta (recomputed from the stored events by the ledger's accountant),
 and remaining budget; plus totals, the accountant's settings, an RDP
 cross-check, and an explicit statement of what the guarantee covers. Flagged
-non-DP releases are listed and the guarantee text says they are excluded.
+non-DP releases are listed and the guarantee text says they are excluded. A
+ledger whose noise was seeded (``--reproducible-noise``) states "no DP
+guarantee" (``noise_source.py``): the epsilons are then only what the same
+mechanisms would cost with secret noise.
+
+The RDP cross-check (opacus-rdp) reaches replace-one adjacency through the
+group-privacy conversion (``adjacency.py``), so it is a looser upper bound
+than the PLD figure and may exceed the budget the PLD accountant enforced;
+``CROSS_CHECK_NOTE`` says so beside it.
 
 Sans-I/O: builds data and a ``rich.table.Table``; printing is the caller's job
 (``fedmap-secure ledger show --site-state DIR [--json]``).
@@ -20,8 +28,15 @@ from rich.table import Table
 
 from fedmap_secure.privacy.events import NonPrivateRelease, PrivacyUnit, flatten
 from fedmap_secure.privacy.ledger import LedgerEntry, PrivacyLedger
+from fedmap_secure.privacy.noise_source import NO_DP_GUARANTEE, NoiseSource
 
-REPORT_SCHEMA = "fedmap-secure/privacy-ledger-report/v1"
+REPORT_SCHEMA = "fedmap-secure/privacy-ledger-report/v2"
+
+CROSS_CHECK_NOTE = (
+    "independent RDP upper bound; Opacus analyses add/remove-one only, so its replace-one "
+    "value is the group-privacy conversion (about twice the epsilon): looser than the PLD "
+    "figure the budget is enforced with, and it may exceed the budget without any overspend"
+)
 
 
 def _number(value: float) -> float | str:
@@ -52,6 +67,7 @@ class LedgerReport:
     entries: tuple[LedgerEntry, ...]
     non_dp_releases: tuple[str, ...]
     unit: PrivacyUnit = PrivacyUnit.RECORD
+    noise_source: NoiseSource = NoiseSource.OS_CSPRNG
 
     @property
     def remaining(self) -> float:
@@ -59,6 +75,11 @@ class LedgerReport:
 
     @property
     def guarantee(self) -> str:
+        if not self.noise_source.secret:
+            return (
+                f"{NO_DP_GUARANTEE}; the mechanisms recorded would cost "
+                f"({_up(self.epsilon_spent)}, {self.delta:g}) with secret noise"
+            )
         if self.unit is PrivacyUnit.CLIENT:
             base = (
                 f"CLIENT-LEVEL ({_up(self.epsilon_spent)}, {self.delta:g})-DP of the securely "
@@ -67,8 +88,8 @@ class LedgerReport:
             )
         else:
             base = (
-                f"record-level ({_up(self.epsilon_spent)}, {self.delta:g})-DP under "
-                "add/remove-one adjacency for the composition of all recorded releases"
+                f"({_up(self.epsilon_spent)}, {self.delta:g})-DP, {PrivacyUnit.RECORD.value}, "
+                "for the composition of all recorded releases"
             )
         if self.non_dp_releases:
             return base + (
@@ -91,6 +112,9 @@ class LedgerReport:
             "cross_check": self.cross_check,
             "non_dp_releases": list(self.non_dp_releases),
             "unit": self.unit.name.lower(),
+            "adjacency": self.unit.value,
+            "noise_source": self.noise_source.value,
+            "dp_guarantee": self.noise_source.secret,
             "guarantee": self.guarantee,
             "entries": [_entry_json(entry) for entry in self.entries],
         }
@@ -129,7 +153,7 @@ class LedgerReport:
         if self.cross_check is not None:
             lines.append(
                 f"cross-check {self.cross_check['accountant'].get('name')}: "
-                f"epsilon {_up(float(self.cross_check['epsilon']))}"
+                f"epsilon {_up(float(self.cross_check['epsilon']))} ({CROSS_CHECK_NOTE})"
             )
         if self.non_dp_releases:
             lines.append(f"FLAGGED: {len(self.non_dp_releases)} non-DP release(s)")
@@ -169,7 +193,9 @@ def accountant_description(described: dict[str, Any], unit: PrivacyUnit) -> dict
 def build_report(ledger: PrivacyLedger) -> LedgerReport:
     """Recompute the whole ledger (history, total, cross-check) into a report."""
     entries = tuple(ledger.history())
-    spent = entries[-1].epsilon_cumulative if entries else 0.0
+    # the total is recomposed from every stored event (``spent``); the per-charge cumulative
+    # figures are composed incrementally and agree with it to the discretisation
+    spent = ledger.spent() if entries else 0.0
     cross = ledger.cross_check_epsilon()
     non_dp = tuple(
         leaf.description
@@ -186,8 +212,13 @@ def build_report(ledger: PrivacyLedger) -> LedgerReport:
         epsilon_spent=spent,
         cross_check=None
         if cross is None or ledger.cross_check is None
-        else {"accountant": ledger.cross_check.describe(), "epsilon": _number(cross)},
+        else {
+            "accountant": ledger.cross_check.describe(),
+            "epsilon": _number(cross),
+            "note": CROSS_CHECK_NOTE,
+        },
         entries=entries,
         non_dp_releases=non_dp,
         unit=ledger.unit,
+        noise_source=ledger.noise_source,
     )

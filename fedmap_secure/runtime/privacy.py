@@ -45,12 +45,15 @@ from fedmap_secure.config.schema import ScoreConfig
 from fedmap_secure.data.types import SiteData
 from fedmap_secure.errors import BudgetExceededError, PrivacyError
 from fedmap_secure.fedmap.contribution import MeanLoglikRelease
+from fedmap_secure.privacy import plan_checks
 from fedmap_secure.privacy.accountants import (
+    MIN_NOISE_MULTIPLIER,
     calibrate_gaussian,
     calibrate_noise_multiplier,
     create_accountant,
     cross_check_accountant,
 )
+from fedmap_secure.privacy.adjacency import RECORD_UNIT, SITE_SIZES
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.events import (
     Event,
@@ -60,6 +63,8 @@ from fedmap_secure.privacy.events import (
 )
 from fedmap_secure.privacy.ledger import ChargeReceipt, PrivacyLedger
 from fedmap_secure.privacy.ledger_store import SqliteLedgerStore, ledger_path, open_site_ledger
+from fedmap_secure.privacy.noise_source import NO_DP_GUARANTEE, NoiseSource
+from fedmap_secure.privacy.report import CROSS_CHECK_NOTE
 from fedmap_secure.training.dp_randomness import NoiseSourceKind
 
 log = logging.getLogger(__name__)
@@ -175,6 +180,7 @@ class SitePrivacyPlan:
     max_grad_norm: float
     omega_release: OmegaRelease
     omega_noise_multiplier: float | None
+    warnings: tuple[str, ...] = ()
 
     def round_events(self) -> tuple[Event, ...]:
         """The mechanisms of one round: DP-SGD steps, then (gaussian mode) one score release."""
@@ -199,6 +205,8 @@ class SitePrivacyPlan:
             "steps_per_round": self.steps_per_round,
             "clipping_bound": self.max_grad_norm,
             "omega_noise_multiplier": self.omega_noise_multiplier,
+            "n_train": self.n_train,
+            "warnings": list(self.warnings),
         }
 
 
@@ -237,7 +245,18 @@ def plan_site_privacy(
             f"plan of {planned} round(s) x {privacy.steps_per_round} DP-SGD steps ({exc}); "
             "the run is refused before any release"
         ) from None
-    return dataclasses.replace(plan, site=site.name)
+    notes = (
+        plan_checks.delta_note(site.name, privacy.delta, plan.budget.delta, site.n_train),
+        plan_checks.noise_note(
+            site.name, epsilon, plan.noise_multiplier, privacy.expected_batch_size
+        ),
+        plan_checks.floor_note(site.name, epsilon, plan.noise_multiplier, MIN_NOISE_MULTIPLIER),
+        plan_checks.single_class_note(site.name, len(set(site.y_train.tolist()))),
+    )
+    warnings = tuple(note for note in notes if note is not None)
+    for note in warnings:
+        log.warning("%s", note)
+    return dataclasses.replace(plan, site=site.name, warnings=warnings)
 
 
 def _calibration_inputs(privacy: PrivacyConfig) -> PrivacyConfig:
@@ -268,7 +287,9 @@ def _calibrated_plan(
     if privacy.omega_release is OmegaRelease.GAUSSIAN:
         # `planned` Gaussian releases at multiplier s compose to one at s / sqrt(planned).
         single = calibrate_gaussian(run_epsilon * privacy.omega_epsilon_share, budget.delta)
-        omega_sigma = single * math.sqrt(planned)
+        # never below the floor: a near-noiseless release (a huge budget) would make every
+        # later PLD composition unbounded in memory; more noise is always safe
+        omega_sigma = max(single * math.sqrt(planned), MIN_NOISE_MULTIPLIER)
         omega = (GaussianEvent(noise_multiplier=omega_sigma, count=planned),)
 
     def calibrate(target: Budget, extra: tuple[Event, ...]) -> float:
@@ -392,6 +413,9 @@ class SitePrivacy:
             budget=budget,
             accountant=create_accountant(privacy.accountant),
             cross_check=cross_check_accountant(),
+            noise_source=(
+                NoiseSource.SEEDED if privacy.reproducible_noise else NoiseSource.OS_CSPRNG
+            ),
         )
         try:
             spent = stored_events(state_dir)
@@ -482,6 +506,7 @@ class SitePrivacy:
             **self.plan.describe(),
             "epsilon_spent": ledger.spent(),
             "cross_check_epsilon": ledger.cross_check_epsilon(),
+            "cross_check_note": CROSS_CHECK_NOTE,
             "declined_rounds": list(self.guard.declined_rounds),
         }
 
@@ -498,12 +523,18 @@ def describe_differential_privacy(
     reproducible = p.reproducible_noise
     kind = NoiseSourceKind.SEEDED_CHACHA20 if reproducible else NoiseSourceKind.OS_CSPRNG
     return {
-        "unit": "record-level, add/remove-one adjacency",
+        "unit": RECORD_UNIT,
+        "site_sizes": SITE_SIZES,
+        "guarantee": NO_DP_GUARANTEE
+        if reproducible
+        else "each site: (epsilon_spent, delta_k)-DP, " + RECORD_UNIT,
+        "dp_guarantee": not reproducible,
         "accountant": create_accountant(p.accountant).describe(),
         "cross_check_accountant": cross_check_accountant().describe(),
         "target_epsilon": p.epsilon,
         "delta": p.delta,
-        "delta_rule": "each site uses min(delta, 1/(10 n_train))",
+        "delta_rule": "each site uses min(delta, 1/(10 n_train)); 'warnings' per site "
+        "says when that is below the configured delta",
         "clipping_bound": p.max_grad_norm,
         "expected_batch_size": p.expected_batch_size,
         "steps_per_round": p.steps_per_round,
@@ -522,7 +553,26 @@ def describe_differential_privacy(
             else "DP noise from the OS CSPRNG: not reproducible, even with --seed"
         ),
         "metrics_released": False,
+        "outputs": OUTPUTS,
     }
+
+
+OUTPUTS = {
+    "site_local": [
+        "metrics.csv (per-site non-DP training losses and test metrics)",
+        "summary.json sites[*] metrics, per-site omega and this privacy section's per-site "
+        "warnings (one process plays every site in a simulation)",
+        "sites/<site>/ (the site's ledgers) and site-records/<site>/",
+    ],
+    "shareable": [
+        "the global model gamma and prior psi (post-processing of DP secure sums)",
+        "each site's own ledger report (fedmap-secure ledger show), if the site chooses",
+        "transcripts/ and roster.json (digests and public keys only)",
+    ],
+    "note": "a simulation writes every site's local outputs into one OUT; in a deployment "
+    "each stays at its site: the server and the other sites receive only secure sums",
+}
+"""Which per-run outputs stay at the site and which may be shared (summary.json ``outputs``)."""
 
 
 def stored_events(state_dir: Path) -> tuple[Event, ...]:

@@ -11,6 +11,11 @@ and its pairwise masks removed (dropout recovery runs every time a site
 declines). ``dropouts`` (tests) makes a site stop at a chosen ``DropPoint``.
 A site whose session fails or aborts is treated as having dropped at that point.
 The server aborting (fewer than t sites at some stage) raises ``AbortedError``.
+
+``noise_guards`` (client-level DP): each site's own guard
+(``client_dp.site_guard.SiteNoiseGuard``) charges the site's ledger before its
+noisy vector is encoded and refuses a second noisy encoding of a round index;
+a refused site sends nothing (a dropout), exactly as a gRPC site would.
 """
 
 from __future__ import annotations
@@ -20,18 +25,19 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import TypedDict
+from typing import Protocol, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 
 from fedmap_secure.aggregation import AggregateResult, FloatVector, VectorLayout
 from fedmap_secure.crypto.signing import IdentityKey
-from fedmap_secure.errors import AbortedError, ConfigError, RemoteProtocolError
+from fedmap_secure.errors import AbortedError, ConfigError, PrivacyError, RemoteProtocolError
 from fedmap_secure.secagg.client import ClientSession
 from fedmap_secure.secagg.config import DEFAULT_BITS, RingSpec, Roster, SecAggConfig
 from fedmap_secure.secagg.messages import ClientMessage, ServerMessage
 from fedmap_secure.secagg.round_encoder import (
+    RoundEncoder,
     RoundEncoderFactory,
     decode_result,
     fixed_point_encoders,
@@ -51,6 +57,25 @@ class SessionKwargs(TypedDict):
     round_index: int
     context: bytes
     ring: RingSpec | None
+
+
+class SiteEncodeGuard(Protocol):
+    """A site's own gate in front of its encoder (e.g. ``client_dp.site_guard``)."""
+
+    def check(self, round_index: int) -> None:
+        """Raise ``PrivacyError`` if the site must not take part in this round."""
+        ...
+
+    def encode(
+        self,
+        encoder: RoundEncoder,
+        round_index: int,
+        vector: FloatVector,
+        *,
+        random_bytes: Callable[[int], bytes],
+    ) -> npt.NDArray[np.uint64]:
+        """Record the release durably, then encode (or raise ``PrivacyError``)."""
+        ...
 
 
 class DropPoint(enum.Enum):
@@ -77,6 +102,7 @@ class SecureAggregator:
         random_bytes: Callable[[int], bytes] = os.urandom,
         dropouts: Mapping[str, DropPoint] | None = None,
         encoders: RoundEncoderFactory | None = None,
+        noise_guards: Mapping[str, SiteEncodeGuard] | None = None,
     ) -> None:
         self._identities = dict(identities)
         self._roster = Roster.from_mapping({s: k.public for s, k in identities.items()})
@@ -90,6 +116,7 @@ class SecureAggregator:
         self._dropouts = dict(dropouts or {})
         self._encoders = encoders or fixed_point_encoders(n_max=config.n, bits=config.bits)
         log.info("secure aggregation: %s", config.summary())
+        self._noise_guards = dict(noise_guards or {})
 
     @classmethod
     def simulated(
@@ -153,11 +180,27 @@ class SecureAggregator:
         if unknown:
             raise ConfigError(f"round {round_index}: inputs from sites not on the roster {unknown}")
         encoder = self._encoders(round_index, layout, context)
-        encoded = {
-            s: encoder.encode(vec, random_bytes=self._random_bytes) for s, vec in inputs.items()
-        }
+        encoded = {}
+        for site, vector in inputs.items():
+            value = self._encode(site, encoder, round_index, vector)
+            if value is not None:
+                encoded[site] = value
         output = self._play(round_index, layout, context, encoded, encoder.ring)
         return decode_result(encoder, layout, output.total, output.contributors, round_index)
+
+    def _encode(
+        self, site: str, encoder: RoundEncoder, round_index: int, vector: FloatVector
+    ) -> npt.NDArray[np.uint64] | None:
+        """One site's encoding, through its guard when it has one (None: it refused)."""
+        guard = self._noise_guards.get(site)
+        if guard is None:
+            return encoder.encode(vector, random_bytes=self._random_bytes)
+        try:
+            guard.check(round_index)
+            return guard.encode(encoder, round_index, vector, random_bytes=self._random_bytes)
+        except PrivacyError as exc:
+            log.warning("site %s sends nothing in round %d: %s", site, round_index, exc)
+            return None
 
     def _play(
         self,

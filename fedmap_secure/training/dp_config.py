@@ -1,8 +1,9 @@
 """Configuration and result types of DP-SGD local MAP training.
 
 The mechanism one call of ``DpSgdMapTrainer.train`` runs is the Poisson
-subsampled Gaussian mechanism composed ``steps`` times, under add/remove-one
-record adjacency (Opacus' accountants' setting): each step keeps every record
+subsampled Gaussian mechanism composed ``steps`` times; the ledger accounts it
+under replace-one record adjacency (``privacy/adjacency.py``: site sizes are
+public): each step keeps every record
 independently with probability ``sample_rate``, clips each kept record's
 gradient to L2 norm ``max_grad_norm`` (C), sums, and adds N(0, (sigma C)^2).
 ``PlannedMechanism`` is exactly what the site charges to its ledger as

@@ -19,13 +19,13 @@ record (the adjacency DP-SGD's accountants use) changes ``S`` by at most
 multiplier and the ledger charges ``GaussianEvent(noise_multiplier=sigma,
 count=1)`` (``gaussian_release_event_params``).
 
-Choice about N: the divisor ``N_pub`` is the site's *declared* size from the
-federation roster, treated as public, never the count of records read here.
-Dividing by a public constant is post-processing, so the guarantee holds
-under add/remove adjacency too (the released mean is then ``S~ / N_pub`` even
-if the true count differs by one). A site whose size must stay secret should
-not use this score: the data-independent weights (omega = 1, or a declared-n
-weight) are a configuration choice of the site code.
+Choice about N: the divisor ``N_pub`` is the site's size n_k, which the
+consortium declares public (``privacy/adjacency.py``): it also leaves the
+site in FedAvg/FedProx weights and in summary.json (q_k, delta_k). Every
+record-level guarantee is therefore stated under replace-one adjacency, where
+neighbouring datasets have the same n_k, and dividing by it is
+post-processing. The sensitivity under replace-one is ``B`` (above), so the
+charge is the same ``GaussianEvent``.
 
 Threat addressed: a server (or colluding sites) reading omega_k, directly or
 through the omega-weighted sums of secure aggregation, learning whether a

@@ -20,7 +20,7 @@ from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.secagg.client import ClientSession
 from fedmap_secure.secagg.config import RingSpec, SecAggConfig
-from fedmap_secure.secagg.inprocess import DropPoint, SecureAggregator
+from fedmap_secure.secagg.inprocess import DropPoint, SecureAggregator, SiteEncodeGuard
 from fedmap_secure.secagg.round_encoder import RoundEncoderFactory
 from fedmap_secure.secagg.server import RoundOutput, ServerSession
 from fedmap_secure.transcript.binding import bound_context, model_hash
@@ -41,6 +41,7 @@ class RecordingSecureAggregator(SecureAggregator):
         random_bytes: Callable[[int], bytes] = os.urandom,
         dropouts: Mapping[str, DropPoint] | None = None,
         encoders: RoundEncoderFactory | None = None,
+        noise_guards: Mapping[str, SiteEncodeGuard] | None = None,
     ) -> None:
         super().__init__(
             identities=identities,
@@ -48,6 +49,7 @@ class RecordingSecureAggregator(SecureAggregator):
             random_bytes=random_bytes,
             dropouts=dropouts,
             encoders=encoders,
+            noise_guards=noise_guards,
         )
         self.chain = chain
         self._site_sink = site_sink

@@ -171,7 +171,10 @@ def run_site(
         encoders=(
             None
             if deployment.client_dp is None
-            else deployment.client_dp.encoders(deployment.consortium.secagg)
+            else deployment.client_dp.encoders(
+                deployment.consortium.secagg,
+                deployment.client_dp.open_guard(deployment.state_dir, deployment.site_id),
+            )
         ),
         site_records=SiteRecordWriter(records),
         # the floor lives with the records it protects: a new records folder is a new run

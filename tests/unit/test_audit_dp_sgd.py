@@ -25,7 +25,8 @@ from fedmap_secure.experiments.audit import (
     make_canaries,
     run_audit,
 )
-from fedmap_secure.privacy.accountants import calibrate_noise_multiplier
+from fedmap_secure.privacy.accountants import DpAccountingPldAccountant, calibrate_noise_multiplier
+from fedmap_secure.privacy.adjacency import Adjacency
 from fedmap_secure.privacy.audit import AuditMethod
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.training.dp_config import DpSgdConfig, InnerOptimizer
@@ -45,7 +46,11 @@ def base() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def sigma_for_eps1() -> float:
     budget = Budget(epsilon=1.0, delta=DELTA)
-    return calibrate_noise_multiplier(budget, sample_rate=1.0, steps_per_round=STEPS, rounds=1)
+    # the canary game is add/remove-one: calibrate (and claim) under that adjacency
+    add_remove = DpAccountingPldAccountant(adjacency=Adjacency.ADD_REMOVE_ONE)
+    return calibrate_noise_multiplier(
+        budget, sample_rate=1.0, steps_per_round=STEPS, rounds=1, accountant=add_remove
+    )
 
 
 def _audit(

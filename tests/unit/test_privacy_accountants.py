@@ -1,7 +1,8 @@
 """Accountants: pinned golden values, a contract every adapter passes, calibration.
 
-Every golden value states its accountant, conversion, orders, adjacency
-(always record-level add/remove-one) and exact step count.
+Every golden value states its accountant, conversion, orders, adjacency and
+exact step count. The published figures are add/remove-one; the project's
+ledgers use replace-one (``adjacency.RECORD_ADJACENCY``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from fedmap_secure.privacy.accountants import (
     Accountant,
     AccountantName,
     DpAccountingPldAccountant,
+    DpAccountingRdpAccountant,
+    OpacusPrvAccountant,
     OpacusRdpAccountant,
     RdpConversion,
     calibrate_gaussian,
@@ -30,6 +33,7 @@ from fedmap_secure.privacy.accountants import (
     create_accountant,
     default_accountant,
 )
+from fedmap_secure.privacy.adjacency import Adjacency
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.events import (
     ComposedEvent,
@@ -41,6 +45,7 @@ from fedmap_secure.privacy.events import (
 from fedmap_secure.privacy.opacus_accountants import OPACUS_DEFAULT_ORDERS
 
 SG = SubsampledGaussianEvent
+AR = Adjacency.ADD_REMOVE_ONE
 DPSGD_2250 = SG(noise_multiplier=1.5, sample_rate=0.04, steps=2250)
 
 
@@ -58,7 +63,7 @@ def test_golden_opacus_rdp_q004_sigma15_2250_steps() -> None:
     from opacus.accountants.analysis import rdp as opacus_rdp
 
     assert list(OPACUS_DEFAULT_ORDERS) == [float(a) for a in RDPAccountant.DEFAULT_ALPHAS]
-    eps = OpacusRdpAccountant().epsilon([DPSGD_2250], 1e-5)
+    eps = OpacusRdpAccountant(adjacency=AR).epsilon([DPSGD_2250], 1e-5)
     assert eps == pytest.approx(7.3291, abs=5e-4)
     rdp = opacus_rdp.compute_rdp(
         q=0.04, noise_multiplier=1.5, steps=2250, orders=list(OPACUS_DEFAULT_ORDERS)
@@ -68,9 +73,11 @@ def test_golden_opacus_rdp_q004_sigma15_2250_steps() -> None:
     )
     assert eps == pytest.approx(float(opacus_eps), rel=1e-12)
     assert float(order) == 3.9
-    classic = OpacusRdpAccountant(conversion=RdpConversion.CLASSIC).epsilon([DPSGD_2250], 1e-5)
+    classic = OpacusRdpAccountant(conversion=RdpConversion.CLASSIC, adjacency=AR).epsilon(
+        [DPSGD_2250], 1e-5
+    )
     assert classic == pytest.approx(8.0738, abs=5e-4)
-    other = create_accountant(AccountantName.DP_ACCOUNTING_RDP).epsilon([DPSGD_2250], 1e-5)
+    other = DpAccountingRdpAccountant(adjacency=AR).epsilon([DPSGD_2250], 1e-5)
     assert other == pytest.approx(eps, abs=1e-3)
 
 
@@ -80,12 +87,14 @@ def test_golden_tight_accountants_same_setting() -> None:
     dp-accounting PLD, pessimistic, value discretisation 1e-3: 6.7695 (6.7688 at 1e-4).
     Opacus PRV, eps_error 0.01, upper bound: 6.779. Both ~0.55 below RDP.
     """
-    pld = DpAccountingPldAccountant().epsilon([DPSGD_2250], 1e-5)
+    pld = DpAccountingPldAccountant(adjacency=AR).epsilon([DPSGD_2250], 1e-5)
     assert pld == pytest.approx(6.7695, abs=5e-4)
-    fine = DpAccountingPldAccountant(value_discretization_interval=1e-4).epsilon([DPSGD_2250], 1e-5)
+    fine = DpAccountingPldAccountant(value_discretization_interval=1e-4, adjacency=AR).epsilon(
+        [DPSGD_2250], 1e-5
+    )
     assert fine == pytest.approx(6.7688, abs=5e-4)
     assert fine <= pld
-    prv = create_accountant(AccountantName.OPACUS_PRV).epsilon([DPSGD_2250], 1e-5)
+    prv = OpacusPrvAccountant(adjacency=AR).epsilon([DPSGD_2250], 1e-5)
     assert prv == pytest.approx(6.779, abs=0.01)
 
 
@@ -100,8 +109,13 @@ def test_golden_gaussian_sigma_for_epsilon_1_delta_1e6() -> None:
     assert sigma < math.sqrt(2 * math.log(1.25 / 1e-6))
     assert calibrate_gaussian(1.0, 1e-6, 2.5) == pytest.approx(2.5 * sigma)
     # The PLD accountant agrees the release costs epsilon 1 at delta 1e-6.
-    pld = DpAccountingPldAccountant(value_discretization_interval=1e-4)
+    pld = DpAccountingPldAccountant(value_discretization_interval=1e-4, adjacency=AR)
     assert pld.epsilon([GaussianEvent(noise_multiplier=sigma)], 1e-6) == pytest.approx(
+        1.0, abs=1e-3
+    )
+    # A GaussianEvent states its sensitivity under the ledger's adjacency: same value.
+    replace = DpAccountingPldAccountant(value_discretization_interval=1e-4)
+    assert replace.epsilon([GaussianEvent(noise_multiplier=sigma)], 1e-6) == pytest.approx(
         1.0, abs=1e-3
     )
 
@@ -115,10 +129,10 @@ def test_golden_abadi_2016_moments_accountant_needs_classic_conversion() -> None
     """
     event = SG(noise_multiplier=4.0, sample_rate=0.01, steps=10_000)
     orders = [float(a) for a in range(2, 33)]
-    classic = OpacusRdpAccountant(orders=orders, conversion=RdpConversion.CLASSIC)
+    classic = OpacusRdpAccountant(orders=orders, conversion=RdpConversion.CLASSIC, adjacency=AR)
     assert classic.epsilon([event], 1e-5) == pytest.approx(1.26, abs=0.005)
     assert classic.epsilon([event], 1e-5) == pytest.approx(1.2586, abs=5e-4)
-    modern = OpacusRdpAccountant(orders=orders).epsilon([event], 1e-5)
+    modern = OpacusRdpAccountant(orders=orders, adjacency=AR).epsilon([event], 1e-5)
     assert modern == pytest.approx(1.0355, abs=5e-4)
 
 
@@ -190,8 +204,10 @@ def test_contract_gaussian_is_an_upper_bound_on_the_exact_curve(accountant: Acco
     exact = dp_accounting.get_epsilon_gaussian(2.0 / math.sqrt(3), 1e-5)
     value = accountant.epsilon(events, 1e-5)
     assert value >= exact - 1e-9
-    if accountant.name in {AccountantName.DP_ACCOUNTING_PLD, AccountantName.OPACUS_PRV}:
+    if accountant.name == AccountantName.DP_ACCOUNTING_PLD:  # replace-one natively
         assert value <= exact * 1.02
+    if accountant.name == AccountantName.OPACUS_PRV:  # its own add/remove-one analysis
+        assert OpacusPrvAccountant(adjacency=AR).epsilon(events, 1e-5) <= exact * 1.02
 
 
 def test_contract_pld_is_not_looser(accountant: Accountant) -> None:

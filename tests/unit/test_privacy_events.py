@@ -123,9 +123,9 @@ def test_flatten_and_mechanism_mix_group_identical_mechanisms() -> None:
     events: list[Event] = [a, ComposedEvent(events=(a, g)), full]
     assert flatten(events) == (a, a, g, full)
     mix = mechanism_mix(events)
-    assert mix.subsampled == ((1.0, 0.1, 20),)
-    # sample rate 1 is the plain Gaussian mechanism: grouped with the Gaussian event
-    assert mix.gaussian == ((3.0, 3),)
+    assert mix.subsampled == ((1.0, 0.1, 20), (3.0, 1.0, 2))
+    # sample rate 1 stays a DP-SGD step: under replace-one its sensitivity is 2C, not S
+    assert mix.gaussian == ((3.0, 1),)
     assert mix.non_private == ()
 
 

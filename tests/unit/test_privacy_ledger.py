@@ -25,7 +25,7 @@ ROUND = SubsampledGaussianEvent(noise_multiplier=1.2, sample_rate=0.05, steps=40
 OMEGA = GaussianEvent(noise_multiplier=20.0)
 
 
-def _ledger(epsilon: float = 3.0, *, allow_non_dp: bool = False) -> PrivacyLedger:
+def _ledger(epsilon: float = 12.0, *, allow_non_dp: bool = False) -> PrivacyLedger:
     budget = Budget(epsilon=epsilon, delta=1e-5, allow_non_dp_releases=allow_non_dp)
     return PrivacyLedger(MemoryLedgerStore(now=lambda: "T"), budget, RDP)
 
@@ -51,7 +51,7 @@ def test_preview_writes_nothing_and_matches_charge() -> None:
     receipt = ledger.charge(0, [ROUND, OMEGA], note="round 0")
     assert receipt.epsilon_after == preview
     assert receipt.sequence == 1
-    assert receipt.remaining == pytest.approx(3.0 - preview)
+    assert receipt.remaining == pytest.approx(12.0 - preview)
     assert ledger.spent() == preview
     assert RDP.epsilon([ROUND, OMEGA], 1e-5) == preview
 
@@ -64,14 +64,14 @@ def test_charges_compose_and_history_recomputes() -> None:
     history = ledger.history()
     assert [e.round_index for e in history] == [0, 1]
     assert [e.epsilon_cumulative for e in history] == [first.epsilon_after, second.epsilon_after]
-    assert history[1].remaining == pytest.approx(3.0 - second.epsilon_after)
+    assert history[1].remaining == pytest.approx(12.0 - second.epsilon_after)
     assert history[1].epsilon_at_charge == second.epsilon_after
     assert history[0].note == "r0"
     assert history[0].charged_at == "T"
 
 
 def test_over_budget_raises_and_writes_nothing() -> None:
-    ledger = _ledger(epsilon=2.5)
+    ledger = _ledger(epsilon=6.0)
     ledger.charge(0, [ROUND], note="fits")
     before = ledger.history()
     greedy = SubsampledGaussianEvent(noise_multiplier=0.7, sample_rate=0.2, steps=500)
@@ -79,7 +79,7 @@ def test_over_budget_raises_and_writes_nothing() -> None:
         ledger.charge(1, [greedy], note="too much")
     assert ledger.history() == before
     # preview still answers, so the site can say by how much it would overshoot
-    assert ledger.preview(1, [greedy]) > 2.5
+    assert ledger.preview(1, [greedy]) > 6.0
 
 
 def test_non_dp_release_refused_unless_allowed() -> None:

@@ -91,7 +91,7 @@ def test_epsilon_over_rounds_from_site_ledgers(tmp_path: Path) -> None:
     accountant = create_accountant(AccountantName.DP_ACCOUNTING_RDP)
     event = SubsampledGaussianEvent(noise_multiplier=1.2, sample_rate=0.1, steps=10)
     with open_site_ledger(
-        run / "sites" / "a", budget=Budget(epsilon=8.0, delta=1e-5), accountant=accountant
+        run / "sites" / "a", budget=Budget(epsilon=50.0, delta=1e-5), accountant=accountant
     ) as ledger:
         for r in range(3):
             ledger.charge(r, [event], note=f"round {r}")

@@ -34,7 +34,9 @@ LAYOUT = VectorLayout((Field(name="x", length=3, bound=2.0),))
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("history")
-    agg = recording_aggregator(SITES, out, random_bytes=DeterministicRandom(b"history"))
+    agg = recording_aggregator(
+        SITES, out, random_bytes=DeterministicRandom(b"history"), max_colluding_sites=0
+    )
     for r in range(3):
         inputs = {s: np.full(3, 0.25 * (r + 1)) for s in SITES}
         agg.aggregate(round_index=r, layout=LAYOUT, inputs=inputs, context=f"m{r}".encode())
