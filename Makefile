@@ -38,7 +38,7 @@ demo: $(RUNTIME_STAMP)
 
 # A CA, a server and 3 site processes on localhost from CSV files (examples/deploy/):
 # a private, secure deployment end to end; run it again and the sites continue their ledgers.
-deploy-demo: $(STAMP)
+deploy-demo: $(RUNTIME_STAMP)
 	$(BIN)/python examples/deploy/deploy_demo.py --out runs/deploy-demo
 
 lint: $(STAMP)
