@@ -137,22 +137,8 @@ def combine(shares: Sequence[Share], *, threshold: int, commitment: bytes) -> by
     """
     if isinstance(threshold, bool) or threshold < 1:
         raise ValueError(f"threshold must be >= 1, got {threshold!r}")
-    if len(commitment) % COMMITMENT_ENTRY_SIZE or not commitment:
-        raise CryptoError("share commitment is not a non-empty multiple of 32 bytes")
+    points = _good_points(shares, threshold=threshold, commitment=commitment)
     n_shares = len(commitment) // COMMITMENT_ENTRY_SIZE
-    _check_commitment(commitment, n_shares)
-    if threshold > n_shares:
-        raise CryptoError(f"threshold {threshold} exceeds the {n_shares} committed shares")
-    _reject_duplicates(shares)
-    ordered = sorted(shares, key=lambda share: share.index)
-    good = [share for share in ordered if _matches(share, commitment, n_shares)]
-    good_indices = {share.index for share in good}
-    bad = [share.index for share in ordered if share.index not in good_indices]
-    if len(good) < threshold:
-        raise CryptoError(
-            f"only {len(good)} valid shares, need {threshold}; bad share indices: {bad}"
-        )
-    points = [(share.index, share.y) for share in good]
     interpolator = _Interpolator(points[:threshold], max_x=n_shares)
     for x, y in points[threshold:]:
         if interpolator.at(x) != y:
