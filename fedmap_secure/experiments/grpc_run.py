@@ -47,6 +47,7 @@ from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.experiments.pipeline import (
+    MODELS_DIR,
     budget_scope,
     client_level_rounds,
     describe_chain,
@@ -62,7 +63,7 @@ from fedmap_secure.runtime.privacy import simulated_policy
 from fedmap_secure.runtime.records import read_records
 from fedmap_secure.runtime.results import ProgressFn, SimulationResult, SiteResult
 from fedmap_secure.runtime.server import ServerRuntime
-from fedmap_secure.runtime.site import DP_FILE, RESULT_FILE, SiteRuntime, SiteSetup
+from fedmap_secure.runtime.site import DP_FILE, MODEL_FILE, RESULT_FILE, SiteRuntime, SiteSetup
 from fedmap_secure.secagg.config import DEFAULT_BITS, Roster, SecAggConfig
 from fedmap_secure.secagg.round_encoder import RoundEncoder
 from fedmap_secure.transcript.recorder import TranscriptChain
@@ -368,6 +369,8 @@ def simulate_over_grpc(
         ),
         layout_check=None if client_level is None else client_level.check_layout,
         progress=progress,
+        model_path=out_dir / MODELS_DIR,
+        schema=dataset.schema,
     )
 
     def serve() -> tuple[GlobalState, dict[str, Any] | None]:
@@ -390,9 +393,14 @@ def simulate_over_grpc(
         server.stop()
     results: dict[str, SiteResult] = {}
     reports: list[SiteReport] = []
+    models: dict[str, Path] = {}
     for site in training:
         results[site], site_reports = read_records(states[site] / RESULT_FILE)
         reports += site_reports
+        if (states[site] / MODEL_FILE).is_file():  # written by the site process
+            models[site] = states[site] / MODEL_FILE
+    if runtime.model_file is not None:
+        models["global"] = runtime.model_file
     final_opening = over_the_wire(
         announcement(config_text=config_json(config), state=final, setup=None)
     )
@@ -402,6 +410,7 @@ def simulate_over_grpc(
                 data=data,
                 feature_names=dataset.feature_names,
                 n_classes=dataset.n_classes,
+                schema=dataset.schema,
                 policy=simulated_policy(config.privacy, data.name, "the run's [privacy]"),
             )
         )
@@ -422,6 +431,7 @@ def simulate_over_grpc(
         n_theta=int(final.gamma.size),
         n_psi=0 if final.psi is None else int(final.psi.size),
         wall_seconds=time.perf_counter() - start,
+        model_files=models,
     )
     return result, states, client_level_dp
 

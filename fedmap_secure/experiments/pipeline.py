@@ -202,6 +202,8 @@ class EncodingCheck:
 
 
 SITES_DIR = "sites"
+MODELS_DIR = "models"
+"""Where a simulation writes its model files: ``OUT/models/global.json``, ``site-<name>.json``."""
 
 
 def site_state_dir(out_dir: Path, site: str) -> Path:
@@ -273,16 +275,20 @@ def simulated_sites(
     *,
     trainer_factory: TrainerFactory | None = None,
     after_charge: AfterCharge | None = None,
+    model_dir: Path | None = None,
 ) -> list[SiteRuntime]:
-    """One ``SiteRuntime`` per site, its policy the run's own ``[privacy]`` for that site."""
+    """One ``SiteRuntime`` per site, its policy the run's own ``[privacy]`` for that site;
+    its personalised model goes to ``model_dir``/site-<name>.json (if given)."""
     return [
         SiteRuntime(
             SiteSetup(
                 data=data,
                 feature_names=dataset.feature_names,
                 n_classes=dataset.n_classes,
+                schema=dataset.schema,
                 policy=simulated_policy(config.privacy, data.name, "the run's [privacy]"),
                 state_dir=state_dirs.get(data.name),
+                model_path=None if model_dir is None else model_dir / f"site-{data.name}.json",
                 plain_trainer=trainer_factory,
                 after_charge=after_charge,
             )
@@ -325,7 +331,12 @@ def run_private_simulation(
             config, dataset, out_dir, encoders=encoders, noise_guards=guards
         )
         sites = simulated_sites(
-            config, dataset, state_dirs, trainer_factory=trainer_factory, after_charge=after_charge
+            config,
+            dataset,
+            state_dirs,
+            trainer_factory=trainer_factory,
+            after_charge=after_charge,
+            model_dir=out_dir / MODELS_DIR,
         )
         check = EncodingCheck(agg) if isinstance(agg, SecureAggregator) and client is None else None
         result = run_sites(
@@ -335,6 +346,7 @@ def run_private_simulation(
             agg,
             progress=progress,
             layout_check=client.check_layout if client is not None else check,
+            model_dir=out_dir / MODELS_DIR,
         )
         secure = {**agg.describe(), "encoding": check.encoding if check else None}
         secure["clipped_coordinates"] = _clipped(result)

@@ -126,7 +126,9 @@ def summary_dict(
     off: every site's ``epsilon_spent`` is then null. With DP on, sites that
     release nothing (fine-tune and unseen tiers) spent 0. ``warnings`` lists
     the chance-level checks (``chance_warnings``); null when ``n_classes`` is
-    not given (the check needs the number of classes).
+    not given (the check needs the number of classes). ``models`` names the
+    model files the run wrote (``sites``: name -> personalised sidecar;
+    ``global``: the global model's sidecar, or null).
     """
     warnings = None if n_classes is None else chance_warnings(result, n_classes=n_classes)
     return {
@@ -152,6 +154,14 @@ def summary_dict(
         ],
         **headline(result),
         "warnings": warnings,
+        "models": {
+            "sites": {
+                name: str(path) for name, path in result.model_files.items() if name != "global"
+            },
+            "global": (
+                str(result.model_files["global"]) if "global" in result.model_files else None
+            ),
+        },
     }
 
 

@@ -11,6 +11,7 @@ the one every other site signed for.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from typing import Any
 
@@ -29,6 +30,17 @@ _SOURCE = "round announcement"
 def config_json(config: SimulationConfig) -> str:
     """The run configuration as canonical JSON (sorted keys, no whitespace)."""
     return json.dumps(config_to_dict(config), sort_keys=True, separators=(",", ":"))
+
+
+def run_id(config: SimulationConfig) -> str:
+    """The run id written into model files: SHA-256 of the announced configuration JSON (16 hex).
+
+    Every party derives it from the same announced text, so the sites' and the
+    server's files of one run carry the same id; it names the configuration, so
+    a rerun of the same configuration has the same id (the round and the
+    ledger's epsilon in the sidecar tell the files apart).
+    """
+    return hashlib.sha256(config_json(config).encode("utf-8")).hexdigest()[:16]
 
 
 def config_from_json(text: str, *, peer: str = SERVER_ID) -> SimulationConfig:

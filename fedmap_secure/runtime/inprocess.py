@@ -21,6 +21,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -113,8 +114,13 @@ def run_sites(
     *,
     progress: ProgressFn | None = None,
     layout_check: LayoutCheck | None = None,
+    model_dir: Path | None = None,
 ) -> SimulationResult:
-    """Run ``config`` over ``sites`` in this process; the caller closes the sites."""
+    """Run ``config`` over ``sites`` in this process; the caller closes the sites.
+
+    ``model_dir``: where the server writes the final global model (``global.pt``
+    + ``.json``); the sites write their own (``SiteSetup.model_path``).
+    """
     start = time.perf_counter()
     if not dataset.by_tier(Tier.TRAIN):
         raise ConfigError(f"dataset {dataset.name!r} has no training-tier site")
@@ -128,6 +134,8 @@ def run_sites(
         layout_check=layout_check,
         progress=progress,
         extra_steps=1 if finetune else 0,
+        model_path=model_dir,
+        schema=dataset.schema,
     )
     for site in sites:  # every site checks the run and opens its ledger before round 0
         site.prepare(config_from_json(config_json(config)))
@@ -140,6 +148,9 @@ def run_sites(
             raise ConfigError(f"site {site.name!r} finished without a result")
         results.append(site.result)
     aggregates = server.strategy.aggregates
+    models = {s.name: s.model_file for s in sites if s.model_file is not None}
+    if server.model_file is not None:
+        models["global"] = server.model_file
     return SimulationResult(
         method=config.method.value,
         dataset=dataset.name,
@@ -152,6 +163,7 @@ def run_sites(
         n_theta=int(final.gamma.size),
         n_psi=0 if final.psi is None else int(final.psi.size),
         wall_seconds=time.perf_counter() - start,
+        model_files=models,
     )
 
 
@@ -179,6 +191,7 @@ def run_simulation(
                 data=data,
                 feature_names=dataset.feature_names,
                 n_classes=dataset.n_classes,
+                schema=dataset.schema,
                 policy=policy,
                 plain_trainer=trainer_factory,
             )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -45,6 +46,8 @@ class SimulationResult:
     n_theta: int
     n_psi: int
     wall_seconds: float
+    model_files: dict[str, Path] = field(default_factory=dict)
+    """The model sidecars the run wrote: site name -> personalised, ``"global"`` -> global."""
 
     def _accuracies(self, attr: str) -> list[float]:
         values = [getattr(s, attr) for s in self.sites]

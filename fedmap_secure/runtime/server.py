@@ -7,7 +7,11 @@ announce the round and aggregate the sites' answers (``ServerChannel.run_round``
 (``strategy.server_update``), persist it (``ServerStateStore``, when given)
 before round r + 1 opens, and report progress (round i/N, contributors,
 dropped sites; a site that drops or rejoins is logged). After the last round
-the final state is published (``ServerChannel.publish_final``).
+the final state is published (``ServerChannel.publish_final``) and, when the
+runtime has a ``model_path`` and the consortium's ``schema``, the final global
+model (gamma) is written there with ``fedmap_secure.model_files.save_model``
+(site ``"global"``, run id ``announcement.run_id(config)``, epsilon null: the
+sites' spends differ). A method that aggregates nothing has no global model.
 
 A round in which nothing was aggregated (every site declined; a secure round
 aborted, in process or over gRPC; a decoded sum rejected as implausible)
@@ -20,11 +24,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.config.schema import SimulationConfig
+from fedmap_secure.data.schema import FeatureSchema
 from fedmap_secure.fedmap.methods import GlobalState, ServerLog, contribution_layout, make_strategy
-from fedmap_secure.runtime.announcement import announcement, config_json
+from fedmap_secure.runtime.announcement import announcement, config_json, run_id
 from fedmap_secure.runtime.channel import RoundPlan, ServerChannel
 from fedmap_secure.runtime.results import ProgressFn
 from fedmap_secure.runtime.state import initial_state, round_context
@@ -54,8 +60,13 @@ class ServerRuntime:
         progress: ProgressFn | None = None,
         on_round: RoundDone | None = None,
         extra_steps: int = 0,
+        model_path: Path | None = None,
+        schema: FeatureSchema | None = None,
     ) -> None:
         self.config = config
+        self.n_features, self.n_classes = n_features, n_classes
+        self.model_path, self.schema = model_path, schema
+        self.model_file: Path | None = None
         self.channel = channel
         self.sites = tuple(sites)
         self.store = store
@@ -116,7 +127,40 @@ class ServerRuntime:
                 self.progress("training", state.round_index, total)
         self.channel.publish_final(announcement(config_text=text, state=state, setup=None))
         self.state = state
+        self._write_model(state)
         return state
+
+    def _write_model(self, state: GlobalState) -> None:
+        """The final global model (see the module docstring); nothing without a path."""
+        if self.model_path is None or not self.strategy.aggregates:
+            return
+        if self.schema is None:
+            log.warning(
+                "no feature schema known: the global model file is not written (%s)",
+                self.model_path,
+            )
+            return
+        from fedmap_secure.fedmap.models import build_model, load_flat_vector
+        from fedmap_secure.model_files import ModelFileKind, ModelMeta, save_model
+
+        config = self.config
+        net = build_model(
+            config.model, n_features=self.n_features, n_classes=self.n_classes, seed=0
+        )
+        load_flat_vector(net.parameters(), state.gamma)
+        meta = ModelMeta(
+            model=config.model,
+            n_features=self.n_features,
+            n_classes=self.n_classes,
+            schema=self.schema,
+            round=max(state.round_index - 1, 0),
+            run_id=run_id(config),
+            site="global",
+            kind=ModelFileKind.GLOBAL,
+            class_labels=self.schema.classes,
+        )
+        self.model_file = save_model(self.model_path, model=net, meta=meta)
+        log.info("global model written to %s", self.model_file)
 
     def _resume(self) -> GlobalState:
         stored = None if self.store is None else self.store.latest()

@@ -19,8 +19,17 @@ announcements (``FedMapRound``), whichever transport carried them:
   line (round, outcome, epsilon spent and remaining).
 - **Final announcement** (``finish``): a fine-tune-tier site trains under the
   final (gamma, psi) (it releases nothing: non-private trainer, no charge);
-  every site evaluates; the site writes its records (``result.json``) and its
-  privacy summary (``dp.json``) into its state folder.
+  every site evaluates; the site writes its records (``result.json``), its
+  privacy summary (``dp.json``) and, if it trained, its personalised model
+  (``models/personalised.pt`` + ``.json`` sidecar, ``fedmap_secure.model_files``;
+  or ``SiteSetup.model_path``) into its state folder. The model's run id is
+  ``announcement.run_id(config)``: the announced run configuration's digest, the same at
+  every site and at the server (two runs of one configuration share it).
+
+On the first announcement whose ``[features]`` contract is non-empty the site
+also checks its own feature schema against it (``check_site_schema``); a run
+that announces no contract (a deployed ``run.toml`` without ``[features]``) is
+not checked.
 
 Nothing here depends on the transport: the in-process transport and the gRPC
 site driver both call ``handle``.
@@ -40,6 +49,8 @@ import torch
 from fedmap_secure.aggregation import FloatVector, VectorLayout
 from fedmap_secure.config.privacy import OmegaRelease
 from fedmap_secure.config.schema import Method, ModelKind, SimulationConfig
+from fedmap_secure.data.contract import check_site_schema
+from fedmap_secure.data.schema import FeatureSchema
 from fedmap_secure.data.types import SiteData, Tier
 from fedmap_secure.errors import (
     BudgetExceededError,
@@ -57,8 +68,9 @@ from fedmap_secure.fedmap.methods import (
 )
 from fedmap_secure.fedmap.models import build_model, load_flat_vector
 from fedmap_secure.fedmap.site import Phase, Site, SiteReport, make_generator, site_seed
+from fedmap_secure.model_files import ModelFileKind, ModelMeta, save_model
 from fedmap_secure.privacy.ledger import PrivacyLedger
-from fedmap_secure.runtime.announcement import config_from_json, state_of
+from fedmap_secure.runtime.announcement import config_from_json, run_id, state_of
 from fedmap_secure.runtime.channel import Answer
 from fedmap_secure.runtime.privacy import (
     AfterCharge,
@@ -79,6 +91,8 @@ log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
 DP_FILE = "dp.json"
+MODEL_FILE = Path("models") / "personalised.json"
+"""The personalised model's sidecar, relative to the state folder (weights: ``.pt``)."""
 
 
 @runtime_checkable
@@ -92,9 +106,14 @@ class PreparesModel(Protocol):
 class SiteSetup:
     """What a site runtime is built from: everything is the site's own.
 
-    ``state_dir``: the site's ledger, ``result.json`` and ``dp.json`` (a site
-    that releases under DP needs one). ``plain_trainer``: the non-private
-    trainer (default Adam MAP), used when DP is off and for the fine-tune tier.
+    ``state_dir``: the site's ledger, ``result.json``, ``dp.json`` and
+    personalised model (a site that releases under DP needs one).
+    ``plain_trainer``: the non-private trainer (default Adam MAP), used when DP
+    is off and for the fine-tune tier. ``schema``: the site's feature schema
+    (checked against the run's ``[features]``, written into its model file;
+    default the identity schema of ``feature_names``). ``model_path``: where
+    the personalised model's sidecar goes (default ``state_dir/models/
+    personalised.json``; none without either).
     """
 
     data: SiteData
@@ -102,6 +121,8 @@ class SiteSetup:
     n_classes: int
     policy: SitePolicy
     state_dir: Path | None = None
+    schema: FeatureSchema | None = None
+    model_path: Path | None = None
     plain_trainer: TrainerFactory | None = None
     after_charge: AfterCharge | None = None
     run_label: str = ""
@@ -128,6 +149,12 @@ class SiteRuntime:
         self._config: SimulationConfig | None = None
         self._strategy: MethodStrategy | None = None
         self._site: Site | None = None
+        self.model_file: Path | None = None
+
+    @property
+    def feature_schema(self) -> FeatureSchema:
+        schema = self.setup.schema
+        return FeatureSchema.identity(self.setup.feature_names) if schema is None else schema
 
     @property
     def name(self) -> str:
@@ -217,6 +244,7 @@ class SiteRuntime:
             state_dir.mkdir(parents=True, exist_ok=True)
             write_records(state_dir / RESULT_FILE, self.result, self.reports)
         self._write_privacy()
+        self._write_model(config, state, site)
         log.info(
             "site %s: final state of round %d received; results written",
             self.name,
@@ -235,6 +263,8 @@ class SiteRuntime:
             if config != self._config:
                 raise RemoteProtocolError(SERVER_ID, "the run configuration changed between rounds")
             return
+        if config.features.names or config.features.schema_digest:
+            check_site_schema(config.features, self.feature_schema, site=self.name)
         self._config = config
         self._strategy = make_strategy(config)
         if releasing:
@@ -410,6 +440,29 @@ class SiteRuntime:
         log.info(
             "site %s round %d/%d: %s%s", self.name, round_index + 1, config.rounds, outcome, budget
         )
+
+    def _write_model(self, config: SimulationConfig, state: GlobalState, site: Site) -> None:
+        """The personalised model of a site that trained (see the module docstring)."""
+        path = self.setup.model_path
+        if path is None and self.setup.state_dir is not None:
+            path = self.setup.state_dir / MODEL_FILE
+        if path is None or self.data.n_train == 0 or self.data.tier is Tier.UNSEEN:
+            return
+        schema = self.feature_schema
+        meta = ModelMeta(
+            model=config.model,
+            n_features=len(schema),
+            n_classes=self.setup.n_classes,
+            schema=schema,
+            round=max(state.round_index - 1, 0),
+            run_id=run_id(config),
+            site=self.name,
+            kind=ModelFileKind.PERSONALISED,
+            epsilon_spent=None if self.privacy is None else self.privacy.ledger.spent(),
+            class_labels=schema.classes,
+        )
+        self.model_file = save_model(path, model=site.model, meta=meta)
+        log.info("site %s: personalised model written to %s", self.name, self.model_file)
 
     def _write_privacy(self) -> None:
         """``dp.json`` in the state folder: this site's entry of the run's privacy summary."""

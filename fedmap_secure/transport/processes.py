@@ -110,6 +110,10 @@ def run_server(path: Path, *, insecure: bool = False) -> None:
                 sites=deployment.consortium.roster.sites,
                 store=store,
                 layout_check=None if client_level is None else client_level.check_layout,
+                # server.toml declares only the feature count: without the consortium's
+                # schema the global model file is skipped (logged), see DEPLOYMENT.md
+                model_path=deployment.state_dir / "models",
+                schema=None,
             ).run()
         finally:
             server.stop()
@@ -185,6 +189,7 @@ def run_site(
             data=mine,
             feature_names=dataset.feature_names,
             n_classes=dataset.n_classes,
+            schema=dataset.schema,
             policy=SitePolicy(privacy=deployment.privacy, source=f"{path} [privacy]"),
             state_dir=deployment.state_dir,
             plain_trainer=plain_trainer,

@@ -19,6 +19,7 @@ import pytest
 
 from fedmap_secure.data.heart import heart_schema, raw_heart_sites
 from fedmap_secure.data.schema_file import schema_toml_text
+from fedmap_secure.model_files import read_meta
 from fedmap_secure.privacy.events import Event
 from fedmap_secure.privacy.ledger_store import ledger_path, load_report
 
@@ -141,7 +142,15 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
         first[site] = report.epsilon_spent
         # mechanism by mechanism (q, sigma, steps, omega release) as under simulate --transport grpc
         assert _events(state) == _events(tmp_path / "sim" / "sites" / site)
+        # its personalised model file, the epsilon its ledger had spent (issue 13)
+        meta, weights, _ = read_meta(state / "models" / "personalised.json")
+        assert weights.is_file()
+        assert meta.site == site
+        assert meta.epsilon_spent == pytest.approx(report.epsilon_spent)
+        assert (tmp_path / "sim" / "sites" / site / "models" / "personalised.json").is_file()
+    assert (tmp_path / "sim" / "models" / "global.json").is_file()
     log = (tmp_path / "server-run1.log").read_text()
+    assert "the global model file is not written" in log  # server.toml declares no schema
     assert "round 2/2: 3 contributor(s)" in log
     assert "epsilon spent" in (tmp_path / f"{sites[0]}-run1.log").read_text()
 

@@ -145,3 +145,27 @@ def test_announcement_helper_builds_a_final_message() -> None:
     )
     final = announcement(config_text=config_json(config), state=state, setup=None)
     assert over_the_wire(final).final
+
+
+def test_site_refuses_an_announced_feature_contract_that_is_not_its_schema(
+    tmp_path: Path,
+) -> None:
+    from fedmap_secure.data.contract import bind_config
+    from fedmap_secure.data.schema import FeatureSchema
+    from fedmap_secure.errors import ConfigError
+
+    names = tiny_dataset().feature_names
+    config = dataclasses.replace(SimulationConfig(rounds=2), privacy=OWN)
+    reversed_order = bind_config(config, FeatureSchema.identity(names[::-1]), source="run")
+    site = _runtime(tmp_path)
+    with pytest.raises(ConfigError, match=r"site 'a'.*differ"):
+        site.handle(_first_round(reversed_order))
+    site.close()
+    assert not ledger_path(tmp_path / "state").exists()  # refused before anything is charged
+    ok = _runtime(tmp_path)  # the site's own (identity) schema is accepted
+    answer = ok.handle(
+        _first_round(bind_config(config, FeatureSchema.identity(names), source="run"))
+    )
+    assert answer is not None
+    assert not isinstance(answer, tm.DeclineReason)
+    ok.close()
