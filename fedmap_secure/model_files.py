@@ -308,7 +308,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _sidecar(meta: ModelMeta, *, weights_file: str, digest: str) -> dict[str, Any]:
     model: dict[str, Any] | str
-    if meta.model is None:
+    if meta.model is None or meta.model.kind is ModelKind.CUSTOM:
+        # a user's module: its factory is code, not data; load_model needs module=...
         model = CUSTOM_MODEL
     else:
         model = {"kind": meta.model.kind.value, "hidden": list(meta.model.hidden)}

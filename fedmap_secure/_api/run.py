@@ -215,9 +215,9 @@ def _run(out_dir: Path, summary: Mapping[str, Any]) -> SimulationRun:
         )
         for s in summary["sites"]
     }
-    models = out_dir / "models"
-    paths = {p.stem: p for p in sorted(models.glob("*.pt"))} if models.is_dir() else {}
-    return SimulationRun(out_dir=out_dir, sites=sites, summary=summary, model_paths=paths)
+    return SimulationRun(
+        out_dir=out_dir, sites=sites, summary=summary, model_paths=_model_paths(summary)
+    )
 
 
 def run_site(
@@ -248,3 +248,18 @@ def run_server(
 def _allow(model: ModelFactory | str | None) -> None:
     if model is not None:
         model_config(model, transport="grpc", fix=False)
+
+
+def _model_paths(summary: Mapping[str, Any]) -> dict[str, Path]:
+    """Each site's personalised model file and the global one (``"global"``), from summary.json.
+
+    Every run writes them (``fedmap_secure.load_model`` reads them); a site that
+    did not train and a method without a global model have no entry.
+    """
+    models = summary.get("models")
+    if not isinstance(models, Mapping):
+        return {}
+    paths = {str(site): Path(str(path)) for site, path in dict(models.get("sites") or {}).items()}
+    if models.get("global") is not None:
+        paths["global"] = Path(str(models["global"]))
+    return paths

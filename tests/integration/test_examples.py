@@ -39,6 +39,10 @@ def test_readme_python_example_runs_as_written(
         assert site.epsilon_spent is not None
         assert 0.0 < site.epsilon_spent <= 4.0
     assert run.summary["privacy"]["secure_aggregation"] is not None
+    assert set(run.model_paths) == {"a", "b", "c", "d", "global"}
+    predicted = namespace["model"].predict(namespace["x_new"])  # type: ignore[attr-defined]
+    assert predicted.shape == (3,)
+    assert set(predicted.tolist()) <= {0, 1, 2}
 
 
 def test_digits_cnn_example_tiny(tmp_path: Path) -> None:

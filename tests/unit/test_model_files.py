@@ -173,7 +173,10 @@ def test_weights_are_loaded_without_unpickling_objects(tmp_path: Path) -> None:
         load_model(sidecar)
 
 
-def test_custom_module_needs_an_instance(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "config", [None, ModelConfig(kind=ModelKind.CUSTOM, factory="users.models:make_net")]
+)
+def test_custom_module_needs_an_instance(tmp_path: Path, config: ModelConfig | None) -> None:
     class Tiny(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -184,7 +187,7 @@ def test_custom_module_needs_an_instance(tmp_path: Path) -> None:
             return out
 
     meta = ModelMeta(
-        model=None,
+        model=config,
         n_features=3,
         n_classes=2,
         schema=_schema(),
