@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -136,6 +137,27 @@ def kill_before(stage: str) -> Callable[[SiteWireMessage], None]:
     return hook
 
 
+def harness_client(
+    consortium: Consortium,
+    site: str,
+    channel: grpc.Channel,
+    *,
+    config: SecAggConfig = CONFIG,
+    **options: Any,
+) -> SiteClient:
+    """``site``'s ``SiteClient`` on ``channel`` with the consortium's keys and roster (30 s
+    round timeout); ``options`` are further ``SiteClient`` keywords (hooks, encoders, records)."""
+    return SiteClient(
+        channel=channel,
+        site_id=site,
+        identity=consortium.identities[site],
+        roster=consortium.roster,
+        config=config,
+        round_timeout=30.0,
+        **options,
+    )
+
+
 def start_sites(
     server: AggregationServer,
     consortium: Consortium,
@@ -153,13 +175,11 @@ def start_sites(
     def site_main(site: str) -> None:
         channel = open_channel(server.port, consortium.security(site))
         run._channels.append(channel)
-        client = SiteClient(
-            channel=channel,
-            site_id=site,
-            identity=consortium.identities[site],
-            roster=consortium.roster,
+        client = harness_client(
+            consortium,
+            site,
+            channel,
             config=config,
-            round_timeout=30.0,
             on_send=(hooks or {}).get(site),
             site_records=site_records,
         )

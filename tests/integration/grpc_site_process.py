@@ -15,8 +15,7 @@ import sys
 import grpc
 
 from fedmap_secure.transport.codec import SiteWireMessage
-from fedmap_secure.transport.site import SiteClient
-from tests.integration.grpc_harness import CONFIG, exact_inputs, seeded_consortium
+from tests.integration.grpc_harness import exact_inputs, harness_client, seeded_consortium
 
 
 def main(port: int, site: str, stage: str) -> None:
@@ -27,13 +26,10 @@ def main(port: int, site: str, stage: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    client = SiteClient(
-        channel=channel,
-        site_id=site,
-        identity=consortium.identities[site],
-        roster=consortium.roster,
-        config=CONFIG,
-        round_timeout=30.0,
+    client = harness_client(
+        consortium,
+        site,
+        channel,
         on_send=die,
     )
     value = exact_inputs()[site]

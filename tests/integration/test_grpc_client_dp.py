@@ -39,7 +39,7 @@ from fedmap_secure.transport.deploy_config import load_site_deployment
 from fedmap_secure.transport.keygen import keygen_consortium
 from fedmap_secure.transport.processes import CLIENT_DP_STATE
 from fedmap_secure.transport.server import AggregationServer
-from fedmap_secure.transport.site import SiteClient, SiteOutcome, SiteReport
+from fedmap_secure.transport.site import SiteOutcome, SiteReport
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
 from tests.cli_runner import TINY_SECAGG
 from tests.integration.grpc_harness import (
@@ -47,6 +47,7 @@ from tests.integration.grpc_harness import (
     FAST,
     SITES,
     Consortium,
+    harness_client,
     open_channel,
     plain_consortium,
     run_deployment_threads,
@@ -110,13 +111,11 @@ def _run_round(
     def site_main(site: str) -> None:
         channel = open_channel(server.port, consortium.security(site))
         pinned = pins[site]
-        client = SiteClient(
-            channel=channel,
-            site_id=site,
-            identity=consortium.identities[site],
-            roster=consortium.roster,
+        client = harness_client(
+            consortium,
+            site,
+            channel,
             config=SECAGG,
-            round_timeout=30.0,
             encoders=None if pinned is None else pinned.encoders(SECAGG),
         )
         try:

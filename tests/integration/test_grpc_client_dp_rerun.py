@@ -22,8 +22,15 @@ from fedmap_secure.errors import FedMapError
 from fedmap_secure.secagg.config import SecAggConfig
 from fedmap_secure.transport.client_dp_pin import PinnedClientDp
 from fedmap_secure.transport.server import AggregationServer
-from fedmap_secure.transport.site import SiteClient, SiteOutcome, SiteReport
-from tests.integration.grpc_harness import CONTEXT, FAST, SITES, open_channel, plain_consortium
+from fedmap_secure.transport.site import SiteOutcome, SiteReport
+from tests.integration.grpc_harness import (
+    CONTEXT,
+    FAST,
+    SITES,
+    harness_client,
+    open_channel,
+    plain_consortium,
+)
 from tests.integration.test_grpc_client_dp import LAYOUT, _inputs
 
 SECAGG = SecAggConfig.for_threat_model(n=4, dropout_fraction=0.25, corrupt_fraction=0.0, bits=64)
@@ -54,13 +61,11 @@ def test_sites_refuse_a_rerun_of_round_0_over_grpc(tmp_path: Path) -> None:
 
         def site_main(site: str) -> None:
             channel = open_channel(server.port, consortium.security(site))
-            client = SiteClient(
-                channel=channel,
-                site_id=site,
-                identity=consortium.identities[site],
-                roster=consortium.roster,
+            client = harness_client(
+                consortium,
+                site,
+                channel,
                 config=SECAGG,
-                round_timeout=30.0,
                 encoders=pinned.encoders(SECAGG, guards[site]),
             )
             try:

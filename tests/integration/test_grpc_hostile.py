@@ -48,6 +48,7 @@ from tests.integration.grpc_harness import (
     SITES,
     Consortium,
     exact_inputs,
+    harness_client,
     make_deployment,
     open_channel,
     play_round,
@@ -313,13 +314,10 @@ def test_an_impossible_sum_is_rejected_and_the_next_round_completes(tmp_path: Pa
 
     with running_server(consortium, settings=SETTINGS) as server:
         channel = open_channel(server.port, consortium.security("site-d"))
-        client = SiteClient(
-            channel=channel,
-            site_id="site-d",
-            identity=consortium.identities["site-d"],
-            roster=consortium.roster,
-            config=CONFIG,
-            round_timeout=30.0,
+        client = harness_client(
+            consortium,
+            "site-d",
+            channel,
             encoders=corrupt,
         )
         bad = threading.Thread(target=lambda: client.run_round(lambda _: inputs["site-d"]))
@@ -344,13 +342,10 @@ def _recording_sites(
 
     def site_main(site: str) -> None:
         channel = open_channel(server.port, consortium.security(site))
-        client = SiteClient(
-            channel=channel,
-            site_id=site,
-            identity=consortium.identities[site],
-            roster=consortium.roster,
-            config=CONFIG,
-            round_timeout=30.0,
+        client = harness_client(
+            consortium,
+            site,
+            channel,
             site_records=SiteRecordWriter(state / site),
             round_floor=RoundFloor(state / site),
         )
@@ -390,13 +385,10 @@ def test_a_replayed_round_is_refused_by_every_site_and_records_never_change(
 
         def site_main(site: str) -> None:
             channel = open_channel(server.port, consortium.security(site))
-            client = SiteClient(
-                channel=channel,
-                site_id=site,
-                identity=consortium.identities[site],
-                roster=consortium.roster,
-                config=CONFIG,
-                round_timeout=30.0,
+            client = harness_client(
+                consortium,
+                site,
+                channel,
                 site_records=SiteRecordWriter(state / site),
                 round_floor=RoundFloor(state / site),
             )
