@@ -39,7 +39,6 @@ from fedmap_secure.privacy.accountant_base import AccountantName
 from fedmap_secure.transport.commands import (
     add_commands,
     add_simulate_options,
-    grpc_spec,
     run_command,
 )
 
@@ -245,7 +244,7 @@ def _simulate_grpc(
     console: Console,
 ) -> None:
     from fedmap_secure.experiments.driver import progress_bar
-    from fedmap_secure.experiments.grpc_run import simulate_grpc_to_dir
+    from fedmap_secure.experiments.grpc_run import grpc_spec, simulate_grpc_to_dir
 
     overrides: dict[str, Any] = {
         "dropout_fraction": config.secagg.dropout_fraction,

@@ -26,6 +26,7 @@ publishes it only to roster sites).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -49,7 +50,6 @@ from fedmap_secure.errors import ConfigError
 from fedmap_secure.experiments.pipeline import (
     MODELS_DIR,
     budget_scope,
-    client_level_rounds,
     describe_chain,
     fresh_client_dp_state,
     site_state_dirs,
@@ -58,6 +58,7 @@ from fedmap_secure.experiments.report import site_table, summary_dict, write_out
 from fedmap_secure.fedmap.methods import GlobalState
 from fedmap_secure.fedmap.site import SiteReport
 from fedmap_secure.runtime.announcement import announcement, config_json
+from fedmap_secure.runtime.client_level import client_level_rounds
 from fedmap_secure.runtime.inprocess import over_the_wire
 from fedmap_secure.runtime.privacy import simulated_policy
 from fedmap_secure.runtime.records import read_records
@@ -104,6 +105,17 @@ class GrpcSimulation:
     model_factory: str | None = None
     """``module:function`` of a custom model (``[model] kind = "custom"``): each site's
     site.toml allows it (``[site] model``)."""
+
+
+def grpc_spec(args: argparse.Namespace, **overrides: Any) -> GrpcSimulation:
+    """The grpc simulation of ``simulate`` arguments (dataset spec, label column, TLS)."""
+    return GrpcSimulation(
+        dataset_spec=args.dataset,
+        label_column=getattr(args, "label_column", None),
+        insecure=bool(getattr(args, "insecure", False)),
+        site_state=getattr(args, "site_state", None),
+        **overrides,
+    )
 
 
 def _consortium(root: Path, sites: list[str], insecure: bool) -> tuple[Roster, Path | None]:

@@ -27,10 +27,7 @@ from fedmap_secure.config.schema import Method, SimulationConfig
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.errors import ConfigError
-from fedmap_secure.privacy.accountant_base import AccountantName
-from fedmap_secure.privacy.accountants import create_accountant
-from fedmap_secure.privacy.budget import Budget
-from fedmap_secure.privacy.ledger_store import open_site_ledger
+from fedmap_secure.runtime.client_level import client_level_rounds
 from fedmap_secure.runtime.inprocess import run_sites
 from fedmap_secure.runtime.privacy import (
     AfterCharge,
@@ -96,22 +93,6 @@ def fresh_client_dp_state(out_dir: Path) -> Path:
             "earlier run's budget; choose a new --out or remove it"
         )
     return state
-
-
-def client_level_rounds(
-    config: SimulationConfig, secagg: SecAggConfig, state: Path
-) -> ClientLevelRounds:
-    """``ClientLevelRounds`` of ``config.client_dp`` over ``secagg``, its ledger in ``state``.
-
-    The ledger is opened (created if absent): the gRPC server resumes it on restart.
-    """
-    c = config.client_dp
-    ledger = open_site_ledger(
-        state,
-        budget=Budget(epsilon=c.epsilon, delta=c.delta),
-        accountant=create_accountant(AccountantName.DP_ACCOUNTING_RDP),
-    )
-    return ClientLevelRounds(c, rounds=config.rounds, secagg=secagg, ledger=ledger)
 
 
 def build_aggregator(

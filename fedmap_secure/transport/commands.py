@@ -3,7 +3,8 @@
 ``cli.py`` adds these subcommands with ``add_commands(subparsers)`` and hands a
 parsed namespace to ``run_command(args, console)``, which returns False for a
 command that is not one of these. ``simulate --transport grpc`` uses
-``add_simulate_options`` and ``grpc_spec(args)``. Torch is imported only by
+``add_simulate_options`` (its spec: ``experiments.grpc_run.grpc_spec``; transport/
+imports nothing from experiments/). Torch is imported only by
 the commands that train (``server``, ``site``, ``simulate``), not by ``keygen``; nothing
 heavy (cryptography, gRPC, torch) is imported before the arguments are parsed.
 """
@@ -19,8 +20,6 @@ from fedmap_secure.errors import ConfigError
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-    from fedmap_secure.experiments.grpc_run import GrpcSimulation
 
 COMMANDS = ("server", "site", "keygen")
 
@@ -76,19 +75,6 @@ def add_simulate_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="keep one state folder (privacy ledger) per site under DIR/<site>, across runs "
         "(default: fresh ledgers under OUT/sites/, a budget per run)",
-    )
-
-
-def grpc_spec(args: argparse.Namespace, **overrides: Any) -> GrpcSimulation:
-    """The grpc simulation of ``simulate`` arguments (dataset spec, label column, TLS)."""
-    from fedmap_secure.experiments.grpc_run import GrpcSimulation  # imports torch
-
-    return GrpcSimulation(
-        dataset_spec=args.dataset,
-        label_column=getattr(args, "label_column", None),
-        insecure=bool(getattr(args, "insecure", False)),
-        site_state=getattr(args, "site_state", None),
-        **overrides,
     )
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.data.types import FederatedDataset
 from fedmap_secure.errors import ConfigError
-from fedmap_secure.experiments.pipeline import client_level_rounds
 from fedmap_secure.runtime.announcement import config_json
+from fedmap_secure.runtime.client_level import client_level_rounds
 from fedmap_secure.runtime.privacy import SitePolicy
 from fedmap_secure.runtime.results import TrainerFactory
 from fedmap_secure.runtime.server import ServerRuntime

@@ -66,7 +66,9 @@ def test_simulate_options() -> None:
     parser.add_argument("--dataset")
     commands.add_simulate_options(parser)
     args = parser.parse_args(["--dataset", "heart", "--transport", "grpc", "--insecure"])
-    spec = commands.grpc_spec(args, stage_timeout=5.0)
+    from fedmap_secure.experiments.grpc_run import grpc_spec
+
+    spec = grpc_spec(args, stage_timeout=5.0)
     assert (spec.dataset_spec, spec.insecure, spec.stage_timeout) == ("heart", True, 5.0)
 
 
