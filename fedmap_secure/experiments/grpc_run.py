@@ -19,9 +19,14 @@ Like an in-process run, the server records each round's transcript
 (``OUT/transcripts``, roster ``OUT/roster.json``) and every site its own
 records (``OUT/site-records/<site>``).
 
-Fine-tune and unseen tiers take no part in secure rounds; their
-``SiteRuntime`` gets the final announcement in this process (the gRPC server
-publishes it only to roster sites).
+Fine-tune and unseen tiers take no part in secure rounds: each is a late site
+process too (``tier`` in its site.toml, on the consortium's ``late_sites``, a
+TLS certificate but no identity key), which fetches the final state from the
+server over the same mutual-TLS channel (``FetchFinal``) and runs the same
+``runtime.SiteRuntime.finish`` as in process: the fine-tune tier fine-tunes
+under its own ``[privacy]`` (its ledger in its state folder), the unseen tier
+evaluates the global model; each writes ``result.json`` (and its model file
+and ``dp.json``), nothing goes back to the server.
 """
 
 from __future__ import annotations
@@ -57,14 +62,13 @@ from fedmap_secure.experiments.pipeline import (
 from fedmap_secure.experiments.report import site_table, summary_dict, write_outputs
 from fedmap_secure.fedmap.methods import GlobalState
 from fedmap_secure.fedmap.site import SiteReport
-from fedmap_secure.runtime.announcement import announcement, config_json
+from fedmap_secure.runtime.announcement import config_json
 from fedmap_secure.runtime.client_level import client_level_rounds
-from fedmap_secure.runtime.inprocess import over_the_wire
 from fedmap_secure.runtime.privacy import simulated_policy
 from fedmap_secure.runtime.records import read_records
 from fedmap_secure.runtime.results import ProgressFn, SimulationResult, SiteResult
 from fedmap_secure.runtime.server import ServerRuntime
-from fedmap_secure.runtime.site import DP_FILE, MODEL_FILE, RESULT_FILE, SiteRuntime, SiteSetup
+from fedmap_secure.runtime.site import DP_FILE, MODEL_FILE, RESULT_FILE
 from fedmap_secure.secagg.config import DEFAULT_BITS, Roster, SecAggConfig
 from fedmap_secure.secagg.round_encoder import RoundEncoder
 from fedmap_secure.transcript.recorder import TranscriptChain
@@ -118,9 +122,11 @@ def grpc_spec(args: argparse.Namespace, **overrides: Any) -> GrpcSimulation:
     )
 
 
-def _consortium(root: Path, sites: list[str], insecure: bool) -> tuple[Roster, Path | None]:
+def _consortium(
+    root: Path, sites: list[str], late: list[str], insecure: bool
+) -> tuple[Roster, Path | None]:
     if not insecure:
-        deployment = generate_deployment(root / "pki", sites)
+        deployment = generate_deployment(root / "pki", sites, late_sites=late)
         return load_roster(deployment.roster), root / "pki"
     keys = {s: create_identity(root / "pki" / "sites" / s / "identity.pem").public for s in sites}
     roster = Roster.from_mapping(keys)
@@ -137,11 +143,16 @@ def site_toml(
     config: SimulationConfig,
     state_dir: Path,
     records: Path | None,
+    tier: Tier = Tier.TRAIN,
+    late: Sequence[str] = (),
 ) -> Path:
     """Write the site's ``site.toml`` (what a deployed site would hold) and return its path.
 
     Every path in it is absolute (a site.toml resolves relative paths against itself).
+    A late site (``tier`` finetune / unseen) has no identity key, records or
+    ``[client_dp]``; ``late`` is the consortium's late roster.
     """
+    training = tier is Tier.TRAIN
     root, state_dir = root.resolve(), state_dir.resolve()
     records = None if records is None else records.resolve()
     pki = root / "pki"
@@ -151,12 +162,13 @@ def site_toml(
         "site": {
             "id": site,
             "server": f"127.0.0.1:{port}",
-            "identity": str(pki / "sites" / site / "identity.pem"),
+            "identity": str(pki / "sites" / site / "identity.pem") if training else None,
+            "tier": tier.value,
             "state_dir": str(state_dir),
             "dataset": spec.dataset_spec,
             "dataset_seed": config.seed,
             "label_column": spec.label_column,
-            "site_records": None if records is None else str(records),
+            "site_records": None if records is None or not training else str(records),
             "insecure": spec.insecure,
             "model": spec.model_factory,
         },
@@ -176,9 +188,11 @@ def site_toml(
     }
     if spec.max_colluding_sites is not None:
         tables["consortium"]["max_colluding_sites"] = spec.max_colluding_sites
+    if late:
+        tables["consortium"]["late_sites"] = list(late)
     tables["privacy"] = privacy
     pinned = pinned_client_dp(config)
-    if pinned is not None:
+    if pinned is not None and training:
         tables["client_dp"] = pinned
     path = root / "sites" / site / "site.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -338,13 +352,15 @@ def simulate_over_grpc(
     training = [s.name for s in dataset.by_tier(Tier.TRAIN)]
     if len(training) < 2:
         raise ConfigError("secure aggregation over gRPC needs at least 2 training sites")
+    late = [s.name for s in dataset.sites if s.tier is not Tier.TRAIN]
+    tiers = {s.name: s.tier for s in dataset.sites}
     state_dirs = site_state_dirs(config, dataset, out_dir, spec.site_state)
-    states = {s: state_dirs.get(s, out_dir / "sites" / s) for s in training}
+    states = {s.name: state_dirs.get(s.name, out_dir / "sites" / s.name) for s in dataset.sites}
     secagg = server_secagg(spec, len(training))
     client_level = None
     if config.client_dp.enabled:
         client_level = _ClientLevel(config, secagg, fresh_client_dp_state(out_dir))
-    roster, pki = _consortium(root, training, spec.insecure)
+    roster, pki = _consortium(root, training, late, spec.insecure)
     records = None if transcripts is None else out_dir
     if transcripts is not None:
         write_transcript_roster(out_dir / "roster.json", roster)
@@ -353,9 +369,14 @@ def simulate_over_grpc(
         roster=roster,
         config=secagg,
         security=security,
-        settings=ServerSettings(join_timeout=spec.join_timeout, stage_timeout=spec.stage_timeout),
+        settings=ServerSettings(
+            join_timeout=spec.join_timeout,
+            stage_timeout=spec.stage_timeout,
+            late_timeout=spec.join_timeout,
+        ),
         encoders=None if client_level is None else client_level.encoder,
         transcripts=transcripts,
+        late_sites=frozenset(late),
     ).start()
     tomls = {
         site: site_toml(
@@ -366,8 +387,10 @@ def simulate_over_grpc(
             config=config,
             state_dir=states[site],
             records=records,
+            tier=tiers[site],
+            late=late,
         )
-        for site in training
+        for site in (*training, *late)
     }
     processes = {site: _launch(path, spec.insecure) for site, path in tomls.items()}
     runtime = ServerRuntime(
@@ -406,31 +429,13 @@ def simulate_over_grpc(
     results: dict[str, SiteResult] = {}
     reports: list[SiteReport] = []
     models: dict[str, Path] = {}
-    for site in training:
+    for site in (*training, *late):  # every site process wrote its own records
         results[site], site_reports = read_records(states[site] / RESULT_FILE)
         reports += site_reports
         if (states[site] / MODEL_FILE).is_file():  # written by the site process
             models[site] = states[site] / MODEL_FILE
     if runtime.model_file is not None:
         models["global"] = runtime.model_file
-    final_opening = over_the_wire(
-        announcement(config_text=config_json(config), state=final, setup=None)
-    )
-    for data in (s for s in dataset.sites if s.tier is not Tier.TRAIN):
-        late = SiteRuntime(
-            SiteSetup(
-                data=data,
-                feature_names=dataset.feature_names,
-                n_classes=dataset.n_classes,
-                schema=dataset.schema,
-                policy=simulated_policy(config.privacy, data.name, "the run's [privacy]"),
-            )
-        )
-        late.handle(final_opening)
-        if late.result is None:
-            raise ConfigError(f"site {data.name!r} finished without a result")
-        results[data.name] = late.result
-        reports += late.reports
     result = SimulationResult(
         method=config.method.value,
         dataset=dataset.name,
@@ -504,7 +509,9 @@ def simulate_grpc_to_dir(
         transcripts=transcripts,
         progress=progress,
     )
-    differential_privacy, epsilon = collect_differential_privacy(states, training)
+    differential_privacy, epsilon = collect_differential_privacy(
+        states, [s.name for s in dataset.sites]
+    )
     if differential_privacy is not None:
         differential_privacy["budget_scope"] = budget_scope(out_dir, spec.site_state)
     privacy = {

@@ -192,10 +192,13 @@ def site_state_dir(out_dir: Path, site: str) -> Path:
 
 
 def releasing_sites(config: SimulationConfig, dataset: FederatedDataset) -> list[str]:
-    """The sites that release anything in this run (training tier of a federated method)."""
+    """The sites that keep a ledger in this run (a federated method): the training tier
+    (its contributions) and the fine-tune tier (its personalised model, fine-tuned under
+    its own policy by the same ``SiteRuntime.finish`` as a deployed late site)."""
     if config.method is Method.LOCAL:
         return []
-    return [s.name for s in dataset.by_tier(Tier.TRAIN) if s.n_train > 0]
+    tiers = (Tier.TRAIN, Tier.FINETUNE) if config.finetune_rounds > 0 else (Tier.TRAIN,)
+    return [s.name for s in dataset.sites if s.tier in tiers and s.n_train > 0]
 
 
 def site_state_dirs(

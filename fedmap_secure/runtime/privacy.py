@@ -542,8 +542,9 @@ def describe_differential_privacy(
         "omega_release": p.omega_release.value,
         "omega_epsilon_share": p.omega_epsilon_share,
         "sites": sites,
-        "non_private_sites": "fine-tune and unseen tiers release nothing (local training "
-        "without DP); with --method local no site releases anything",
+        "non_private_sites": "the unseen tier releases nothing; the fine-tune tier trains its "
+        "personalised model under its own policy after training (DP-SGD charged to its own "
+        "ledger, nothing sent to the server); with --method local no site releases anything",
         "noise_source": kind.value,
         "noise_hardening": "sum of four Gaussians (Holohan and Braghin 2021)",
         "reproducible": reproducible,

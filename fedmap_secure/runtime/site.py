@@ -17,10 +17,13 @@ announcements (``FedMapRound``), whichever transport carried them:
   scores and returns its clipped contribution vector; it records its own
   report (test metrics every ``evaluate_every`` rounds) and logs one progress
   line (round, outcome, epsilon spent and remaining).
-- **Final announcement** (``finish``): a fine-tune-tier site trains under the
-  final (gamma, psi) (it releases nothing: non-private trainer, no charge);
-  every site evaluates; the site writes its records (``result.json``), its
-  privacy summary (``dp.json``) and, if it trained, its personalised model
+- **Final announcement** (``finish``): a fine-tune-tier site trains its
+  personalised model under the final (gamma, psi) and under its OWN privacy
+  policy (DP on: DP-SGD calibrated for ``finetune_rounds`` against its own
+  ledger, each round charged before it trains; ``enabled = false`` in its
+  own file: recorded as non-private releases); every site evaluates; the
+  site writes its records (``result.json``), its privacy summary
+  (``dp.json``) and, if it trained, its personalised model
   (``models/personalised.pt`` + ``.json`` sidecar, ``fedmap_secure.model_files``;
   or ``SiteSetup.model_path``) into its state folder. The model's run id is
   ``announcement.run_id(config)``: the announced run configuration's digest, the same at
@@ -219,17 +222,31 @@ class SiteRuntime:
     def finish(self, config: SimulationConfig, state: GlobalState) -> SiteResult:
         """Fine-tune (fine-tune tier), evaluate, write the site's records; returns its result.
 
-        A site that took part in no training round does not open its ledger here: it
-        releases nothing at the final step.
+        A training site releases nothing at the final step (its ledger stays as the
+        rounds left it). A fine-tune-tier site trains its personalised model under its
+        OWN policy (``_open_finetune_privacy``): each fine-tuning round is charged to
+        its ledger before it trains, or it stops fine-tuning (declined).
         """
+        finetune = self.data.tier is Tier.FINETUNE and config.finetune_rounds > 0
+        if finetune:
+            self.prepare(config, releasing=False)
+            self._open_finetune_privacy(config)
+            self._site = None  # rebuilt with the fine-tune's trainer (DP-SGD under the policy)
         site, strategy = self._start(config, state, releasing=False)
-        if self.data.tier is Tier.FINETUNE:
+        if finetune:
             for i in range(config.finetune_rounds):
+                r = state.round_index + i
+                if self.privacy is not None and not self.privacy.admit(r):
+                    self._record(r, Phase.FINETUNE, None, 0, evaluate=False, declined=True)
+                    break
+                if self._non_private is not None:
+                    charge_non_private(self._non_private, r, "personalised model without DP")
                 first = strategy.resets_to_gamma and i == 0
                 training = site.train(strategy, start_from_gamma=first)
                 if strategy.uses_icnn:
                     site.score()
-                self._record(state.round_index + i, Phase.FINETUNE, training, 0, evaluate=False)
+                self._record(r, Phase.FINETUNE, training, 0, evaluate=False)
+                self._progress(config, r, "fine-tuned", total=config.finetune_rounds, step=i)
         self.final_state = state
         self.result = SiteResult(
             site=self.name,
@@ -337,6 +354,55 @@ class SiteRuntime:
                 self.name,
             )
 
+    def _open_finetune_privacy(self, config: SimulationConfig) -> None:
+        """A fine-tune-tier site's privacy for its fine-tuning: its OWN policy, not the run's.
+
+        It took part in no secure round, so the run's announced ``[privacy]`` asks it
+        for nothing; the run contributes only the public plan (steps per round, batch
+        size, clipping bound). DP on in the site's policy: DP-SGD calibrated for
+        ``finetune_rounds`` rounds against the site's ledger (continued across runs; no
+        omega is released), each round charged before it trains. DP off in its own
+        file: every fine-tuning round is recorded as a non-private release (with a
+        state folder). The personalised model it writes is what this protects.
+        """
+        if self.privacy is not None or self._non_private is not None:
+            return
+        policy = self.setup.policy
+        state_dir = self.setup.state_dir
+        if not policy.privacy.enabled:
+            if state_dir is not None:
+                self._non_private = non_private_ledger(state_dir, policy.privacy, self.data.n_train)
+            return
+        if state_dir is None:
+            raise ConfigError(
+                f"site {self.name!r}: DP fine-tuning needs a state folder for its ledger"
+            )
+        effective = dataclasses.replace(
+            policy.effective(self.name, config.privacy), omega_release=OmegaRelease.UNIFORM
+        )
+        seed = derived_seed(config.seed, "dp-noise") if effective.reproducible_noise else None
+        self.privacy = SitePrivacy.open(
+            site=self.data,
+            privacy=effective,
+            rounds=config.finetune_rounds,
+            state_dir=state_dir,
+            noise_seed=seed,
+            after_charge=self.setup.after_charge,
+            note="fine-tuning" + (f"; {self.setup.run_label}" if self.setup.run_label else ""),
+        )
+        plan = self.privacy.plan
+        log.info(
+            "site %s: DP-SGD fine-tuning, sigma %.4g, q %.4g, %d steps x %d round(s); "
+            "budget epsilon %.4g (spent so far %.4g)",
+            self.name,
+            plan.noise_multiplier,
+            plan.sample_rate,
+            plan.steps_per_round,
+            plan.planned_rounds,
+            plan.budget.epsilon,
+            self.privacy.ledger.spent(),
+        )
+
     def _trainer(self, config: SimulationConfig) -> LocalTrainer | None:
         if self.data.n_train == 0:
             return None
@@ -428,15 +494,26 @@ class SiteRuntime:
         )
         self.reports.append(dataclasses.replace(report, declined=declined))
 
-    def _progress(self, config: SimulationConfig, round_index: int, outcome: str) -> None:
+    def _progress(
+        self,
+        config: SimulationConfig,
+        round_index: int,
+        outcome: str,
+        *,
+        total: int | None = None,
+        step: int | None = None,
+    ) -> None:
         budget = ""
         receipt = None if self.privacy is None else self.privacy.guard.last_receipt
         if self.privacy is not None and receipt is not None:
-            total = self.privacy.plan.budget.epsilon
+            budget_epsilon = self.privacy.plan.budget.epsilon
             budget = (
-                f"; epsilon spent {receipt.epsilon_after:.4g} of {total:.4g} "
+                f"; epsilon spent {receipt.epsilon_after:.4g} of {budget_epsilon:.4g} "
                 f"(remaining {receipt.remaining:.4g})"
             )
+        if total is not None and step is not None:
+            log.info("site %s fine-tuning %d/%d: %s%s", self.name, step + 1, total, outcome, budget)
+            return
         log.info(
             "site %s round %d/%d: %s%s", self.name, round_index + 1, config.rounds, outcome, budget
         )

@@ -480,6 +480,21 @@ def decode_join(proto: spb.JoinRequest, *, peer: str) -> tm.JoinRequest:
     )
 
 
+def encode_fetch_final(request: tm.FetchFinal) -> spb.FetchFinalRequest:
+    header = pb.Header(version=request.version, round=0, sender=request.sender)
+    return spb.FetchFinalRequest(header=header)
+
+
+def decode_fetch_final(proto: spb.FetchFinalRequest, *, peer: str) -> tm.FetchFinal:
+    if not proto.HasField("header"):
+        raise RemoteProtocolError(peer, "FetchFinalRequest has no header")
+    h = proto.header
+    _header_fields(h, peer=peer)
+    if h.session_id or h.round:
+        raise RemoteProtocolError(peer, "FetchFinalRequest must carry round 0 and no session id")
+    return _build(peer, "FetchFinalRequest", tm.FetchFinal, version=h.version, sender=h.sender)
+
+
 def parse_site_message(data: bytes, *, peer: str) -> SiteWireMessage:
     """Serialized ``SiteMessage`` bytes -> typed message (garbage -> ``RemoteProtocolError``)."""
     proto = spb.SiteMessage()

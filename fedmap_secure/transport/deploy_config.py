@@ -12,8 +12,12 @@ server.toml::
     listen = "0.0.0.0:50051"        # address:port to listen on
     state_dir = "server-state"      # SQLite state, resumed on restart
     run_config = "experiment.toml"  # optional FedMAP run configuration (simulate's format)
-    features = 13                   # model input size and number of classes the consortium
-    classes = 2                     #   agreed on (every site's CSV columns in the same order)
+    schema = "schema.toml"          # the consortium's feature schema (names, order, public
+                                    #   constants, classes): binds the run's [features]
+                                    #   contract (every site checks it) and goes into the
+                                    #   global model file (state_dir/models/global.json)
+    features = 13                   # without schema: model input size and number of classes
+    classes = 2                     #   the consortium agreed on (with schema: from it)
     insecure = false                # true: plaintext gRPC, local experiments only (loopback)
     exclude_rounds = 3              # optional: a site blamed for an abort is refused for
                                     #   this many rounds (omitted: for the rest of the run)
@@ -29,17 +33,24 @@ server.toml::
     corrupt_fraction = 0.1
     max_colluding_sites = 1         # optional: c_max as an integer (needed if 0.1 n < 1)
     bits = 64                       # optional
+    late_sites = ["site-x"]         # optional: the late roster, sites (fine-tune, unseen
+                                    #   tiers) that may fetch the final state after training
     [timeouts]                      # optional, seconds
     join = 600.0                    # first stage: covers the sites' local training
     stage = 60.0                    # every later SecAgg stage
     join_grace = 5.0                # once t sites joined, wait this long for the others
+    late = 600.0                    # after training, how long to serve the late sites
 
 site.toml::
 
     [site]
     id = "site-a"
     server = "fedmap.example.org:50051"
-    identity = "pki/sites/site-a/identity.pem"
+    identity = "pki/sites/site-a/identity.pem"   # not needed by a late site
+    tier = "train"                  # or "finetune" / "unseen": a late site (on the
+                                    #   consortium's late_sites) that fetches the final
+                                    #   state after training, fine-tunes under its own
+                                    #   [privacy] (charged to its ledger) or evaluates
     state_dir = "state"             # privacy ledger and personalised model
     data = "data"                   # the site's CSV folder (<id>_train.csv, <id>_test.csv)
     label_column = "label"
@@ -82,6 +93,9 @@ from typing import Any
 
 from fedmap_secure.config.loader import update_dataclass
 from fedmap_secure.config.privacy import PrivacyConfig
+from fedmap_secure.data.schema import FeatureSchema
+from fedmap_secure.data.schema_file import read_schema_file
+from fedmap_secure.data.types import Tier
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.secagg.config import Roster, SecAggConfig, check_site_id
 from fedmap_secure.transport.client_dp_pin import PinnedClientDp
@@ -96,6 +110,8 @@ log = logging.getLogger(__name__)
 class ConsortiumConfig:
     roster: Roster
     secagg: SecAggConfig
+    late_sites: frozenset[str] = frozenset()
+    """The late roster: sites (fine-tune, unseen tiers) that may fetch the final state."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,13 +127,15 @@ class ServerDeployment:
     model: str | None = None
     """``module:function`` of the run's custom model, allowed in the server process (it
     builds the initial global model)."""
+    schema: FeatureSchema | None = None
+    """The consortium's feature schema (``server.schema``); None: no global model file."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class SiteDeployment:
     site_id: str
     server: str
-    identity: Path
+    identity: Path | None
     state_dir: Path
     data: Path | None
     label_column: str
@@ -131,6 +149,9 @@ class SiteDeployment:
     model: str | None = None
     """``module:function`` of the custom model this site agrees to build (``[model] kind =
     "custom"`` runs); a site never imports a factory only because the server names it."""
+    tier: Tier = Tier.TRAIN
+    """``train``: a roster site of the secure rounds; ``finetune`` / ``unseen``: a late
+    site (on the consortium's ``late_sites``) that fetches the final state after training."""
 
 
 class _Table:
@@ -236,6 +257,12 @@ def _security(source: Path, insecure: bool, document: Mapping[str, Any]) -> Mutu
 def _consortium(source: Path, content: object) -> ConsortiumConfig:
     table = _Table(source, "consortium", content)
     roster = load_roster(table.path("roster"))
+    late_sites = table.strings("late_sites")
+    for late in late_sites:
+        check_site_id(late)
+    on_roster = sorted(set(late_sites) & set(roster.sites))
+    if on_roster:
+        raise ConfigError(f"{source}: consortium.late_sites {on_roster} are on the roster")
     seed_hex = table.optional_string("graph_seed")
     try:
         secagg = SecAggConfig.for_threat_model(
@@ -251,7 +278,7 @@ def _consortium(source: Path, content: object) -> ConsortiumConfig:
         raise ConfigError(f"{source}: consortium.graph_seed must be 64 hex digits") from None
     table.done()
     log.info("%s: secure aggregation %s", source, secagg.summary())
-    return ConsortiumConfig(roster=roster, secagg=secagg)
+    return ConsortiumConfig(roster=roster, secagg=secagg, late_sites=frozenset(late_sites))
 
 
 def _client_dp(source: Path, content: object) -> PinnedClientDp | None:
@@ -268,9 +295,9 @@ def load_server_deployment(path: Path) -> ServerDeployment:
     listen = server.string("listen", "127.0.0.1:50051")
     state_dir = _resolve(path, server.string("state_dir", "server-state"))
     run_config = server.optional_path("run_config")
-    features, classes = server.integer("features", 0), server.integer("classes", 2)
-    if features < 1 or classes < 2:
-        raise ConfigError(f"{path}: server.features must be >= 1 and server.classes >= 2")
+    schema_path = server.optional_path("schema")
+    schema = None if schema_path is None else read_schema_file(schema_path)
+    features, classes = _model_shape(path, server, schema)
     security = _security(path, server.flag("insecure"), document)
     exclude_rounds = server.integer("exclude_rounds", 0) or None
     revoked = server.strings("revoked")
@@ -282,6 +309,7 @@ def load_server_deployment(path: Path) -> ServerDeployment:
             join_timeout=timeouts.number("join", 600.0),
             stage_timeout=timeouts.number("stage", 60.0),
             join_grace=timeouts.number("join_grace", 5.0),
+            late_timeout=timeouts.number("late", 600.0),
             exclude_rounds=exclude_rounds,
             revoked=frozenset(revoked),
         )
@@ -300,7 +328,28 @@ def load_server_deployment(path: Path) -> ServerDeployment:
         consortium=_consortium(path, document["consortium"]),
         settings=settings,
         model=model,
+        schema=schema,
     )
+
+
+def _model_shape(path: Path, server: _Table, schema: FeatureSchema | None) -> tuple[int, int]:
+    """(features, classes): from ``server.schema`` when given (the keys, if also set, must
+    agree with it), else the ``features`` and ``classes`` keys."""
+    given = {key: key in server.rest for key in ("features", "classes")}
+    features, classes = server.integer("features", 0), server.integer("classes", 2)
+    if schema is not None:
+        for key, value, expected in (
+            ("features", features, len(schema)),
+            ("classes", classes, schema.n_classes),
+        ):
+            if given[key] and value != expected:
+                raise ConfigError(
+                    f"{path}: server.{key} = {value} but server.schema declares {expected}"
+                )
+        return len(schema), schema.n_classes
+    if features < 1 or classes < 2:
+        raise ConfigError(f"{path}: server.features must be >= 1 and server.classes >= 2")
+    return features, classes
 
 
 def _privacy(source: Path, content: object) -> PrivacyConfig:
@@ -321,10 +370,20 @@ def load_site_deployment(path: Path) -> SiteDeployment:
     site = _Table(path, "site", document["site"])
     site_id = site.string("id")
     check_site_id(site_id)
+    tier_name = site.string("tier", Tier.TRAIN.value)
+    try:
+        tier = Tier(tier_name)
+    except ValueError:
+        tiers = [t.value for t in Tier]
+        raise ConfigError(f"{path}: site.tier must be one of {tiers}, not {tier_name!r}") from None
+    identity = site.optional_path("identity")
+    if identity is None and tier is Tier.TRAIN:
+        raise ConfigError(f"{path}: site.identity is required (a training site's signing key)")
     deployment = SiteDeployment(
         site_id=site_id,
         server=site.string("server"),
-        identity=site.path("identity"),
+        identity=identity,
+        tier=tier,
         state_dir=_resolve(path, site.string("state_dir", "state")),
         data=site.optional_path("data"),
         label_column=site.string("label_column", "label"),
@@ -340,13 +399,23 @@ def load_site_deployment(path: Path) -> SiteDeployment:
     site.done()
     if deployment.data is not None and deployment.dataset is not None:
         raise ConfigError(f"{path}: set site.data (CSV folder) or site.dataset, not both")
-    if site_id not in deployment.consortium.roster:
+    if tier is Tier.TRAIN and site_id not in deployment.consortium.roster:
         raise ConfigError(f"{path}: site {site_id!r} is not on the roster")
+    if tier is not Tier.TRAIN:
+        if site_id not in deployment.consortium.late_sites:
+            raise ConfigError(
+                f"{path}: a {tier.value} site must be on consortium.late_sites ({site_id!r} is not)"
+            )
+        if deployment.client_dp is not None:
+            raise ConfigError(
+                f"{path}: [client_dp] is for training sites; a late site sends no vector"
+            )
     return deployment
 
 
 def toml_text(tables: Mapping[str, Mapping[str, Any]]) -> str:
-    """A deployment file from flat tables of str/bool/int/float values (None values omitted).
+    """A deployment file from flat tables of str/bool/int/float values and lists of strings
+    (None values omitted).
 
     For files this package writes itself (``simulate --transport grpc``'s site.toml).
     """
@@ -362,6 +431,8 @@ def toml_text(tables: Mapping[str, Mapping[str, Any]]) -> str:
                 text = repr(value)
             elif isinstance(value, str | Path):
                 text = json.dumps(str(value))
+            elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+                text = json.dumps([str(v) for v in value])
             else:
                 raise ConfigError(f"[{name}] {key}: cannot write {type(value).__name__} to TOML")
             lines.append(f"{key} = {text}")

@@ -53,6 +53,17 @@ class JoinRequest:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FetchFinal:
+    """A site (roster or late roster) asks for the final global state, after training."""
+
+    version: int
+    sender: str
+
+    def __post_init__(self) -> None:
+        Message(version=self.version, session_id=bytes(ID_SIZE), round_index=0, sender=self.sender)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SecAggSetup(Message):
     """The server opens a round: ``session_id`` is the setup id the site must reproduce."""
 

@@ -257,11 +257,19 @@ def generate_deployment(
     *,
     server_hosts: Iterable[str] = ("localhost", "127.0.0.1"),
     now: datetime.datetime | None = None,
+    late_sites: Iterable[str] = (),
 ) -> Deployment:
-    """Create a test CA, server and site certificates, identity keys and the roster."""
+    """Create a test CA, server and site certificates, identity keys and the roster.
+
+    ``late_sites`` (fine-tune / unseen tiers) get a TLS certificate only: they are not
+    on the roster and hold no identity key (they take part in no secure round).
+    """
     site_ids = sorted(set(sites))
-    for site in site_ids:
+    late_ids = sorted(set(late_sites))
+    for site in (*site_ids, *late_ids):
         check_site_id(site)
+    if set(site_ids) & set(late_ids):
+        raise ConfigError("a site is either on the roster or a late site, not both")
     when = now or datetime.datetime.now(datetime.UTC)
     layout = Deployment(root=out)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -291,6 +299,15 @@ def generate_deployment(
         identity = IdentityKey.generate()
         write_identity(layout.identity(site), identity)
         keys[site] = identity.public
+    for site in late_ids:
+        _issue(
+            layout.site_tls(site),
+            subject=site,
+            issuer=issuer,
+            now=when,
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+            alt_names=[x509.DNSName(site)],
+        )
     write_roster(layout.roster, Roster.from_mapping(keys))
     return layout
 

@@ -2,7 +2,11 @@
 
 ``run_server`` listens (mutual TLS; plaintext only with ``insecure = true`` in
 the file *and* ``insecure=True``, the command's ``--insecure``), runs the remaining
-FedMAP rounds from its SQLite state and publishes the final state; with the
+FedMAP rounds from its SQLite state, publishes the final state and, with
+``server.schema`` set, writes the final global model to
+``<state_dir>/models/global.pt`` + ``.json`` (the schema also binds the run's
+``[features]`` contract, which every site checks; a run config whose declared
+``[features]`` differ from the schema is refused with one line); with the
 run configuration's ``[client_dp]`` on, it charges its client-level ledger
 (``<state_dir>/client-dp``) before each round opens.
 ``run_site`` connects outbound to the server, loads only its own CSV files
@@ -12,7 +16,13 @@ continued across runs): it refuses a run weaker than its policy, charges its
 ledger before every release, contributes through SecAgg+ (adding its
 client-level noise share from its own ``[client_dp]`` table, if any), and
 writes its final evaluation to ``<state_dir>/result.json`` and its privacy
-summary to ``<state_dir>/dp.json``. Refusals raise ``FedMapError``.
+summary to ``<state_dir>/dp.json``. A late site (``tier = "finetune"`` or
+``"unseen"`` in its site.toml, on the consortium's ``late_sites``) takes part
+in no secure round: it fetches the final state over the same channel
+(``late_site.fetch_final``) and hands it to the same ``SiteRuntime``, which
+fine-tunes under the site's own policy (charged to its ledger before the
+personalised model is written) or evaluates the global model; it sends the
+server nothing else. Refusals raise ``FedMapError``.
 
 Both record the SecAgg transcripts (SPEC §13): the server its chain in
 ``<state_dir>/transcripts`` (continued after a restart, from its verified head)
@@ -26,8 +36,11 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import grpc
+
 from fedmap_secure.config.loader import load_config
-from fedmap_secure.data.types import FederatedDataset
+from fedmap_secure.data.contract import bind_config
+from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.runtime.announcement import config_json
 from fedmap_secure.runtime.client_level import client_level_rounds
@@ -45,6 +58,7 @@ from fedmap_secure.transport.deploy_config import (
     load_site_deployment,
 )
 from fedmap_secure.transport.exclusion import AbortJournal, ExclusionPolicy
+from fedmap_secure.transport.late_site import fetch_final
 from fedmap_secure.transport.pki import load_identity
 from fedmap_secure.transport.round_floor import RoundFloor
 from fedmap_secure.transport.security import Insecure, MutualTls
@@ -55,6 +69,8 @@ from fedmap_secure.transport.site_driver import drive_site
 from fedmap_secure.transport.state_store import STATE_FILENAME, ServerStateStore
 
 log = logging.getLogger(__name__)
+MODELS_DIR = "models"
+"""The server's final global model, inside its ``state_dir`` (``models/global.pt`` + ``.json``)."""
 CLIENT_DP_STATE = "client-dp"
 """The server's client-level ledger, inside its ``state_dir`` (resumed on restart)."""
 
@@ -76,6 +92,8 @@ def run_server(path: Path, *, insecure: bool = False) -> None:
 
         allow_importable_factory(deployment.model)
     config = load_config(deployment.run_config)
+    if deployment.schema is not None:  # the contract every site checks; refused on a mismatch
+        config = bind_config(config, deployment.schema, source=f"{path}: server.schema")
     store = ServerStateStore(
         deployment.state_dir / STATE_FILENAME, run_config_json=config_json(config)
     )
@@ -99,6 +117,7 @@ def run_server(path: Path, *, insecure: bool = False) -> None:
                 exclude_rounds=deployment.settings.exclude_rounds,
                 journal=AbortJournal(deployment.state_dir / "transcripts" / "aborted.jsonl"),
             ),
+            late_sites=deployment.consortium.late_sites,
         ).start()
         log.info("listening on %s (port %d)", deployment.listen, server.port)
         try:
@@ -110,10 +129,9 @@ def run_server(path: Path, *, insecure: bool = False) -> None:
                 sites=deployment.consortium.roster.sites,
                 store=store,
                 layout_check=None if client_level is None else client_level.check_layout,
-                # server.toml declares only the feature count: without the consortium's
-                # schema the global model file is skipped (logged), see DEPLOYMENT.md
-                model_path=deployment.state_dir / "models",
-                schema=None,
+                # without server.schema the global model file is skipped (logged)
+                model_path=deployment.state_dir / MODELS_DIR,
+                schema=deployment.schema,
             ).run()
         finally:
             server.stop()
@@ -164,9 +182,53 @@ def run_site(
         allow_importable_factory(deployment.model)
     dataset = _own_data(path, deployment)
     (mine,) = dataset.sites
+    runtime = SiteRuntime(
+        SiteSetup(
+            data=mine,
+            feature_names=dataset.feature_names,
+            n_classes=dataset.n_classes,
+            schema=dataset.schema,
+            policy=SitePolicy(privacy=deployment.privacy, source=f"{path} [privacy]"),
+            state_dir=deployment.state_dir,
+            plain_trainer=plain_trainer,
+            run_label=f"site {deployment.site_id}",
+        )
+    )
+    own = deployment.privacy
+    log.info(
+        "site %s (%s tier): state %s; privacy policy: %s",
+        deployment.site_id,
+        deployment.tier.value,
+        deployment.state_dir,
+        (
+            f"DP on, budget epsilon {own.epsilon:g}, delta {own.delta:g}"
+            if own.enabled
+            else "DP OFF (enabled = false in the site's own file)"
+        ),
+    )
     channel = open_channel(deployment.server, deployment.security)
+    try:
+        if deployment.tier is Tier.TRAIN:
+            drive_site(client=_site_client(channel, deployment), handler=runtime)
+        else:  # a late site: the final state over the same channel, then its own work
+            final = fetch_final(channel, site_id=deployment.site_id)
+            log.info(
+                "site %s: final state of round %d fetched", deployment.site_id, final.round_index
+            )
+            runtime.handle(final)
+    finally:
+        runtime.close()
+        channel.close()
+    if runtime.result is None:
+        raise ConfigError(f"site {deployment.site_id}: the run ended without a final state")
+
+
+def _site_client(channel: grpc.Channel, deployment: SiteDeployment) -> SiteClient:
+    """A training site's SecAgg+ client: its identity key, roster, records and round floor."""
     records = deployment.site_records or deployment.state_dir
-    client = SiteClient(
+    if deployment.identity is None:
+        raise ConfigError(f"site {deployment.site_id}: a training site needs site.identity")
+    return SiteClient(
         channel=channel,
         site_id=deployment.site_id,
         identity=load_identity(deployment.identity),
@@ -184,36 +246,6 @@ def run_site(
         # the floor lives with the records it protects: a new records folder is a new run
         round_floor=RoundFloor(records / "site-records" / deployment.site_id),
     )
-    runtime = SiteRuntime(
-        SiteSetup(
-            data=mine,
-            feature_names=dataset.feature_names,
-            n_classes=dataset.n_classes,
-            schema=dataset.schema,
-            policy=SitePolicy(privacy=deployment.privacy, source=f"{path} [privacy]"),
-            state_dir=deployment.state_dir,
-            plain_trainer=plain_trainer,
-            run_label=f"site {deployment.site_id}",
-        )
-    )
-    own = deployment.privacy
-    log.info(
-        "site %s: state %s; privacy policy: %s",
-        deployment.site_id,
-        deployment.state_dir,
-        (
-            f"DP on, budget epsilon {own.epsilon:g}, delta {own.delta:g}"
-            if own.enabled
-            else "DP OFF (enabled = false in the site's own file)"
-        ),
-    )
-    try:
-        drive_site(client=client, handler=runtime)
-    finally:
-        runtime.close()
-        channel.close()
-    if runtime.result is None:
-        raise ConfigError(f"site {deployment.site_id}: the run ended without a final state")
 
 
 def _own_data(path: Path, deployment: SiteDeployment) -> FederatedDataset:
@@ -237,7 +269,11 @@ def _own_data(path: Path, deployment: SiteDeployment) -> FederatedDataset:
         where = f"{path}: site {deployment.site_id!r} is not in dataset {deployment.dataset!r}"
     else:
         raise ConfigError(f"{path}: site.data (the site's CSV folder) is required")
-    mine = tuple(s for s in dataset.sites if s.name == deployment.site_id)
+    mine = tuple(
+        dataclasses.replace(s, tier=deployment.tier)  # the tier is the site's own file's
+        for s in dataset.sites
+        if s.name == deployment.site_id
+    )
     if len(mine) != 1:
         raise ConfigError(where)
     return dataclasses.replace(dataset, sites=mine)

@@ -3,7 +3,7 @@
 Run from the repository root: ``python -m fedmap_secure.transport.regenerate``.
 It needs ``grpcio-tools`` (protoc) and ``mypy-protobuf`` (``.pyi`` stubs, so the
 hand-written code is type-checked against the schema). No gRPC service stubs
-are generated: ``transport.rpc`` binds the two methods of the ``Federation``
+are generated: ``transport.rpc`` binds the methods of the ``Federation``
 service by the names in the schema's descriptor, with typed signatures.
 
 protoc names the generated modules after the proto package (``fedmap_secure.v1``);

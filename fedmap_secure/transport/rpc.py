@@ -17,10 +17,11 @@ from google.protobuf.message import DecodeError
 from fedmap_secure.errors import RemoteProtocolError
 from fedmap_secure.transport.generated.v1 import service_pb2 as spb
 
-P = TypeVar("P", spb.Frame, spb.JoinRequest)
+P = TypeVar("P", spb.Frame, spb.JoinRequest, spb.FetchFinalRequest)
 SERVICE_NAME: str = spb.DESCRIPTOR.services_by_name["Federation"].full_name
 JOIN_METHOD = f"/{SERVICE_NAME}/Join"
 SUBMIT_METHOD = f"/{SERVICE_NAME}/Submit"
+FETCH_FINAL_METHOD = f"/{SERVICE_NAME}/FetchFinal"
 
 
 class FederationService(Protocol):
@@ -30,8 +31,12 @@ class FederationService(Protocol):
 
     def submit(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> spb.SubmitAck: ...
 
+    def fetch_final(self, request: bytes, context: grpc.ServicerContext) -> Iterator[spb.Frame]: ...
 
-def _serialize(message: spb.Frame | spb.SubmitAck | spb.JoinRequest) -> bytes:
+
+def _serialize(
+    message: spb.Frame | spb.SubmitAck | spb.JoinRequest | spb.FetchFinalRequest,
+) -> bytes:
     return message.SerializeToString()
 
 
@@ -46,6 +51,9 @@ def service_handler(service: FederationService) -> grpc.GenericRpcHandler:
             "Submit": grpc.stream_unary_rpc_method_handler(
                 service.submit, response_serializer=_serialize
             ),
+            "FetchFinal": grpc.unary_stream_rpc_method_handler(
+                service.fetch_final, response_serializer=_serialize
+            ),
         },
     )
 
@@ -56,6 +64,10 @@ def parse_frame(data: bytes, *, peer: str) -> spb.Frame:
 
 def parse_join(data: bytes, *, peer: str) -> spb.JoinRequest:
     return _parse(spb.JoinRequest(), data, peer=peer)
+
+
+def parse_fetch_final(data: bytes, *, peer: str) -> spb.FetchFinalRequest:
+    return _parse(spb.FetchFinalRequest(), data, peer=peer)
 
 
 def _parse(proto: P, data: bytes, *, peer: str) -> P:
@@ -78,3 +90,4 @@ class FederationStub:
             request_serializer=_serialize,
             response_deserializer=spb.SubmitAck.FromString,
         )
+        self.fetch_final = channel.unary_stream(FETCH_FINAL_METHOD, request_serializer=_serialize)

@@ -96,7 +96,9 @@ class ServerSettings:
     derived from the round's layout (``message_limits``). ``exclude_rounds``:
     how long a site the protocol blames for an abort is refused (None: the rest
     of the run). ``revoked``: certificate serial numbers (hex) or SHA-256
-    fingerprints (hex) refused on every call.
+    fingerprints (hex) refused on every call. ``late_timeout``: after the final
+    state is published, how long the run waits for the late roster's sites to
+    fetch it (``FetchFinal``) before it ends.
     """
 
     join_timeout: float = 600.0
@@ -108,10 +110,13 @@ class ServerSettings:
     max_message_bytes: int = framing.DEFAULT_MAX_MESSAGE_BYTES
     exclude_rounds: int | None = None
     revoked: frozenset[str] = frozenset()
+    late_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         if not (self.join_timeout > 0 and self.stage_timeout > 0 and self.join_grace >= 0):
             raise ValueError("timeouts must be > 0 (join_grace >= 0)")
+        if not self.late_timeout >= 0:
+            raise ValueError("the late timeout must be >= 0")
         if not 1 <= self.chunk_size <= GRPC_MESSAGE_LIMIT - (64 << 10):
             raise ValueError("chunk_size must fit in one gRPC message")
         if self.submit_per_site < 1 or (self.min_sites is not None and self.min_sites < 1):
@@ -363,8 +368,15 @@ class AggregationServer:
         encoders: RoundEncoderFactory | None = None,
         transcripts: TranscriptChain | None = None,
         exclusion: ExclusionPolicy | None = None,
+        late_sites: frozenset[str] = frozenset(),
     ) -> None:
         self.roster = roster
+        overlap = sorted(late_sites & set(roster.sites))
+        if overlap:
+            raise LocalProtocolError(f"late sites {overlap} are on the roster (one or the other)")
+        self.late_sites = frozenset(late_sites)
+        self._final: tm.FedMapRound | None = None
+        self._fetched: set[str] = set()
         self.transcripts = transcripts
         self._model_hash = b""
         self.config = config
@@ -380,9 +392,10 @@ class AggregationServer:
         self._active: set[str] = set()  # sites that joined a secure round of this server
         self._joins = _Slots()
         self._submits = _Slots()
+        self._fetches = _Slots()
         # Every roster site may hold one Join and ``submit_per_site`` Submits; the rest is
         # headroom for calls refused at once (unknown, revoked, over their cap).
-        workers = config.n * (1 + self.settings.submit_per_site) + 32
+        workers = config.n * (1 + self.settings.submit_per_site) + len(self.late_sites) + 32
         options = [o for o in SERVER_OPTIONS if o[0] != "grpc.max_receive_message_length"]
         options.append(("grpc.max_receive_message_length", self.settings.chunk_size + (64 << 10)))
         self._grpc = grpc.server(
@@ -635,6 +648,7 @@ class AggregationServer:
         publication = _Publication(opening=message, roster=self.roster)
         with self._cond:
             self._round = publication
+            self._final = message  # from now on FetchFinal answers (late sites)
             self._cond.notify_all()
         try:
             with self._cond:
@@ -646,6 +660,41 @@ class AggregationServer:
         finally:
             with self._cond:
                 self._round = None
+
+    def wait_late(self, timeout: float) -> frozenset[str]:
+        """After ``publish``: until every late-roster site has fetched the final state
+        (``FetchFinal``), or ``timeout``; returns the late sites that fetched it."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self.late_sites - self._fetched and not self._stopping:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(_POLL, left))
+            return frozenset(self._fetched & self.late_sites)
+
+    def _await_final(self, site: str, context: grpc.ServicerContext) -> tm.FedMapRound:
+        """The final state once published; UNAVAILABLE after ``join_timeout`` (call again)."""
+        end = time.monotonic() + self.settings.join_timeout
+        with self._cond:
+            while self._final is None:
+                if self._stopping or not context.is_active():
+                    raise _RefusalError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+                if time.monotonic() >= end:
+                    raise _RefusalError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"peer {site!r}: training has not ended yet; fetch again",
+                    )
+                self._cond.wait(_POLL)
+            return self._final
+
+    def _fetched_by(self, site: str) -> None:
+        with self._cond:
+            self._fetched.add(site)
+            self._cond.notify_all()
+        log.info(
+            "final state sent to %s%s", site, " (late site)" if site in self.late_sites else ""
+        )
 
     def _current(self) -> _Round | _Publication | None:
         with self._cond:
@@ -698,7 +747,7 @@ class _Once:
 
 
 class _Servicer:
-    """The two RPCs; identity checks here, protocol rules in the session."""
+    """The RPCs; identity checks here, protocol rules in the session."""
 
     def __init__(self, server: AggregationServer) -> None:
         self._server = server
@@ -734,6 +783,53 @@ class _Servicer:
                 grpc.StatusCode.PERMISSION_DENIED, f"peer {claimed!r}: not on the roster"
             )
         return claimed
+
+    def fetch_final(self, data: bytes, context: grpc.ServicerContext) -> Iterator[spb.Frame]:
+        """The final ``FedMapRound`` for an authenticated roster or late-roster site only:
+        under mutual TLS the request's sender must be the certificate's identity."""
+        server = self._server
+        release: _Once | None = None
+        try:
+            peer = tls_identity(context) or "unauthenticated peer"
+            request = rpc.parse_fetch_final(data, peer=peer)
+            fetch = codec.decode_fetch_final(
+                request, peer=tls_identity(context) or request.header.sender or peer
+            )
+            identity = self._tls_peer(context)
+            site = fetch.sender
+            if identity is not None and site != identity:
+                raise _RefusalError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"peer {identity!r}: request claims sender {site!r}",
+                )
+            if site not in server.roster and site not in server.late_sites:
+                raise _RefusalError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"peer {site!r}: neither on the roster nor a late site of this run",
+                )
+            if not server._fetches.acquire(site, 1):
+                raise _RefusalError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"peer {site!r}: already has a live FetchFinal call (one per site)",
+                )
+            release = _Once(server._fetches, site)
+            context.add_callback(release)
+            final = server._await_final(site, context)
+        except RemoteProtocolError as exc:
+            if release is not None:
+                release()
+            _abort(context, _RefusalError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+        except _RefusalError as refusal:
+            if release is not None:
+                release()
+            _abort(context, refusal)
+        try:
+            data = codec.encode_server_message(final).SerializeToString()
+            chunk = server.settings.chunk_size
+            yield from framing.split(data, codec.encode_header(final), chunk_size=chunk)
+            server._fetched_by(site)
+        finally:
+            release()
 
     def join(self, data: bytes, context: grpc.ServicerContext) -> Iterator[spb.Frame]:
         release: _Once | None = None

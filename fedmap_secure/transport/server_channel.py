@@ -7,7 +7,9 @@ decoded sum rejected as implausible, SPEC §9.2) returns None: the server has
 journalled it and excluded its culprits (``transport.exclusion``), its index is
 used up, and the runtime keeps the previous model for the next index; a site
 can never make the server exit. ``publish_final`` hands the final announcement to every site that
-joins within ``final_timeout`` seconds. This module only moves messages.
+joins within ``final_timeout`` seconds, and then serves it (``FetchFinal``) to the late roster's
+sites (fine-tune and unseen tiers) until each has fetched it or the server's ``late_timeout``
+has passed. This module only moves messages.
 """
 
 from __future__ import annotations
@@ -48,4 +50,18 @@ class GrpcServerChannel:
         reached = self.server.publish(final, timeout=self.final_timeout)
         log.info(
             "final state published to %d site(s): %s", len(reached), ", ".join(sorted(reached))
+        )
+        late = self.server.late_sites
+        if not late:
+            return
+        fetched = self.server.wait_late(self.server.settings.late_timeout)
+        missing = sorted(late - fetched)
+        log.info(
+            "final state fetched by %d of %d late site(s)%s",
+            len(fetched),
+            len(late),
+            f"; not fetched: {', '.join(missing)} (restart the server on its state_dir to "
+            "serve them the final state)"
+            if missing
+            else "",
         )

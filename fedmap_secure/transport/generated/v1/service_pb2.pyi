@@ -207,3 +207,30 @@ class SubmitAck(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitAck: _TypeAlias = SubmitAck  # noqa: Y015
+
+@_typing.final
+class FetchFinalRequest(_message.Message):
+    """site -> server, once training has ended: the final global state. Added in protocol version 1
+    (additive: a server without it answers UNIMPLEMENTED). The caller is a roster site or a
+    late site (fine-tune or unseen tier) named in the server's late roster; under mutual TLS
+    header.sender must equal the certificate's identity. header.round is 0 and session_id empty.
+    A late site sends nothing else to the server.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> _secagg_pb2.Header: ...
+    def __init__(
+        self,
+        *,
+        header: _secagg_pb2.Header | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchFinalRequest: _TypeAlias = FetchFinalRequest  # noqa: Y015
