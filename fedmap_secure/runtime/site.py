@@ -231,7 +231,8 @@ class SiteRuntime:
         if finetune:
             self.prepare(config, releasing=False)
             self._open_finetune_privacy(config)
-            self._site = None  # rebuilt with the fine-tune's trainer (DP-SGD under the policy)
+            if self.privacy is not None:  # rebuilt with the fine-tune's DP-SGD trainer
+                self._site = None
         site, strategy = self._start(config, state, releasing=False)
         if finetune:
             for i in range(config.finetune_rounds):

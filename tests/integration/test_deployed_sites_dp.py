@@ -2,11 +2,14 @@
 CSV sites, DP on by default in each site's own site.toml): every site trains under DP and
 keeps a ledger that outlives the run; the ledger events are, mechanism by mechanism, those of
 the same configuration under ``simulate --transport grpc`` (one code path: the site runtime);
-a second run continues the ledger and a third, over the exhausted budget, is refused.
+a second run continues the ledger and a third, over the exhausted budget, is refused; each
+site's model file and the server's global model file (``server.schema``) predict the site's
+raw test rows with the accuracy its result (and ``simulate``'s summary) reports.
 (THREAT_MODEL O2: DP holds for deployments, not only in simulation.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -19,7 +22,7 @@ import pytest
 
 from fedmap_secure.data.heart import heart_schema, raw_heart_sites
 from fedmap_secure.data.schema_file import schema_toml_text
-from fedmap_secure.model_files import read_meta
+from fedmap_secure.model_files import load_model, read_meta
 from fedmap_secure.privacy.events import Event
 from fedmap_secure.privacy.ledger_store import ledger_path, load_report
 
@@ -78,8 +81,11 @@ def _write_csvs(folder: Path) -> tuple[list[str], int]:
     return [s.name for s in sites], len(schema)
 
 
-def _deploy(root: Path, sites: list[str], features: int, run: str) -> dict[str, int]:
-    """One deployment run: the server and one ``fedmap-secure site`` per site; exit codes."""
+def _deploy(root: Path, sites: list[str], run: str, *, refused: bool = False) -> dict[str, int]:
+    """One deployment run: the server and one ``fedmap-secure site`` per site; exit codes.
+
+    ``refused``: every site is expected to refuse; the server (which would wait out its
+    join timeout for sites that never come) is stopped once they have exited."""
     port = _free_port()
     consortium = (
         '[consortium]\nroster = "pki/roster.json"\ndropout_fraction = 0.34\n'
@@ -87,7 +93,7 @@ def _deploy(root: Path, sites: list[str], features: int, run: str) -> dict[str, 
     )
     (root / f"server-{run}.toml").write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\nstate_dir = "server-{run}"\n'
-        f'run_config = "{run}.toml"\nfeatures = {features}\n'
+        f'run_config = "{run}.toml"\nschema = "data/schema.toml"\n'
         '[tls]\nca = "pki/ca.pem"\ncertificate = "pki/server/server.pem"\n'
         'private_key = "pki/server/server.key"\n[timeouts]\njoin = 60\nstage = 20\n' + consortium
     )
@@ -106,8 +112,17 @@ def _deploy(root: Path, sites: list[str], features: int, run: str) -> dict[str, 
         for site in sites
     }
     codes = {site: p.wait(timeout=240) for site, p in procs.items()}
+    if refused:
+        server.terminate()
     codes["server"] = server.wait(timeout=240)
     return codes
+
+
+def _accuracy(model_file: Path, rows: pd.DataFrame) -> float:
+    """Accuracy of ``load_model(model_file)`` on raw CSV rows (feature columns + label)."""
+    model = load_model(model_file)
+    predicted = model.predict(rows.drop(columns="label"))
+    return float(np.mean(predicted == rows["label"].to_numpy()))
 
 
 def _events(state: Path) -> list[tuple[Event, ...]]:
@@ -116,7 +131,7 @@ def _events(state: Path) -> list[tuple[Event, ...]]:
 
 @pytest.mark.slow
 def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) -> None:
-    sites, features = _write_csvs(tmp_path / "data")
+    sites, _ = _write_csvs(tmp_path / "data")
     (tmp_path / "run1.toml").write_text(RUN.format(epsilon=1.0))
     (tmp_path / "run2.toml").write_text(RUN.format(epsilon=2.0))
     (tmp_path / "run3.toml").write_text(RUN.format(epsilon=2.0))
@@ -129,10 +144,16 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
     )  # fmt: skip
 
     # run 1: the run asks for epsilon 1 of each site's own budget of 2
-    codes = _deploy(tmp_path, sites, features, "run1")
+    codes = _deploy(tmp_path, sites, "run1")
     assert codes == dict.fromkeys([*sites, "server"], 0), (tmp_path / "server-run1.log").read_text()
     assert simulated.wait(timeout=240) == 0, (tmp_path / "sim.log").read_text()
     first: dict[str, float] = {}
+    global_model = tmp_path / "server-run1" / "models" / "global.json"
+    assert read_meta(global_model)[0].site == "global"
+    summary = {
+        entry["site"]: entry
+        for entry in json.loads((tmp_path / "sim" / "summary.json").read_text())["sites"]
+    }
     for site in sites:
         state = tmp_path / "state" / site
         assert ledger_path(state).is_file()
@@ -147,15 +168,31 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
         assert weights.is_file()
         assert meta.site == site
         assert meta.epsilon_spent == pytest.approx(report.epsilon_spent)
-        assert (tmp_path / "sim" / "sites" / site / "models" / "personalised.json").is_file()
-    assert (tmp_path / "sim" / "models" / "global.json").is_file()
+        # load_model on the site's file predicts its raw test rows with the accuracy its
+        # result reports; so does the server's global model (server.schema)
+        rows = pd.read_csv(tmp_path / "data" / f"{site}_test.csv")
+        result = json.loads((state / "result.json").read_text())["result"]
+        assert _accuracy(state / "models" / "personalised.json", rows) == pytest.approx(
+            result["personalised"]["accuracy"], abs=1e-9
+        )
+        assert _accuracy(global_model, rows) == pytest.approx(
+            result["global"]["accuracy"], abs=1e-9
+        )
+        # the same under simulate --transport grpc: the file and summary.json agree
+        simulated_file = tmp_path / "sim" / "sites" / site / "models" / "personalised.json"
+        assert _accuracy(simulated_file, rows) == pytest.approx(
+            summary[site]["personalised"]["accuracy"], abs=1e-9
+        )
+    assert _accuracy(tmp_path / "sim" / "models" / "global.json", rows) == pytest.approx(
+        summary[sites[-1]]["global"]["accuracy"], abs=1e-9
+    )
     log = (tmp_path / "server-run1.log").read_text()
-    assert "the global model file is not written" in log  # server.toml declares no schema
+    assert "global model written to" in log
     assert "round 2/2: 3 contributor(s)" in log
     assert "epsilon spent" in (tmp_path / f"{sites[0]}-run1.log").read_text()
 
     # run 2 (epsilon 2): the same ledgers continue, calibrated against what they already hold
-    codes = _deploy(tmp_path, sites, features, "run2")
+    codes = _deploy(tmp_path, sites, "run2")
     assert codes == dict.fromkeys([*sites, "server"], 0), (tmp_path / "server-run2.log").read_text()
     for site in sites:
         report = load_report(tmp_path / "state" / site)
@@ -163,7 +200,7 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
         assert first[site] < report.epsilon_spent <= 2.0
 
     # run 3: the budget is exhausted; every site refuses before any release
-    codes = _deploy(tmp_path, sites, features, "run3")
+    codes = _deploy(tmp_path, sites, "run3", refused=True)
     assert all(codes[site] == 2 for site in sites)
     for site in sites:
         text = (tmp_path / f"{site}-run3.log").read_text()

@@ -74,7 +74,14 @@ def test_dp_and_secagg_run_spends_within_budget_and_ledger_agrees(private_run: P
     assert dp["noise_source"] == "os-csprng"
     assert dp["metrics_released"] is False
     spent = {s["site"]: s["epsilon_spent"] for s in summary["sites"]}
-    assert spent["d"] == 0.0
+    # d (fine-tune tier) fine-tunes under its own policy after training: its own ledger,
+    # one charge (after the last round), no omega released; e (unseen) trains nothing
+    assert 0 < spent["d"] <= 2.0
+    finetune = load_report(out / "sites" / "d")
+    rounds = [e.round_index for e in finetune.entries]  # one per fine-tuning round
+    assert rounds == list(range(2, 2 + len(rounds)))
+    assert rounds
+    assert dp["sites"]["d"]["omega_noise_multiplier"] is None
     assert spent["e"] == 0.0
     for site in "abc":
         assert 0 < spent[site] <= 2.0
