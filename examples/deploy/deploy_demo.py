@@ -6,11 +6,13 @@
    (``OUT/sites/<site>/data/<site>_train.csv`` and ``_test.csv``);
 2. ``fedmap-secure keygen``: a test CA, the server certificate, each site's TLS
    certificate and Ed25519 identity key, ``roster.json`` (``OUT/pki``);
-3. writes ``OUT/server.toml``, ``OUT/run.toml`` and one ``OUT/<site>.toml`` per site
-   from the examples beside this script (``server.toml``, ``site.toml``, ``run.toml``);
+3. writes ``OUT/server.toml``, ``OUT/run.toml``, the consortium's ``OUT/schema.toml`` and
+   one ``OUT/<site>.toml`` per site from the examples beside this script (``server.toml``,
+   ``site.toml``, ``run.toml``);
 4. starts ``fedmap-secure server`` and three ``fedmap-secure site`` processes over
    mutual TLS, shows the server's round progress, and waits;
-5. prints each site's result and its privacy ledger (``fedmap-secure ledger show``).
+5. prints each site's result and its privacy ledger (``fedmap-secure ledger show``); the
+   server writes the global model to ``OUT/server-state/models/global.{pt,json}``.
 
 Run it again with the same ``--out`` and the sites continue their ledgers: each run
 spends from the same budget until a site refuses a run its remaining budget cannot cover.
@@ -61,6 +63,7 @@ def export_sites(out: Path) -> int:
     ranges, centres and scales); no site standardises with its own statistics.
     """
     schema = heart_schema()
+    (out / "schema.toml").write_text(schema_toml_text(schema))  # the server's copy
     for site in raw_heart_sites():
         if site.name not in SITES:
             continue
@@ -82,10 +85,10 @@ def _example(name: str) -> dict[str, Any]:
     return document
 
 
-def write_configs(out: Path, port: int, features: int) -> None:
+def write_configs(out: Path, port: int) -> None:
     shutil.copy(HERE / "run.toml", out / "run.toml")
     server = _example("server.toml")
-    server["server"].update(listen=f"127.0.0.1:{port}", features=features)
+    server["server"].update(listen=f"127.0.0.1:{port}")
     (out / "server.toml").write_text(toml_text(server), encoding="utf-8")
     for site in SITES:
         document = _example("site.toml")
@@ -99,14 +102,14 @@ def main() -> int:
     out: Path = parser.parse_args().out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
-    features = export_sites(out)
+    export_sites(out)
     if not (out / "pki").exists():
         keygen = _cli("keygen", "--sites", ",".join(SITES), "--out", "pki", cwd=out)
         if keygen.wait() != 0:
             return 2
     if (out / "server-state").exists():  # a new run of the consortium; the sites keep state
         shutil.rmtree(out / "server-state")
-    write_configs(out, _free_port(), features)
+    write_configs(out, _free_port())
     print(f"deployment under {out}: server + {len(SITES)} sites over mutual TLS", flush=True)
     sites = {
         site: _cli("site", "--config", f"{site}.toml", cwd=out, log=out / "logs" / f"{site}.log")

@@ -14,6 +14,12 @@ session's. Per round (``AggregationServer.run_round``):
    encoder (``encoders``: fixed point, or client-level DP), and every
    connected site receives ``RoundOutcome`` (also on abort, with no sum).
 
+After the run, ``publish`` hands the final ``FedMapRound`` to the roster sites
+that join and makes it available to ``FetchFinal``: a late site (fine-tune or
+unseen tier, on ``late_sites``, the late roster) or a roster site fetches it
+over the same mutual-TLS channel; any other identity is refused
+(PERMISSION_DENIED); ``wait_late`` waits until every late site has it.
+
 With ``transcripts`` (a ``TranscriptChain``, e.g. ``transcript.store.resume_chain``)
 each completed round is recorded by a ``RecordingServerSession`` on the bound
 context, whose previous hash the ``SecAggSetup`` announces (SPEC §13).

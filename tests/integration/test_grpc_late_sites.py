@@ -46,7 +46,7 @@ from tests.synthetic import tiny_dataset
 RUN = """
 [simulation]
 method = "fedmap"
-rounds = 2
+rounds = 1
 finetune_rounds = 1
 seed = 3
 [training]
@@ -119,12 +119,12 @@ def test_late_sites_are_site_processes_like_in_process(tmp_path: Path) -> None:
     # the late sites ran as site processes and fetched the final state over mTLS
     for site in ("d", "e"):
         log = (out / "grpc" / "sites" / site / "site.log").read_text()
-        assert "final state of round 2 fetched" in log, log
+        assert "final state of round 1 fetched" in log, log
         assert (out / "sites" / site / "result.json").is_file()
     assert not (out / "grpc" / "pki" / "sites" / "d" / "identity.pem").exists()
     # d fine-tuned under its own DP policy: charged to its own ledger, model file written
     report = load_report(out / "sites" / "d")
-    assert [e.round_index for e in report.entries] == [2]  # fine-tuning after round 1
+    assert [e.round_index for e in report.entries] == [1]  # fine-tuning after round 0
     assert 0 < report.epsilon_spent <= 4.0
     model_path = out / "sites" / "d" / "models" / "personalised.json"
     model = load_model(model_path)
