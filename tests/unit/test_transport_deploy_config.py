@@ -163,3 +163,57 @@ insecure = true
     assert load_server_deployment(_write(root, "server.toml", server + CONSORTIUM)).model == (
         "hospital:make_net"
     )
+
+
+def _schema_file(root: Path, names: tuple[str, ...] = ("age", "bp", "chol")) -> Path:
+    from fedmap_secure.data.schema import FeatureSchema, FeatureSpec
+    from fedmap_secure.data.schema_file import schema_toml_text
+
+    schema = FeatureSchema(
+        features=tuple(
+            FeatureSpec(name=n, low=0.0, high=10.0, centre=5.0, scale=2.0) for n in names
+        ),
+        classes=("no", "yes", "maybe"),
+    )
+    path = root / "schema.toml"
+    path.write_text(schema_toml_text(schema))
+    return path
+
+
+SERVER_WITH_SCHEMA = (
+    """
+[server]
+state_dir = "state"
+insecure = true
+schema = "schema.toml"
+{extra}
+"""
+    + CONSORTIUM
+)
+
+
+def test_server_schema_gives_the_model_shape(root: Path) -> None:
+    _schema_file(root)
+    path = _write(root, "server.toml", SERVER_WITH_SCHEMA.format(extra=""))
+    config = load_server_deployment(path)
+    assert config.schema is not None
+    assert config.schema.names == ("age", "bp", "chol")
+    assert (config.features, config.classes) == (3, 3)
+    path.write_text(SERVER_WITH_SCHEMA.format(extra="features = 13"))
+    with pytest.raises(ConfigError, match=r"server\.features = 13 but server\.schema declares 3"):
+        load_server_deployment(path)
+
+
+def test_server_refuses_a_run_config_whose_features_differ_from_its_schema(root: Path) -> None:
+    from fedmap_secure.transport.processes import run_server
+
+    _schema_file(root)
+    (root / "run.toml").write_text('[features]\nnames = ["age", "chol", "bp"]\n')
+    path = _write(root, "server.toml", SERVER_WITH_SCHEMA.format(extra='run_config = "run.toml"'))
+    with pytest.raises(ConfigError, match=r"server\.schema: features .* differ") as refused:
+        run_server(path, insecure=True)
+    assert "\n" not in str(refused.value)
+    (root / "run.toml").write_text(f'[features]\nschema_digest = "{"0" * 64}"\n')
+    with pytest.raises(ConfigError, match="digest") as refused:
+        run_server(path, insecure=True)
+    assert "\n" not in str(refused.value)
