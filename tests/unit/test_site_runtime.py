@@ -169,3 +169,60 @@ def test_site_refuses_an_announced_feature_contract_that_is_not_its_schema(
     assert answer is not None
     assert not isinstance(answer, tm.DeclineReason)
     ok.close()
+
+
+def _finetune_site(tmp_path: Path, policy: PrivacyConfig) -> SiteRuntime:
+    dataset = tiny_dataset()
+    (data,) = [s for s in dataset.sites if s.tier.value == "finetune"]
+    return SiteRuntime(
+        SiteSetup(
+            data=data,
+            feature_names=dataset.feature_names,
+            n_classes=dataset.n_classes,
+            policy=SitePolicy(privacy=policy, source="site.toml [privacy]"),
+            state_dir=tmp_path / "state",
+        )
+    )
+
+
+def _final(config: SimulationConfig) -> tm.FedMapRound:
+    dataset = tiny_dataset()
+    state, _ = initial_state(
+        config, n_features=len(dataset.feature_names), n_classes=dataset.n_classes
+    )
+    state = dataclasses.replace(state, round_index=config.rounds)
+    return over_the_wire(announcement(config_text=config_json(config), state=state, setup=None))
+
+
+def test_a_finetune_site_fine_tunes_under_its_own_policy_not_the_runs(tmp_path: Path) -> None:
+    """A late site: the run (even with DP off) asks it for nothing; its own policy charges
+    each fine-tuning round to its own ledger before it trains; no omega is released."""
+    run = dataclasses.replace(
+        SimulationConfig(rounds=2, finetune_rounds=2),
+        privacy=dataclasses.replace(OWN, enabled=False),
+    )
+    site = _finetune_site(tmp_path, OWN)
+    assert site.handle(_final(run)) is None
+    site.close()
+    report = load_report(tmp_path / "state")
+    assert [e.round_index for e in report.entries] == [2, 3]
+    assert 0 < report.epsilon_spent <= OWN.epsilon
+    assert site.privacy is not None
+    assert site.privacy.plan.omega_noise_multiplier is None
+    assert site.privacy.plan.planned_rounds == 2
+    assert site.result is not None
+    assert site.result.personalised is not None
+    assert site.model_file is not None
+    assert site.model_file.is_file()
+
+
+def test_a_finetune_site_with_dp_off_in_its_own_file_records_non_private_releases(
+    tmp_path: Path,
+) -> None:
+    run = SimulationConfig(rounds=1, finetune_rounds=1)
+    site = _finetune_site(tmp_path, dataclasses.replace(OWN, enabled=False))
+    site.handle(_final(run))
+    site.close()
+    report = load_report(tmp_path / "state")
+    assert [e.round_index for e in report.entries] == [1]
+    assert len(report.non_dp_releases) == 1
