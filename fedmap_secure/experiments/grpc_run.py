@@ -337,9 +337,10 @@ def simulate_over_grpc(
     transcripts: TranscriptChain | None = None,
     progress: ProgressFn | None = None,
 ) -> tuple[SimulationResult, dict[str, Path], dict[str, Any] | None]:
-    """Run ``config`` with the server here and one site process per training site.
+    """Run ``config`` with the server here and one site process per site (the fine-tune
+    and unseen tiers as late sites that fetch the final state).
 
-    Returns the result, each training site's state folder (ledger, dp.json) and the
+    Returns the result, each site's state folder (ledger, dp.json, result.json) and the
     ``client_level_dp`` summary. With ``[client_dp]`` on, the server charges its
     client-level ledger (``out_dir``/server/client-dp, fresh) before each round
     opens; each site process plans the same noise from its pinned ``[client_dp]``.
