@@ -146,14 +146,10 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
     # run 1: the run asks for epsilon 1 of each site's own budget of 2
     codes = _deploy(tmp_path, sites, "run1")
     assert codes == dict.fromkeys([*sites, "server"], 0), (tmp_path / "server-run1.log").read_text()
-    assert simulated.wait(timeout=240) == 0, (tmp_path / "sim.log").read_text()
     first: dict[str, float] = {}
+    run1_events: dict[str, list[tuple[Event, ...]]] = {}
     global_model = tmp_path / "server-run1" / "models" / "global.json"
     assert read_meta(global_model)[0].site == "global"
-    summary = {
-        entry["site"]: entry
-        for entry in json.loads((tmp_path / "sim" / "summary.json").read_text())["sites"]
-    }
     for site in sites:
         state = tmp_path / "state" / site
         assert ledger_path(state).is_file()
@@ -161,8 +157,7 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
         assert [e.round_index for e in report.entries] == [0, 1]
         assert 0 < report.epsilon_spent <= 1.0
         first[site] = report.epsilon_spent
-        # mechanism by mechanism (q, sigma, steps, omega release) as under simulate --transport grpc
-        assert _events(state) == _events(tmp_path / "sim" / "sites" / site)
+        run1_events[site] = _events(state)
         # its personalised model file, the epsilon its ledger had spent (issue 13)
         meta, weights, _ = read_meta(state / "models" / "personalised.json")
         assert weights.is_file()
@@ -178,20 +173,13 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
         assert _accuracy(global_model, rows) == pytest.approx(
             result["global"]["accuracy"], abs=1e-9
         )
-        # the same under simulate --transport grpc: the file and summary.json agree
-        simulated_file = tmp_path / "sim" / "sites" / site / "models" / "personalised.json"
-        assert _accuracy(simulated_file, rows) == pytest.approx(
-            summary[site]["personalised"]["accuracy"], abs=1e-9
-        )
-    assert _accuracy(tmp_path / "sim" / "models" / "global.json", rows) == pytest.approx(
-        summary[sites[-1]]["global"]["accuracy"], abs=1e-9
-    )
     log = (tmp_path / "server-run1.log").read_text()
     assert "global model written to" in log
     assert "round 2/2: 3 contributor(s)" in log
     assert "epsilon spent" in (tmp_path / f"{sites[0]}-run1.log").read_text()
 
     # run 2 (epsilon 2): the same ledgers continue, calibrated against what they already hold
+    # (the simulation, which keeps its own ledgers, may still be running meanwhile)
     codes = _deploy(tmp_path, sites, "run2")
     assert codes == dict.fromkeys([*sites, "server"], 0), (tmp_path / "server-run2.log").read_text()
     for site in sites:
@@ -206,6 +194,24 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
         text = (tmp_path / f"{site}-run3.log").read_text()
         assert "budget is exhausted" in text
         assert len(load_report(tmp_path / "state" / site).entries) == 4
+
+    # simulate --transport grpc of run 1's configuration: the same ledger events, mechanism by
+    # mechanism (q, sigma, steps, omega release); its model files and summary.json agree
+    assert simulated.wait(timeout=240) == 0, (tmp_path / "sim.log").read_text()
+    summary = {
+        entry["site"]: entry
+        for entry in json.loads((tmp_path / "sim" / "summary.json").read_text())["sites"]
+    }
+    for site in sites:
+        assert run1_events[site] == _events(tmp_path / "sim" / "sites" / site)
+        rows = pd.read_csv(tmp_path / "data" / f"{site}_test.csv")
+        simulated_file = tmp_path / "sim" / "sites" / site / "models" / "personalised.json"
+        assert _accuracy(simulated_file, rows) == pytest.approx(
+            summary[site]["personalised"]["accuracy"], abs=1e-9
+        )
+        assert _accuracy(tmp_path / "sim" / "models" / "global.json", rows) == pytest.approx(
+            summary[site]["global"]["accuracy"], abs=1e-9
+        )
 
 
 @pytest.mark.slow
