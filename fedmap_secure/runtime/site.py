@@ -360,9 +360,10 @@ class SiteRuntime:
 
         It took part in no secure round, so the run's announced ``[privacy]`` asks it
         for nothing; the run contributes only the public plan (steps per round, batch
-        size, clipping bound). DP on in the site's policy: DP-SGD calibrated for
-        ``finetune_rounds`` rounds against the site's ledger (continued across runs; no
-        omega is released), each round charged before it trains. DP off in its own
+        size, clipping bound; at most its announced epsilon for the site is spent).
+        DP on in the site's policy: DP-SGD calibrated for ``finetune_rounds`` rounds
+        against the site's ledger (continued across runs; no omega is released), each
+        round charged before it trains. DP off in its own
         file: every fine-tuning round is recorded as a non-private release (with a
         state folder). The personalised model it writes is what this protects.
         """
@@ -390,6 +391,9 @@ class SiteRuntime:
             noise_seed=seed,
             after_charge=self.setup.after_charge,
             note="fine-tuning" + (f"; {self.setup.run_label}" if self.setup.run_label else ""),
+            # as for a training site, a run spends at most the epsilon it announces for the
+            # site (the rest of the site's budget is left for later runs)
+            run_epsilon=run_epsilon(config.privacy, self.name) if config.privacy.enabled else None,
         )
         plan = self.privacy.plan
         log.info(
