@@ -22,7 +22,7 @@ import pytest
 
 from fedmap_secure.data.heart import heart_schema, raw_heart_sites
 from fedmap_secure.data.schema_file import schema_toml_text
-from fedmap_secure.model_files import load_model, read_meta
+from fedmap_secure.model_files import RawFeatureModel, load_model, read_meta
 from fedmap_secure.privacy.events import Event
 from fedmap_secure.privacy.ledger_store import ledger_path, load_report
 
@@ -118,9 +118,10 @@ def _deploy(root: Path, sites: list[str], run: str, *, refused: bool = False) ->
     return codes
 
 
-def _accuracy(model_file: Path, rows: pd.DataFrame) -> float:
-    """Accuracy of ``load_model(model_file)`` on raw CSV rows (feature columns + label)."""
-    model = load_model(model_file)
+def _accuracy(model: Path | RawFeatureModel, rows: pd.DataFrame) -> float:
+    """Accuracy of ``load_model(model)`` on raw CSV rows (feature columns + label)."""
+    if isinstance(model, Path):
+        model = load_model(model)
     predicted = model.predict(rows.drop(columns="label"))
     return float(np.mean(predicted == rows["label"].to_numpy()))
 
@@ -148,8 +149,8 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
     assert codes == dict.fromkeys([*sites, "server"], 0), (tmp_path / "server-run1.log").read_text()
     first: dict[str, float] = {}
     run1_events: dict[str, list[tuple[Event, ...]]] = {}
-    global_model = tmp_path / "server-run1" / "models" / "global.json"
-    assert read_meta(global_model)[0].site == "global"
+    global_model = load_model(tmp_path / "server-run1" / "models" / "global.json")
+    assert global_model.meta.site == "global"
     for site in sites:
         state = tmp_path / "state" / site
         assert ledger_path(state).is_file()
@@ -157,7 +158,7 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
         assert [e.round_index for e in report.entries] == [0, 1]
         assert 0 < report.epsilon_spent <= 1.0
         first[site] = report.epsilon_spent
-        run1_events[site] = _events(state)
+        run1_events[site] = [entry.events for entry in report.entries]
         # its personalised model file, the epsilon its ledger had spent (issue 13)
         meta, weights, _ = read_meta(state / "models" / "personalised.json")
         assert weights.is_file()
@@ -202,6 +203,7 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
         entry["site"]: entry
         for entry in json.loads((tmp_path / "sim" / "summary.json").read_text())["sites"]
     }
+    simulated_global = load_model(tmp_path / "sim" / "models" / "global.json")
     for site in sites:
         assert run1_events[site] == _events(tmp_path / "sim" / "sites" / site)
         rows = pd.read_csv(tmp_path / "data" / f"{site}_test.csv")
@@ -209,7 +211,7 @@ def test_deployed_sites_keep_a_dp_ledger_like_simulated_sites(tmp_path: Path) ->
         assert _accuracy(simulated_file, rows) == pytest.approx(
             summary[site]["personalised"]["accuracy"], abs=1e-9
         )
-        assert _accuracy(tmp_path / "sim" / "models" / "global.json", rows) == pytest.approx(
+        assert _accuracy(simulated_global, rows) == pytest.approx(
             summary[site]["global"]["accuracy"], abs=1e-9
         )
 
