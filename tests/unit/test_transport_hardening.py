@@ -124,6 +124,7 @@ class _AbortingServer:
     def __init__(self) -> None:
         self.rounds: list[int] = []
         self.published = 0
+        self.late_sites: frozenset[str] = frozenset()  # no late roster: nothing to wait for
 
     def run_round(self, *, round_index: int, **_: object) -> None:
         self.rounds.append(round_index)
