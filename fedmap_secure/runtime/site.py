@@ -228,7 +228,7 @@ class SiteRuntime:
         its ledger before it trains, or it stops fine-tuning (declined).
         """
         finetune = self.data.tier is Tier.FINETUNE and config.finetune_rounds > 0
-        if finetune:
+        if finetune and config.method is not Method.LOCAL:  # local: nobody releases anything
             self.prepare(config, releasing=False)
             self._open_finetune_privacy(config)
             if self.privacy is not None:  # rebuilt with the fine-tune's DP-SGD trainer

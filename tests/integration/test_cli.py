@@ -76,9 +76,9 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
         if method == "pooled":
             assert dp is None
             assert site["epsilon_spent"] is None
-        elif method == "local" or site["tier"] != "train":  # releases nothing: no charge
+        elif method == "local" or site["tier"] == "unseen":  # releases nothing: no charge
             assert site["epsilon_spent"] == 0.0
-        else:
+        else:  # training tier, and the fine-tune tier under its own policy
             assert 0 < site["epsilon_spent"] <= dp["target_epsilon"]
         for part in ("personalised", "global"):
             assert site[part] is None or set(site[part]) == METRIC_KEYS
