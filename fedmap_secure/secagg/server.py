@@ -38,7 +38,7 @@ from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.crypto import shamir
 from fedmap_secure.crypto.agreement import AgreementKeyPair, agree
 from fedmap_secure.crypto.labels import LABEL_CONSISTENCY, LABEL_PAIRWISE_MASK
-from fedmap_secure.crypto.prg import MaskTerm
+from fedmap_secure.crypto.prg import MaskTerm, Workers
 from fedmap_secure.crypto.signing import verify
 from fedmap_secure.errors import (
     AbortedError,
@@ -102,7 +102,11 @@ class ServerSession:
         round_index: int,
         context: bytes,
         ring: RingSpec | None = None,
+        workers: Workers | None = None,
     ) -> None:
+        """``workers``: an optional executor injected by the caller (e.g. a thread pool)
+        on which the unmask stage expands the PRG masks side by side; the result is
+        bit-identical to the serial one (``crypto.prg.add_masks``)."""
         derived = round_setup(
             roster=roster,
             config=config,
@@ -126,6 +130,7 @@ class ServerSession:
         self._delivered: dict[str, frozenset[str]] = {}
         self._survivors: tuple[str, ...] = ()
         self._sum = RunningSum(self._length, config.bits)
+        self._workers = workers
         self._signatures: dict[str, bytes] = {}
         self._responses: dict[str, UnmaskResponse] = {}
         self._good: dict[tuple[str, str], list[shamir.Share]] = {}
@@ -512,7 +517,7 @@ class ServerSession:
         for gone, sites in partners.items():
             if sites:
                 terms.extend(self._orphaned_masks(gone, secrets[(gone, MASK_KEY)], sites))
-        self._sum.add_masks(terms)
+        self._sum.add_masks(terms, workers=self._workers)
         return RoundOutput(total=self._sum.value(), contributors=alive, dropped=dropped)
 
     def _orphaned_masks(
