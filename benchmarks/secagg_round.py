@@ -24,12 +24,33 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import Field, VectorLayout
+from fedmap_secure.crypto import envelope, shamir
+from fedmap_secure.crypto.agreement import AgreementKeyPair
+from fedmap_secure.crypto.hashing import digest, encode_uint
+from fedmap_secure.crypto.labels import (
+    LABEL_CONSISTENCY,
+    LABEL_KEY_ADVERTISEMENT,
+    LABEL_SHARE_COMMITMENT,
+)
 from fedmap_secure.crypto.signing import IdentityKey
+from fedmap_secure.secagg import encoding
 from fedmap_secure.secagg.client import ClientSession
 from fedmap_secure.secagg.config import Roster, SecAggConfig
 from fedmap_secure.secagg.masking import RunningSum, pairwise_mask_term
-from fedmap_secure.secagg.messages import ClientMessage, ServerMessage
+from fedmap_secure.secagg.messages import (
+    AdvertiseKeys,
+    ClientMessage,
+    ConsistencySignature,
+    MaskedInput,
+    RevealedShare,
+    ServerMessage,
+    ShareEnvelope,
+    ShareKeys,
+    UnmaskResponse,
+)
+from fedmap_secure.secagg.round_setup import round_setup
 from fedmap_secure.secagg.server import ServerSession
 
 SESSION = bytes(range(32))
@@ -169,4 +190,151 @@ def run_round(n: int, m: int, drop: float, config: SecAggConfig, *, workers: Any
         "client_wall_s": {s: client_clock.wall[s] for s in sites if s not in dropped},
         "masking_wall_s": masking.wall,
         "survivors": n - len(dropped),
+    }
+
+
+def _dealt_shares(
+    secret: bytes, t: int, powers: list[int], blind: Callable[[int], bytes]
+) -> tuple[list[shamir.Share], bytes]:
+    """Shares of ``secret`` on f(x) = s + a x^(t-1) (degree t - 1, so any t shares rebuild s
+    exactly as a dense polynomial's would; the server interpolates the same way) and their
+    commitments, in the library's format. ``powers[i - 1]`` = i^(t-1) mod p."""
+    p = shamir.FIELD_PRIME
+    s = int.from_bytes(b"\x01" + secret, "big")
+    a = int.from_bytes(blind(shamir.ELEMENT_SIZE), "big") % p
+    shares, commitments = [], []
+    for index, power in enumerate(powers, start=1):
+        y = (s + a * power) % p
+        share = shamir.Share(
+            index=index, value=y.to_bytes(shamir.ELEMENT_SIZE, "big") + blind(shamir.BLIND_SIZE)
+        )
+        shares.append(share)
+        commitments.append(
+            digest(encode_uint(index, size=4), share.value, label=LABEL_SHARE_COMMITMENT)
+        )
+    return shares, b"".join(commitments)
+
+
+def run_server_round(
+    n: int, m: int, drop: float, config: SecAggConfig, *, workers: Any = None
+) -> Json:
+    """The server's side of a round, every stage, with the n sites replaced by a dealer.
+
+    The server session runs its real code on messages of the real kinds and sizes: signed
+    key advertisements with fresh X25519 keys, ShareKeys with one envelope per holder and
+    both share commitments, masked inputs, consistency signatures over the real payload,
+    and unmask responses revealing exactly the shares an honest holder reveals. What the
+    dealer does differently (the server cannot tell, and does the same work): envelope
+    ciphertexts are random bytes of the real length (the server relays them unopened),
+    Shamir polynomials are s + a x^(t-1) (the server interpolates from t shares all the
+    same; each dropped site's mask key is rebuilt and checked against its advertised key),
+    masked inputs are random (so the output is not a meaningful sum). Only the server's
+    calls are timed. floor(drop * n) sites drop after sharing keys.
+    """
+    sites = site_names(n)
+    keys = {s: IdentityKey.generate() for s in sites}
+    roster = Roster.from_mapping({s: k.public for s, k in keys.items()})
+    dropped = dropped_sites(sites, drop)
+    common: Json = {"roster": roster, "config": config, "layout": layout(m), "round_index": 0}
+    extra = {} if workers is None else {"workers": workers}
+    setup = round_setup(**common, context=b"model")
+    clock = Clock()
+    server = clock.run("1 keys", partial(ServerSession, **common, context=b"model", **extra))
+    header: Json = {"version": PROTOCOL_VERSION, "round_index": 0}
+    mask_keys = {s: AgreementKeyPair.generate() for s in sites}
+    enc_public = {s: AgreementKeyPair.generate().public for s in sites}
+    for s in sites:
+        payload = encoding.advertisement_payload(
+            setup=setup.setup,
+            round_index=0,
+            site=s,
+            mask_public=mask_keys[s].public,
+            encryption_public=enc_public[s],
+        )
+        ad = AdvertiseKeys(
+            **header,
+            session_id=setup.setup,
+            sender=s,
+            mask_public=mask_keys[s].public,
+            encryption_public=enc_public[s],
+            signature=keys[s].sign(payload, label=LABEL_KEY_ADVERTISEMENT),
+        )
+        clock.run("1 keys", partial(server.receive, ad))
+    clock.run("1 keys", server.close_stage)
+    session = encoding.session_id(
+        setup.setup, [(s, mask_keys[s].public, enc_public[s]) for s in sites]
+    )
+    t, graph = config.t, setup.graph
+    holders = {s: sorted({s} | graph[s]) for s in sites}
+    h = max(len(v) for v in holders.values())
+    powers = [pow(i, t - 1, shamir.FIELD_PRIME) for i in range(1, h + 1)]
+    blank = shamir.Share(index=1, value=bytes(shamir.SHARE_VALUE_SIZE))
+    sealed_size = envelope.OVERHEAD + len(
+        encoding.share_plaintext(
+            sender=sites[0], receiver=sites[1], self_mask=blank, mask_key=blank
+        )
+    )
+    held: dict[str, dict[str, tuple[shamir.Share, shamir.Share]]] = {s: {} for s in sites}
+    for s in sites:
+        seed_shares, seed_commit = _dealt_shares(
+            os.urandom(32), t, powers[: len(holders[s])], os.urandom
+        )
+        key_shares, key_commit = _dealt_shares(
+            mask_keys[s].private_bytes(), t, powers[: len(holders[s])], os.urandom
+        )
+        for holder, a, b in zip(holders[s], seed_shares, key_shares, strict=True):
+            held[holder][s] = (a, b)
+        message = ShareKeys(
+            **header,
+            session_id=session,
+            sender=s,
+            envelopes=tuple(
+                ShareEnvelope(sender=s, receiver=r, ciphertext=os.urandom(sealed_size))
+                for r in holders[s]
+                if r != s
+            ),
+            self_mask_commitment=seed_commit,
+            mask_key_commitment=key_commit,
+        )
+        clock.run("2 shares", partial(server.receive, message))
+    clock.run("2 shares", server.close_stage)
+    alive = sorted(set(sites) - dropped)
+    for s in alive:
+        y = encoded_input(sites.index(s), m, config.bits)
+        masked = MaskedInput(**header, session_id=session, sender=s, masked=y)
+        clock.run("3 inputs", partial(server.receive, masked))
+    clock.run("3 inputs", server.close_stage)
+    payload = encoding.consistency_payload(
+        session=session, round_index=0, survivors=alive, context_hash=setup.context_hash
+    )
+    for s in alive:
+        signature = keys[s].sign(payload, label=LABEL_CONSISTENCY)
+        signed = ConsistencySignature(**header, session_id=session, sender=s, signature=signature)
+        clock.run("4 consistency", partial(server.receive, signed))
+    clock.run("4 consistency", server.close_stage)
+    for s in alive:
+        revealed: tuple[list[RevealedShare], list[RevealedShare]] = ([], [])
+        for owner in sorted(held[s]):
+            seed_share, key_share = held[s][owner]
+            share = seed_share if owner not in dropped else key_share
+            revealed[owner in dropped].append(
+                RevealedShare(owner=owner, index=share.index, value=share.value)
+            )
+        response = UnmaskResponse(
+            **header,
+            session_id=session,
+            sender=s,
+            self_mask_shares=tuple(revealed[0]),
+            mask_key_shares=tuple(revealed[1]),
+        )
+        clock.run("5 unmask", partial(server.receive, response))
+    output = clock.run("5 unmask", server.finish)
+    if len(output.contributors) != len(alive):
+        raise AssertionError("the round lost a survivor")
+    return {
+        "server_s": sum(clock.cpu.values()),
+        "server_wall_s": sum(clock.wall.values()),
+        "server_parts_s": clock.cpu,
+        "server_parts_wall_s": clock.wall,
+        "survivors": len(alive),
     }

@@ -54,6 +54,7 @@ from secagg_round import (
     per_call,
     prg_seconds,
     run_round,
+    run_server_round,
     site_names,
 )
 
@@ -219,7 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gamma", type=float, required=True, help="declared corrupt_fraction")
     parser.add_argument("--bits", type=int, required=True)
     parser.add_argument("--drop", type=float, default=0.1, help="sites that actually drop")
-    parser.add_argument("--method", choices=["round", "components", "sessions"], required=True)
+    parser.add_argument(
+        "--method", choices=["round", "server", "components", "sessions"], required=True
+    )
     parser.add_argument(
         "--workers", type=int, default=0, help="threads for the server's PRG work (0: serial)"
     )
@@ -235,6 +238,9 @@ def main(argv: list[str] | None = None) -> None:
             result = measure_sessions(args.n, args.m, args.drop, config)
         elif args.method == "round":
             result = measure_round(args.n, args.m, args.drop, config, workers)
+        elif args.method == "server":
+            served = run_server_round(args.n, args.m, args.drop, config, workers=workers)
+            result = {"method": "server", **served}
         else:
             result = measure_components(args.n, args.m, args.drop, config, workers)
     result.update(
