@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 from secagg_round import (
     SESSION,
+    TimedPool,
     best,
     dropped_sites,
     encoded_input,
@@ -229,11 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = config_for(args.n, args.delta, args.gamma, args.bits)
     with ThreadPoolExecutor(max(args.workers, 1)) as pool:
-        workers = None
+        workers, timed = None, TimedPool(pool)
         if args.workers:
             from fedmap_secure.crypto.prg import Workers  # only trees that have it
 
-            workers = Workers(executor=pool, count=args.workers)
+            workers = Workers(executor=timed, count=args.workers)
         if args.method == "sessions":
             result = measure_sessions(args.n, args.m, args.drop, config)
         elif args.method == "round":
@@ -243,6 +244,8 @@ def main(argv: list[str] | None = None) -> None:
             result = {"method": "server", **served}
         else:
             result = measure_components(args.n, args.m, args.drop, config, workers)
+    if "server_main_thread_s" in result:  # CPU time on the critical path (see TimedPool)
+        result["server_critical_s"] = result["server_main_thread_s"] + timed.critical_s
     result.update(
         workers=args.workers,
         n=args.n,

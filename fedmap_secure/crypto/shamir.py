@@ -29,6 +29,9 @@ every share, skips those that fail, and reconstructs from the first t valid
 ones (by index). If more than t valid shares are present it also checks that
 they all lie on one polynomial of degree < t, so a dealer that committed to
 inconsistent shares is detected instead of yielding a subset-dependent secret.
+A receiver of many shares (the SecAgg server) checks each with ``committed_point``
+(the same check, returning the share's point) and rebuilds all secrets from the
+kept points with ``combine_points``.
 
 Assumptions: SHA-256 is collision resistant (binding: no one can open C_i to
 a different share) and behaves as a random oracle (hiding: C_i reveals nothing
