@@ -158,6 +158,23 @@ def prg_seconds(
     return seconds * terms / max(used, 1), used < terms
 
 
+def _parties(
+    n: int, m: int, drop: float, config: SecAggConfig
+) -> tuple[list[str], dict[str, IdentityKey], set[str], Json]:
+    """Site ids, identity keys, the dropped sites and the session arguments of one round."""
+    sites = site_names(n)
+    keys = {s: IdentityKey.generate() for s in sites}
+    roster = Roster.from_mapping({s: k.public for s, k in keys.items()})
+    common: Json = {"roster": roster, "config": config, "layout": layout(m), "round_index": 0}
+    return sites, keys, dropped_sites(sites, drop), common
+
+
+def _server(common: Json, workers: Any) -> ServerSession:
+    """The round's server session; ``workers`` only if given (older trees lack it)."""
+    extra = {} if workers is None else {"workers": workers}
+    return ServerSession(**common, context=b"model", **extra)
+
+
 def run_round(n: int, m: int, drop: float, config: SecAggConfig, *, workers: Any = None) -> Json:
     """A real round among n in-process ``ClientSession``s and one ``ServerSession``.
 
@@ -166,13 +183,8 @@ def run_round(n: int, m: int, drop: float, config: SecAggConfig, *, workers: Any
     inputs are made just before ``submit_input`` and dropped after, so the process holds
     O(m) vectors at a time. ``workers`` goes to the server only (its unmask PRG work).
     """
-    sites = site_names(n)
-    keys = {s: IdentityKey.generate() for s in sites}
-    roster = Roster.from_mapping({s: k.public for s, k in keys.items()})
-    dropped = dropped_sites(sites, drop)
-    common: Json = {"roster": roster, "config": config, "layout": layout(m), "round_index": 0}
-    extra = {} if workers is None else {"workers": workers}
-    server = ServerSession(**common, context=b"model", **extra)
+    sites, keys, dropped, common = _parties(n, m, drop, config)
+    server = _server(common, workers)
     clients = {
         s: ClientSession(site_id=s, identity=keys[s], **common, context=b"model") for s in sites
     }
@@ -256,15 +268,10 @@ def run_server_round(
     masked inputs are random (so the output is not a meaningful sum). Only the server's
     calls are timed. floor(drop * n) sites drop after sharing keys.
     """
-    sites = site_names(n)
-    keys = {s: IdentityKey.generate() for s in sites}
-    roster = Roster.from_mapping({s: k.public for s, k in keys.items()})
-    dropped = dropped_sites(sites, drop)
-    common: Json = {"roster": roster, "config": config, "layout": layout(m), "round_index": 0}
-    extra = {} if workers is None else {"workers": workers}
+    sites, keys, dropped, common = _parties(n, m, drop, config)
     setup = round_setup(**common, context=b"model")
     clock = Clock()
-    server = clock.run("1 keys", partial(ServerSession, **common, context=b"model", **extra))
+    server = clock.run("1 keys", partial(_server, common, workers))
     header: Json = {"version": PROTOCOL_VERSION, "round_index": 0}
     mask_keys = {s: AgreementKeyPair.generate() for s in sites}
     enc_public = {s: AgreementKeyPair.generate().public for s in sites}
