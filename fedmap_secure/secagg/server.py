@@ -31,8 +31,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.crypto import shamir
@@ -356,7 +354,7 @@ class ServerSession:
         y = message.masked
         if y.shape != (self._length,):
             raise RemoteProtocolError(peer, f"masked input must have length {self._length}")
-        if self._config.bits < 64 and bool(np.any(y > modulus_mask(self._config.bits))):
+        if self._config.bits < 64 and y.size and int(y.max()) > modulus_mask(self._config.bits):
             raise RemoteProtocolError(
                 peer, f"masked input has values outside Z_2^{self._config.bits}"
             )
