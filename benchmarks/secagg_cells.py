@@ -24,28 +24,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import statistics
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
+from secagg_round import (
+    SESSION,
+    best,
+    dropped_sites,
+    encoded_input,
+    per_call,
+    prg_seconds,
+    run_round,
+    site_names,
+)
 
-from fedmap_secure.aggregation import Field, VectorLayout
 from fedmap_secure.crypto import shamir
 from fedmap_secure.crypto.agreement import AgreementKeyPair, agree
 from fedmap_secure.crypto.envelope import envelope_ad, open_sealed, seal
 from fedmap_secure.crypto.labels import LABEL_CONSISTENCY, LABEL_PAIRWISE_MASK
 from fedmap_secure.crypto.signing import IdentityKey, verify
-from fedmap_secure.secagg.client import ClientSession
-from fedmap_secure.secagg.config import Roster, SecAggConfig
+from fedmap_secure.secagg.config import SecAggConfig
 from fedmap_secure.secagg.graph import neighbour_graph
 from fedmap_secure.secagg.masking import (
     RunningSum,
@@ -53,13 +58,13 @@ from fedmap_secure.secagg.masking import (
     pairwise_mask_term,
     self_mask_term,
 )
-from fedmap_secure.secagg.messages import ClientMessage, MaskedInput, ServerMessage
-from fedmap_secure.secagg.server import ServerSession
+from fedmap_secure.secagg.messages import MaskedInput
 
 PRG_SAMPLE = 200
 """Server PRG terms actually expanded in components mode before scaling."""
-SESSION = bytes(range(32))
 Json = dict[str, Any]
+wall_best = partial(best, clock=time.perf_counter)
+wall_per_call = partial(per_call, reps=40, clock=time.perf_counter)
 
 
 def config_for(n: int, dropout: float, bits: int) -> SecAggConfig:
@@ -67,12 +72,6 @@ def config_for(n: int, dropout: float, bits: int) -> SecAggConfig:
     return SecAggConfig.for_threat_model(
         n=n, dropout_fraction=max(dropout, 0.1), corrupt_fraction=0.1, bits=bits
     )
-
-
-def _input(site_index: int, m: int, bits: int) -> npt.NDArray[np.uint64]:
-    """A site's encoded input: m values in Z_{2^bits} (clip counter last), deterministic."""
-    rng = np.random.default_rng(site_index)
-    return rng.integers(0, 2**bits, size=m, dtype=np.uint64, endpoint=False)
 
 
 def plain_sum_seconds(survivors: int, m: int) -> float:
@@ -86,99 +85,22 @@ def plain_sum_seconds(survivors: int, m: int) -> float:
     return time.perf_counter() - start
 
 
-class _Clock:
-    """Accumulates the time spent in each party's calls."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def run(self, party: str, action: Callable[[], Any]) -> Any:
-        start = time.perf_counter()
-        try:
-            return action()
-        finally:
-            self.seconds[party] = self.seconds.get(party, 0.0) + time.perf_counter() - start
-
-
-def _layout(m: int) -> VectorLayout:
-    return VectorLayout((Field(name="x", length=m - 1, bound=1.0),))
-
-
 def measure_round(n: int, m: int, dropout: float, bits: int) -> Json:
-    """A real round among n in-process parties (see module docstring)."""
+    """A real round among n in-process parties (``secagg_round.run_round``), wall seconds."""
     config = config_for(n, dropout, bits)
-    sites = [f"s{i:04d}" for i in range(n)]
-    keys = {s: IdentityKey.generate() for s in sites}
-    roster = Roster.from_mapping({s: k.public for s, k in keys.items()})
-    dropped = set(sites[n - math.floor(dropout * n) :])
-    layout = _layout(m)
-    server = ServerSession(
-        roster=roster, config=config, layout=layout, round_index=0, context=b"model"
-    )
-    clients = {
-        s: ClientSession(
-            site_id=s,
-            identity=keys[s],
-            roster=roster,
-            config=config,
-            layout=layout,
-            round_index=0,
-            context=b"model",
-        )
-        for s in sites
-    }
-    clock, server_clock = _Clock(), _Clock()
-
-    def to_server(message: ClientMessage | None, stage: str) -> None:
-        if message is not None:
-            server_clock.run(stage, partial(server.receive, message))
-
-    def relay(outgoing: dict[str, ServerMessage], stage: str) -> dict[str, ServerMessage]:
-        for s, message in outgoing.items():
-            to_server(clock.run(s, partial(clients[s].receive, message)), stage)
-        return dict(server_clock.run(stage, server.close_stage))
-
-    for s in sites:
-        to_server(clock.run(s, clients[s].start), "1 keys")
-    outgoing = relay(server_clock.run("1 keys", server.close_stage), "2 shares")
-    for s, message in outgoing.items():
-        clock.run(s, partial(clients[s].receive, message))
-    masking: list[float] = []
-    for s in sorted(set(sites) - dropped):
-        x = _input(sites.index(s), m, bits)
-        before = clock.seconds[s]
-        masked = clock.run(s, partial(clients[s].submit_input, x))
-        masking.append(clock.seconds[s] - before)
-        to_server(masked, "3 masked inputs")
-        del x, masked
-    outgoing = relay(server_clock.run("3 masked inputs", server.close_stage), "4 consistency")
-    for s, message in outgoing.items():
-        to_server(clock.run(s, partial(clients[s].receive, message)), "5 unmask")
-    output = server_clock.run("5 unmask", server.finish)
-    survivors = n - len(dropped)
-    if len(output.contributors) != survivors:
-        raise AssertionError("round lost a survivor")
-    client_times = [clock.seconds[s] for s in sites if s not in dropped]
+    result = run_round(n, m, dropout, config)
+    client_times = list(result["client_wall_s"].values())
     return {
         "method": "round",
         "client_s": statistics.median(client_times),
-        "client_masking_s": statistics.median(masking),
+        "client_masking_s": statistics.median(result["masking_wall_s"].values()),
         "client_max_s": max(client_times),
-        "server_s": sum(server_clock.seconds.values()),
-        "server_parts_s": server_clock.seconds,
-        "survivors": survivors,
-        "plain_sum_s": plain_sum_seconds(survivors, m),
+        "server_s": result["server_wall_s"],
+        "server_parts_s": result["server_parts_wall_s"],
+        "survivors": result["survivors"],
+        "plain_sum_s": plain_sum_seconds(result["survivors"], m),
         "config": {"k": config.k, "t": config.t, "quorum": config.quorum},
     }
-
-
-def _best(action: Callable[[], object], repeat: int = 3) -> float:
-    best = math.inf
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def client_masking_seconds(k: int, m: int, bits: int) -> float:
@@ -186,7 +108,7 @@ def client_masking_seconds(k: int, m: int, bits: int) -> float:
     apply_masks over k + 1 terms, and the MaskedInput message (which copies y)."""
     mine = AgreementKeyPair.generate()
     peers = [AgreementKeyPair.generate().public for _ in range(k)]
-    x = _input(0, m, bits)
+    x = encoded_input(0, m, bits)
     limit = np.uint64((1 << bits) - 1)
 
     def mask() -> None:
@@ -199,11 +121,7 @@ def client_masking_seconds(k: int, m: int, bits: int) -> float:
         y = apply_masks(x, terms, bits=bits)
         MaskedInput(version=1, session_id=SESSION, round_index=0, sender="s0000", masked=y)
 
-    return _best(mask)
-
-
-def _per_call(action: Callable[[], object], reps: int = 40) -> float:
-    return _best(lambda: [action() for _ in range(reps)]) / reps
+    return best(mask, clock=time.perf_counter)
 
 
 def unit_costs(t: int, h: int, used: int) -> dict[str, float]:
@@ -220,18 +138,18 @@ def unit_costs(t: int, h: int, used: int) -> dict[str, float]:
     sealed = seal(key, bytes(220), associated_data=ad)
     shares, commitment = shamir.split(os.urandom(32), threshold=t, n_shares=h)
     return {
-        "agree": _per_call(lambda: agree(mine, other.public, label=label, context=SESSION)),
-        "seal": _per_call(lambda: seal(key, bytes(220), associated_data=ad)),
-        "open": _per_call(lambda: open_sealed(key, sealed, associated_data=ad)),
-        "verify": _per_call(
+        "agree": wall_per_call(lambda: agree(mine, other.public, label=label, context=SESSION)),
+        "seal": wall_per_call(lambda: seal(key, bytes(220), associated_data=ad)),
+        "open": wall_per_call(lambda: open_sealed(key, sealed, associated_data=ad)),
+        "verify": wall_per_call(
             lambda: verify(identity.public, b"payload", signature, label=LABEL_CONSISTENCY)
         ),
-        "sign": _per_call(lambda: identity.sign(b"payload", label=LABEL_CONSISTENCY)),
-        "shamir_split": _best(lambda: shamir.split(os.urandom(32), threshold=t, n_shares=h)),
-        "shamir_combine": _best(
+        "sign": wall_per_call(lambda: identity.sign(b"payload", label=LABEL_CONSISTENCY)),
+        "shamir_split": wall_best(lambda: shamir.split(os.urandom(32), threshold=t, n_shares=h)),
+        "shamir_combine": wall_best(
             lambda: shamir.combine(shares[:used], threshold=t, commitment=commitment)
         ),
-        "share_ok": _per_call(
+        "share_ok": wall_per_call(
             lambda: shamir.share_ok(shares[0], commitment=commitment, n_shares=h)
         ),
     }
@@ -249,21 +167,9 @@ def client_protocol_seconds(units: dict[str, float], *, k: int, q: int) -> float
     return k * per_neighbour + 2 * units["shamir_split"] + q * units["verify"] + 2 * units["sign"]
 
 
-def _server_prg_seconds(terms: int, m: int, bits: int) -> tuple[float, bool]:
-    """add_masks over ``terms`` terms of m words: measured, or sampled and scaled."""
-    sample = min(terms, PRG_SAMPLE)
-    total = RunningSum(m, bits)
-    batch = [
-        pairwise_mask_term(os.urandom(32), session=SESSION, sign=1 - 2 * (i % 2))
-        for i in range(sample)
-    ]
-    seconds = _best(lambda: total.add_masks(batch), repeat=1)
-    return seconds * terms / max(sample, 1), sample < terms
-
-
 def _running_sum_seconds(survivors: int, m: int, bits: int) -> float:
     """The server's per-input work, measured: range check and add into the running sum."""
-    total, y = RunningSum(m, bits), _input(1, m, bits)
+    total, y = RunningSum(m, bits), encoded_input(1, m, bits)
     limit = np.uint64((1 << bits) - 1)
     start = time.perf_counter()
     for _ in range(survivors):
@@ -275,7 +181,7 @@ def _running_sum_seconds(survivors: int, m: int, bits: int) -> float:
 
 def server_traced_peak_bytes(m: int, bits: int, adds: int = 20, terms: int = 20) -> int:
     """tracemalloc peak while a server adds ``adds`` inputs and removes ``terms`` masks."""
-    y = _input(1, m, bits)
+    y = encoded_input(1, m, bits)
     tracemalloc.start()
     total = RunningSum(m, bits)
     for _ in range(adds):
@@ -290,8 +196,8 @@ def server_traced_peak_bytes(m: int, bits: int, adds: int = 20, terms: int = 20)
 
 
 def _dropped_and_pairs(n: int, dropout: float, config: SecAggConfig) -> tuple[set[str], int]:
-    sites = [f"s{i:04d}" for i in range(n)]
-    dropped = set(sites[n - math.floor(dropout * n) :])
+    sites = site_names(n)
+    dropped = dropped_sites(sites, dropout)
     graph = neighbour_graph(sites, k=config.k, graph_seed=config.graph_seed, round_index=0)
     return dropped, sum(len(graph[d] - dropped) for d in dropped)
 
@@ -304,7 +210,9 @@ def measure_components(n: int, m: int, dropout: float, bits: int) -> Json:
     survivors = n - len(dropped)
     units = unit_costs(t, k + 1, max(t, round((k + 1) * survivors / n)))
     masking = client_masking_seconds(k, m, bits)
-    prg, prg_scaled = _server_prg_seconds(survivors + pairs, m, bits)
+    prg, prg_scaled = prg_seconds(
+        survivors + pairs, m, bits, sample=PRG_SAMPLE, clock=time.perf_counter
+    )
     recovered = len([d for d in dropped if pairs])  # dropped sites whose mask key is rebuilt
     parts = {
         "running_sum (measured)": _running_sum_seconds(survivors, m, bits),

@@ -12,8 +12,11 @@ deployment derives them, and the fraction of sites that actually drop (after sha
 keys, the server's expensive recovery path: their mask keys are rebuilt and every
 pairwise mask they shared with a survivor removed).
 
-Times are CPU seconds of this process (``time.process_time``): the machine is shared, and
-wall-clock time mostly measures the other jobs; every part runs single-threaded.
+Times are CPU seconds of this process (``time.process_time``, all threads): the machine is
+shared, and wall-clock time mostly measures the other jobs. ``round`` also reports wall
+seconds; with ``--workers N`` the server's unmask PRG work runs on a thread pool of N
+(only trees whose ``ServerSession`` takes ``workers``), which shows in wall, not CPU, time.
+The round itself is ``secagg_round.run_round``, shared with ``secagg_cells.py``.
 
 Methods:
 
@@ -34,19 +37,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import sys
 import time
-from collections.abc import Callable
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
+from secagg_round import (
+    SESSION,
+    TimedPool,
+    best,
+    dropped_sites,
+    encoded_input,
+    layout,
+    per_call,
+    prg_seconds,
+    run_round,
+    run_server_round,
+    site_names,
+)
 
-from fedmap_secure.aggregation import Field, VectorLayout
 from fedmap_secure.crypto import shamir
 from fedmap_secure.crypto.agreement import AgreementKeyPair, agree
 from fedmap_secure.crypto.labels import LABEL_CONSISTENCY, LABEL_PAIRWISE_MASK
@@ -54,11 +66,9 @@ from fedmap_secure.crypto.signing import IdentityKey, verify
 from fedmap_secure.secagg.client import ClientSession
 from fedmap_secure.secagg.config import Roster, SecAggConfig
 from fedmap_secure.secagg.graph import neighbour_graph
-from fedmap_secure.secagg.masking import RunningSum, pairwise_mask_term
-from fedmap_secure.secagg.messages import ClientMessage, ServerMessage
+from fedmap_secure.secagg.masking import RunningSum
 from fedmap_secure.secagg.server import ServerSession
 
-SESSION = bytes(range(32))
 Json = dict[str, Any]
 
 
@@ -68,74 +78,25 @@ def config_for(n: int, delta: float, gamma: float, bits: int) -> SecAggConfig:
     )
 
 
-def _input(i: int, m: int, bits: int) -> npt.NDArray[np.uint64]:
-    rng = np.random.default_rng(i)
-    return rng.integers(0, 2**bits - 1, size=m, dtype=np.uint64, endpoint=True)
-
-
-def _layout(m: int) -> VectorLayout:
-    return VectorLayout((Field(name="x", length=m - 1, bound=1.0),))
-
-
-def measure_round(n: int, m: int, drop: float, config: SecAggConfig) -> Json:
-    sites = [f"s{i:04d}" for i in range(n)]
-    keys = {s: IdentityKey.generate() for s in sites}
-    roster = Roster.from_mapping({s: k.public for s, k in keys.items()})
-    dropped = set(sites[n - math.floor(drop * n) :])
-    common = {"roster": roster, "config": config, "layout": _layout(m), "round_index": 0}
-    server = ServerSession(**common, context=b"model")  # type: ignore[arg-type]
-    clients = {
-        s: ClientSession(site_id=s, identity=keys[s], **common, context=b"model")  # type: ignore[arg-type]
-        for s in sites
-    }
-    server_s: dict[str, float] = {}
-
-    def timed(stage: str, action: Callable[[], Any]) -> Any:
-        start = time.process_time()
-        try:
-            return action()
-        finally:
-            server_s[stage] = server_s.get(stage, 0.0) + time.process_time() - start
-
-    def to_server(message: ClientMessage | None, stage: str) -> None:
-        if message is not None:
-            timed(stage, partial(server.receive, message))
-
-    def relay(outgoing: dict[str, ServerMessage], stage: str) -> dict[str, ServerMessage]:
-        for s, message in outgoing.items():
-            to_server(clients[s].receive(message), stage)
-        return dict(timed(stage, server.close_stage))
-
-    for s in sites:
-        to_server(clients[s].start(), "1 keys")
-    outgoing = relay(timed("1 keys", server.close_stage), "2 shares")
-    for s, message in outgoing.items():
-        clients[s].receive(message)
-    for s in sorted(set(sites) - dropped):
-        to_server(clients[s].submit_input(_input(sites.index(s), m, config.bits)), "3 inputs")
-    outgoing = relay(timed("3 inputs", server.close_stage), "4 consistency")
-    for s, message in outgoing.items():
-        to_server(clients[s].receive(message), "5 unmask")
-    output = timed("5 unmask", server.finish)
-    if len(output.contributors) != n - len(dropped):
-        raise AssertionError("the round lost a survivor")
-    return {"method": "round", "server_s": sum(server_s.values()), "server_parts_s": server_s}
+def measure_round(n: int, m: int, drop: float, config: SecAggConfig, workers: Any = None) -> Json:
+    result = run_round(n, m, drop, config, workers=workers)
+    del result["client_wall_s"], result["masking_wall_s"]
+    return {"method": "round", **result}
 
 
 def measure_sessions(n: int, m: int, drop: float, config: SecAggConfig) -> Json:
     """Memory of one round's n client sessions and the server session, as built in-process."""
     import tracemalloc
 
-    sites = [f"s{i:04d}" for i in range(n)]
+    sites = site_names(n)
     keys = {s: IdentityKey.generate() for s in sites}
     roster = Roster.from_mapping({s: k.public for s, k in keys.items()})
-    common = {"roster": roster, "config": config, "layout": _layout(m), "round_index": 0}
+    common: Json = {"roster": roster, "config": config, "layout": layout(m), "round_index": 0}
     tracemalloc.start()
     start = time.process_time()
-    server = ServerSession(**common, context=b"model")  # type: ignore[arg-type]
+    server = ServerSession(**common, context=b"model")
     clients = [
-        ClientSession(site_id=s, identity=keys[s], **common, context=b"model")  # type: ignore[arg-type]
-        for s in sites
+        ClientSession(site_id=s, identity=keys[s], **common, context=b"model") for s in sites
     ]
     seconds = time.process_time() - start
     peak = tracemalloc.get_traced_memory()[1]
@@ -147,19 +108,6 @@ def measure_sessions(n: int, m: int, drop: float, config: SecAggConfig) -> Json:
         "server_parts_s": {"build n client sessions and the server (CPU s)": seconds},
         "sessions_traced_peak_mb": peak / 2**20,
     }
-
-
-def _best(action: Callable[[], object], repeat: int = 3) -> float:
-    best = math.inf
-    for _ in range(repeat):
-        start = time.process_time()
-        action()
-        best = min(best, time.process_time() - start)
-    return best
-
-
-def _per_call(action: Callable[[], object], reps: int = 50) -> float:
-    return _best(lambda: [action() for _ in range(reps)]) / reps
 
 
 def _shamir_seconds(
@@ -183,9 +131,9 @@ def _shamir_seconds(
         batch.append((good, commitment))
     if hasattr(shamir, "combine_checked"):  # shares were checked on arrival (share checks)
         checked = [good[:t] for good, _ in batch]
-        seconds = _best(lambda: shamir.combine_checked(checked, threshold=t), repeat=1)
+        seconds = best(lambda: shamir.combine_checked(checked, threshold=t), repeat=1)
     else:
-        seconds = _best(
+        seconds = best(
             lambda: [shamir.combine(g, threshold=t, commitment=c) for g, c in batch], repeat=1
         )
     return seconds / len(batch), len(batch)
@@ -197,25 +145,16 @@ def _holder_lookup_seconds(graph: Any, sites: list[str], cached: bool) -> float:
     owner, peer = sites[0], sorted(graph[sites[0]])[0]
     if cached:
         table = {s: i + 1 for i, s in enumerate(sorted(({owner} | graph[owner]) & ads.keys()))}
-        return _per_call(lambda: table.get(peer), reps=2000)
-    return _per_call(lambda: sorted(({owner} | graph[owner]) & set(ads)).index(peer) + 1)
+        return per_call(lambda: table.get(peer), reps=2000)
+    return per_call(lambda: sorted(({owner} | graph[owner]) & set(ads)).index(peer) + 1)
 
 
-def _prg_seconds(terms: int, m: int, bits: int, sample: int) -> tuple[float, bool]:
-    used = min(terms, sample)
-    total = RunningSum(m, bits)
-    batch = [
-        pairwise_mask_term(os.urandom(32), session=SESSION, sign=1 - 2 * (i % 2))
-        for i in range(used)
-    ]
-    seconds = _best(lambda: total.add_masks(batch), repeat=1)
-    return seconds * terms / max(used, 1), used < terms
-
-
-def measure_components(n: int, m: int, drop: float, config: SecAggConfig) -> Json:
+def measure_components(
+    n: int, m: int, drop: float, config: SecAggConfig, workers: Any = None
+) -> Json:
     k, t, bits = config.k, config.t, config.bits
-    sites = [f"s{i:04d}" for i in range(n)]
-    dropped = set(sites[n - math.floor(drop * n) :])
+    sites = site_names(n)
+    dropped = dropped_sites(sites, drop)
     graph = neighbour_graph(sites, k=k, graph_seed=config.graph_seed, round_index=0)
     survivors = n - len(dropped)
     pairs = sum(len(set(graph[d]) - dropped) for d in dropped)
@@ -223,7 +162,7 @@ def measure_components(n: int, m: int, drop: float, config: SecAggConfig) -> Jso
     secrets = survivors + recovered
     revealed = sum(len(({s} | set(graph[s])) - dropped) for s in sites)  # shares the U5 reveal
     parts: dict[str, float] = {}
-    y = _input(1, m, bits)
+    y = encoded_input(1, m, bits)
     limit = np.uint64((1 << bits) - 1) if bits < 64 else None
     running = RunningSum(m, bits)
     adds = min(survivors, max(20, 2 * 10**7 // m))
@@ -236,27 +175,31 @@ def measure_components(n: int, m: int, drop: float, config: SecAggConfig) -> Jso
 
     scaled = adds < survivors
     parts[f"running sum ({'scaled' if scaled else 'measured'})"] = (
-        _best(add_inputs, repeat=1) * survivors / adds
+        best(add_inputs, repeat=1) * survivors / adds
     )
-    prg, prg_scaled = _prg_seconds(survivors + pairs, m, bits, sample=2000 if m <= 10**4 else 60)
+    sample = 2000 if m <= 10**4 else 60
+    prg, prg_scaled = prg_seconds(survivors + pairs, m, bits, sample=sample, workers=workers)
+    prg_wall, _ = prg_seconds(
+        survivors + pairs, m, bits, sample=sample, workers=workers, clock=time.perf_counter
+    )
     parts[f"prg {survivors + pairs} terms ({'scaled' if prg_scaled else 'measured'})"] = prg
     per_secret, sampled = _shamir_seconds(config, graph, sites, dropped, sample=24)
     parts[f"shamir {secrets} secrets (scaled from {sampled})"] = per_secret * secrets
     shares, commitment = shamir.split(os.urandom(32), threshold=min(t, 8), n_shares=k + 1)
-    share_ok = _per_call(lambda: shamir.share_ok(shares[0], commitment=commitment, n_shares=k + 1))
+    share_ok = per_call(lambda: shamir.share_ok(shares[0], commitment=commitment, n_shares=k + 1))
     parts[f"share checks {revealed} (computed)"] = revealed * share_ok
     cached = hasattr(shamir, "combine_checked")  # the holder cache came with the batched server
     parts[f"holder lookups {revealed} (computed)"] = revealed * _holder_lookup_seconds(
         graph, sites, cached
     )
     mine, other = AgreementKeyPair.generate(), AgreementKeyPair.generate()
-    unit_agree = _per_call(
+    unit_agree = per_call(
         lambda: agree(mine, other.public, label=LABEL_PAIRWISE_MASK, context=SESSION)
     )
     parts[f"agreements {2 * n + pairs} (computed)"] = (2 * n + pairs) * unit_agree
     identity = IdentityKey.generate()
     signature = identity.sign(b"payload", label=LABEL_CONSISTENCY)
-    unit_verify = _per_call(
+    unit_verify = per_call(
         lambda: verify(identity.public, b"payload", signature, label=LABEL_CONSISTENCY)
     )
     parts[f"signature checks {n + survivors} (computed)"] = (n + survivors) * unit_verify
@@ -266,6 +209,7 @@ def measure_components(n: int, m: int, drop: float, config: SecAggConfig) -> Jso
         "server_parts_s": parts,
         "pairs": pairs,
         "secrets": secrets,
+        "prg_wall_s": prg_wall,
     }
 
 
@@ -277,14 +221,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gamma", type=float, required=True, help="declared corrupt_fraction")
     parser.add_argument("--bits", type=int, required=True)
     parser.add_argument("--drop", type=float, default=0.1, help="sites that actually drop")
-    parser.add_argument("--method", choices=["round", "components", "sessions"], required=True)
+    parser.add_argument(
+        "--method", choices=["round", "server", "components", "sessions"], required=True
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="threads for the server's PRG work (0: serial)"
+    )
     args = parser.parse_args(argv)
     config = config_for(args.n, args.delta, args.gamma, args.bits)
-    run = {"round": measure_round, "components": measure_components}.get(
-        args.method, measure_sessions
-    )
-    result = run(args.n, args.m, args.drop, config)
+    with ThreadPoolExecutor(max(args.workers, 1)) as pool:
+        workers, timed = None, TimedPool(pool)
+        if args.workers:
+            from fedmap_secure.crypto.prg import Workers  # only trees that have it
+
+            workers = Workers(executor=timed, count=args.workers)
+        if args.method == "sessions":
+            result = measure_sessions(args.n, args.m, args.drop, config)
+        elif args.method == "round":
+            result = measure_round(args.n, args.m, args.drop, config, workers)
+        elif args.method == "server":
+            served = run_server_round(args.n, args.m, args.drop, config, workers=workers)
+            result = {"method": "server", **served}
+        else:
+            result = measure_components(args.n, args.m, args.drop, config, workers)
+    if "server_main_thread_s" in result:  # CPU time on the critical path (see TimedPool)
+        result["server_critical_s"] = result["server_main_thread_s"] + timed.critical_s
     result.update(
+        workers=args.workers,
         n=args.n,
         m=args.m,
         delta=args.delta,

@@ -31,12 +31,19 @@ generator; here the full seed keys a block cipher in counter mode.)
 
 Speed: ``add_masks`` sums many masks into one vector chunk by chunk, so each
 keystream chunk is added while still in cache and no mask is ever held whole.
+Given ``Workers`` (an executor injected by the caller, e.g. a thread pool), it
+splits the terms into groups summed side by side, each into its own accumulator,
+and adds the partial sums at the end: AES-CTR (``cryptography`` releases the GIL
+for a long ``update_into``) and numpy's adds then run on several cores. The
+result is the same bits whatever the grouping: addition modulo the word size is
+associative and commutative.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +63,30 @@ TERM_BATCH = 256
 """Terms expanded side by side in ``add_masks`` (bounds the live cipher states)."""
 
 MaskWords = npt.NDArray[np.uint32] | npt.NDArray[np.uint64]
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+class MapExecutor(Protocol):
+    """What ``add_masks`` needs of an executor: ``concurrent.futures.Executor.map``."""
+
+    def map(self, fn: Callable[[_T], _R], items: Iterable[_T], /) -> Iterator[_R]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workers:
+    """An injected executor and how many groups of terms to give it (>= 1).
+
+    This module never starts threads itself (sans-I/O): the caller owns the pool,
+    e.g. ``Workers(executor=ThreadPoolExecutor(2), count=2)``.
+    """
+
+    executor: MapExecutor
+    count: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise ValueError(f"worker count must be a positive int, got {self.count!r}")
 
 
 def word_dtype(bits: int) -> np.dtype[np.uint32] | np.dtype[np.uint64]:
@@ -102,7 +133,9 @@ class MaskTerm:
         return f"MaskTerm(label={self.label.decode()!r}, sign={self.sign:+d})"
 
 
-def add_masks(out: MaskWords, terms: Sequence[MaskTerm], *, bits: int) -> None:
+def add_masks(
+    out: MaskWords, terms: Sequence[MaskTerm], *, bits: int, workers: Workers | None = None
+) -> None:
     """In place: ``out <- (out + sum_j sign_j * PRG(seed_j)) mod 2^bits``.
 
     ``out`` is a writable, contiguous 1-D array of ``word_dtype(bits)`` with at
@@ -112,15 +145,41 @@ def add_masks(out: MaskWords, terms: Sequence[MaskTerm], *, bits: int) -> None:
     add per word and term, and the extra memory is one chunk and TERM_BATCH
     cipher states, whatever the number of terms. Adding full words and reducing
     once at the end is exact because 2^bits divides the word modulus.
+
+    With ``workers``, the terms are split into ``workers.count`` contiguous groups
+    (fewer if there are fewer terms); group 0 is added into ``out`` and every other
+    group into a fresh zero vector, the groups run through ``workers.executor``,
+    and the partial sums are then added into ``out``: extra memory
+    (count - 1) * len(out) words, same result bit for bit.
     """
     dtype = word_dtype(bits)
     _check_output(out, dtype)
-    scratch = bytearray(CHUNK_WORDS * dtype.itemsize + _primitives.KEYSTREAM_SLACK)
-    for first in range(0, len(terms), TERM_BATCH):
-        _add_batch(out, terms[first : first + TERM_BATCH], scratch, dtype)
-    scratch[:] = bytes(len(scratch))  # do not leave keystream (mask) bytes behind
+    groups = 1 if workers is None else max(1, min(workers.count, len(terms)))
+    if groups == 1:
+        _add_terms(out, terms, dtype)
+    else:
+        assert workers is not None
+        bounds = [len(terms) * g // groups for g in range(groups + 1)]
+        sums: list[MaskWords] = [out, *(np.zeros_like(out) for _ in range(groups - 1))]
+        jobs = [(sums[g], terms[bounds[g] : bounds[g + 1]]) for g in range(groups)]
+        for _ in workers.executor.map(lambda job: _add_terms(job[0], job[1], dtype), jobs):
+            pass  # re-raises a worker's exception here
+        for partial in sums[1:]:
+            np.add(out, partial, out=out)
     if bits < 8 * dtype.itemsize:
         np.bitwise_and(out, dtype.type((1 << bits) - 1), out=out)
+
+
+def _add_terms(
+    out: MaskWords, terms: Sequence[MaskTerm], dtype: np.dtype[np.uint32] | np.dtype[np.uint64]
+) -> None:
+    """out += sum of the terms' full words (mod the word size), TERM_BATCH terms at a time."""
+    scratch = bytearray(CHUNK_WORDS * dtype.itemsize + _primitives.KEYSTREAM_SLACK)
+    try:
+        for first in range(0, len(terms), TERM_BATCH):
+            _add_batch(out, terms[first : first + TERM_BATCH], scratch, dtype)
+    finally:
+        scratch[:] = bytes(len(scratch))  # do not leave keystream (mask) bytes behind
 
 
 def _add_batch(

@@ -29,6 +29,9 @@ every share, skips those that fail, and reconstructs from the first t valid
 ones (by index). If more than t valid shares are present it also checks that
 they all lie on one polynomial of degree < t, so a dealer that committed to
 inconsistent shares is detected instead of yielding a subset-dependent secret.
+A receiver of many shares (the SecAgg server) checks each with ``committed_point``
+(the same check, returning the share's point) and rebuilds all secrets from the
+kept points with ``combine_points``.
 
 Assumptions: SHA-256 is collision resistant (binding: no one can open C_i to
 a different share) and behaves as a random oracle (hiding: C_i reveals nothing
@@ -127,6 +130,30 @@ def share_ok(share: Share, *, commitment: bytes, n_shares: int) -> None:
         raise CryptoError(f"share {share.index} does not match its commitment")
 
 
+def committed_point(index: int, value: bytes, commitment: bytes) -> tuple[int, int] | None:
+    """The point (index, y) of the share (index, value) if it matches C_index, else None.
+
+    ``commitment`` is the dealer's whole commitment C_1 || ... || C_n; an index
+    beyond n does not match. The same check as ``share_ok`` (and the same
+    ``CryptoError`` as ``Share`` for a malformed index or value, checked first),
+    for a receiver that checks many shares and keeps only their points: no
+    ``Share`` object is built, and the points go to ``combine_points``.
+    """
+    if isinstance(index, bool) or not isinstance(index, int) or not 1 <= index <= MAX_SHARES:
+        raise CryptoError(f"share index {index!r} is outside 1..{MAX_SHARES}")
+    if not isinstance(value, bytes) or len(value) != SHARE_VALUE_SIZE:
+        raise CryptoError(f"share {index}: value must be {SHARE_VALUE_SIZE} bytes")
+    y = int.from_bytes(value[:ELEMENT_SIZE], "big")
+    if y >= FIELD_PRIME:
+        raise CryptoError(f"share {index}: value is not a field element")
+    start = COMMITMENT_ENTRY_SIZE * (index - 1)
+    expected = commitment[start : start + COMMITMENT_ENTRY_SIZE]
+    actual = _primitives.sha256(_COMMIT_PREFIX + index.to_bytes(4, "big") + _VALUE_LENGTH + value)
+    if len(expected) == COMMITMENT_ENTRY_SIZE and _primitives.constant_time_equal(actual, expected):
+        return (index, y)
+    return None
+
+
 def combine(shares: Sequence[Share], *, threshold: int, commitment: bytes) -> bytes:
     """Recover the secret from at least ``threshold`` shares that match ``commitment``.
 
@@ -191,17 +218,29 @@ def combine_checked(
     ``CryptoError`` (prefixed by the secret's name); the result for checked
     shares is exactly ``combine``'s.
     """
+    points = [[(share.index, share.y) for share in shares] for shares in batch]
+    return combine_points(points, threshold=threshold, names=names)
+
+
+def combine_points(
+    batch: Sequence[Sequence[tuple[int, int]]],
+    *,
+    threshold: int,
+    names: Sequence[str] | None = None,
+) -> list[bytes]:
+    """``combine_checked`` for shares given as checked points (index, y), e.g. from
+    ``committed_point``: the same checks (duplicate indices, fewer than ``threshold``
+    points), the same results and errors."""
     labels = _labels(batch, threshold, names)
     point_lists = []
-    for label, shares in zip(labels, batch, strict=True):
-        try:
-            _reject_duplicates(shares)
-        except CryptoError as exc:
-            raise CryptoError(f"{label}: {exc}") from None
-        if len(shares) < threshold:
-            raise CryptoError(f"{label}: only {len(shares)} valid shares, need {threshold}")
-        ordered = sorted(shares, key=lambda share: share.index)
-        point_lists.append([(share.index, share.y) for share in ordered])
+    for label, points in zip(labels, batch, strict=True):
+        counts = Counter(x for x, _ in points)
+        duplicates = sorted(x for x, count in counts.items() if count > 1)
+        if duplicates:
+            raise CryptoError(f"{label}: duplicate share indices: {duplicates}")
+        if len(points) < threshold:
+            raise CryptoError(f"{label}: only {len(points)} valid shares, need {threshold}")
+        point_lists.append(sorted(points))
     return _interpolate_batch(labels, point_lists, threshold)
 
 

@@ -29,7 +29,14 @@ import numpy.typing as npt
 
 from fedmap_secure.crypto.hashing import encode_fields, encode_str
 from fedmap_secure.crypto.labels import LABEL_PAIRWISE_MASK_EXPANSION, LABEL_SELF_MASK
-from fedmap_secure.crypto.prg import MaskTerm, MaskWords, add_masks, expand_mask, word_dtype
+from fedmap_secure.crypto.prg import (
+    MaskTerm,
+    MaskWords,
+    Workers,
+    add_masks,
+    expand_mask,
+    word_dtype,
+)
 
 Vector = npt.NDArray[np.uint64]
 
@@ -67,10 +74,15 @@ def pairwise_sign(site: str, peer: str) -> int:
     return 1 if site < peer else -1
 
 
-def apply_masks(vector: Vector, terms: Sequence[MaskTerm], *, bits: int) -> Vector:
-    """(vector + sum of the terms) mod 2^bits as a fresh uint64 array; ``vector`` is unchanged."""
+def apply_masks(
+    vector: Vector, terms: Sequence[MaskTerm], *, bits: int, workers: Workers | None = None
+) -> Vector:
+    """(vector + sum of the terms) mod 2^bits as a fresh uint64 array; ``vector`` is unchanged.
+
+    ``workers``: an injected executor for the PRG work (``crypto.prg.add_masks``).
+    """
     work = cast(MaskWords, vector.astype(word_dtype(bits)))
-    add_masks(work, terms, bits=bits)
+    add_masks(work, terms, bits=bits, workers=workers)
     return work.astype(np.uint64, copy=False)
 
 
@@ -85,15 +97,21 @@ class RunningSum:
         self._total: MaskWords = np.zeros(length, dtype=word_dtype(bits))
 
     def add(self, vector: Vector, sign: int = 1) -> None:
-        """Add (sign = 1) or subtract (-1) a uint64 vector, modulo the word size."""
-        if sign == 1:
-            np.add(self._total, vector, out=self._total, casting="unsafe")
-        else:
-            np.subtract(self._total, vector, out=self._total, casting="unsafe")
+        """Add (sign = 1) or subtract (-1) a uint64 vector, modulo the word size.
 
-    def add_masks(self, terms: Sequence[MaskTerm]) -> None:
-        """Add sum_j sign_j * PRG(seed_j) in one chunked pass (no whole mask is materialised)."""
-        add_masks(self._total, terms, bits=self._bits)
+        A uint64 vector is first reduced to a uint32 one (mod 2^32) when the sum is held
+        in 32-bit words: the same result as a casting add, about four times faster."""
+        if vector.dtype != self._total.dtype:
+            vector = vector.astype(self._total.dtype)
+        if sign == 1:
+            np.add(self._total, vector, out=self._total)
+        else:
+            np.subtract(self._total, vector, out=self._total)
+
+    def add_masks(self, terms: Sequence[MaskTerm], *, workers: Workers | None = None) -> None:
+        """Add sum_j sign_j * PRG(seed_j) in one chunked pass (no whole mask is materialised);
+        with ``workers``, groups of terms are expanded side by side (``crypto.prg.add_masks``)."""
+        add_masks(self._total, terms, bits=self._bits, workers=workers)
 
     def value(self) -> Vector:
         """The sum reduced modulo 2^bits (a fresh uint64 array)."""

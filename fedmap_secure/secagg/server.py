@@ -31,14 +31,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import VectorLayout
 from fedmap_secure.crypto import shamir
 from fedmap_secure.crypto.agreement import AgreementKeyPair, agree
 from fedmap_secure.crypto.labels import LABEL_CONSISTENCY, LABEL_PAIRWISE_MASK
-from fedmap_secure.crypto.prg import MaskTerm
+from fedmap_secure.crypto.prg import MaskTerm, Workers
 from fedmap_secure.crypto.signing import verify
 from fedmap_secure.errors import (
     AbortedError,
@@ -102,7 +100,11 @@ class ServerSession:
         round_index: int,
         context: bytes,
         ring: RingSpec | None = None,
+        workers: Workers | None = None,
     ) -> None:
+        """``workers``: an optional executor injected by the caller (e.g. a thread pool)
+        on which the unmask stage expands the PRG masks side by side; the result is
+        bit-identical to the serial one (``crypto.prg.add_masks``)."""
         derived = round_setup(
             roster=roster,
             config=config,
@@ -126,9 +128,10 @@ class ServerSession:
         self._delivered: dict[str, frozenset[str]] = {}
         self._survivors: tuple[str, ...] = ()
         self._sum = RunningSum(self._length, config.bits)
+        self._workers = workers
         self._signatures: dict[str, bytes] = {}
         self._responses: dict[str, UnmaskResponse] = {}
-        self._good: dict[tuple[str, str], list[shamir.Share]] = {}
+        self._good: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self._rejected: list[tuple[str, str, str]] = []
         self._holder_cache: dict[str, dict[str, int]] = {}
         self._key_owner: dict[bytes, str] = {}
@@ -351,7 +354,7 @@ class ServerSession:
         y = message.masked
         if y.shape != (self._length,):
             raise RemoteProtocolError(peer, f"masked input must have length {self._length}")
-        if self._config.bits < 64 and bool(np.any(y > modulus_mask(self._config.bits))):
+        if self._config.bits < 64 and y.size and int(y.max()) > modulus_mask(self._config.bits):
             raise RemoteProtocolError(
                 peer, f"masked input has values outside Z_2^{self._config.bits}"
             )
@@ -428,9 +431,10 @@ class ServerSession:
             *self._check_shares(peer, message.mask_key_shares, owners - alive, MASK_KEY),
         ]
         self._responses[peer] = message
-        for owner, kind, share, ok in checked:
-            if ok:
-                self._good.setdefault((owner, kind), []).append(share)
+        good = self._good
+        for owner, kind, point in checked:
+            if point is not None:
+                good.setdefault((owner, kind), []).append(point)
             else:
                 self._rejected.append((peer, owner, kind))
 
@@ -440,34 +444,28 @@ class ServerSession:
         shares: Sequence[RevealedShare],
         owners: set[str] | frozenset[str],
         kind: str,
-    ) -> list[tuple[str, str, shamir.Share, bool]]:
-        """One share of ``kind`` per owner at ``peer``'s index; flags commitment mismatches."""
-        if sorted(s.owner for s in shares) != sorted(owners):
+    ) -> list[tuple[str, str, tuple[int, int] | None]]:
+        """One share of ``kind`` per owner at ``peer``'s index, each as its point (index, y),
+        or None where it fails its dealer's commitment (``shamir.committed_point``).
+
+        Over half a million shares arrive at n = 1000, so this loop is kept lean: holder
+        positions are cached per owner, and no ``Share`` object is built."""
+        if len(shares) != len(owners) or {s.owner for s in shares} != owners:
             raise RemoteProtocolError(peer, f"{kind} shares are not exactly one per expected owner")
+        self_mask = kind == SELF_MASK
         out = []
         for revealed in shares:
-            holders = self._holder_positions(revealed.owner)
-            if revealed.index != holders.get(peer):
-                raise RemoteProtocolError(peer, f"{kind} share of {revealed.owner!r}: wrong index")
-            share = shamir.Share(index=revealed.index, value=revealed.value)
-            try:
-                shamir.share_ok(
-                    share, commitment=self._commitment(revealed.owner, kind), n_shares=len(holders)
-                )
-                ok = True
-            except CryptoError:
-                ok = False
-            out.append((revealed.owner, kind, share, ok))
+            owner = revealed.owner
+            if revealed.index != self._holder_positions(owner).get(peer):
+                raise RemoteProtocolError(peer, f"{kind} share of {owner!r}: wrong index")
+            dealt = self._shares[owner]
+            commitment = dealt.self_mask_commitment if self_mask else dealt.mask_key_commitment
+            point = shamir.committed_point(revealed.index, revealed.value, commitment)
+            out.append((owner, kind, point))
         return out
 
-    def _commitment(self, owner: str, kind: str) -> bytes:
-        committed = self._shares[owner]
-        if kind == SELF_MASK:
-            return committed.self_mask_commitment
-        return committed.mask_key_commitment
-
     def _reconstruct_all(self, needed: Sequence[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
-        """Rebuild every needed (owner, kind) secret in one batch (``shamir.combine_checked``).
+        """Rebuild every needed (owner, kind) secret in one batch (``shamir.combine_points``).
 
         Each secret is interpolated from its ``t`` valid shares with the smallest
         indices (SPEC 6.5); further valid shares are not interpolated: a dealer
@@ -476,17 +474,15 @@ class ServerSession:
         Too few valid shares of any secret aborts the round, naming it.
         """
         t = self._config.t
-        batch = [
-            sorted(self._good.get(item, []), key=lambda share: share.index)[:t] for item in needed
-        ]
+        batch = [sorted(self._good.get(item, []))[:t] for item in needed]
         names = [f"the {kind} secret of {owner!r}" for owner, kind in needed]
-        try:  # every share in _good passed share_ok against its dealer's commitment on arrival
-            secrets = shamir.combine_checked(batch, threshold=t, names=names)
+        try:  # every point in _good passed its dealer's commitment check on arrival
+            secrets = shamir.combine_points(batch, threshold=t, names=names)
         except CryptoError as exc:
             short = frozenset(
                 owner
-                for (owner, _kind), shares in zip(needed, batch, strict=True)
-                if len({share.index for share in shares}) < t
+                for (owner, _kind), points in zip(needed, batch, strict=True)
+                if len({x for x, _ in points}) < t
             )
             self._abort(f"cannot rebuild {exc}", culprits=short)
             raise  # unreachable: _abort raises
@@ -512,7 +508,7 @@ class ServerSession:
         for gone, sites in partners.items():
             if sites:
                 terms.extend(self._orphaned_masks(gone, secrets[(gone, MASK_KEY)], sites))
-        self._sum.add_masks(terms)
+        self._sum.add_masks(terms, workers=self._workers)
         return RoundOutput(total=self._sum.value(), contributors=alive, dropped=dropped)
 
     def _orphaned_masks(

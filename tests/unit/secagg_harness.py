@@ -12,6 +12,7 @@ import numpy as np
 
 from fedmap_secure.aggregation import Field, VectorLayout
 from fedmap_secure.crypto.deterministic import DeterministicRandom
+from fedmap_secure.crypto.prg import Workers
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.secagg.client import ClientSession
 from fedmap_secure.secagg.config import Roster, SecAggConfig
@@ -50,6 +51,7 @@ class Round:
         contexts: Mapping[str, bytes] | None = None,
         keys: Mapping[str, IdentityKey] | None = None,
         seed: bytes = b"round",
+        workers: Workers | None = None,
     ) -> None:
         self.keys = dict(keys) if keys is not None else identities(n)
         self.roster = Roster.from_mapping({s: k.public for s, k in self.keys.items()})
@@ -63,6 +65,7 @@ class Round:
             layout=self.layout,
             round_index=round_index,
             context=context,
+            workers=workers,
         )
         contexts = contexts or {}
         self.clients = {

@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
 from fedmap_secure.crypto import labels
-from fedmap_secure.crypto.prg import CHUNK_WORDS, MaskTerm, add_masks, expand_mask, word_dtype
+from fedmap_secure.crypto.prg import (
+    CHUNK_WORDS,
+    MaskTerm,
+    Workers,
+    add_masks,
+    expand_mask,
+    word_dtype,
+)
 from fedmap_secure.errors import CryptoError
 
 SEED = bytes(range(32))
@@ -95,6 +104,41 @@ def test_add_masks_across_chunks_equals_signed_expansions(bits: int) -> None:
         (1 << bits) - 1 if bits < 64 else 2**64 - 1
     )
     assert np.array_equal(out.astype(np.uint64), expected)
+
+
+@pytest.mark.parametrize(("bits", "count"), [(32, 2), (64, 3), (20, 7), (64, 9)])
+def test_add_masks_with_workers_is_bit_identical_to_serial(bits: int, count: int) -> None:
+    length = CHUNK_WORDS + 3
+    terms = [
+        MaskTerm(seed=bytes([i]) * 32, label=LABEL, context=b"ctx", sign=1 - 2 * (i % 2))
+        for i in range(1, 8)
+    ]
+    serial = np.full(length, 2**bits - 3, dtype=word_dtype(bits))
+    threaded = serial.copy()
+    add_masks(serial, terms, bits=bits)
+    with ThreadPoolExecutor(2) as pool:
+        add_masks(threaded, terms, bits=bits, workers=Workers(executor=pool, count=count))
+    assert np.array_equal(serial, threaded)
+    assert int(serial.max()) < 2**bits
+
+
+def test_add_masks_with_workers_raises_a_workers_error() -> None:
+    bad = MaskTerm(seed=SEED, label=LABEL, context=b"ctx")
+    object.__setattr__(bad, "seed", b"short")  # invalid after construction: fails in the worker
+    out = np.zeros(8, dtype=np.uint32)
+    with ThreadPoolExecutor(2) as pool, pytest.raises(CryptoError, match="seed"):
+        add_masks(
+            out,
+            [MaskTerm(seed=SEED, label=LABEL, context=b"c"), bad],
+            bits=32,
+            workers=Workers(executor=pool, count=2),
+        )
+
+
+@pytest.mark.parametrize("count", [0, -1, True])
+def test_workers_need_a_positive_count(count: int) -> None:
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="worker count"):
+        Workers(executor=pool, count=count)
 
 
 def test_add_masks_with_no_terms_only_reduces() -> None:

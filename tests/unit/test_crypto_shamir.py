@@ -15,6 +15,8 @@ from fedmap_secure.crypto.shamir import (
     combine,
     combine_checked,
     combine_many,
+    combine_points,
+    committed_point,
     share_ok,
     split,
 )
@@ -260,6 +262,33 @@ def test_combine_checked_equals_combine_on_checked_shares() -> None:
         combine_checked([shares[:2]], threshold=3, names=["owner"])
     with pytest.raises(CryptoError, match=r"duplicate share indices: \[1\]"):
         combine_checked([(shares[0], shares[0], shares[1])], threshold=2)
+
+
+def test_committed_point_is_share_ok_as_a_point() -> None:
+    shares, commitment = _split(threshold=3, n_shares=5)
+    for share in shares:
+        assert committed_point(share.index, share.value, commitment) == (share.index, share.y)
+    bad = _corrupt(shares[1])
+    assert committed_point(bad.index, bad.value, commitment) is None
+    assert committed_point(2, shares[0].value, commitment) is None  # another index's value
+    assert committed_point(6, shares[0].value, commitment) is None  # beyond the n committed
+    with pytest.raises(CryptoError, match="value must be 98 bytes"):
+        committed_point(1, shares[0].value[:-1], commitment)
+    with pytest.raises(CryptoError, match="not a field element"):
+        committed_point(1, FIELD_PRIME.to_bytes(ELEMENT_SIZE, "big") + bytes(32), commitment)
+    with pytest.raises(CryptoError, match="outside"):
+        committed_point(0, shares[0].value, commitment)
+
+
+def test_combine_points_equals_combine_checked() -> None:
+    shares, _ = _split(threshold=3, n_shares=6)
+    subsets = [subset for size in (3, 5) for subset in itertools.combinations(shares, size)]
+    points = [[(share.index, share.y) for share in reversed(subset)] for subset in subsets]
+    assert combine_points(points, threshold=3) == combine_checked(subsets, threshold=3)
+    with pytest.raises(CryptoError, match=r"owner: only 2 valid shares, need 3"):
+        combine_points([points[0][:2]], threshold=3, names=["owner"])
+    with pytest.raises(CryptoError, match=r"secret 0: duplicate share indices: \[3\]"):
+        combine_points([[points[0][0], points[0][0], points[0][1]]], threshold=2)
 
 
 def test_the_spelled_out_commitment_is_the_generic_digest() -> None:

@@ -64,3 +64,13 @@ def test_running_sum_removes_masks_exactly(bits: int) -> None:
 
 def _negated(terms: list[MaskTerm]) -> list[MaskTerm]:
     return [MaskTerm(seed=t.seed, label=t.label, context=t.context, sign=-t.sign) for t in terms]
+
+
+@pytest.mark.parametrize("bits", [20, 32])
+def test_running_sum_in_32_bit_words_reduces_wide_inputs_mod_the_word(bits: int) -> None:
+    wide = np.array([2**63 + 2**32 + 9, 2**40 - 1, 3], dtype=np.uint64)
+    total = RunningSum(3, bits)
+    total.add(wide)
+    total.add(np.array([1, 1, 5], dtype=np.uint64), sign=-1)
+    expected = (wide - np.array([1, 1, 5], dtype=np.uint64)) & modulus_mask(bits)
+    assert np.array_equal(total.value(), expected)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from fedmap_secure.aggregation import Aggregator, Field, PlainSum, VectorLayout
 from fedmap_secure.crypto.deterministic import DeterministicRandom
+from fedmap_secure.crypto.prg import Workers
 from fedmap_secure.errors import AbortedError, ConfigError, LocalProtocolError
 from fedmap_secure.secagg.config import DEFAULT_BITS
 from fedmap_secure.secagg.inprocess import DropPoint, SecureAggregator
@@ -186,6 +188,21 @@ def test_too_few_unmask_responses_abort_and_no_secret_reaches_t_shares() -> None
 def test_sessions_refuse_a_negative_round() -> None:
     with pytest.raises(ConfigError, match="round_index"):
         Round(round_index=-1)
+
+
+def test_a_server_with_workers_unmasks_the_same_sum() -> None:
+    with ThreadPoolExecutor(2) as pool:
+        workers = Workers(executor=pool, count=3)
+        outputs = []
+        for chosen in (None, workers):
+            rnd = Round(n=6, t=4, workers=chosen)
+            alive = rnd.sites[:5]  # s5 drops after sharing keys: its pairwise masks are removed
+            requests = rnd.mask(rnd.share(rnd.advertise()), alive)
+            outputs.append(rnd.unmask(rnd.sign(requests)))
+    serial, threaded = outputs
+    assert threaded.dropped == serial.dropped == frozenset({"s5"})
+    assert np.array_equal(threaded.total, serial.total)
+    assert np.array_equal(threaded.total, expected_sum(alive))
 
 
 def test_every_session_of_a_round_shares_the_servers_neighbour_graph() -> None:
