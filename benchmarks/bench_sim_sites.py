@@ -138,7 +138,21 @@ def main() -> None:
     parser.add_argument("--no-secagg", action="store_true")
     parser.add_argument("--pin", choices=sorted(PINS), default="none")
     parser.add_argument("--label", default="sim_sites")
+    parser.add_argument(
+        "--resummarise", action="store_true", help="rebuild the tables from results/<label>.json"
+    )
     args = parser.parse_args()
+    if args.resummarise:
+        path = RESULTS / f"{args.label}.json"
+        document = json.loads(path.read_text())
+        rounds = sorted({run["rounds"] for items in document["runs"].values() for run in items})
+        document["engines"] = [
+            summarise(label, items, rounds) for label, items in document["runs"].items()
+        ]
+        path.write_text(json.dumps(document, indent=1) + "\n")
+        (RESULTS / f"{args.label}.md").write_text(markdown(document))
+        print(markdown(document))
+        return
     here = Path(__file__).resolve().parents[1]
     engines = [Engine(f"this tree, --workers {w}", here, w) for w in args.workers]
     if args.baseline is not None:
@@ -181,11 +195,14 @@ def summarise(label: str, items: list[dict[str, Any]], rounds: list[int]) -> dic
     by_rounds = {r: [i for i in items if i["rounds"] == r] for r in rounds}
     low, high = min(rounds), max(rounds)
     wall = {r: statistics.median(i["wall_seconds"] for i in by_rounds[r]) for r in rounds}
+    cpu = {r: statistics.median(i["cpu_seconds"] for i in by_rounds[r]) for r in rounds}
     top = by_rounds[high]
     per_round = (wall[high] - wall[low]) / (high - low) if high > low else wall[high] / high
+    cpu_round = (cpu[high] - cpu[low]) / (high - low) if high > low else None
     return {
         "engine": label,
         "s_per_round": per_round,
+        "cpu_s_per_round": cpu_round,
         "s_per_round_method": "marginal" if high > low else "wall_seconds / rounds",
         "run_wall_s": statistics.median(i["child_wall_seconds"] for i in top),
         "cpu_s": statistics.median(i["cpu_seconds"] for i in top),
@@ -200,12 +217,14 @@ def markdown(document: dict[str, Any]) -> str:
         f"{document['sites']} CSV sites x {document['rows_per_site']} rows, DP "
         f"{'on' if document['dp'] else 'off'}, SecAgg {'on' if document['secagg'] else 'off'}, "
         f"{document['cores']} cores\n\n"
-        "| engine | s/round | run wall s (R rounds) | CPU s | peak RSS MiB "
+        "| engine | s/round | CPU s/round | run wall s (R rounds) | CPU s | peak RSS MiB "
         "| 1-min load at starts |\n"
-        "|---|---:|---:|---:|---:|---|\n"
+        "|---|---:|---:|---:|---:|---:|---|\n"
     )
     lines = [
-        f"| {r['engine']} | {r['s_per_round']:.2f} | {r['run_wall_s']:.1f} ({r['rounds']}) | "
+        f"| {r['engine']} | {r['s_per_round']:.2f} | "
+        + ("-" if r.get("cpu_s_per_round") is None else f"{r['cpu_s_per_round']:.2f}")
+        + f" | {r['run_wall_s']:.1f} ({r['rounds']}) | "
         f"{r['cpu_s']:.1f} | {r['peak_rss_mib']:.0f} | "
         f"{', '.join(f'{x:.1f}' for x in r['load'])} |"
         for r in document["engines"]
