@@ -379,7 +379,11 @@ class PrivacyLedger:
         """The composed state of ``existing``: the kept one, or rebuilt once from the rows."""
         if self._state is None or self._state_charges != len(existing):
             stored = [e for charge in existing for e in charge.events]
-            self._state = self._accountant.state(_dp_leaves(stored))
+            # charge by charge, as the charges composed it: the same floats as the kept state
+            state = self._accountant.state([])
+            for charge in existing:
+                state = self._compose(state, charge.events)
+            self._state = state
             self._state_charges = len(existing)
             self._state_units = _units(stored)
             self._state_non_dp = _has_non_dp(stored)
