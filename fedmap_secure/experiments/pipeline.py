@@ -14,6 +14,7 @@ with the ``privacy`` section of summary.json.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -352,6 +353,10 @@ def run_site_objects(
     count = resolve_workers(workers, len(setups))
     if count > 1 and any(setup.after_charge is not None for setup in setups):
         log.info("an after_charge observer runs in this process: the sites run serially")
+        count = 1
+    if count > 1 and multiprocessing.current_process().daemon:
+        # e.g. a sweep's pool worker: a daemonic process may not start children
+        log.warning("this process is a daemonic worker: the sites run serially (workers=1)")
         count = 1
     if count <= 1:
         return [SiteRuntime(setup) for setup in setups]

@@ -39,8 +39,9 @@ session) runs in the main process, as in the serial engine.
 ``resolve_workers``: ``"auto"`` is ``min(usable cores, n_sites // 8)``, at
 least 1 (serial: a few sites do not pay the pool's start-up and message
 costs back); an integer asks for that many (capped at the number of sites).
-A run with an ``after_charge`` hook (the audit's observer in this process)
-is serial.
+A run with an ``after_charge`` hook (the audit's observer in this process),
+or started inside a daemonic process (a sweep's pool worker, which may not
+start children), is serial (``experiments.pipeline.run_site_objects``).
 """
 
 from __future__ import annotations
