@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -144,6 +145,9 @@ def _serve(conn: Connection, setups: Sequence[SiteSetup]) -> None:
     """A worker's loop: build its sites, answer commands until ``close``."""
     import torch
 
+    # A forked child writes to the real streams: the parent's progress display may have
+    # replaced them with proxies whose lock another thread of the parent held at the fork.
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     torch.set_num_threads(1)
     sites: list[SiteRuntime] = []
     try:
