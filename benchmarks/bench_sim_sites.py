@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -83,6 +82,16 @@ def write_sites(root: Path, n_sites: int, rows: int) -> None:
             frame.to_csv(root / f"{site.name}_{split}.csv", index=False, float_format="%.9g")
 
 
+_WRAPPER = (
+    "import json, resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print(json.dumps({'cpu': u.ru_utime + u.ru_stime, 'maxrss_kib': u.ru_maxrss}),"
+    " file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
 def load() -> list[float]:
     return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
@@ -104,22 +113,29 @@ def run_once(
         command += ["--config", str(config)]
     if engine.workers is not None:
         command += ["--workers", str(engine.workers)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     load_before = load()
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    # A wrapper process runs the command and reports the rusage of its own descendants only
+    # (ru_maxrss of RUSAGE_CHILDREN is a maximum over every child ever waited for).
+    done = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{engine.label}: exit {done.returncode}\n{done.stderr[-3000:]}")
+    usage = json.loads(done.stderr.strip().splitlines()[-1])
     summary = json.loads((out / "summary.json").read_text())
     return {
         "rounds": rounds,
         "wall_seconds": summary["wall_seconds"],
         "process_wall_seconds": summary.get("process_wall_seconds", wall),
         "child_wall_seconds": wall,
-        "cpu_seconds": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-        "peak_rss_mib": after.ru_maxrss / 1024,
+        "cpu_seconds": usage["cpu"],
+        "peak_rss_mib": usage["maxrss_kib"] / 1024,
         "load_before": load_before,
         "load_after": load(),
         "mean_personalised_accuracy": summary.get("mean_personalised_accuracy"),
@@ -222,7 +238,9 @@ def markdown(document: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---|\n"
     )
     lines = [
-        f"| {r['engine']} | {r['s_per_round']:.2f} | "
+        f"| {r['engine']} | "
+        + (f"{r['s_per_round']:.2f}" if r["s_per_round"] > 0 else "n/a (load changed)")
+        + " | "
         + ("-" if r.get("cpu_s_per_round") is None else f"{r['cpu_s_per_round']:.2f}")
         + f" | {r['run_wall_s']:.1f} ({r['rounds']}) | "
         f"{r['cpu_s']:.1f} | {r['peak_rss_mib']:.0f} | "
