@@ -84,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulate_options(sim)
     sim.add_argument(
         "--workers",
-        default="auto",
+        default="1",
         metavar="N|auto",
         help="in-process transport: run the sites' rounds in N local worker processes "
-        "(auto: min(cores, sites // 8), at least 1; 1: serial); results are the same",
+        "(default 1: serial; auto: min(cores, sites // 8), at least 1); results are the same",
     )
     add_commands(sub)
     _add_verify_transcript(sub)

@@ -48,7 +48,7 @@ def simulate_to_dir(
     aggregator: Aggregator | None = None,
     trainer_factory: TrainerFactory | None = None,
     site_state: Path | None = None,
-    workers: int | str = "auto",
+    workers: int | str = 1,
 ) -> dict[str, Any]:
     """Run, write ``out_dir``/summary.json and metrics.csv, print the table; returns the summary.
 

@@ -34,7 +34,7 @@ from fedmap_secure.privacy.accountants import create_accountant
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.ledger_store import open_site_ledger
 from fedmap_secure.runtime.inprocess import RunSite, run_sites
-from fedmap_secure.runtime.parallel import AUTO, SitePool, resolve_workers
+from fedmap_secure.runtime.parallel import SitePool, resolve_workers
 from fedmap_secure.runtime.privacy import (
     AfterCharge,
     describe_differential_privacy,
@@ -373,14 +373,15 @@ def run_private_simulation(
     after_charge: AfterCharge | None = None,
     trainer_factory: TrainerFactory | None = None,
     site_state: Path | None = None,
-    workers: int | str = AUTO,
+    workers: int | str = 1,
 ) -> PrivateSimulation:
     """Run with SecAgg and DP as configured; ledgers in ``site_state``/<site> or a fresh
     ``out_dir``/sites/<site>.
 
     ``trainer_factory`` is used only when DP is off (default: non-private Adam MAP).
     ``workers``: the sites' rounds in that many local worker processes
-    (``runtime.parallel``; ``"auto"``: ``resolve_workers``; 1: serial).
+    (``runtime.parallel``; ``"auto"``: ``resolve_workers``; 1, the default: serial, which
+    was faster for DP + SecAgg at 100 sites, ``benchmarks/results/sim_sites_100.md``).
     """
     if config.client_dp.enabled and aggregator is not None:
         raise ConfigError("client-level DP builds its own secure aggregator; pass none")
