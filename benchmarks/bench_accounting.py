@@ -31,11 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedmap_secure.privacy import accountants
+from fedmap_secure.privacy import accountants, dp_accounting_accountants
 from fedmap_secure.privacy.accountants import DpAccountingPldAccountant
 from fedmap_secure.privacy.budget import Budget
 from fedmap_secure.privacy.events import Event, GaussianEvent, SubsampledGaussianEvent
 from fedmap_secure.privacy.ledger import MemoryLedgerStore, PrivacyLedger
+from fedmap_secure.privacy.ledger_store import open_site_ledger
 
 ROUND: list[Event] = [
     SubsampledGaussianEvent(noise_multiplier=4.97, sample_rate=0.1608, steps=10),
@@ -43,15 +44,37 @@ ROUND: list[Event] = [
 ]
 
 
-def charge_costs(rounds: int) -> tuple[float, float, float]:
-    """(median ms per incremental charge, ms per full recomposition, final epsilon)."""
+def _clear_shared() -> None:
+    """Forget the process-wide PLD compositions (each measurement starts cold)."""
+    dp_accounting_accountants._shared.clear()
+    dp_accounting_accountants._shared_epsilon.clear()
+
+
+def charge_costs(rounds: int, sites: int = 1, sqlite: bool = False) -> tuple[float, float, float]:
+    """(median ms per charge over the last 5 rounds, ms per full recomposition, final epsilon).
+
+    ``sites`` ledgers with the same plan are charged round by round (as an in-process
+    simulation does); the figure is the round's total divided by ``sites``. ``sqlite``:
+    durable ``SqliteLedgerStore`` files (fsync per charge) instead of memory.
+    """
+    _clear_shared()
     pld = DpAccountingPldAccountant()
-    ledger = PrivacyLedger(MemoryLedgerStore(), Budget(epsilon=1e2, delta=1e-5), pld)
-    times: list[float] = []
-    for r in range(rounds):
-        start = time.process_time()
-        receipt = ledger.charge(r, ROUND, note="")
-        times.append(time.process_time() - start)
+    budget = Budget(epsilon=1e2, delta=1e-5)
+    with tempfile.TemporaryDirectory() as tmp:
+        ledgers = [
+            open_site_ledger(Path(tmp) / str(i), budget=budget, accountant=pld)
+            if sqlite
+            else PrivacyLedger(MemoryLedgerStore(), budget, pld)
+            for i in range(sites)
+        ]
+        times: list[float] = []
+        for r in range(rounds):
+            start = time.process_time()
+            for ledger in ledgers:
+                receipt = ledger.charge(r, ROUND, note="")
+            times.append((time.process_time() - start) / sites)
+        for ledger in ledgers:
+            ledger.close()
     start = time.process_time()
     full = pld.epsilon(ROUND * rounds, 1e-5)
     full_ms = (time.process_time() - start) * 1e3
@@ -106,11 +129,22 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
     result: dict[str, object] = {"charge": {}}
-    print("rounds | incremental charge (ms, median of last 5) | full recomposition (ms) | eps")
-    for rounds in (10, 20, 50, 100):
+    print(
+        "rounds | charge ms (1 site, memory) | (1 site, SQLite) | (per site, 100 sites one plan,"
+        " SQLite) | full recomposition ms | eps"
+    )
+    for rounds in (10, 20, 50, 100, 200):
         inc, full, eps = charge_costs(rounds)
-        result["charge"][str(rounds)] = {"incremental_ms": inc, "full_ms": full, "epsilon": eps}  # type: ignore[index]
-        print(f"{rounds:6d} | {inc:8.2f} | {full:8.2f} | {eps:.3f}")
+        disk, _, _ = charge_costs(rounds, sqlite=True)
+        shared, _, _ = charge_costs(rounds, sites=100, sqlite=True)
+        result["charge"][str(rounds)] = {  # type: ignore[index]
+            "incremental_ms": inc,
+            "sqlite_ms": disk,
+            "sqlite_per_site_100_sites_ms": shared,
+            "full_ms": full,
+            "epsilon": eps,
+        }
+        print(f"{rounds:6d} | {inc:8.2f} | {disk:8.2f} | {shared:8.2f} | {full:8.2f} | {eps:.3f}")
     result["calibration_4_heart_sites_cpu_s"] = calibration_seconds()
     print(
         "calibration, 4 heart sites, epsilon 4: "

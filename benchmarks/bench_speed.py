@@ -4,9 +4,10 @@ Runs FedMAP (default config, per-tensor ICNN prior) on heart, thyroid and a
 synthetic federation of 20 sites x about 2,000 rows, and prints the time of
 one federated round divided by the number of training sites, the local
 optimiser steps per site and round, and the wall time per step (all
-included). FedAvg is run too, to show the cost of the prior. The authors'
-reference (Flower + Ray) took about 16 s per round for 20 sites of about
-2,000 rows, i.e. about 0.8 s per site-round.
+included). FedAvg is run too, to show the cost of the prior. The engine
+against the engine at issue 18's filing on the reference example's shape
+(20 sites x 2,000 rows) is ``bench_sim_sites.py --pin reference``
+(results in ``results/sim_reference_20.md``).
 
     PYTHONPATH=. python benchmarks/bench_speed.py [--rounds 3]
 """
@@ -29,8 +30,6 @@ from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 from fedmap_secure.runtime.inprocess import run_simulation
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 from fedmap_secure.training.local import AdamMapTrainer
-
-REFERENCE_SECONDS_PER_ROUND_20_SITES = 16.0
 
 
 def load(spec: str) -> FederatedDataset:
@@ -101,11 +100,6 @@ def main() -> None:
             )
     console = Console(width=160)
     console.print(table)
-    ref = REFERENCE_SECONDS_PER_ROUND_20_SITES
-    console.print(
-        f"reference (Flower + Ray): about {ref:.0f} s/round for 20 sites"
-        f" = {ref / 20:.2f} s/round/site"
-    )
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from fedmap_secure.config.schema import Method, PriorForm, SimulationConfig
 from fedmap_secure.data.schema_command import add_schema_command, run_schema_command
 from fedmap_secure.errors import ConfigError, FedMapError
 from fedmap_secure.privacy.accountant_base import AccountantName
+from fedmap_secure.runtime.workers import parse_workers
 from fedmap_secure.transport.commands import (
     add_commands,
     add_simulate_options,
@@ -80,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--prior", choices=[f.value for f in PriorForm], help="ICNN prior form")
     _add_privacy_arguments(sim)
     add_simulate_options(sim)
+    sim.add_argument(
+        "--workers",
+        default="1",
+        metavar="N|auto",
+        help="in-process transport: run the sites' rounds in N local worker processes "
+        "(default 1: serial; auto: min(cores, sites // 8), at least 1); results are the same",
+    )
     add_commands(sub)
     _add_verify_transcript(sub)
     add_schema_command(sub)
@@ -204,6 +212,7 @@ def _load_dataset(spec: str, label_column: str | None, seed: int) -> FederatedDa
 
 def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console) -> None:
     config = resolve_config(args)  # refusals of the configuration come before any heavy import
+    workers = parse_workers(args.workers)
     if args.transport == "grpc":
         _check_grpc(args, config)
     dataset = loader(args.dataset, args.label_column, config.seed)
@@ -227,6 +236,7 @@ def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console)
         console=console,
         pooled=args.method == POOLED,
         site_state=args.site_state,
+        workers=workers,
     )
 
 

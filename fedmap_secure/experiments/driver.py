@@ -48,6 +48,7 @@ def simulate_to_dir(
     aggregator: Aggregator | None = None,
     trainer_factory: TrainerFactory | None = None,
     site_state: Path | None = None,
+    workers: int | str = 1,
 ) -> dict[str, Any]:
     """Run, write ``out_dir``/summary.json and metrics.csv, print the table; returns the summary.
 
@@ -75,6 +76,7 @@ def simulate_to_dir(
                 aggregator=aggregator,
                 trainer_factory=trainer_factory,
                 site_state=site_state,
+                workers=workers,
             )
             result, privacy, epsilon = run.result, run.privacy, run.epsilon_spent
     summary = summary_dict(

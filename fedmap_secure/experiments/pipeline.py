@@ -14,21 +14,24 @@ with the ``privacy`` section of summary.json.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fedmap_secure.aggregation import Aggregator, PlainSum, VectorLayout
 from fedmap_secure.client_dp.rounds import ClientLevelRounds
 from fedmap_secure.client_dp.site_guard import in_memory_guards
+from fedmap_secure.config.privacy import PrivacyConfig
 from fedmap_secure.config.schema import Method, SimulationConfig
 from fedmap_secure.crypto.signing import IdentityKey
 from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.runtime.client_level import client_level_rounds
-from fedmap_secure.runtime.inprocess import run_sites
+from fedmap_secure.runtime.inprocess import RunSite, run_sites
+from fedmap_secure.runtime.parallel import SitePool, resolve_workers
 from fedmap_secure.runtime.privacy import (
     AfterCharge,
     describe_differential_privacy,
@@ -252,6 +255,33 @@ def _clipped(result: SimulationResult) -> dict[str, int]:
     }
 
 
+def simulated_setups(
+    config: SimulationConfig,
+    dataset: FederatedDataset,
+    state_dirs: dict[str, Path],
+    *,
+    trainer_factory: TrainerFactory | None = None,
+    after_charge: AfterCharge | None = None,
+    model_dir: Path | None = None,
+) -> list[SiteSetup]:
+    """One ``SiteSetup`` per site, its policy the run's own ``[privacy]`` for that site;
+    its personalised model goes to ``model_dir``/site-<name>.json (if given)."""
+    return [
+        SiteSetup(
+            data=data,
+            feature_names=dataset.feature_names,
+            n_classes=dataset.n_classes,
+            schema=dataset.schema,
+            policy=simulated_policy(config.privacy, data.name, "the run's [privacy]"),
+            state_dir=state_dirs.get(data.name),
+            model_path=None if model_dir is None else model_dir / f"site-{data.name}.json",
+            plain_trainer=trainer_factory,
+            after_charge=after_charge,
+        )
+        for data in dataset.sites
+    ]
+
+
 def simulated_sites(
     config: SimulationConfig,
     dataset: FederatedDataset,
@@ -261,24 +291,60 @@ def simulated_sites(
     after_charge: AfterCharge | None = None,
     model_dir: Path | None = None,
 ) -> list[SiteRuntime]:
-    """One ``SiteRuntime`` per site, its policy the run's own ``[privacy]`` for that site;
-    its personalised model goes to ``model_dir``/site-<name>.json (if given)."""
-    return [
-        SiteRuntime(
-            SiteSetup(
-                data=data,
-                feature_names=dataset.feature_names,
-                n_classes=dataset.n_classes,
-                schema=dataset.schema,
-                policy=simulated_policy(config.privacy, data.name, "the run's [privacy]"),
-                state_dir=state_dirs.get(data.name),
-                model_path=None if model_dir is None else model_dir / f"site-{data.name}.json",
-                plain_trainer=trainer_factory,
-                after_charge=after_charge,
-            )
-        )
-        for data in dataset.sites
-    ]
+    """One ``SiteRuntime`` per site in this process (``simulated_setups``)."""
+    setups = simulated_setups(
+        config,
+        dataset,
+        state_dirs,
+        trainer_factory=trainer_factory,
+        after_charge=after_charge,
+        model_dir=model_dir,
+    )
+    return [SiteRuntime(setup) for setup in setups]
+
+
+class SitePrivacyView(Protocol):
+    """A site's privacy as the summary reads it (``SitePrivacy`` or a pooled site's copy)."""
+
+    @property
+    def privacy(self) -> PrivacyConfig: ...
+
+    def describe_site(self) -> dict[str, Any]: ...
+
+
+class SummarySite(RunSite, Protocol):
+    """A site of a finished run, as ``describe_sites`` reads it."""
+
+    @property
+    def setup(self) -> SiteSetup: ...
+
+    @property
+    def privacy(self) -> SitePrivacyView | None: ...
+
+    def close(self) -> None: ...
+
+
+def run_site_objects(
+    config: SimulationConfig,
+    dataset: FederatedDataset,
+    setups: list[SiteSetup],
+    workers: int | str,
+) -> list[SummarySite]:
+    """The run's sites: ``SiteRuntime``s here (one worker), or handles on a ``SitePool``.
+
+    A run with an ``after_charge`` observer is serial (the observer lives here).
+    """
+    count = resolve_workers(workers, len(setups))
+    if count > 1 and any(setup.after_charge is not None for setup in setups):
+        log.info("an after_charge observer runs in this process: the sites run serially")
+        count = 1
+    if count > 1 and multiprocessing.current_process().daemon:
+        # e.g. a sweep's pool worker: a daemonic process may not start children
+        log.warning("this process is a daemonic worker: the sites run serially (workers=1)")
+        count = 1
+    if count <= 1:
+        return [SiteRuntime(setup) for setup in setups]
+    return list(SitePool(setups, count).sites(setups))
 
 
 def run_private_simulation(
@@ -291,18 +357,33 @@ def run_private_simulation(
     after_charge: AfterCharge | None = None,
     trainer_factory: TrainerFactory | None = None,
     site_state: Path | None = None,
+    workers: int | str = 1,
 ) -> PrivateSimulation:
     """Run with SecAgg and DP as configured; ledgers in ``site_state``/<site> or a fresh
     ``out_dir``/sites/<site>.
 
     ``trainer_factory`` is used only when DP is off (default: non-private Adam MAP).
+    ``workers``: the sites' rounds in that many local worker processes
+    (``runtime.parallel``; ``"auto"``: ``resolve_workers``; 1, the default: serial, which
+    was faster for DP + SecAgg at 100 sites, ``benchmarks/results/sim_sites_100.md``).
     """
     if config.client_dp.enabled and aggregator is not None:
         raise ConfigError("client-level DP builds its own secure aggregator; pass none")
     state_dirs = site_state_dirs(config, dataset, out_dir, site_state)
-    client = open_client_level(config, dataset, out_dir) if config.client_dp.enabled else None
-    sites: list[SiteRuntime] = []
+    setups = simulated_setups(
+        config,
+        dataset,
+        state_dirs,
+        trainer_factory=trainer_factory,
+        after_charge=after_charge,
+        model_dir=out_dir / MODELS_DIR,
+    )
+    # Worker processes (if any) start first: before any key or ledger of the server exists.
+    sites = run_site_objects(config, dataset, setups, workers)
+    client = None
     try:
+        if config.client_dp.enabled:
+            client = open_client_level(config, dataset, out_dir)
         encoders = client.encoder if client is not None else None
         guards = None
         if client is not None:  # each site's own record of the noisy vectors it sends
@@ -313,14 +394,6 @@ def run_private_simulation(
             )
         agg = aggregator or build_aggregator(
             config, dataset, out_dir, encoders=encoders, noise_guards=guards
-        )
-        sites = simulated_sites(
-            config,
-            dataset,
-            state_dirs,
-            trainer_factory=trainer_factory,
-            after_charge=after_charge,
-            model_dir=out_dir / MODELS_DIR,
         )
         check = EncodingCheck(agg) if isinstance(agg, SecureAggregator) and client is None else None
         result = run_sites(
@@ -351,7 +424,7 @@ def run_private_simulation(
 
 
 def describe_sites(
-    config: SimulationConfig, sites: list[SiteRuntime], scope: str
+    config: SimulationConfig, sites: Sequence[SummarySite], scope: str
 ) -> tuple[dict[str, Any] | None, dict[str, float] | None]:
     """``privacy.differential_privacy`` and epsilon spent, from the private sites' ledgers
     (None, None when DP is off)."""

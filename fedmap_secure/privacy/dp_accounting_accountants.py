@@ -231,7 +231,7 @@ class DpAccountingPldAccountant:
         return _compose(accountant, self.name, events, delta, self._adjacency)
 
     def state(self, events: Sequence[Event]) -> PldState:
-        return PldState(accountant=self, pld=None).compose(events)
+        return PldState(accountant=self, pld=None, history=()).compose(events)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -267,17 +267,55 @@ def _mechanism_pld(
     ).self_compose(count)
 
 
+MechanismKey = tuple[float, float | None, int, str, float]
+"""The parameters of one grouped mechanism (``_mechanism_pld``'s arguments)."""
+
+_SHARED_MAX = 32
+_shared: dict[tuple[MechanismKey, ...], pld_lib.PrivacyLossDistribution] = {}
+_shared_epsilon: dict[tuple[tuple[MechanismKey, ...], float], float] = {}
+
+
+def _shared_compose(
+    pld: pld_lib.PrivacyLossDistribution | None,
+    history: tuple[MechanismKey, ...],
+    part: MechanismKey,
+) -> tuple[pld_lib.PrivacyLossDistribution, tuple[MechanismKey, ...]]:
+    """``pld`` (the composition of ``history``) composed with ``part``, shared per process.
+
+    Sites with the same plan compose the same sequence of mechanisms; the result
+    of each sequence is kept (the ``_SHARED_MAX`` most recent), so the first site
+    pays each convolution and the others look it up: the same floats as composing
+    again (the same library calls on the same inputs).
+    """
+    key = (*history, part)
+    found = _shared.get(key)
+    if found is None:
+        mechanism = _mechanism_pld(*part)
+        found = mechanism if pld is None else pld.compose(mechanism)
+        if len(_shared) >= _SHARED_MAX:
+            del _shared[next(iter(_shared))]
+        _shared[key] = found
+    else:  # most recently used last
+        del _shared[key]
+        _shared[key] = found
+    return found, key
+
+
 @dataclass(frozen=True)
 class PldState:
     """A composed privacy-loss distribution (None: nothing composed yet); immutable.
 
     ``compose`` convolves the new events' distributions (cached per mechanism)
     onto the kept one and returns a new state; the kept one is never modified,
-    so a ledger can compose, check, and discard.
+    so a ledger can compose, check, and discard. ``history`` names the
+    mechanisms composed so far, in order: equal histories give equal
+    distributions, which are shared by every state of the process
+    (``_shared_compose``), and so are their epsilons.
     """
 
     accountant: DpAccountingPldAccountant
     pld: pld_lib.PrivacyLossDistribution | None
+    history: tuple[MechanismKey, ...] = ()
 
     def compose(self, events: Sequence[Event]) -> PldState:
         checked = check_events(events)
@@ -286,20 +324,23 @@ class PldState:
         relation = _RELATIONS[self.accountant.adjacency].name
         interval = self.accountant.value_discretization_interval
         scale = _gaussian_scale(self.accountant.adjacency)
-        parts = [
-            _mechanism_pld(sigma, rate, steps, relation, interval)
-            for sigma, rate, steps in mix.subsampled
+        parts: list[MechanismKey] = [
+            (sigma, rate, steps, relation, interval) for sigma, rate, steps in mix.subsampled
         ]
-        parts += [
-            _mechanism_pld(scale * sigma, None, count, relation, interval)
-            for sigma, count in mix.gaussian
-        ]
-        pld = self.pld
+        parts += [(scale * sigma, None, count, relation, interval) for sigma, count in mix.gaussian]
+        pld, history = self.pld, self.history
         for part in parts:
-            pld = part if pld is None else pld.compose(part)
-        return PldState(self.accountant, pld)
+            pld, history = _shared_compose(pld, history, part)
+        return PldState(self.accountant, pld, history)
 
     def epsilon(self, delta: float) -> float:
         if self.pld is None:
             return 0.0
-        return checked_epsilon(self.pld.get_epsilon_for_delta(delta), self.accountant.name)
+        key = (self.history, delta)
+        value = _shared_epsilon.get(key)
+        if value is None:
+            value = checked_epsilon(self.pld.get_epsilon_for_delta(delta), self.accountant.name)
+            if len(_shared_epsilon) >= 4 * _SHARED_MAX:
+                _shared_epsilon.clear()
+            _shared_epsilon[key] = value
+        return value

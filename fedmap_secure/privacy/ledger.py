@@ -275,19 +275,26 @@ def _has_non_dp(events: Sequence[Event]) -> bool:
     return len(_dp_leaves(events)) != len(flatten(list(events)))
 
 
+def _units(events: Sequence[Event]) -> frozenset[PrivacyUnit]:
+    return frozenset(event_unit(leaf) for leaf in _dp_leaves(events))
+
+
 def events_unit(events: Sequence[Event]) -> PrivacyUnit:
     """The one privacy unit of ``events`` (record-level when empty).
 
     A ledger states one guarantee, so it never mixes record-level and
     client-level events: a mixture raises ``PrivacyError``.
     """
-    units = {event_unit(leaf) for leaf in _dp_leaves(events)}
+    return _one_unit(_units(events))
+
+
+def _one_unit(units: frozenset[PrivacyUnit]) -> PrivacyUnit:
     if len(units) > 1:
         raise PrivacyError(
             "record-level and client-level events cannot share one ledger: each states "
             "a different guarantee (keep a separate ledger per unit)"
         )
-    return units.pop() if units else PrivacyUnit.RECORD
+    return next(iter(units)) if units else PrivacyUnit.RECORD
 
 
 class PrivacyLedger:
@@ -325,6 +332,10 @@ class PrivacyLedger:
         self._noise_source = NoiseSource(noise_source)
         self._state: AccountantState | None = None
         self._state_charges = -1
+        # Of the events the kept state composes: their privacy units and whether any is
+        # a non-DP release (so a charge need not rescan the history).
+        self._state_units: frozenset[PrivacyUnit] = frozenset()
+        self._state_non_dp = False
 
     @property
     def noise_source(self) -> NoiseSource:
@@ -351,9 +362,6 @@ class PrivacyLedger:
     def cross_check(self) -> Accountant | None:
         return self._cross_check
 
-    def _epsilon(self, events: Sequence[Event]) -> float:
-        return self._accountant.epsilon(_dp_leaves(events), self._budget.delta)
-
     def _check_request(self, round_index: int, events: Sequence[Event]) -> tuple[Event, ...]:
         if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < 0:
             raise ConfigError(f"round_index must be an int >= 0, got {round_index!r}")
@@ -371,8 +379,14 @@ class PrivacyLedger:
         """The composed state of ``existing``: the kept one, or rebuilt once from the rows."""
         if self._state is None or self._state_charges != len(existing):
             stored = [e for charge in existing for e in charge.events]
-            self._state = self._accountant.state(_dp_leaves(stored))
+            # charge by charge, as the charges composed it: the same floats as the kept state
+            state = self._accountant.state([])
+            for charge in existing:
+                state = self._compose(state, charge.events)
+            self._state = state
             self._state_charges = len(existing)
+            self._state_units = _units(stored)
+            self._state_non_dp = _has_non_dp(stored)
         return self._state
 
     def _compose(self, state: AccountantState, events: Sequence[Event]) -> AccountantState:
@@ -412,16 +426,18 @@ class PrivacyLedger:
                     unique_round_message
                     or f"round {round_index} is already charged; nothing charged again"
                 )
-            before = [e for charge in existing for e in charge.events]
-            events_unit([*before, *checked])
-            candidate = self._compose(self._state_of(existing), checked)  # a copy: not kept yet
+            kept = self._state_of(existing)  # also the units and non-DP flag of ``existing``
+            units = self._state_units | _units(checked)
+            _one_unit(units)
+            candidate = self._compose(kept, checked)  # a copy: not kept yet
             after = candidate.epsilon(self._budget.delta)
             if not after <= self._budget.epsilon:
                 raise BudgetExceededError(
                     f"round {round_index}: epsilon would reach {after:.6g} > budget "
                     f"{self._budget.epsilon:.6g} at delta {self._budget.delta:g}; nothing charged"
                 )
-            outcome.update(state=candidate, non_dp=_has_non_dp([*before, *checked]))
+            non_dp = self._state_non_dp or _has_non_dp(checked)
+            outcome.update(state=candidate, units=units, non_dp=non_dp)
             return PendingCharge(
                 round_index=round_index, events=checked, note=note, epsilon_after=after
             )
@@ -429,6 +445,7 @@ class PrivacyLedger:
         stored = self._store.append_checked(decide)
         # Committed durably: only now does the ledger keep the composed state.
         self._state, self._state_charges = outcome["state"], stored.sequence
+        self._state_units, self._state_non_dp = outcome["units"], bool(outcome["non_dp"])
         return ChargeReceipt(
             sequence=stored.sequence,
             round_index=stored.round_index,
@@ -439,8 +456,13 @@ class PrivacyLedger:
         )
 
     def spent(self) -> float:
-        """Epsilon of every stored event, recomputed now (never a cached number)."""
-        return self._epsilon([e for charge in self._store.load() for e in charge.events])
+        """Epsilon of every stored event at the budget's delta.
+
+        Computed from the events, never from a stored epsilon: the composed state the
+        ledger keeps of the stored events (the one its charges were checked against),
+        rebuilt from the file when it holds charges this ledger did not make.
+        """
+        return self._state_of(self._store.load()).epsilon(self._budget.delta)
 
     def remaining(self) -> float:
         return self._budget.epsilon - self.spent()

@@ -115,6 +115,10 @@ class SqliteLedgerStore:
     ) -> None:
         self._path = Path(path)
         self._now = now
+        # The charges this connection has verified (parsed, gap-free, hash chain intact) and
+        # the chain link of the last one: a later load reads and checks only the rows after.
+        self._verified: list[StoredCharge] = []
+        self._verified_link = ""
         is_new = not self._path.exists()
         if is_new and not create:
             raise ConfigError(f"no privacy ledger at {self._path}")
@@ -228,20 +232,32 @@ class SqliteLedgerStore:
         return _chain_hash("", ["settings", "" if row is None else str(row[0])])
 
     def _load(self, conn: sqlite3.Connection) -> list[StoredCharge]:
-        """All charges, each row validated, the sequence gap-free and the hash chain intact."""
+        """All charges, each row validated, the sequence gap-free and the hash chain intact.
+
+        The first load of a connection reads and checks every row; later loads read
+        only the rows after the last verified one (checked from its chain link), after
+        confirming that the last verified row still carries its hash and that no row
+        was deleted: the cost of a charge does not grow with the number of charges.
+        Any mismatch falls back to the full check, which raises on tampering.
+        """
+        high_row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'charges'").fetchone()
+        high = high_row[0] if high_row else 0
+        known = len(self._verified)
+        if known and not self._still_verified(conn, known, high):
+            self._verified, self._verified_link, known = [], "", 0
         rows = conn.execute(
             "SELECT sequence, round_index, events_json, note, epsilon_after, charged_at, row_hash"
-            " FROM charges ORDER BY sequence"
+            " FROM charges WHERE sequence > ? ORDER BY sequence",
+            (known,),
         ).fetchall()
         charges = [self._parse_row(row[:6]) for row in rows]
-        high = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'charges'").fetchone()
-        expected = list(range(1, (high[0] if high else 0) + 1))
+        expected = list(range(known + 1, high + 1))
         if [c.sequence for c in charges] != expected:
             raise LedgerIntegrityError(
                 f"{self._path}: charge sequence has gaps (a charge was deleted); "
                 "the ledger can no longer prove what was spent"
             )
-        link = self._genesis(conn)
+        link = self._verified_link if known else self._genesis(conn)
         for row in rows:
             link = _chain_hash(link, row[:6])
             if row[6] != link:
@@ -249,11 +265,20 @@ class SqliteLedgerStore:
                     f"{self._path}: charge #{row[0]} does not match the ledger's hash chain "
                     "(the row or an earlier one, or the settings, were modified)"
                 )
-        return charges
+        self._verified.extend(charges)
+        self._verified_link = link
+        return list(self._verified)
 
-    def _last_link(self, conn: sqlite3.Connection) -> str:
-        row = conn.execute("SELECT row_hash FROM charges ORDER BY sequence DESC LIMIT 1").fetchone()
-        return self._genesis(conn) if row is None else str(row[0])
+    def _still_verified(self, conn: sqlite3.Connection, known: int, high: int) -> bool:
+        """Whether the verified prefix is still in the file: its last row carries the same
+        hash and every row up to it is present (else the next load checks everything)."""
+        if high < known:
+            return False
+        row = conn.execute("SELECT row_hash FROM charges WHERE sequence = ?", (known,)).fetchone()
+        count = conn.execute(
+            "SELECT COUNT(*) FROM charges WHERE sequence <= ?", (known,)
+        ).fetchone()[0]
+        return row is not None and row[0] == self._verified_link and count == known
 
     def _parse_row(self, row: Sequence[Any]) -> StoredCharge:
         sequence, round_index, events_json, note, epsilon_after, charged_at = row
@@ -298,12 +323,13 @@ class SqliteLedgerStore:
                 float(pending.epsilon_after),
                 charged_at,
             )
+            link = _chain_hash(self._verified_link, row)
             conn.execute(
                 "INSERT INTO charges (sequence, round_index, events_json, note, epsilon_after,"
                 " charged_at, row_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (*row, _chain_hash(self._last_link(conn), row)),
+                (*row, link),
             )
-        return StoredCharge(
+        stored = StoredCharge(
             sequence=sequence,
             round_index=pending.round_index,
             events=pending.events,
@@ -311,6 +337,10 @@ class SqliteLedgerStore:
             epsilon_after=pending.epsilon_after,
             charged_at=charged_at,
         )
+        # Committed: the new row extends the verified prefix (read back as stored).
+        self._verified.append(stored)
+        self._verified_link = link
+        return stored
 
 
 def open_site_ledger(

@@ -193,8 +193,8 @@ def accountant_description(described: dict[str, Any], unit: PrivacyUnit) -> dict
 def build_report(ledger: PrivacyLedger) -> LedgerReport:
     """Recompute the whole ledger (history, total, cross-check) into a report."""
     entries = tuple(ledger.history())
-    # the total is recomposed from every stored event (``spent``); the per-charge cumulative
-    # figures are composed incrementally and agree with it to the discretisation
+    # the total (``spent``) and the per-charge cumulative figures are both composed from the
+    # stored events charge by charge, as the charges were checked: the last equals the total
     spent = ledger.spent() if entries else 0.0
     cross = ledger.cross_check_epsilon()
     non_dp = tuple(

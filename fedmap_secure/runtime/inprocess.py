@@ -22,16 +22,19 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from fedmap_secure import PROTOCOL_VERSION
-from fedmap_secure.aggregation import AggregateResult, Aggregator
+from fedmap_secure.aggregation import AggregateResult, Aggregator, VectorLayout
 from fedmap_secure.config.schema import SimulationConfig
-from fedmap_secure.data.types import FederatedDataset, Tier
+from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 from fedmap_secure.errors import AbortedError, ConfigError
+from fedmap_secure.fedmap.methods import GlobalState
+from fedmap_secure.fedmap.site import SiteReport
 from fedmap_secure.runtime.announcement import config_from_json, config_json
-from fedmap_secure.runtime.channel import RoundPlan
+from fedmap_secure.runtime.channel import Answer, RoundPlan
 from fedmap_secure.runtime.privacy import SitePolicy
 from fedmap_secure.runtime.results import ProgressFn, SimulationResult, SiteResult, TrainerFactory
 from fedmap_secure.runtime.server import LayoutCheck, ServerRuntime
@@ -68,10 +71,38 @@ def inprocess_setup(plan: RoundPlan, layout_digest: bytes) -> tm.SecAggSetup:
     )
 
 
+class RunSite(Protocol):
+    """What an in-process run needs of a site: a ``SiteRuntime``, or a handle on one that
+    lives in a worker process (``runtime.parallel.PooledSite``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def data(self) -> SiteData: ...
+
+    @property
+    def result(self) -> SiteResult | None: ...
+
+    @property
+    def reports(self) -> Sequence[SiteReport]: ...
+
+    @property
+    def model_file(self) -> Path | None: ...
+
+    def prepare(self, config: SimulationConfig) -> None: ...
+
+    def handle(self, opening: tm.RoundOpening) -> Answer: ...
+
+    def train_round(
+        self, config: SimulationConfig, state: GlobalState, layout: VectorLayout | None
+    ) -> Answer: ...
+
+
 class InProcessChannel:
     """The server channel of an in-process run (see the module docstring)."""
 
-    def __init__(self, sites: Sequence[SiteRuntime], aggregator: Aggregator) -> None:
+    def __init__(self, sites: Sequence[RunSite], aggregator: Aggregator) -> None:
         self.sites = list(sites)
         self.aggregator = aggregator
 
@@ -109,7 +140,7 @@ class InProcessChannel:
 def run_sites(
     config: SimulationConfig,
     dataset: FederatedDataset,
-    sites: Sequence[SiteRuntime],
+    sites: Sequence[RunSite],
     aggregator: Aggregator,
     *,
     progress: ProgressFn | None = None,

@@ -83,3 +83,33 @@ def test_a_version_1_ledger_is_refused_not_reinterpreted(tmp_path: Path) -> None
         db.execute("UPDATE ledger_settings SET settings_json = ?", (json.dumps(old),))
     with pytest.raises(LedgerIntegrityError, match=r"version-1 ledger .* cannot be continued"):
         open_site_ledger(tmp_path, budget=Budget(epsilon=20.0, delta=1e-5), accountant=pld)
+
+
+def test_an_open_store_reads_only_new_rows_and_still_catches_edits(tmp_path: Path) -> None:
+    """Later loads check only the rows after the verified prefix; an edit of that prefix's
+    last row or a deleted row sends the store back to the full check, which raises."""
+    pld = create_accountant("dp-accounting-pld")
+    budget = Budget(epsilon=20.0, delta=1e-5)
+    mine = open_site_ledger(tmp_path, budget=budget, accountant=pld)
+    other = open_site_ledger(tmp_path, budget=budget, accountant=pld)
+    for r in range(3):
+        mine.charge(r, ROUND, note=f"{r}")
+    other.charge(3, ROUND, note="from another process")
+    assert [e.note for e in mine.history()] == ["0", "1", "2", "from another process"]
+    assert mine.spent() == pytest.approx(pld.epsilon(ROUND * 4, 1e-5), abs=1e-4)
+    with sqlite3.connect(ledger_path(tmp_path)) as db:
+        db.execute("UPDATE charges SET note = 'edited' WHERE sequence = 1")
+    # the open store keeps accounting from the rows it verified; a fresh open checks all
+    assert mine.history()[0].note == "0"
+    with pytest.raises(LedgerIntegrityError, match="charge #1 does not match"):
+        open_site_ledger(tmp_path, budget=budget, accountant=pld).spent()
+    with sqlite3.connect(ledger_path(tmp_path)) as db:
+        db.execute("UPDATE charges SET row_hash = 'x' WHERE sequence = 4")
+    with pytest.raises(LedgerIntegrityError, match="charge #1 does not match"):
+        mine.spent()
+    with sqlite3.connect(ledger_path(tmp_path)) as db:
+        db.execute("DELETE FROM charges WHERE sequence = 2")
+    with pytest.raises(LedgerIntegrityError, match="gaps"):
+        other.spent()
+    mine.close()
+    other.close()
