@@ -41,15 +41,13 @@ from rich.console import Console
 from fedmap_secure.aggregation import PlainSum
 from fedmap_secure.config import Method, SimulationConfig, load_config
 from fedmap_secure.data import load_dataset
-from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
+from fedmap_secure.data.types import FederatedDataset, SiteData
 from fedmap_secure.experiments.pooled import run_pooled
+from fedmap_secure.experiments.validation import validation_dataset
 from fedmap_secure.runtime.inprocess import run_simulation
 from fedmap_secure.runtime.results import SimulationResult
 from fedmap_secure.training.interface import ClassWeighting, LocalTrainer, LocalTrainingConfig
 from fedmap_secure.training.local import AdamMapTrainer
-
-SPLIT_SEED = 20_260_101
-VALIDATION_FRACTION = 0.2
 
 SHARED_GRID: dict[str, Sequence[Any]] = {
     "learning_rate": (3e-3, 1e-2, 5e-2),
@@ -65,43 +63,6 @@ STAGE2: dict[str, tuple[str, Sequence[Any]]] = {
     "pooled": ("training.batch_size", (16, 32, 64)),
 }
 METHODS = ("fedmap", "fedavg", "fedprox", "local", "pooled")
-
-
-def _stratified_split(
-    y: np.ndarray[Any, np.dtype[np.int64]], rng: np.random.Generator
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """(inner-train, validation) row indices; each class contributes ~20% to validation,
-    at least one row when it has two or more (so a class is never moved out entirely)."""
-    train, val = [], []
-    for c in np.unique(y):
-        rows = rng.permutation(np.flatnonzero(y == c))
-        n_val = round(VALIDATION_FRACTION * rows.size) if rows.size >= 2 else 0
-        n_val = max(n_val, 1) if rows.size >= 2 else 0
-        val.append(rows[:n_val])
-        train.append(rows[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
-
-
-def validation_dataset(dataset: FederatedDataset) -> FederatedDataset:
-    """The tuning view: training sites keep 80% of their training rows for training and
-    evaluate on the other 20%; test rows and non-training tiers are dropped."""
-    rng = np.random.default_rng(SPLIT_SEED)
-    sites = []
-    for s in dataset.sites:
-        if s.tier is not Tier.TRAIN:
-            continue
-        tr, va = _stratified_split(s.y_train, rng)
-        sites.append(
-            SiteData(
-                name=s.name,
-                tier=Tier.TRAIN,
-                x_train=s.x_train[tr],
-                y_train=s.y_train[tr],
-                x_test=s.x_train[va],
-                y_test=s.y_train[va],
-            )
-        )
-    return dataclasses.replace(dataset, sites=tuple(sites))
 
 
 def _trainer(site: SiteData, cfg: LocalTrainingConfig) -> LocalTrainer:
