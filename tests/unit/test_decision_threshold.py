@@ -40,21 +40,25 @@ def test_threshold_maximises_validation_balanced_accuracy() -> None:
     proba = _proba([0.05, 0.1, 0.15, 0.2, 0.3, 0.4])
     y = np.array([0, 0, 0, 1, 1, 1])
     choice = choose_threshold(proba, y)
-    assert choice.chosen and choice.source == "validation"
+    assert choice.chosen
+    assert choice.source == "validation"
     assert 0.15 < choice.value <= 0.2
-    assert choice.validation_ba == 1.0 and choice.validation_ba_argmax == 0.5
+    assert choice.validation_ba == 1.0
+    assert choice.validation_ba_argmax == 0.5
     assert balanced_accuracy(predict_with_threshold(proba, choice.value), y) == 1.0
 
 
 def test_flat_curve_keeps_argmax() -> None:
     proba = _proba([0.1, 0.9, 0.2, 0.8])
     choice = choose_threshold(proba, np.array([0, 1, 0, 1]))
-    assert choice.value == ARGMAX_THRESHOLD and choice.validation_ba == 1.0
+    assert choice.value == ARGMAX_THRESHOLD
+    assert choice.validation_ba == 1.0
 
 
 def test_one_class_validation_falls_back_to_argmax_with_the_reason() -> None:
     choice = choose_threshold(_proba([0.3, 0.6, 0.7]), np.array([1, 1, 1]))
-    assert not choice.chosen and choice.value == ARGMAX_THRESHOLD
+    assert not choice.chosen
+    assert choice.value == ARGMAX_THRESHOLD
     assert "0 negative and 3 positive" in choice.source
 
 
@@ -74,7 +78,8 @@ def test_holdout_size_depends_on_n_only_and_keeps_both_classes(
     assert sorted(np.concatenate([kept, held]).tolist()) == list(range(y.size))
     for c in (0, 1):
         if (y == c).sum() >= 2 and held.size >= 2:
-            assert (y[held] == c).any() and (y[kept] == c).any()
+            assert (y[held] == c).any()
+            assert (y[kept] == c).any()
 
 
 def test_threshold_fraction_is_validated() -> None:
@@ -88,8 +93,19 @@ def test_run_records_each_sites_threshold_and_load_model_uses_it(tmp_path: Path)
     config = tiny_config(tmp_path / "run.toml", '[training]\nthreshold = "validation"\n')
     out = tmp_path / "out"
     code, text = run_cli(
-        ["simulate", "--dataset", "tiny", "--rounds", "2", "--no-dp", "--no-secagg"]
-        + ["--config", str(config), "--out", str(out)]
+        [
+            "simulate",
+            "--dataset",
+            "tiny",
+            "--rounds",
+            "2",
+            "--no-dp",
+            "--no-secagg",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0, text
     summary = json.loads((out / "summary.json").read_text())
@@ -97,7 +113,9 @@ def test_run_records_each_sites_threshold_and_load_model_uses_it(tmp_path: Path)
     assert set(trained) == {"a", "b", "c", "d"}
     for s in trained.values():
         t = s["threshold"]
-        assert t is not None and 0.0 <= t["value"] <= 1.0 and t["validation_rows"] > 0
+        assert t is not None
+        assert 0.0 <= t["value"] <= 1.0
+        assert t["validation_rows"] > 0
     # held-out rows are not trained on: 60 training rows at site a, 12 held out
     assert trained["a"]["n_train"] == 60 - holdout_size(60, 0.2)
     sidecar = out / "models" / "site-a.json"
@@ -114,8 +132,21 @@ def test_sidecar_without_threshold_still_loads(tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "run.toml")
     out = tmp_path / "out"
     code, text = run_cli(
-        ["simulate", "--dataset", "tiny", "--rounds", "1", "--no-dp", "--no-secagg"]
-        + ["--config", str(config), "--out", str(out), "--method", "local"]
+        [
+            "simulate",
+            "--dataset",
+            "tiny",
+            "--rounds",
+            "1",
+            "--no-dp",
+            "--no-secagg",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--method",
+            "local",
+        ]
     )
     assert code == 0, text
     sidecar = out / "models" / "site-a.json"
@@ -152,7 +183,8 @@ def test_single_class_site_keeps_argmax_and_says_so() -> None:
     state, _ = initial_state(cfg, n_features=4, n_classes=2)
     runtime.train_round(cfg, state, None)
     result = runtime.finish(cfg, dataclasses.replace(state, round_index=1))
-    assert result.threshold is not None and not result.threshold.chosen
+    assert result.threshold is not None
+    assert not result.threshold.chosen
     assert result.threshold.value == ARGMAX_THRESHOLD
     assert "0 negative" in result.threshold.source
     assert result.n_train == 30 - holdout_size(30, 0.2)
