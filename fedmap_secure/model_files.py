@@ -13,7 +13,9 @@ files side by side:
   :class:`~fedmap_secure.data.schema.FeatureSchema` (the public preprocessing
   constants) and its digest, round, run id, site (``"global"`` for the global
   model), kind (personalised or global), the epsilon the site had spent (or
-  null) and the SHA-256 of the weights file.
+  null), the SHA-256 of the weights file and, optionally, the site's decision
+  threshold (``decision_threshold``: its value and how it was chosen; ``predict``
+  uses it; files without the key load as argmax).
 
 :func:`load_model` checks the sidecar (format, version, every key, the schema
 digest, the weights hash), rebuilds the architecture with
