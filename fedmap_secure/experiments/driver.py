@@ -119,10 +119,11 @@ def _select_model(
     config, selection = select_model(config, dataset, out_dir, run)
     if selection is not None:
         for row in selection["candidates"]:
+            mean = row["mean_validation_balanced_accuracy"]
+            worst = row["worst_site_validation_balanced_accuracy"]
             console.print(
                 f"  {row['candidate']}: validation mean BA "
-                f"{row['mean_validation_balanced_accuracy']:.3f}, worst site "
-                f"{row['worst_site_validation_balanced_accuracy']:.3f}"
+                + ("-" if mean is None else f"{mean:.3f}, worst site {worst:.3f}")
             )
         console.print(f"model selection: chose {selection['chosen']}")
         for warning in selection["warnings"]:

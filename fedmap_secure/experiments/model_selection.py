@@ -59,9 +59,11 @@ def candidate_model(spec: str) -> ModelConfig:
     return ModelConfig(kind=kind, hidden=hidden)
 
 
-def _site_values(result: SimulationResult, metric: str) -> list[float]:
+def _site_values(result: SimulationResult, metric: str, skip: set[str]) -> list[float]:
     out = []
     for s in result.sites:
+        if s.site in skip:
+            continue
         m = s.personalised or s.global_
         value = None if m is None else m.as_dict().get(metric)
         if value is not None:
@@ -99,13 +101,25 @@ def select_model(
         return config, None
     check_model_selection(config)
     view = validation_dataset(dataset)
+    # A site whose validation rows hold one class (e.g. heart's Switzerland, whose training
+    # rows can all be positive) has no balanced accuracy to compare models by: its BA would be
+    # the recall of that class, which rewards predicting it everywhere. It is left out of the
+    # score, and the summary and the log say so.
+    one_class = {s.name for s in view.sites if np.unique(s.y_test).size < 2}
+    for name in sorted(one_class):
+        log.warning(
+            "model selection: site %s is left out of the score (its validation rows hold one "
+            "class)",
+            name,
+        )
     rows: list[dict[str, Any]] = []
     for spec in config.model.candidates:
         candidate = dataclasses.replace(
             config, model=candidate_model(spec), evaluate_every=0, finetune_rounds=1
         )
         result = run(candidate, view, out_dir / SELECTION_DIR / spec.replace(":", "-"))
-        ba, auc = _site_values(result, "balanced_accuracy"), _site_values(result, "roc_auc")
+        ba = _site_values(result, "balanced_accuracy", one_class)
+        auc = _site_values(result, "roc_auc", one_class)
         rows.append(
             {
                 "candidate": spec,
@@ -125,7 +139,13 @@ def select_model(
 
     best = max(range(len(rows)), key=key)
     chosen = config.model.candidates[best]
-    warnings = [
+    warnings = []
+    if all(r["mean_validation_balanced_accuracy"] is None for r in rows):
+        warnings.append(
+            "no site has validation rows of both classes: the first candidate "
+            f"{chosen!r} is kept without a comparison"
+        )
+    warnings += [
         f"model candidate {r['candidate']!r} is no better than chance on the validation rows "
         f"(mean balanced accuracy {r['mean_validation_balanced_accuracy']:.3f})"
         for r in rows
@@ -147,6 +167,7 @@ def select_model(
         "validation": "each training site's training rows split 80/20 (stratified, fixed "
         "seed); test rows never read",
         "candidates": rows,
+        "sites_left_out": {name: "validation rows hold one class" for name in sorted(one_class)},
         "warnings": warnings,
         "outputs": str(out_dir / SELECTION_DIR),
     }

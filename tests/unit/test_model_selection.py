@@ -155,3 +155,23 @@ def test_simulate_writes_the_selection_into_the_summary(tmp_path: Path) -> None:
     assert [r["candidate"] for r in entry["candidates"]] == ["logistic", "mlp:4"]
     assert entry["chosen"] in ("logistic", "mlp:4")
     assert "chose" in text
+
+
+def test_a_one_class_validation_site_is_left_out_and_named(tmp_path: Path) -> None:
+    dataset = tiny_dataset(finetune=False, unseen=False)
+    c = dataset.sites[2]
+    c = dataclasses.replace(c, y_train=np.ones_like(c.y_train))  # every training row positive
+    dataset = dataclasses.replace(dataset, sites=(*dataset.sites[:2], c))
+
+    def run(cfg: SimulationConfig, view: FederatedDataset, where: Path) -> SimulationResult:
+        result = _result(view, 0.7, 0.8)
+        low = EvalMetrics(n=5, accuracy=0.1, balanced_accuracy=0.1, roc_auc=None)
+        sites = tuple(
+            dataclasses.replace(s, personalised=low) if s.site == "c" else s for s in result.sites
+        )
+        return dataclasses.replace(result, sites=sites)
+
+    _, entry = select_model(_config('["logistic"]'), dataset, tmp_path, run)
+    assert entry is not None
+    assert entry["sites_left_out"] == {"c": "validation rows hold one class"}
+    assert entry["candidates"][0]["mean_validation_balanced_accuracy"] == pytest.approx(0.7)
