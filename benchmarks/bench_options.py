@@ -32,11 +32,19 @@ KEYS = (
 )
 
 
-def _run(args: tuple[str, str | None, int, str, list[str], Path]) -> dict[str, Any]:
-    label, config, seed, dataset, extra, root = args
+VALIDATION_RUNNER = Path(__file__).resolve().parent / "simulate_validation.py"
+
+
+def _run(args: tuple[str, str | None, int, str, list[str], Path, bool]) -> dict[str, Any]:
+    label, config, seed, dataset, extra, root, validation = args
     out = root / f"{label}-{seed}"
+    command = (
+        [sys.executable, str(VALIDATION_RUNNER)]
+        if validation
+        else [str(Path(sys.executable).parent / "fedmap-secure")]
+    )
     cmd = [
-        str(Path(sys.executable).parent / "fedmap-secure"),
+        *command,
         "simulate",
         "--dataset",
         dataset,
@@ -68,6 +76,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--variant", action="append", required=True, help="LABEL=CONFIG | default")
     parser.add_argument("--json", help="write every run's headline figures here")
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="run on the validation view (benchmarks/simulate_validation.py): for choosing",
+    )
     parser.add_argument("extra", nargs="*", help="flags passed to every simulate run (after --)")
     args = parser.parse_args()
     variants = [(v, None) if "=" not in v else tuple(v.split("=", 1)) for v in args.variant]
@@ -75,12 +88,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-options-") as tmp:
         root = Path(tmp)
         jobs = [
-            (lab, cfg, s, args.dataset, args.extra, root) for lab, cfg in variants for s in seeds
+            (lab, cfg, s, args.dataset, args.extra, root, args.validation)
+            for lab, cfg in variants
+            for s in seeds
         ]
         with ThreadPoolExecutor(args.workers) as pool:
             runs = list(pool.map(_run, jobs))
     out: dict[str, Any] = {"args": vars(args), "runs": {}}
-    print(f"{args.dataset}, seeds {list(seeds)}, flags {' '.join(args.extra)}")
+    view = "VALIDATION view" if args.validation else "test rows"
+    print(f"{args.dataset} ({view}), seeds {list(seeds)}, flags {' '.join(args.extra)}")
     print("variant | mean BA | worst-site BA | mean AUC | global mean BA | mean BA per seed")
     for label, _ in variants:
         rows = [r for r in runs if r["_label"] == label]
