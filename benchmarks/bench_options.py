@@ -101,10 +101,16 @@ def main() -> None:
     for label, _ in variants:
         rows = [r for r in runs if r["_label"] == label]
         cells = [_cell([float(r[k]) for r in rows]) for k in KEYS]
-        per_seed = ", ".join(f"{r[KEYS[0]]:.3f}" for r in rows)
+        per_seed = ", ".join(
+            f"{r[KEYS[0]]:.3f}"
+            + (f" ({r['model_selection']['chosen']})" if "model_selection" in r else "")
+            for r in rows
+        )
         print(f"{label} | " + " | ".join(cells) + f" | {per_seed}")
         out["runs"][label] = [
-            {k: r[k] for k in (*KEYS, "seed")} | {"sites": r["sites"]} for r in rows
+            {k: r[k] for k in (*KEYS, "seed")}
+            | {"sites": r["sites"], "model_selection": r.get("model_selection")}
+            for r in rows
         ]
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
