@@ -188,3 +188,55 @@ def test_single_class_site_keeps_argmax_and_says_so() -> None:
     assert result.threshold.value == ARGMAX_THRESHOLD
     assert "0 negative" in result.threshold.source
     assert result.n_train == 30 - holdout_size(30, 0.2)
+
+
+def test_pooled_uses_each_sites_held_out_rows(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path / "run.toml", '[training]\nthreshold = "validation"\n')
+    out = tmp_path / "out"
+    code, text = run_cli(
+        [
+            "simulate",
+            "--dataset",
+            "tiny",
+            "--rounds",
+            "2",
+            "--no-dp",
+            "--no-secagg",
+            "--method",
+            "pooled",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0, text
+    sites = json.loads((out / "summary.json").read_text())["sites"]
+    chosen = {s["site"]: s["threshold"] for s in sites}
+    assert chosen["e"] is None  # unseen: no training rows, nothing held out
+    assert all(chosen[name]["validation_rows"] > 0 for name in "abcd")
+
+
+def test_site_records_keep_the_threshold(tmp_path: Path) -> None:
+    from fedmap_secure.fedmap.threshold import ThresholdChoice
+    from fedmap_secure.runtime.records import read_records, write_records
+    from fedmap_secure.runtime.results import SiteResult
+
+    choice = ThresholdChoice(
+        value=0.3,
+        source="validation",
+        validation_rows=7,
+        validation_ba=0.8,
+        validation_ba_argmax=0.6,
+    )
+    result = SiteResult(
+        site="a",
+        tier=Tier.TRAIN,
+        n_train=5,
+        n_test=3,
+        personalised=None,
+        global_=None,
+        threshold=choice,
+    )
+    write_records(tmp_path / "r.json", result, [])
+    assert read_records(tmp_path / "r.json")[0].threshold == choice
