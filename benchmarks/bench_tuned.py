@@ -63,10 +63,18 @@ def main() -> None:
             continue
         knobs = chosen[method]["knobs"]
         per_seed = []
+        per_site: dict[str, list[float]] = {}
         for seed in range(args.seeds):
             cfg = dataclasses.replace(configure(base, method, knobs), seed=seed)
-            per_seed.append(headline(run(cfg, dataset, method == "pooled")))
-        out[method] = {"knobs": knobs, "per_seed": per_seed}
+            result = run(cfg, dataset, method == "pooled")
+            per_seed.append(headline(result))
+            for s in result.sites:
+                if s.personalised is not None:
+                    per_site.setdefault(s.site, []).append(s.personalised.balanced_accuracy)
+        site_ba = {name: float(np.mean(v)) for name, v in per_site.items()}
+        out[method] = {"knobs": knobs, "per_seed": per_seed, "site_mean_ba": site_ba}
+        sites_text = ", ".join(f"{k} {v:.3f}" for k, v in site_ba.items())
+        console.print(f"  {method}: per-site personalised BA (mean over seeds): {sites_text}")
         row = [method, json.dumps(knobs)]
         for k in keys[:2]:  # mean BA, worst BA, mean AUC, worst AUC
             for stat in ("mean", "worst_site"):

@@ -21,7 +21,8 @@ Then the chosen values are written down in docs/TUNING.md and the test-set figur
 from ordinary runs with them (``bench_methods.py``), never from these runs.
 
     PYTHONPATH=. .venv/bin/python benchmarks/tune.py --dataset heart --seeds 3 --rounds 20 \
-        [--methods fedmap fedavg] [--json benchmarks/results/tuning/heart.json]
+        [--methods fedmap fedavg] [--json benchmarks/results/tuning/heart.json] \
+        [--grid small --no-stage2]   # a reduced budget, the same for every method
 """
 
 from __future__ import annotations
@@ -41,21 +42,25 @@ from rich.console import Console
 from fedmap_secure.aggregation import PlainSum
 from fedmap_secure.config import Method, SimulationConfig, load_config
 from fedmap_secure.data import load_dataset
-from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
+from fedmap_secure.data.types import FederatedDataset, SiteData
 from fedmap_secure.experiments.pooled import run_pooled
+from fedmap_secure.experiments.validation import validation_dataset
 from fedmap_secure.runtime.inprocess import run_simulation
 from fedmap_secure.runtime.results import SimulationResult
 from fedmap_secure.training.interface import ClassWeighting, LocalTrainer, LocalTrainingConfig
 from fedmap_secure.training.local import AdamMapTrainer
-
-SPLIT_SEED = 20_260_101
-VALIDATION_FRACTION = 0.2
 
 SHARED_GRID: dict[str, Sequence[Any]] = {
     "learning_rate": (3e-3, 1e-2, 5e-2),
     "epochs": (2, 10),
     "early_stopping": (False, True),  # True: patience 2 on a 20% split of the inner rows
     "class_weighting": ("none", "balanced"),
+}
+SMALL_GRID: dict[str, Sequence[Any]] = {  # --grid small: a reduced, equal budget per method
+    "learning_rate": (3e-3, 1e-2, 5e-2),
+    "epochs": (2, 10),
+    "early_stopping": (True,),
+    "class_weighting": ("balanced",),
 }
 STAGE2: dict[str, tuple[str, Sequence[Any]]] = {
     "fedprox": ("fedprox.mu", (0.01, 0.1, 1.0)),
@@ -65,43 +70,6 @@ STAGE2: dict[str, tuple[str, Sequence[Any]]] = {
     "pooled": ("training.batch_size", (16, 32, 64)),
 }
 METHODS = ("fedmap", "fedavg", "fedprox", "local", "pooled")
-
-
-def _stratified_split(
-    y: np.ndarray[Any, np.dtype[np.int64]], rng: np.random.Generator
-) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """(inner-train, validation) row indices; each class contributes ~20% to validation,
-    at least one row when it has two or more (so a class is never moved out entirely)."""
-    train, val = [], []
-    for c in np.unique(y):
-        rows = rng.permutation(np.flatnonzero(y == c))
-        n_val = round(VALIDATION_FRACTION * rows.size) if rows.size >= 2 else 0
-        n_val = max(n_val, 1) if rows.size >= 2 else 0
-        val.append(rows[:n_val])
-        train.append(rows[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
-
-
-def validation_dataset(dataset: FederatedDataset) -> FederatedDataset:
-    """The tuning view: training sites keep 80% of their training rows for training and
-    evaluate on the other 20%; test rows and non-training tiers are dropped."""
-    rng = np.random.default_rng(SPLIT_SEED)
-    sites = []
-    for s in dataset.sites:
-        if s.tier is not Tier.TRAIN:
-            continue
-        tr, va = _stratified_split(s.y_train, rng)
-        sites.append(
-            SiteData(
-                name=s.name,
-                tier=Tier.TRAIN,
-                x_train=s.x_train[tr],
-                y_train=s.y_train[tr],
-                x_test=s.x_train[va],
-                y_test=s.y_train[va],
-            )
-        )
-    return dataclasses.replace(dataset, sites=tuple(sites))
 
 
 def _trainer(site: SiteData, cfg: LocalTrainingConfig) -> LocalTrainer:
@@ -191,9 +159,9 @@ def trial(
     )
 
 
-def shared_grid() -> Iterator[dict[str, Any]]:
-    keys = list(SHARED_GRID)
-    for values in itertools.product(*(SHARED_GRID[k] for k in keys)):
+def shared_grid(grid: dict[str, Sequence[Any]] = SHARED_GRID) -> Iterator[dict[str, Any]]:
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
         yield dict(zip(keys, values, strict=True))
 
 
@@ -203,12 +171,16 @@ def tune_method(
     method: str,
     seeds: Sequence[int],
     log: Callable[[Trial], None],
+    grid: dict[str, Sequence[Any]] = SHARED_GRID,
+    stage2: bool = True,
 ) -> tuple[Trial, list[Trial]]:
     trials = []
-    for knobs in shared_grid():
+    for knobs in shared_grid(grid):
         trials.append(trial(base, dataset, method, knobs, seeds))
         log(trials[-1])
     best = max(trials, key=lambda t: t.score)
+    if not stage2:
+        return best, trials
     key, values = STAGE2[method]
     for value in values:
         trials.append(trial(base, dataset, method, {**best.knobs, key: value}, seeds))
@@ -223,7 +195,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--json", help="write every trial to this JSON file")
+    parser.add_argument(
+        "--grid",
+        choices=("shared", "small"),
+        default="shared",
+        help="small: 6 configurations (lr x epochs; early stopping on, balanced weighting)",
+    )
+    parser.add_argument("--no-stage2", action="store_true", help="skip stage 2 (every method)")
     args = parser.parse_args()
+    grid = SMALL_GRID if args.grid == "small" else SHARED_GRID
     torch.set_num_threads(1)
     base = dataclasses.replace(load_config(), rounds=args.rounds)
     dataset = validation_dataset(load_dataset(args.dataset))
@@ -245,7 +225,9 @@ def main() -> None:
     chosen: dict[str, Any] = {}
     every: list[dict[str, Any]] = []
     for method in args.methods:
-        best, trials = tune_method(base, dataset, method, seeds, log)
+        best, trials = tune_method(
+            base, dataset, method, seeds, log, grid=grid, stage2=not args.no_stage2
+        )
         chosen[method] = {**dataclasses.asdict(best), "score": best.score[0]}
         every += [dataclasses.asdict(t) for t in trials]
         console.print(f"[bold]{method}[/bold]: chosen {best.knobs} (score {best.score[0]:.3f})")

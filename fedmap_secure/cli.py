@@ -32,7 +32,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import fedmap_secure.process_clock  # noqa: F401  (early: the process start where /proc is absent)
 from fedmap_secure.config.loader import load_config
 from fedmap_secure.config.privacy import ClientDpMechanism, OmegaRelease, PrivacyConfig
-from fedmap_secure.config.schema import Method, PriorForm, SimulationConfig
+from fedmap_secure.config.schema import (
+    Method,
+    PriorForm,
+    SimulationConfig,
+    check_model_selection,
+)
 from fedmap_secure.data.schema_command import add_schema_command, run_schema_command
 from fedmap_secure.errors import ConfigError, FedMapError
 from fedmap_secure.privacy.accountant_base import AccountantName
@@ -213,6 +218,7 @@ def _load_dataset(spec: str, label_column: str | None, seed: int) -> FederatedDa
 def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console) -> None:
     config = resolve_config(args)  # refusals of the configuration come before any heavy import
     workers = parse_workers(args.workers)
+    check_model_selection(config)
     if args.transport == "grpc":
         _check_grpc(args, config)
     dataset = loader(args.dataset, args.label_column, config.seed)
@@ -241,6 +247,11 @@ def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console)
 
 
 def _check_grpc(args: argparse.Namespace, config: SimulationConfig) -> None:
+    if config.model.candidates:
+        raise ConfigError(
+            "[model] candidates (model selection on validation) runs in-process only; "
+            "choose the model first and set [model] kind/hidden for --transport grpc"
+        )
     if args.method == POOLED:
         raise ConfigError("--method pooled is centralised: it has no --transport grpc")
     if not config.secagg.enabled:

@@ -13,7 +13,9 @@ files side by side:
   :class:`~fedmap_secure.data.schema.FeatureSchema` (the public preprocessing
   constants) and its digest, round, run id, site (``"global"`` for the global
   model), kind (personalised or global), the epsilon the site had spent (or
-  null) and the SHA-256 of the weights file.
+  null), the SHA-256 of the weights file and, optionally, the site's decision
+  threshold (``decision_threshold``: its value and how it was chosen; ``predict``
+  uses it; files without the key load as argmax).
 
 :func:`load_model` checks the sidecar (format, version, every key, the schema
 digest, the weights hash), rebuilds the architecture with
@@ -54,6 +56,7 @@ from fedmap_secure.config.schema import ModelConfig, ModelKind
 from fedmap_secure.data.schema import FeatureSchema
 from fedmap_secure.data.types import FederatedDataset
 from fedmap_secure.errors import ConfigError, DataError, ModelFileError
+from fedmap_secure.fedmap.threshold import ThresholdChoice, predict_with_threshold
 
 FORMAT = "fedmap-secure/model"
 FORMAT_VERSION = 1
@@ -82,6 +85,8 @@ _SIDECAR_KEYS = frozenset(
         "weights_sha256",
     }
 )
+_OPTIONAL_KEYS = frozenset({"decision_threshold"})
+"""Keys a sidecar may lack (files written before they existed still load)."""
 
 
 class ModelFileKind(enum.Enum):
@@ -113,6 +118,9 @@ class ModelMeta:
     kind: ModelFileKind
     epsilon_spent: float | None = None
     class_labels: tuple[str, ...] | None = None
+    decision_threshold: ThresholdChoice | None = None
+    """The site's decision rule for a binary personalised model (``[training] threshold``):
+    ``predict`` returns class 1 when p(1 | x) >= its value. None: argmax."""
 
     def __post_init__(self) -> None:
         if self.n_features != len(self.schema):
@@ -225,10 +233,15 @@ class RawFeatureModel(nn.Module):
         with torch.no_grad():
             return torch.softmax(self.forward(rows), dim=1).to(torch.float64).numpy()
 
+    @property
+    def threshold(self) -> float | None:
+        """The recorded decision threshold on p(class 1) (None: argmax)."""
+        choice = self.meta.decision_threshold
+        return None if choice is None else choice.value
+
     def predict(self, rows: RawRows) -> npt.NDArray[np.int64]:
-        """The most probable class index per raw row."""
-        labels: npt.NDArray[np.int64] = self.predict_proba(rows).argmax(axis=1).astype(np.int64)
-        return labels
+        """The class index per raw row: argmax, or p(1) >= the sidecar's decision threshold."""
+        return predict_with_threshold(self.predict_proba(rows), self.threshold)
 
 
 def raw_matrix(rows: RawRows, schema: FeatureSchema) -> npt.NDArray[np.float64]:
@@ -330,6 +343,9 @@ def _sidecar(meta: ModelMeta, *, weights_file: str, digest: str) -> dict[str, An
         "feature_schema_digest": meta.schema.digest(),
         "weights_file": weights_file,
         "weights_sha256": digest,
+        "decision_threshold": (
+            None if meta.decision_threshold is None else meta.decision_threshold.as_dict()
+        ),
     }
 
 
@@ -384,9 +400,9 @@ def _parse_sidecar(data: object, source: Path) -> tuple[ModelMeta, str, str]:
             f"{source}: unsupported model format version {data.get('format_version')!r} "
             f"(this version reads {FORMAT_VERSION})"
         )
-    if set(data) != _SIDECAR_KEYS:
+    if not _SIDECAR_KEYS <= set(data) <= _SIDECAR_KEYS | _OPTIONAL_KEYS:
         missing = sorted(_SIDECAR_KEYS - set(data))
-        extra = sorted(set(data) - _SIDECAR_KEYS)
+        extra = sorted(set(data) - _SIDECAR_KEYS - _OPTIONAL_KEYS)
         raise ModelFileError(f"{source}: sidecar keys missing {missing}, unexpected {extra}")
     try:
         schema = FeatureSchema.from_json(data["feature_schema"], source=f"{source}")
@@ -410,6 +426,7 @@ def _parse_sidecar(data: object, source: Path) -> tuple[ModelMeta, str, str]:
             kind=ModelFileKind(data["kind"]),
             epsilon_spent=_optional_float(data["epsilon_spent"], "epsilon_spent", source),
             class_labels=_labels(data["class_labels"], source),
+            decision_threshold=_threshold(data.get("decision_threshold"), source),
         )
     except ModelFileError:
         raise
@@ -449,6 +466,22 @@ def _optional_float(value: object, name: str, source: Path) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ModelFileError(f"{source}: {name} must be a number or null")
     return float(value)
+
+
+def _threshold(value: object, source: Path) -> ThresholdChoice | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ModelFileError(f"{source}: decision_threshold must be an object or null")
+    try:
+        choice = ThresholdChoice(**dict(value))
+    except TypeError as exc:
+        raise ModelFileError(f"{source}: decision_threshold: {exc}") from exc
+    if isinstance(choice.value, bool) or not isinstance(choice.value, int | float):
+        raise ModelFileError(f"{source}: decision_threshold.value must be a number")
+    if not 0.0 <= choice.value <= 1.0:
+        raise ModelFileError(f"{source}: decision_threshold.value must be in [0, 1]")
+    return choice
 
 
 def _labels(value: object, source: Path) -> tuple[str, ...] | None:

@@ -163,7 +163,8 @@ class ClientDpSettings:
 
     Off by default. When on, every aggregating method contributes clipped model
     *updates* (FedMAP: omega (theta - gamma) and omega grad_psi), each field
-    clipped to its own L2 norm (``clip_theta``, ``clip_psi``), and each site
+    clipped to its own L2 norm (``clip_theta``, ``clip_psi``; FedMAP's ICNN gradient
+    gets its own share ``psi_share`` of the noise budget), and each site
     adds its share of integer noise before masking; the server divides the sums
     by the number of contributors. ``epsilon``/``delta`` is the client-level
     budget for the whole run, kept in the server's ledger. ``local_noise_std``
@@ -179,6 +180,11 @@ class ClientDpSettings:
     delta: float = 1e-3
     clip_theta: float = 1.0
     clip_psi: float = 1.0
+    psi_share: float | None = None
+    """FedMAP: the ICNN gradient's share rho of the squared L2 sensitivity (its noise
+    allocation; ``fedmap.client_level``): None = clip_psi^2 / (clip_theta^2 + clip_psi^2),
+    today's split (0.5 at the default clips); 0 = psi is not released (the prior stays at
+    its initial value)."""
     local_noise_std: float = 65536.0
     beta: float = math.exp(-0.5)
     max_wrap_probability: float = 1e-9
@@ -190,5 +196,9 @@ class ClientDpSettings:
             raise ConfigError(f"client_dp.delta must be in (0, 1), got {self.delta!r}")
         if not 0 <= self.beta < 1:
             raise ConfigError(f"client_dp.beta must be in [0, 1), got {self.beta!r}")
+        if self.psi_share is not None and not (
+            math.isfinite(self.psi_share) and 0 <= self.psi_share < 1
+        ):
+            raise ConfigError(f"client_dp.psi_share must be in [0, 1), got {self.psi_share!r}")
         if not 0 < self.max_wrap_probability < 1:
             raise ConfigError("client_dp.max_wrap_probability must be in (0, 1)")

@@ -72,15 +72,42 @@ class ModelConfig:
     hidden: tuple[int, ...] = (32,)
     factory: str = ""
     fix: bool = False
+    candidates: tuple[str, ...] = ()
+    """Models to choose among on validation rows, per run (``"logistic"``, ``"mlp:16"``,
+    ``"mlp:32,16"``); empty: no selection, ``kind``/``hidden`` are used
+    (``fedmap_secure.experiments.model_selection``; non-private runs only)."""
 
     def __post_init__(self) -> None:
         _hidden("model.hidden", self.hidden)
+        for spec in self.candidates:
+            parse_candidate(spec)
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ConfigError(f"model.candidates has duplicates: {list(self.candidates)}")
+        if self.candidates and self.kind is ModelKind.CUSTOM:
+            raise ConfigError('model.candidates choose among built-in models, not kind = "custom"')
         if (self.kind is ModelKind.CUSTOM) != bool(self.factory):
             raise ConfigError(
                 'model.factory names the module of kind = "custom" (and only of that kind)'
             )
         if self.fix and self.kind is not ModelKind.CUSTOM:
             raise ConfigError('model.fix applies to kind = "custom" only')
+
+
+def parse_candidate(spec: str) -> tuple[ModelKind, tuple[int, ...]]:
+    """``"logistic"`` or ``"mlp:H1[,H2...]"`` -> (kind, hidden); ConfigError otherwise."""
+    kind, _, sizes = spec.partition(":")
+    if kind == ModelKind.LOGISTIC.value and not sizes:
+        return ModelKind.LOGISTIC, (32,)
+    if kind == ModelKind.MLP.value and sizes:
+        try:
+            hidden = tuple(int(h) for h in sizes.split(","))
+        except ValueError:
+            hidden = ()
+        if hidden and all(h >= 1 for h in hidden):
+            return ModelKind.MLP, hidden
+    raise ConfigError(
+        f'model.candidates entry {spec!r} must be "logistic" or "mlp:H1[,H2...]" (e.g. "mlp:16")'
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -244,3 +271,16 @@ class SimulationConfig:
             raise ConfigError(f"simulation.evaluate_every must be >= 0, got {self.evaluate_every}")
         if self.seed < 0:
             raise ConfigError(f"simulation.seed must be >= 0, got {self.seed}")
+
+
+def check_model_selection(config: SimulationConfig) -> None:
+    """Refuse ``[model] candidates`` under DP (``experiments.model_selection`` says why)."""
+    if not config.model.candidates:
+        return
+    if config.privacy.enabled or config.client_dp.enabled:
+        raise ConfigError(
+            "model.candidates selects a model on the sites' validation rows; under DP each "
+            "candidate run is a release and the selection composes (Papernot and Steinke, "
+            "ICLR 2022), which is not accounted here: choose the model on public or synthetic "
+            "data (benchmarks/tune.py) and set [model] kind/hidden, or run with --no-dp"
+        )

@@ -16,7 +16,7 @@ from fedmap_secure.data.types import FederatedDataset, SiteData
 from fedmap_secure.experiments.pipeline import run_private_simulation
 from fedmap_secure.experiments.pooled import run_pooled
 from fedmap_secure.experiments.report import site_table, summary_dict, write_outputs
-from fedmap_secure.runtime.results import ProgressFn, TrainerFactory
+from fedmap_secure.runtime.results import ProgressFn, SimulationResult, TrainerFactory
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 
 
@@ -57,6 +57,11 @@ def simulate_to_dir(
     """
     label = "pooled" if pooled else config.method.value
     epsilon: Mapping[str, float] | None = None
+    selection: dict[str, Any] | None = None
+    if config.model.candidates:
+        config, selection = _select_model(
+            config, dataset, out_dir, console, pooled=pooled, trainer_factory=trainer_factory
+        )
     if not pooled and config.privacy.enabled:
         console.print("each training site calibrates its DP noise from its own budget ...")
     with progress_bar(console, f"{label} on {dataset.name}") as progress:
@@ -82,6 +87,8 @@ def simulate_to_dir(
     summary = summary_dict(
         result, privacy=privacy, epsilon_spent=epsilon, n_classes=dataset.n_classes
     )
+    if selection is not None:
+        summary["model_selection"] = selection
     write_outputs(out_dir, result, summary)
     console.print(site_table(result, epsilon_spent=epsilon))
     for warning in summary["warnings"]:
@@ -89,6 +96,41 @@ def simulate_to_dir(
     _print_privacy(console, privacy)
     console.print(f"wrote {out_dir / 'summary.json'} and {out_dir / 'metrics.csv'}")
     return summary
+
+
+def _select_model(
+    config: SimulationConfig,
+    dataset: FederatedDataset,
+    out_dir: Path,
+    console: Console,
+    *,
+    pooled: bool,
+    trainer_factory: TrainerFactory | None,
+) -> tuple[SimulationConfig, dict[str, Any] | None]:
+    """``[model] candidates``: one run per candidate on validation rows, then the choice."""
+    from fedmap_secure.experiments.model_selection import select_model
+
+    def run(candidate: SimulationConfig, view: FederatedDataset, where: Path) -> SimulationResult:
+        if pooled:
+            return run_pooled(candidate, view, trainer_factory or _plain)
+        return run_private_simulation(
+            candidate, view, where, trainer_factory=trainer_factory
+        ).result
+
+    console.print(f"model selection on validation rows among {list(config.model.candidates)} ...")
+    config, selection = select_model(config, dataset, out_dir, run)
+    if selection is not None:
+        for row in selection["candidates"]:
+            mean = row["mean_validation_balanced_accuracy"]
+            worst = row["worst_site_validation_balanced_accuracy"]
+            console.print(
+                f"  {row['candidate']}: validation mean BA "
+                + ("-" if mean is None else f"{mean:.3f}, worst site {worst:.3f}")
+            )
+        console.print(f"model selection: chose {selection['chosen']}")
+        for warning in selection["warnings"]:
+            console.print(f"[yellow]warning: {warning}")
+    return config, selection
 
 
 def _print_privacy(console: Console, privacy: Mapping[str, Any]) -> None:

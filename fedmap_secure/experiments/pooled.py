@@ -5,23 +5,30 @@ data had been pooled in one place, which the sites cannot do), for the same
 number of local-training calls as a federated run has rounds, and evaluated on
 each site's test data. It is the upper bound FLamby reports as "pooled".
 Both the ``personalised`` and ``global`` entries of a site hold the pooled
-model's metrics.
+model's metrics. With ``[training] threshold = "validation"`` every site holds out
+the same rows as in a federated run (``fedmap.threshold``), the pooled model is
+trained on the rest, and each site's personalised entry uses the threshold chosen on
+its own held-out rows (the global entry stays argmax).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
+import numpy.typing as npt
 
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.data.types import FederatedDataset, SiteData, Tier
 from fedmap_secure.errors import ConfigError
-from fedmap_secure.fedmap.evaluation import evaluate
+from fedmap_secure.fedmap.evaluation import evaluate, predict_proba
 from fedmap_secure.fedmap.models import build_model, flat_vector
 from fedmap_secure.fedmap.site import make_generator
+from fedmap_secure.fedmap.threshold import argmax_choice, choose_threshold, stratified_holdout
 from fedmap_secure.runtime.results import ProgressFn, SimulationResult, SiteResult, TrainerFactory
 from fedmap_secure.runtime.state import derived_seed
+from fedmap_secure.training.interface import DecisionThreshold
 
 POOLED_LABEL = "pooled"
 
@@ -36,6 +43,18 @@ def run_pooled(
     with_train = [s for s in dataset.sites if s.n_train > 0]
     if not with_train:
         raise ConfigError(f"dataset {dataset.name!r} has no training rows to pool")
+    held: dict[str, tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] = {}
+    if config.training.threshold is DecisionThreshold.VALIDATION and dataset.n_classes == 2:
+        kept_sites = []
+        for s in with_train:
+            rng = np.random.default_rng(derived_seed(config.seed, f"threshold/{s.name}"))
+            kept, out = stratified_holdout(s.y_train, config.training.threshold_fraction, rng)
+            if out.size:
+                held[s.name] = (s.x_train[out], s.y_train[out])
+            kept_sites.append(
+                dataclasses.replace(s, x_train=s.x_train[kept], y_train=s.y_train[kept])
+            )
+        with_train = kept_sites
     pooled = SiteData(
         name=POOLED_LABEL,
         tier=Tier.TRAIN,
@@ -59,14 +78,25 @@ def run_pooled(
     sites = []
     for s in dataset.sites:
         metrics = evaluate(model, s.x_test, s.y_test, n_classes=dataset.n_classes)
+        choice = None
+        if s.name in held:
+            choice = choose_threshold(predict_proba(model, held[s.name][0]), held[s.name][1])
+        elif config.training.threshold is DecisionThreshold.VALIDATION and s.n_train > 0:
+            choice = argmax_choice("no validation rows held out", 0)
+        personalised = metrics
+        if choice is not None:
+            personalised = evaluate(
+                model, s.x_test, s.y_test, n_classes=dataset.n_classes, threshold=choice.value
+            )
         sites.append(
             SiteResult(
                 site=s.name,
                 tier=s.tier,
                 n_train=s.n_train,
                 n_test=s.n_test,
-                personalised=metrics,
+                personalised=personalised,
                 global_=metrics,
+                threshold=choice,
             )
         )
     return SimulationResult(

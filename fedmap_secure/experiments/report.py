@@ -149,6 +149,7 @@ def summary_dict(
                 "personalised": _metrics(s.personalised),
                 "global": _metrics(s.global_),
                 "epsilon_spent": None if epsilon_spent is None else epsilon_spent.get(s.site, 0.0),
+                "threshold": None if s.threshold is None else s.threshold.as_dict(),
             }
             for s in result.sites
         ],

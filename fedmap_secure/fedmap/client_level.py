@@ -15,6 +15,23 @@ data-dependent weight sum:
   ``omega_grad_psi`` = omega_k g_k; gamma_next = gamma + sum / n_c,
   psi_next = clamp_nonneg(psi - lr_psi * sum omega_k g_k / n_c).
 
+**The ICNN gradient's own clipping and noise allocation.** The raw omega_k g_k is
+clipped to ``clip_psi`` (its own clipping norm, independent of ``clip_theta``). Its
+share of the noise budget is ``psi_share`` = rho: the site sends lambda omega_k g_k
+with lambda = sqrt(rho / (1 - rho)) clip_theta / clip_psi, so in the encoded vector
+the two fields have L2 bounds B_theta = clip_theta and B_psi = lambda clip_psi with
+B_psi^2 / (B_theta^2 + B_psi^2) = rho; the server divides the psi sum by lambda. The
+noise is one Gaussian of std z c per coordinate, c = sqrt(B_theta^2 + B_psi^2), so the
+release is the composition of two Gaussian mechanisms whose squared sensitivity-to-
+noise ratios (the Gaussian-DP mu^2, or RDP's alpha Delta^2 / (2 sigma^2)) are
+(1 - rho) / z^2 and rho / z^2: a split of the round's budget in the proportions
+1 - rho (update) and rho (ICNN gradient), with effective noise multipliers
+z / sqrt(1 - rho) on the update and z / sqrt(rho) on the ICNN gradient. The
+accounting is unchanged (it sees the whole vector with sensitivity c).
+rho = 0 leaves the ICNN gradient out (psi keeps its initial value; the whole budget
+goes to the update). Unset, rho = clip_psi^2 / (clip_theta^2 + clip_psi^2) (lambda =
+1), the split before this option (0.5 at the default clips).
+
 Departure from FedMAP (stated in docs/ALGORITHM.md): the weighted mean
 sum omega theta / sum omega becomes gamma + sum omega (theta - gamma) / n_c,
 so a site with a low score moves gamma less rather than having its weight
@@ -23,6 +40,8 @@ value would be useless as a denominator.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import numpy.typing as npt
@@ -85,24 +104,37 @@ class ClientLevelFedProx(ClientLevelFedAvg):
     site_prior = FedProxStrategy.site_prior
 
 
+def psi_scale(config: SimulationConfig) -> float:
+    """lambda of the module docstring (0 when the ICNN gradient is not released)."""
+    c = config.client_dp
+    if c.psi_share is None:
+        return 1.0
+    if c.psi_share == 0:
+        return 0.0
+    return math.sqrt(c.psi_share / (1.0 - c.psi_share)) * c.clip_theta / c.clip_psi
+
+
 class ClientLevelFedMap(FedMapStrategy):
-    """FedMAP on clipped omega-weighted updates with a fixed denominator."""
+    """FedMAP on clipped omega-weighted updates with a fixed denominator; the ICNN gradient
+    with its own clipping norm and share of the noise budget (module docstring)."""
 
     def layout(self, *, n_theta: int, n_psi: int, psi_grad_scale: int = 1) -> VectorLayout | None:
         c = self.config.client_dp
+        lam = psi_scale(self.config)
+        theta = Field(name="omega_delta_theta", length=n_theta, bound=c.clip_theta)
+        if lam == 0:
+            return VectorLayout((theta,))
         return VectorLayout(
-            (
-                Field(name="omega_delta_theta", length=n_theta, bound=c.clip_theta),
-                Field(name="omega_grad_psi", length=n_psi, bound=c.clip_psi),
-            )
+            (theta, Field(name="omega_grad_psi", length=n_psi, bound=lam * c.clip_psi))
         )
 
     def contribution(self, site: TrainedSite) -> dict[str, FloatVector]:
         omega, _ = site.score()
-        return {
-            "omega_delta_theta": omega * (site.theta_vector() - site.gamma_vector()),
-            "omega_grad_psi": omega * site.psi_gradient(),
-        }
+        out = {"omega_delta_theta": omega * (site.theta_vector() - site.gamma_vector())}
+        lam = psi_scale(self.config)
+        if lam > 0:  # lambda * (omega g clipped to clip_psi), the encoder clips at lambda clip_psi
+            out["omega_grad_psi"] = lam * omega * site.psi_gradient()
+        return out
 
     def server_update(
         self, state: GlobalState, result: AggregateResult, psi_nonneg: npt.NDArray[np.bool_] | None
@@ -110,9 +142,12 @@ class ClientLevelFedMap(FedMapStrategy):
         if state.psi is None or psi_nonneg is None:
             raise LocalProtocolError("fedmap server update needs psi and its non-negativity mask")
         step, n_c = _mean_over_contributors(result, "omega_delta_theta")
-        grad, _ = _mean_over_contributors(result, "omega_grad_psi")
-        psi = state.psi - self.config.server.lr_psi * grad
-        psi = np.where(psi_nonneg, np.maximum(psi, 0.0), psi)
+        lam = psi_scale(self.config)
+        psi = state.psi
+        if lam > 0:
+            grad, _ = _mean_over_contributors(result, "omega_grad_psi")
+            psi = state.psi - self.config.server.lr_psi * grad / lam
+            psi = np.where(psi_nonneg, np.maximum(psi, 0.0), psi)
         nxt = GlobalState(round_index=state.round_index + 1, gamma=state.gamma + step, psi=psi)
         return nxt, _log(state, result, n_c)
 

@@ -10,6 +10,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from fedmap_secure.fedmap.threshold import predict_with_threshold
+
 
 @dataclass(frozen=True, kw_only=True)
 class EvalMetrics:
@@ -45,13 +47,22 @@ def predict_proba(model: nn.Module, x: npt.NDArray[np.float32]) -> npt.NDArray[n
 
 
 def evaluate(
-    model: nn.Module, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64], *, n_classes: int
+    model: nn.Module,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    *,
+    n_classes: int,
+    threshold: float | None = None,
 ) -> EvalMetrics | None:
-    """Metrics of ``model`` on (x, y); None when there are no test rows."""
+    """Metrics of ``model`` on (x, y); None when there are no test rows.
+
+    ``threshold`` (two classes only): predict class 1 when p(1 | x) >= threshold
+    (``fedmap_secure.fedmap.threshold``); None: argmax. AUC does not depend on it.
+    """
     if x.shape[0] == 0:
         return None
     proba = predict_proba(model, x)
-    pred = proba.argmax(axis=1)
+    pred = predict_with_threshold(proba, threshold)
     acc = float(np.mean(pred == y))
     # Balanced accuracy as sklearn defines it: mean recall over classes present in y.
     bal = float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))

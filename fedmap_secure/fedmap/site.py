@@ -12,6 +12,8 @@ import enum
 import hashlib
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -24,10 +26,11 @@ from fedmap_secure.fedmap.contribution import (
     contribution_score,
     exact_clipped_mean,
 )
-from fedmap_secure.fedmap.evaluation import EvalMetrics, evaluate
+from fedmap_secure.fedmap.evaluation import EvalMetrics, evaluate, predict_proba
 from fedmap_secure.fedmap.icnn import ConvexPrior
 from fedmap_secure.fedmap.methods import GlobalState, MethodStrategy, encode_contribution
 from fedmap_secure.fedmap.models import flat_vector, frozen_copies, load_flat_vector
+from fedmap_secure.fedmap.threshold import ThresholdChoice, choose_threshold
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingResult
 
 
@@ -76,6 +79,8 @@ class Site:
         score_config: ScoreConfig,
         n_classes: int,
         score_release: MeanLoglikRelease = exact_clipped_mean,
+        threshold_rows: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None,
+        threshold_fallback: ThresholdChoice | None = None,
     ) -> None:
         self.data = data
         self.model = model
@@ -92,6 +97,9 @@ class Site:
         self.trained = False
         self._score: tuple[float, float] | None = None
         self.reports: list[SiteReport] = []
+        self._threshold_rows = threshold_rows
+        self.threshold: ThresholdChoice | None = threshold_fallback
+        """The personalised model's decision rule (None: argmax, no threshold configured)."""
 
     @property
     def name(self) -> str:
@@ -183,10 +191,24 @@ class Site:
         """The clipped flat vector for the aggregator and how many coordinates were clipped."""
         return encode_contribution(layout, strategy.contribution(self))
 
+    def choose_threshold(self) -> ThresholdChoice | None:
+        """Re-choose the personalised model's threshold on the held-out rows (if any)."""
+        rows = self._threshold_rows
+        if rows is not None and self.trained:
+            self.threshold = choose_threshold(predict_proba(self.model, rows[0]), rows[1])
+        return self.threshold
+
     def evaluate_personalised(self) -> EvalMetrics | None:
         if not self.trained:
             return None
-        return evaluate(self.model, self.data.x_test, self.data.y_test, n_classes=self._n_classes)
+        choice = self.choose_threshold()
+        return evaluate(
+            self.model,
+            self.data.x_test,
+            self.data.y_test,
+            n_classes=self._n_classes,
+            threshold=None if choice is None else choice.value,
+        )
 
     def evaluate_global(self) -> EvalMetrics | None:
         if self._gamma is None:

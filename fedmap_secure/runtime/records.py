@@ -17,6 +17,7 @@ from fedmap_secure.data.types import Tier
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.fedmap.evaluation import EvalMetrics
 from fedmap_secure.fedmap.site import Phase, SiteReport
+from fedmap_secure.fedmap.threshold import ThresholdChoice
 from fedmap_secure.runtime.results import SiteResult
 from fedmap_secure.training.interface import LocalTrainingResult
 
@@ -45,6 +46,7 @@ def write_records(path: Path, result: SiteResult, reports: list[SiteReport]) -> 
             "n_test": result.n_test,
             "personalised": _metrics(result.personalised),
             "global": _metrics(result.global_),
+            "threshold": None if result.threshold is None else result.threshold.as_dict(),
         },
         "reports": [
             {
@@ -77,6 +79,7 @@ def read_records(path: Path) -> tuple[SiteResult, list[SiteReport]]:
             n_test=r["n_test"],
             personalised=_metrics_from(r["personalised"]),
             global_=_metrics_from(r["global"]),
+            threshold=None if r.get("threshold") is None else ThresholdChoice(**r["threshold"]),
         )
         reports = [
             SiteReport(

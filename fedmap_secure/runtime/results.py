@@ -12,6 +12,7 @@ from fedmap_secure.data.types import SiteData, Tier
 from fedmap_secure.fedmap.evaluation import EvalMetrics
 from fedmap_secure.fedmap.methods import GlobalState, ServerLog
 from fedmap_secure.fedmap.site import SiteReport
+from fedmap_secure.fedmap.threshold import ThresholdChoice
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 
 TrainerFactory = Callable[[SiteData, LocalTrainingConfig], LocalTrainer]
@@ -31,6 +32,9 @@ class SiteResult:
     n_test: int
     personalised: EvalMetrics | None
     global_: EvalMetrics | None
+    threshold: ThresholdChoice | None = None
+    """The personalised model's decision threshold (``[training] threshold = "validation"``);
+    None: argmax, no threshold configured."""
 
 
 @dataclass(frozen=True, kw_only=True)

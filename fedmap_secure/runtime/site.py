@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from fedmap_secure.aggregation import FloatVector, VectorLayout
@@ -71,6 +73,7 @@ from fedmap_secure.fedmap.methods import (
 )
 from fedmap_secure.fedmap.models import build_model, load_flat_vector
 from fedmap_secure.fedmap.site import Phase, Site, SiteReport, make_generator, site_seed
+from fedmap_secure.fedmap.threshold import ThresholdChoice, argmax_choice, stratified_holdout
 from fedmap_secure.model_files import ModelFileKind, ModelMeta, save_model
 from fedmap_secure.privacy.ledger import PrivacyLedger
 from fedmap_secure.runtime.announcement import config_from_json, run_id, state_of
@@ -87,7 +90,12 @@ from fedmap_secure.runtime.records import write_records
 from fedmap_secure.runtime.results import SiteResult, TrainerFactory
 from fedmap_secure.runtime.state import derived_seed
 from fedmap_secure.secagg.config import SERVER_ID
-from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig, LocalTrainingResult
+from fedmap_secure.training.interface import (
+    DecisionThreshold,
+    LocalTrainer,
+    LocalTrainingConfig,
+    LocalTrainingResult,
+)
 from fedmap_secure.transport import messages as tm
 
 log = logging.getLogger(__name__)
@@ -153,6 +161,8 @@ class SiteRuntime:
         self._strategy: MethodStrategy | None = None
         self._site: Site | None = None
         self.model_file: Path | None = None
+        self._threshold_rows: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None
+        self._threshold_fallback: ThresholdChoice | None = None
 
     @property
     def feature_schema(self) -> FeatureSchema:
@@ -256,7 +266,9 @@ class SiteRuntime:
             n_test=self.data.n_test,
             personalised=site.evaluate_personalised(),
             global_=site.evaluate_global() if strategy.aggregates else None,
+            threshold=site.threshold if site.trained else None,
         )
+        self._log_threshold(site)
         state_dir = self.setup.state_dir
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -285,8 +297,47 @@ class SiteRuntime:
             check_site_schema(config.features, self.feature_schema, site=self.name)
         self._config = config
         self._strategy = make_strategy(config)
+        self._hold_out_threshold_rows(config)
         if releasing:
             self._open_privacy(config)
+
+    def _hold_out_threshold_rows(self, config: SimulationConfig) -> None:
+        """``[training] threshold = "validation"``: hold out the site's threshold rows once.
+
+        The held-out rows are never trained on (so every later step, DP calibration
+        included, sees the smaller training part, whose size depends on n_k only); a
+        site too small to spare them keeps argmax, logged and recorded.
+        """
+        training = config.training
+        if training.threshold is not DecisionThreshold.VALIDATION or self.data.n_train == 0:
+            return
+        if self.setup.n_classes != 2:
+            self._threshold_fallback = argmax_choice(
+                f"{self.setup.n_classes} classes (thresholds are for binary tasks)", 0
+            )
+            log.warning("site %s: threshold kept at argmax: %s", self.name, "not a binary task")
+            return
+        rng = np.random.default_rng(derived_seed(config.seed, f"threshold/{self.name}"))
+        kept, held = stratified_holdout(self.data.y_train, training.threshold_fraction, rng)
+        if held.size == 0:
+            self._threshold_fallback = argmax_choice(
+                f"{self.data.n_train} training rows are too few to hold out a validation split", 0
+            )
+            log.warning(
+                "site %s: threshold kept at argmax (%d training rows, too few to hold out any)",
+                self.name,
+                self.data.n_train,
+            )
+            return
+        x, y = self.data.x_train, self.data.y_train
+        self._threshold_rows = (x[held], y[held])
+        self.data = dataclasses.replace(self.data, x_train=x[kept], y_train=y[kept])
+        log.info(
+            "site %s: %d of %d training rows held out to choose the decision threshold",
+            self.name,
+            held.size,
+            x.shape[0],
+        )
 
     def _start(
         self, config: SimulationConfig, state: GlobalState, *, releasing: bool = True
@@ -469,6 +520,8 @@ class SiteRuntime:
                 if self.privacy is None
                 else self.privacy.score_release(self.data.n_train, config.score)
             ),
+            threshold_rows=self._threshold_rows,
+            threshold_fallback=self._threshold_fallback,
         )
 
     # --- the site's own records --------------------------------------------------------------
@@ -542,9 +595,27 @@ class SiteRuntime:
             kind=ModelFileKind.PERSONALISED,
             epsilon_spent=None if self.privacy is None else self.privacy.ledger.spent(),
             class_labels=schema.classes,
+            decision_threshold=site.threshold,
         )
         self.model_file = save_model(path, model=site.model, meta=meta)
         log.info("site %s: personalised model written to %s", self.name, self.model_file)
+
+    def _log_threshold(self, site: Site) -> None:
+        choice = site.threshold
+        if choice is None or not site.trained:
+            return
+        if choice.chosen:
+            log.info(
+                "site %s: decision threshold %.3f chosen on %d validation rows "
+                "(validation balanced accuracy %.3f; %.3f at argmax)",
+                self.name,
+                choice.value,
+                choice.validation_rows,
+                choice.validation_ba or 0.0,
+                choice.validation_ba_argmax or 0.0,
+            )
+        else:
+            log.warning("site %s: decision threshold kept at %s", self.name, choice.source)
 
     def _write_privacy(self) -> None:
         """``dp.json`` in the state folder: this site's entry of the run's privacy summary."""

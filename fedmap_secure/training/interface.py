@@ -43,6 +43,21 @@ class ClassWeighting(enum.Enum):
     BALANCED = "balanced"
 
 
+class DecisionThreshold(enum.Enum):
+    """How a site's personalised model turns probabilities into a class (``[training] threshold``).
+
+    ARGMAX: the most probable class (p >= 0.5 for two classes).
+    VALIDATION: each training site holds out ``threshold_fraction`` of its training rows
+    (stratified, never trained on) and, for a binary task, predicts class 1 when
+    p(1 | x) >= t with t maximising balanced accuracy on those rows
+    (``fedmap_secure.fedmap.threshold``). The threshold stays at the site, with its
+    personalised model.
+    """
+
+    ARGMAX = "argmax"
+    VALIDATION = "validation"
+
+
 @dataclass(frozen=True, kw_only=True)
 class LocalTrainingConfig:
     """Hyper-parameters of one site's local MAP training in one round.
@@ -64,6 +79,9 @@ class LocalTrainingConfig:
     """Declared per-class loss weights (public, the same at every site); both trainers use
     them, DP-SGD included (a public weight scales a record's loss before its gradient is
     clipped, so the sensitivity stays the clipping bound). Empty: no declared weights."""
+    threshold: DecisionThreshold = DecisionThreshold.ARGMAX
+    threshold_fraction: float = 0.2
+    """Share of a site's training rows held out to choose its threshold (VALIDATION only)."""
     dp_learning_rate: float | None = None
     """Adam learning rate of the DP-SGD trainer (None: ``learning_rate``). Tuned separately:
     the noisy, clipped gradient of a fixed number of steps wants a different step size."""
@@ -75,6 +93,8 @@ class LocalTrainingConfig:
             raise ConfigError("validation_fraction must be in [0, 1)")
         if not (self.learning_rate > 0 and self.weight_decay >= 0 and self.grad_clip_norm > 0):
             raise ConfigError("learning_rate and grad_clip_norm must be > 0, weight_decay >= 0")
+        if not 0.0 < self.threshold_fraction < 1.0:
+            raise ConfigError("threshold_fraction must be in (0, 1)")
         if self.dp_learning_rate is not None and not self.dp_learning_rate > 0:
             raise ConfigError("dp_learning_rate must be > 0")
         if any(not (math.isfinite(w) and w > 0) for w in self.class_weights):

@@ -15,7 +15,16 @@ from tests.cli_runner import tiny_config
 from tests.synthetic import tiny_dataset
 from tests.torch_threads import _single_thread  # noqa: F401
 
-SITE_KEYS = {"site", "tier", "n_train", "n_test", "personalised", "global", "epsilon_spent"}
+SITE_KEYS = {
+    "site",
+    "tier",
+    "n_train",
+    "n_test",
+    "personalised",
+    "global",
+    "epsilon_spent",
+    "threshold",  # the decision threshold ([training] threshold = "validation"), else null
+}
 METRIC_KEYS = {"accuracy", "balanced_accuracy", "roc_auc"}
 
 
@@ -73,6 +82,7 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
     assert len(summary["sites"]) == 5
     for site in summary["sites"]:
         assert set(site) == SITE_KEYS
+        assert site["threshold"] is None  # the default decision rule is argmax
         if method == "pooled":
             assert dp is None
             assert site["epsilon_spent"] is None

@@ -114,3 +114,59 @@ def test_an_empty_aggregate_is_refused() -> None:
     empty = AggregateResult(sums=layout.unflatten(np.zeros(layout.size)), contributors=frozenset())
     with pytest.raises(AbortedError, match="no contributor"):
         strategy.server_update(GlobalState(round_index=0, gamma=np.zeros(N_THETA)), empty, None)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.9])
+def test_psi_share_splits_the_squared_sensitivity_and_the_server_undoes_the_scale(
+    share: float,
+) -> None:
+    config = _config(Method.FEDMAP, clip_theta=2.0, clip_psi=50.0, psi_share=share)
+    strategy = make_strategy(config)
+    layout = strategy.layout(n_theta=N_THETA, n_psi=N_PSI)
+    assert layout is not None
+    bounds = {f.name: f.bound for f in layout.fields}
+    total = bounds["omega_delta_theta"] ** 2 + bounds["omega_grad_psi"] ** 2
+    assert bounds["omega_grad_psi"] ** 2 / total == pytest.approx(share)
+    gamma = np.zeros(N_THETA)
+    sites = [  # small enough that nothing is clipped: the psi step is lr * mean(omega g)
+        Trained(theta=gamma + 0.1, gamma=gamma, omega=0.5, grad=np.full(N_PSI, 1.0 * (i + 1)))
+        for i in range(2)
+    ]
+    inputs = {
+        f"s{i}": encode_contribution(layout, strategy.contribution(s))[0]
+        for i, s in enumerate(sites)
+    }
+    result = PlainSum().aggregate(round_index=0, layout=layout, inputs=inputs, context=b"")
+    psi = np.ones(N_PSI)
+    state = GlobalState(round_index=0, gamma=gamma, psi=psi)
+    nxt = strategy.server_update(state, result, np.zeros(N_PSI, dtype=bool))[0]
+    assert nxt.psi is not None
+    expected = psi - config.server.lr_psi * np.mean([0.5 * s.grad for s in sites], axis=0)
+    np.testing.assert_allclose(nxt.psi, expected)
+
+
+def test_psi_share_zero_releases_no_icnn_gradient() -> None:
+    strategy = make_strategy(_config(Method.FEDMAP, psi_share=0.0))
+    layout = strategy.layout(n_theta=N_THETA, n_psi=N_PSI)
+    assert layout is not None
+    assert [f.name for f in layout.fields] == ["omega_delta_theta"]
+    gamma = np.zeros(N_THETA)
+    site = Trained(theta=gamma + 0.1, gamma=gamma, omega=0.5, grad=np.ones(N_PSI))
+    assert set(strategy.contribution(site)) == {"omega_delta_theta"}
+    result = PlainSum().aggregate(
+        round_index=0,
+        layout=layout,
+        inputs={"s0": encode_contribution(layout, strategy.contribution(site))[0]},
+        context=b"",
+    )
+    psi = np.ones(N_PSI)
+    nxt = strategy.server_update(
+        GlobalState(round_index=0, gamma=gamma, psi=psi), result, np.zeros(N_PSI, dtype=bool)
+    )[0]
+    np.testing.assert_array_equal(nxt.psi, psi)
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0, float("nan")])
+def test_psi_share_outside_0_1_is_refused(share: float) -> None:
+    with pytest.raises(ConfigError, match="psi_share"):
+        ClientDpSettings(enabled=True, psi_share=share)
