@@ -164,10 +164,10 @@ def _versus_local(out: Path, rows: Sequence[RunRow], dataset: str) -> None:
         )  # fmt: skip
     ax.set_xticks(range(len(sites)), sites)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_ylim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.2)
     ax.set_ylabel("personalised balanced accuracy")
     ax.set_title(f"{dataset}: FedMAP at each ε against local training, per site")
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.legend(fontsize=7, ncol=min(4, len(groups)), loc="upper center")
     fig.tight_layout()
     fig.savefig(out / f"plot_vs_local_{dataset}.png", dpi=110)
     plt.close(fig)
