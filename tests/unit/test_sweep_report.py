@@ -112,11 +112,12 @@ def test_report_tables_plots_and_published_numbers(sweep_dir: Path) -> None:
     assert mean[2] == "0.727 ± 0.003 (n=2)"
     assert _row(text, "Mean personalised accuracy", "fedavg")[2] == "0.625 ± 0.000 (n=2)"
     assert _row(text, "Worst-site personalised accuracy", "fedmap")[1] == "0.600 ± 0.000 (n=2)"
-    pooled_ref = next(ln for ln in text.splitlines() if "pooled [published: FLamby" in ln)
+    accuracy = text.split("### Mean personalised accuracy", 1)[1].split("###", 1)[0]
+    pooled_ref = next(ln for ln in accuracy.splitlines() if "pooled [published: FLamby" in ln)
     assert pooled_ref.rstrip(" |").endswith("*0.735*")
     for number in ("0.730", "0.685", "0.726", "0.731", "0.712"):
-        assert f"*{number}*" in text
-    dp = next(ln for ln in text.splitlines() if "DP-FedAvg [published" in ln and "≈" in ln)
+        assert f"*{number}*" in accuracy
+    dp = next(ln for ln in accuracy.splitlines() if "DP-FedAvg [published" in ln and "≈" in ln)
     cells = [c.strip() for c in dp.strip("|").split("|")]
     assert cells[1:] == ["", "*≈0.700*", ""]  # eps 0.5 is outside FLamby's 1..50
     assert re.search(r"\| 1 \| fedavg \| \+0\.102 \|", text)  # FedMAP minus FedAvg at eps 1
@@ -182,3 +183,22 @@ def test_client_level_runs_get_their_own_section_only(sweep_dir: Path) -> None:
     ]
     assert _row(section, spent, "fedmap")[1:] == ["0.990", "3.960"]
     assert (sweep_dir / "plot_client_dp_heart.png").read_bytes()[:8] == PNG
+
+
+def test_report_leads_with_published_rows_and_fedmap_against_local(sweep_dir: Path) -> None:
+    text = build_report(sweep_dir).read_text()
+    headline = text.split("### Headline", 1)[1].split("###", 1)[0]
+    pooled = next(ln for ln in headline.splitlines() if "pooled [published: FLamby" in ln)
+    cells = [c.strip() for c in pooled.strip("|").split("|")]
+    assert cells[1:7] == ["∞", "n/p", "n/p", "n/p", "n/p", "*0.735*"]
+    dp = next(ln for ln in headline.splitlines() if "DP-FedAvg [published" in ln and "≈" in ln)
+    assert [c.strip() for c in dp.strip("|").split("|")][1] == "1-50"
+    # local BA 0.64 at every site; fedmap at eps 0.5: s0 0.558 (seed mean), s1 0.75, s3 0.55
+    section = "FedMAP against local training per site"
+    assert _row(text, section, "local (no DP)")[1] == "0.640 ± 0.000"
+    at_half = _row(text, section, "fedmap ε = 0.5")
+    assert at_half[1] == "0.558 ± 0.011 (-0.082)"
+    assert at_half[2] == "0.750 ± 0.000 (+0.110)"
+    assert at_half[-1] == "2/4"  # s1, s2 at least local; s0, s3 below
+    assert _row(text, section, "fedmap ε = ∞ (no DP)")[-1] == "3/4"  # s0 0.658 now above
+    assert (sweep_dir / "plot_vs_local_heart.png").read_bytes()[:8] == PNG

@@ -136,6 +136,43 @@ def _sites(out: Path, rows: Sequence[RunRow], dataset: str, epsilon: float | Non
     plt.close(fig)
 
 
+def _versus_local(out: Path, rows: Sequence[RunRow], dataset: str) -> None:
+    """``plot_vs_local_<dataset>.png``: per site, local's balanced accuracy (no DP) beside
+    FedMAP's at every ε (bars: mean over seeds, whiskers: sd)."""
+    data = [r for r in rows if r.dataset == dataset]
+    local = [r for r in data if r.method == "local"]
+    fedmap = [r for r in data if r.method == "fedmap"]
+    sites = sorted({s for r in data for s in r.site_metrics})
+    if not local or not fedmap or not sites:
+        return
+    groups = [("local (no DP)", local)] + [
+        (f"fedmap ε = {eps_label(e).split(' ')[0]}", [r for r in fedmap if r.epsilon == e])
+        for e in epsilons_of(fedmap)
+    ]
+    fig, ax = plt.subplots(figsize=(max(7, 2.0 * len(sites)), 4.2))
+    width = 0.85 / len(groups)
+    for j, (label, picked) in enumerate(groups):
+        stats = [
+            stat([r.site_metrics.get(s, {}).get("balanced_accuracy") for r in picked])
+            for s in sites
+        ]
+        xs = [i + (j - (len(groups) - 1) / 2) * width for i in range(len(sites))]
+        ax.bar(
+            xs, [s.mean if s else 0.0 for s in stats], width,
+            yerr=[s.sd if s else 0.0 for s in stats], capsize=2, label=label,
+            color="black" if j == 0 else None, alpha=0.8,
+        )  # fmt: skip
+    ax.set_xticks(range(len(sites)), sites)
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_ylim(0.0, 1.2)
+    ax.set_ylabel("personalised balanced accuracy")
+    ax.set_title(f"{dataset}: FedMAP at each ε against local training, per site")
+    ax.legend(fontsize=7, ncol=min(4, len(groups)), loc="upper center")
+    fig.tight_layout()
+    fig.savefig(out / f"plot_vs_local_{dataset}.png", dpi=110)
+    plt.close(fig)
+
+
 def _privacy(out: Path, rows: Sequence[RunRow], dataset: str) -> None:
     """``plot_privacy_<dataset>.png``: one panel per method, epsilon spent per site (bars,
     mean over seeds) at each budget, the budget as a dashed line: few labels, all readable."""
@@ -253,5 +290,6 @@ def write_plots(
     for dataset in sorted({r.dataset for r in rows}):
         _utility(out, rows, dataset)
         _sites(out, rows, dataset, per_site_epsilon)
+        _versus_local(out, rows, dataset)
         _privacy(out, rows, dataset)
     _cost(out, all_rows)

@@ -77,7 +77,7 @@ UTILITY: tuple[tuple[str, Value, bool], ...] = (
 
 def _utility_section(rows: Sequence[RunRow], dataset: str) -> list[str]:
     lines = [f"## {dataset}", "", f"![utility against epsilon](plot_utility_{dataset}.png)", ""]
-    lines += _headline_table([r for r in rows if r.dataset == dataset])
+    lines += _headline_table([r for r in rows if r.dataset == dataset], dataset)
     for title, value, published in UTILITY:
         lines += [f"### {title}", ""]
         lines += _utility_table(
@@ -151,8 +151,9 @@ HEADLINE: tuple[tuple[str, Value], ...] = (
 )
 
 
-def _headline_table(rows: Sequence[RunRow]) -> list[str]:
-    """One row per (method, ε): balanced accuracy and AUC, mean and worst site, then accuracy."""
+def _headline_table(rows: Sequence[RunRow], dataset: str) -> list[str]:
+    """One row per (method, ε): balanced accuracy and AUC, mean and worst site, then accuracy;
+    then the published figures for ``dataset`` (accuracy only: FLamby reports no BA or AUC)."""
     body = []
     for eps in epsilons_of(rows):
         for method in methods_of(rows):
@@ -165,9 +166,60 @@ def _headline_table(rows: Sequence[RunRow]) -> list[str]:
                 cells.append("-" if s is None else s.text().replace(f" (n={s.n})", ""))
             cells.append(str(len(picked)))
             body.append(cells)
+    for ref in references_for(dataset):
+        where = "∞" if ref.epsilon_range is None else "{:g}-{:g}".format(*ref.epsilon_range)
+        mark = "≈" if ref.approximate else ""
+        gap = ["n/p"] * (len(HEADLINE) - 1)
+        body.append([f"*{ref.label}*", where, *gap, f"*{mark}{ref.mean_accuracy:.3f}*", ""])
     header = ["method", "ε", *[name for name, _ in HEADLINE], "seeds"]
     title = "### Headline: personalised models, mean ± sd over seeds"
-    return [title, "", *_table(header, body), ""]
+    note = "(n/p: not published; published rows in *italics*.)" if references_for(dataset) else ""
+    return [title, "", *_table(header, body), "", *([note, ""] if note else [])]
+
+
+def _versus_local(rows: Sequence[RunRow], dataset: str) -> list[str]:
+    """FedMAP's per-site balanced accuracy at every ε against local training (no DP).
+
+    Local releases nothing, so it is the bar a site can reach alone: a cell is FedMAP's
+    mean ± sd over seeds with the difference of the means in brackets, and the last column
+    counts the sites where FedMAP's mean is at least local's.
+    """
+    data = [r for r in rows if r.dataset == dataset]
+    local = [r for r in data if r.method == "local"]
+    fedmap = [r for r in data if r.method == "fedmap"]
+    sites = sorted({s for r in data for s in r.site_metrics})
+    if not local or not fedmap or not sites:
+        return []
+
+    def site_stat(picked: Sequence[RunRow], site: str) -> Stat | None:
+        return stat([_site_metric(site, "balanced_accuracy")(r) for r in picked])
+
+    base = {site: site_stat(local, site) for site in sites}
+    body = [["local (no DP)", *[_fmt_stat(base[s]) for s in sites], ""]]
+    for eps in epsilons_of(fedmap):
+        cells, at_least = [f"fedmap ε = {eps_label(eps)}"], 0
+        for site in sites:
+            s, b = site_stat([r for r in fedmap if r.epsilon == eps], site), base[site]
+            if s is None or b is None:
+                cells.append(_fmt_stat(s))
+                continue
+            at_least += s.mean >= b.mean
+            cells.append(f"{_fmt_stat(s)} ({s.mean - b.mean:+.3f})")
+        body.append([*cells, f"{at_least}/{len(sites)}"])
+    lines = [
+        "### FedMAP against local training per site (personalised balanced accuracy)",
+        "",
+        f"![FedMAP against local per site](plot_vs_local_{dataset}.png)",
+        "",
+        "Mean ± sd over seeds; (±x) = FedMAP's mean minus local's; last column: sites where "
+        "FedMAP's mean is at least local's.",
+        "",
+    ]
+    return lines + _table(["run", *sites, "sites ≥ local"], body) + [""]
+
+
+def _fmt_stat(s: Stat | None) -> str:
+    return "-" if s is None else s.text().replace(f" (n={s.n})", "")
 
 
 def _diff(a: Sequence[RunRow], b: Sequence[RunRow], value: Value) -> str:
@@ -278,6 +330,7 @@ def build_report(out: Path, *, epsilon: float | str | None = AUTO) -> Path:
     for dataset in sorted({r.dataset for r in rows}):
         lines += _utility_section(rows, dataset)
         lines += _per_site(rows, dataset, chosen)
+        lines += _versus_local(rows, dataset)
         lines += _comparison(rows, dataset)
     lines += _privacy_section(rows) + client_section(client_rows, rows)
     lines += _cost_section(all_rows) + _failures(runs)
