@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fedmap_secure.aggregation import VectorLayout
+from fedmap_secure.crypto.prg import Workers
 from fedmap_secure.errors import LocalProtocolError, RemoteProtocolError
 from fedmap_secure.secagg.config import RingSpec, Roster, SecAggConfig, layout_digest
 from fedmap_secure.secagg.encoding import context_digest
@@ -242,6 +243,7 @@ class RecordingServerSession(ServerSession):
         round_index: int,
         context: bytes,
         ring: RingSpec | None = None,
+        workers: Workers | None = None,
     ) -> None:
         if context_digest(context) != bound_context_hash(model_hash, chain.previous_hash):
             raise LocalProtocolError(
@@ -254,6 +256,7 @@ class RecordingServerSession(ServerSession):
             round_index=round_index,
             context=context,
             ring=ring,
+            workers=workers,
         )
         self._chain = chain
         self._recorder = RoundRecorder(

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -51,6 +52,7 @@ import grpc
 
 from fedmap_secure import PROTOCOL_VERSION
 from fedmap_secure.aggregation import AggregateResult, VectorLayout
+from fedmap_secure.crypto.prg import Workers
 from fedmap_secure.errors import (
     AbortedError,
     ImplausibleAggregateError,
@@ -86,6 +88,8 @@ from fedmap_secure.transport.security import (
 
 log = logging.getLogger(__name__)
 _POLL = 0.2
+#: Threads the unmask stage spreads PRG mask expansion over (at most; one per core).
+UNMASK_THREADS_MAX = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -410,6 +414,17 @@ class AggregationServer:
             maximum_concurrent_rpcs=workers,
         )
         self._grpc.add_generic_rpc_handlers((rpc.service_handler(_Servicer(self)),))
+        # The unmask stage expands the PRG masks on this pool, one group of terms per core
+        # (AES-CTR and numpy release the GIL; the sum is bit-identical to the serial one).
+        cores = min(UNMASK_THREADS_MAX, os.cpu_count() or 1)
+        self._unmask_pool = (
+            futures.ThreadPoolExecutor(max_workers=cores, thread_name_prefix="secagg-unmask")
+            if cores > 1
+            else None
+        )
+        self._unmask_workers = (
+            Workers(executor=self._unmask_pool, count=cores) if self._unmask_pool else None
+        )
         require_loopback(address, security)
         if isinstance(security, MutualTls):
             self.port = self._grpc.add_secure_port(address, server_credentials(security))
@@ -425,6 +440,8 @@ class AggregationServer:
             self._stopping = True
             self._cond.notify_all()
         self._grpc.stop(grace).wait()
+        if self._unmask_pool is not None:
+            self._unmask_pool.shutdown(wait=True)
 
     def __enter__(self) -> AggregationServer:
         return self.start()
@@ -524,6 +541,7 @@ class AggregationServer:
                 round_index=round_index,
                 context=context,
                 ring=ring,
+                workers=self._unmask_workers,
             )
         return RecordingServerSession(
             chain=self.transcripts,
@@ -534,6 +552,7 @@ class AggregationServer:
             round_index=round_index,
             context=context,
             ring=ring,
+            workers=self._unmask_workers,
         )
 
     def _play(self, rnd: _Round, layout: VectorLayout, encoder: RoundEncoder) -> AggregateResult:

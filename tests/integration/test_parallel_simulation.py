@@ -77,7 +77,8 @@ def test_with_secagg_two_workers_agree_with_serial_to_the_encoding(tmp_path: Pat
 def test_a_dp_run_in_workers_keeps_each_ledger_in_its_state_folder(tmp_path: Path) -> None:
     run = run_private_simulation(_config(dp=True), tiny_dataset(), tmp_path, workers=2)
     dp = run.privacy["differential_privacy"]
-    assert set(dp["sites"]) == {"a", "b", "c"}
+    # a, b, c train; d (fine-tune tier) fine-tunes under its own DP policy and ledger
+    assert set(dp["sites"]) == {"a", "b", "c", "d"}
     for name, entry in dp["sites"].items():
         assert 0 < entry["epsilon_spent"] <= dp["target_epsilon"]
         assert (tmp_path / "sites" / name / "privacy_ledger.sqlite3").is_file()

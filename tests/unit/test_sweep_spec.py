@@ -239,10 +239,10 @@ SWEEPS = Path(__file__).resolve().parents[2] / "benchmarks" / "sweeps"
 
 def test_the_client_level_example_reuses_the_headline_no_dp_runs() -> None:
     specs = load_sweep(SWEEPS / "client_level.toml")
-    assert len(specs) == 90
+    assert len(specs) == 150  # 2 datasets x 3 methods x 5 client epsilons x 5 seeds
     headline = {s.run_id for s in load_sweep(SWEEPS / "headline.toml")}
     shared = [s for s in specs if s.run_id in headline]
-    assert len(shared) == 18
+    assert len(shared) == 30
     assert all(s.client_epsilon is None for s in shared)
 
 
