@@ -35,3 +35,11 @@ def run_cli(args: list[str], *, width: int = 200) -> tuple[int, str]:
     buf = io.StringIO()
     code = main(args, dataset_loader=tiny_loader, console=Console(file=buf, width=width))
     return code, buf.getvalue()
+
+
+def simulate_tiny_plain(
+    config: Path, out: Path, *, rounds: int = 1, extra: tuple[str, ...] = ()
+) -> tuple[int, str]:
+    """``simulate`` on tiny without DP or SecAgg (utility-option tests): (code, text)."""
+    args = ["simulate", "--dataset", "tiny", "--rounds", str(rounds), "--no-dp", "--no-secagg"]
+    return run_cli([*args, *extra, "--config", str(config), "--out", str(out)])

@@ -52,7 +52,7 @@ import numpy.typing as npt
 import torch
 
 from fedmap_secure.aggregation import FloatVector, VectorLayout
-from fedmap_secure.config.privacy import OmegaRelease
+from fedmap_secure.config.privacy import OmegaRelease, PrivacyConfig
 from fedmap_secure.config.schema import Method, ModelKind, SimulationConfig
 from fedmap_secure.data.contract import check_site_schema
 from fedmap_secure.data.schema import FeatureSchema
@@ -374,18 +374,8 @@ class SiteRuntime:
         if effective.enabled:
             if state_dir is None:
                 raise ConfigError(f"site {self.name!r}: DP needs a state folder for its ledger")
-            seed = derived_seed(config.seed, "dp-noise") if effective.reproducible_noise else None
-            self.privacy = SitePrivacy.open(
-                site=self.data,
-                privacy=effective,
-                rounds=config.rounds,
-                state_dir=state_dir,
-                noise_seed=seed,
-                after_charge=self.setup.after_charge,
-                note=self.setup.run_label,
-                run_epsilon=run_epsilon(config.privacy, self.name)
-                if config.privacy.enabled
-                else None,
+            self.privacy = self._site_privacy(
+                config, effective, state_dir, rounds=config.rounds, note=self.setup.run_label
             )
             plan = self.privacy.plan
             log.info(
@@ -433,18 +423,12 @@ class SiteRuntime:
         effective = dataclasses.replace(
             policy.effective(self.name, config.privacy), omega_release=OmegaRelease.UNIFORM
         )
-        seed = derived_seed(config.seed, "dp-noise") if effective.reproducible_noise else None
-        self.privacy = SitePrivacy.open(
-            site=self.data,
-            privacy=effective,
+        self.privacy = self._site_privacy(
+            config,
+            effective,
+            state_dir,
             rounds=config.finetune_rounds,
-            state_dir=state_dir,
-            noise_seed=seed,
-            after_charge=self.setup.after_charge,
             note="fine-tuning" + (f"; {self.setup.run_label}" if self.setup.run_label else ""),
-            # as for a training site, a run spends at most the epsilon it announces for the
-            # site (the rest of the site's budget is left for later runs)
-            run_epsilon=run_epsilon(config.privacy, self.name) if config.privacy.enabled else None,
         )
         plan = self.privacy.plan
         log.info(
@@ -457,6 +441,30 @@ class SiteRuntime:
             plan.planned_rounds,
             plan.budget.epsilon,
             self.privacy.ledger.spent(),
+        )
+
+    def _site_privacy(
+        self,
+        config: SimulationConfig,
+        effective: PrivacyConfig,
+        state_dir: Path,
+        *,
+        rounds: int,
+        note: str,
+    ) -> SitePrivacy:
+        """Open the site's ledger and plan ``rounds`` rounds under ``effective``; a run
+        spends at most the epsilon it announces for this site (the rest of the site's
+        budget is left for later runs)."""
+        seed = derived_seed(config.seed, "dp-noise") if effective.reproducible_noise else None
+        return SitePrivacy.open(
+            site=self.data,
+            privacy=effective,
+            rounds=rounds,
+            state_dir=state_dir,
+            noise_seed=seed,
+            after_charge=self.setup.after_charge,
+            note=note,
+            run_epsilon=run_epsilon(config.privacy, self.name) if config.privacy.enabled else None,
         )
 
     def _trainer(self, config: SimulationConfig) -> LocalTrainer | None:

@@ -27,7 +27,7 @@ from fedmap_secure.runtime.privacy import simulated_policy
 from fedmap_secure.runtime.site import SiteRuntime, SiteSetup
 from fedmap_secure.runtime.state import initial_state
 from fedmap_secure.training.interface import DecisionThreshold
-from tests.cli_runner import run_cli, tiny_config
+from tests.cli_runner import simulate_tiny_plain, tiny_config
 
 
 def _proba(p1: list[float]) -> np.ndarray:
@@ -92,21 +92,7 @@ def test_threshold_fraction_is_validated() -> None:
 def test_run_records_each_sites_threshold_and_load_model_uses_it(tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "run.toml", '[training]\nthreshold = "validation"\n')
     out = tmp_path / "out"
-    code, text = run_cli(
-        [
-            "simulate",
-            "--dataset",
-            "tiny",
-            "--rounds",
-            "2",
-            "--no-dp",
-            "--no-secagg",
-            "--config",
-            str(config),
-            "--out",
-            str(out),
-        ]
-    )
+    code, text = simulate_tiny_plain(config, out, rounds=2)
     assert code == 0, text
     summary = json.loads((out / "summary.json").read_text())
     trained = {s["site"]: s for s in summary["sites"] if s["tier"] != "unseen"}
@@ -131,23 +117,7 @@ def test_run_records_each_sites_threshold_and_load_model_uses_it(tmp_path: Path)
 def test_sidecar_without_threshold_still_loads(tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "run.toml")
     out = tmp_path / "out"
-    code, text = run_cli(
-        [
-            "simulate",
-            "--dataset",
-            "tiny",
-            "--rounds",
-            "1",
-            "--no-dp",
-            "--no-secagg",
-            "--config",
-            str(config),
-            "--out",
-            str(out),
-            "--method",
-            "local",
-        ]
-    )
+    code, text = simulate_tiny_plain(config, out, rounds=1, extra=("--method", "local"))
     assert code == 0, text
     sidecar = out / "models" / "site-a.json"
     data = json.loads(sidecar.read_text())
@@ -193,23 +163,7 @@ def test_single_class_site_keeps_argmax_and_says_so() -> None:
 def test_pooled_uses_each_sites_held_out_rows(tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "run.toml", '[training]\nthreshold = "validation"\n')
     out = tmp_path / "out"
-    code, text = run_cli(
-        [
-            "simulate",
-            "--dataset",
-            "tiny",
-            "--rounds",
-            "2",
-            "--no-dp",
-            "--no-secagg",
-            "--method",
-            "pooled",
-            "--config",
-            str(config),
-            "--out",
-            str(out),
-        ]
-    )
+    code, text = simulate_tiny_plain(config, out, rounds=2, extra=("--method", "pooled"))
     assert code == 0, text
     sites = json.loads((out / "summary.json").read_text())["sites"]
     chosen = {s["site"]: s["threshold"] for s in sites}

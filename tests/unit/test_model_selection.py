@@ -15,7 +15,7 @@ from fedmap_secure.errors import ConfigError
 from fedmap_secure.experiments.model_selection import select_model
 from fedmap_secure.fedmap.evaluation import EvalMetrics
 from fedmap_secure.runtime.results import SimulationResult, SiteResult
-from tests.cli_runner import run_cli, tiny_config
+from tests.cli_runner import run_cli, simulate_tiny_plain, tiny_config
 from tests.synthetic import tiny_dataset
 
 NO_DP = "[privacy]\nenabled = false\n"
@@ -135,21 +135,7 @@ def test_simulate_writes_the_selection_into_the_summary(tmp_path: Path) -> None:
 
     config = tiny_config(tmp_path / "run.toml", '[model]\ncandidates = ["logistic", "mlp:4"]\n')
     out = tmp_path / "out"
-    code, text = run_cli(
-        [
-            "simulate",
-            "--dataset",
-            "tiny",
-            "--rounds",
-            "1",
-            "--no-dp",
-            "--no-secagg",
-            "--config",
-            str(config),
-            "--out",
-            str(out),
-        ]
-    )
+    code, text = simulate_tiny_plain(config, out, rounds=1)
     assert code == 0, text
     entry = json.loads((out / "summary.json").read_text())["model_selection"]
     assert [r["candidate"] for r in entry["candidates"]] == ["logistic", "mlp:4"]
