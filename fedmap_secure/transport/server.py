@@ -440,8 +440,8 @@ class AggregationServer:
             self._stopping = True
             self._cond.notify_all()
         self._grpc.stop(grace).wait()
-        if self._unmask_pool is not None:
-            self._unmask_pool.shutdown(wait=True)
+        if self._unmask_pool is not None:  # a stopping server needs no pending unmask work
+            self._unmask_pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> AggregationServer:
         return self.start()
