@@ -33,6 +33,10 @@ def _site_pids(out: Path) -> list[int]:
     return pids
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_interrupt_prints_one_line_and_stops_the_sites(tmp_path: Path, how: str) -> None:
@@ -61,6 +65,9 @@ def test_interrupt_prints_one_line_and_stops_the_sites(tmp_path: Path, how: str)
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         start_new_session=True,
+        # a terminal's foreground job has SIGINT's default disposition; a test run started
+        # in the background by a non-interactive shell inherits SIGINT ignored (POSIX)
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 120
