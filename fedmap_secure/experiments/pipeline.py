@@ -282,27 +282,6 @@ def simulated_setups(
     ]
 
 
-def simulated_sites(
-    config: SimulationConfig,
-    dataset: FederatedDataset,
-    state_dirs: dict[str, Path],
-    *,
-    trainer_factory: TrainerFactory | None = None,
-    after_charge: AfterCharge | None = None,
-    model_dir: Path | None = None,
-) -> list[SiteRuntime]:
-    """One ``SiteRuntime`` per site in this process (``simulated_setups``)."""
-    setups = simulated_setups(
-        config,
-        dataset,
-        state_dirs,
-        trainer_factory=trainer_factory,
-        after_charge=after_charge,
-        model_dir=model_dir,
-    )
-    return [SiteRuntime(setup) for setup in setups]
-
-
 class SitePrivacyView(Protocol):
     """A site's privacy as the summary reads it (``SitePrivacy`` or a pooled site's copy)."""
 

@@ -377,18 +377,6 @@ class SiteRuntime:
             self.privacy = self._site_privacy(
                 config, effective, state_dir, rounds=config.rounds, note=self.setup.run_label
             )
-            plan = self.privacy.plan
-            log.info(
-                "site %s: DP-SGD sigma %.4g, q %.4g, %d steps/round, %d planned round(s); "
-                "budget epsilon %.4g (spent so far %.4g)",
-                self.name,
-                plan.noise_multiplier,
-                plan.sample_rate,
-                plan.steps_per_round,
-                plan.planned_rounds,
-                plan.budget.epsilon,
-                self.privacy.ledger.spent(),
-            )
         elif state_dir is not None and not policy.privacy.enabled:
             self._non_private = non_private_ledger(state_dir, policy.privacy, self.data.n_train)
             log.warning(
@@ -430,18 +418,6 @@ class SiteRuntime:
             rounds=config.finetune_rounds,
             note="fine-tuning" + (f"; {self.setup.run_label}" if self.setup.run_label else ""),
         )
-        plan = self.privacy.plan
-        log.info(
-            "site %s: DP-SGD fine-tuning, sigma %.4g, q %.4g, %d steps x %d round(s); "
-            "budget epsilon %.4g (spent so far %.4g)",
-            self.name,
-            plan.noise_multiplier,
-            plan.sample_rate,
-            plan.steps_per_round,
-            plan.planned_rounds,
-            plan.budget.epsilon,
-            self.privacy.ledger.spent(),
-        )
 
     def _site_privacy(
         self,
@@ -454,9 +430,9 @@ class SiteRuntime:
     ) -> SitePrivacy:
         """Open the site's ledger and plan ``rounds`` rounds under ``effective``; a run
         spends at most the epsilon it announces for this site (the rest of the site's
-        budget is left for later runs)."""
+        budget is left for later runs). Logs the plan (``note`` says what it is for)."""
         seed = derived_seed(config.seed, "dp-noise") if effective.reproducible_noise else None
-        return SitePrivacy.open(
+        privacy = SitePrivacy.open(
             site=self.data,
             privacy=effective,
             rounds=rounds,
@@ -466,6 +442,20 @@ class SiteRuntime:
             note=note,
             run_epsilon=run_epsilon(config.privacy, self.name) if config.privacy.enabled else None,
         )
+        plan = privacy.plan
+        log.info(
+            "site %s: DP-SGD%s sigma %.4g, q %.4g, %d steps x %d planned round(s); "
+            "budget epsilon %.4g (spent so far %.4g)",
+            self.name,
+            f" ({note})" if note else "",
+            plan.noise_multiplier,
+            plan.sample_rate,
+            plan.steps_per_round,
+            plan.planned_rounds,
+            plan.budget.epsilon,
+            privacy.ledger.spent(),
+        )
+        return privacy
 
     def _trainer(self, config: SimulationConfig) -> LocalTrainer | None:
         if self.data.n_train == 0:

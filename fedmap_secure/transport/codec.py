@@ -468,11 +468,18 @@ def encode_join(request: tm.JoinRequest) -> spb.JoinRequest:
     return spb.JoinRequest(header=header)
 
 
-def decode_join(proto: spb.JoinRequest, *, peer: str) -> tm.JoinRequest:
+def _request_header(
+    proto: spb.JoinRequest | spb.FetchFinalRequest, *, peer: str, what: str
+) -> pb.Header:
+    """The checked header of a request that carries nothing else."""
     if not proto.HasField("header"):
-        raise RemoteProtocolError(peer, "JoinRequest has no header")
-    h = proto.header
-    _header_fields(h, peer=peer)
+        raise RemoteProtocolError(peer, f"{what} has no header")
+    _header_fields(proto.header, peer=peer)
+    return proto.header
+
+
+def decode_join(proto: spb.JoinRequest, *, peer: str) -> tm.JoinRequest:
+    h = _request_header(proto, peer=peer, what="JoinRequest")
     if h.session_id:
         raise RemoteProtocolError(peer, "JoinRequest must not carry a session id")
     return _build(
@@ -486,10 +493,7 @@ def encode_fetch_final(request: tm.FetchFinal) -> spb.FetchFinalRequest:
 
 
 def decode_fetch_final(proto: spb.FetchFinalRequest, *, peer: str) -> tm.FetchFinal:
-    if not proto.HasField("header"):
-        raise RemoteProtocolError(peer, "FetchFinalRequest has no header")
-    h = proto.header
-    _header_fields(h, peer=peer)
+    h = _request_header(proto, peer=peer, what="FetchFinalRequest")
     if h.session_id or h.round:
         raise RemoteProtocolError(peer, "FetchFinalRequest must carry round 0 and no session id")
     return _build(peer, "FetchFinalRequest", tm.FetchFinal, version=h.version, sender=h.sender)

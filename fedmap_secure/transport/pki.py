@@ -286,8 +286,7 @@ def generate_deployment(
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
         alt_names=[_alt_name(h) for h in hosts],
     )
-    keys: dict[str, bytes] = {}
-    for site in site_ids:
+    for site in (*site_ids, *late_ids):
         _issue(
             layout.site_tls(site),
             subject=site,
@@ -296,18 +295,11 @@ def generate_deployment(
             usage=ExtendedKeyUsageOID.CLIENT_AUTH,
             alt_names=[x509.DNSName(site)],
         )
+    keys: dict[str, bytes] = {}
+    for site in site_ids:  # only roster sites hold an identity key
         identity = IdentityKey.generate()
         write_identity(layout.identity(site), identity)
         keys[site] = identity.public
-    for site in late_ids:
-        _issue(
-            layout.site_tls(site),
-            subject=site,
-            issuer=issuer,
-            now=when,
-            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
-            alt_names=[x509.DNSName(site)],
-        )
     write_roster(layout.roster, Roster.from_mapping(keys))
     return layout
 

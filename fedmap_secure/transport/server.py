@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import grpc
 
@@ -87,6 +87,7 @@ from fedmap_secure.transport.security import (
 )
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 _POLL = 0.2
 #: Threads the unmask stage spreads PRG mask expansion over (at most; one per core).
 UNMASK_THREADS_MAX = 4
@@ -635,30 +636,46 @@ class AggregationServer:
     ) -> tuple[_Round | _Publication, queue.SimpleQueue[codec.ServerWireMessage]]:
         """Wait (at most ``join_timeout``) for a round with index >= ``min_round`` that
         admits ``site``; an excluded site is refused."""
+
+        def admitted() -> (
+            tuple[_Round | _Publication, queue.SimpleQueue[codec.ServerWireMessage]] | None
+        ):
+            rnd = self._round
+            if rnd is None or rnd.index < min_round:
+                return None
+            if isinstance(rnd, _Round):
+                why = self.exclusion.refusal(site, rnd.index)
+                if why is not None:
+                    raise _RefusalError(grpc.StatusCode.PERMISSION_DENIED, f"peer {site!r}: {why}")
+            outbox = rnd.try_join(site)
+            if outbox is None:
+                return None
+            if isinstance(rnd, _Round):
+                self._active.add(site)
+            return rnd, outbox
+
+        return self._wait_for(
+            admitted,
+            context,
+            late=f"peer {site!r}: no round >= {min_round} opened in time; join again",
+        )
+
+    def _wait_for(
+        self, ready: Callable[[], _T | None], context: grpc.ServicerContext, *, late: str
+    ) -> _T:
+        """Poll ``ready`` under the server lock until it gives a value (it may refuse by
+        raising); UNAVAILABLE once the server stops or the caller goes, and UNAVAILABLE
+        saying ``late`` after ``join_timeout`` (the site calls again)."""
         end = time.monotonic() + self.settings.join_timeout
         with self._cond:
             while True:
-                rnd = self._round
-                outbox = None
-                if rnd is not None and rnd.index >= min_round:
-                    if isinstance(rnd, _Round):
-                        why = self.exclusion.refusal(site, rnd.index)
-                        if why is not None:
-                            raise _RefusalError(
-                                grpc.StatusCode.PERMISSION_DENIED, f"peer {site!r}: {why}"
-                            )
-                    outbox = rnd.try_join(site)
-                if rnd is not None and outbox is not None:
-                    if isinstance(rnd, _Round):
-                        self._active.add(site)
-                    return rnd, outbox
+                got = ready()
+                if got is not None:
+                    return got
                 if self._stopping or not context.is_active():
                     raise _RefusalError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
                 if time.monotonic() >= end:
-                    raise _RefusalError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"peer {site!r}: no round >= {min_round} opened in time; join again",
-                    )
+                    raise _RefusalError(grpc.StatusCode.UNAVAILABLE, late)
                 self._cond.wait(_POLL)
 
     def publish(self, message: tm.FedMapRound, *, timeout: float) -> frozenset[str]:
@@ -700,18 +717,11 @@ class AggregationServer:
 
     def _await_final(self, site: str, context: grpc.ServicerContext) -> tm.FedMapRound:
         """The final state once published; UNAVAILABLE after ``join_timeout`` (call again)."""
-        end = time.monotonic() + self.settings.join_timeout
-        with self._cond:
-            while self._final is None:
-                if self._stopping or not context.is_active():
-                    raise _RefusalError(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-                if time.monotonic() >= end:
-                    raise _RefusalError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"peer {site!r}: training has not ended yet; fetch again",
-                    )
-                self._cond.wait(_POLL)
-            return self._final
+        return self._wait_for(
+            lambda: self._final,
+            context,
+            late=f"peer {site!r}: training has not ended yet; fetch again",
+        )
 
     def _fetched_by(self, site: str) -> None:
         with self._cond:
@@ -729,6 +739,33 @@ class AggregationServer:
 def _abort(context: grpc.ServicerContext, refusal: _RefusalError) -> NoReturn:
     context.abort(refusal.code, refusal.message)
     raise AssertionError("unreachable")  # context.abort raises
+
+
+def _refuse(
+    context: grpc.ServicerContext,
+    error: RemoteProtocolError | _RefusalError,
+    release: _Once | None,
+) -> NoReturn:
+    """End the call with ``error`` (a malformed request: INVALID_ARGUMENT), first giving
+    back the call's slot (``release``, if it holds one)."""
+    if release is not None:
+        release()
+    if isinstance(error, RemoteProtocolError):
+        error = _RefusalError(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    _abort(context, error)
+
+
+def _hold(slots: _Slots, site: str, call: str, context: grpc.ServicerContext) -> _Once:
+    """The site's one live ``call`` (RESOURCE_EXHAUSTED while it has another), given back
+    when the RPC ends."""
+    if not slots.acquire(site, 1):
+        raise _RefusalError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"peer {site!r}: already has a live {call} call (one per site)",
+        )
+    release = _Once(slots, site)
+    context.add_callback(release)
+    return release
 
 
 class _Slots:
@@ -832,22 +869,10 @@ class _Servicer:
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"peer {site!r}: neither on the roster nor a late site of this run",
                 )
-            if not server._fetches.acquire(site, 1):
-                raise _RefusalError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"peer {site!r}: already has a live FetchFinal call (one per site)",
-                )
-            release = _Once(server._fetches, site)
-            context.add_callback(release)
+            release = _hold(server._fetches, site, "FetchFinal", context)
             final = server._await_final(site, context)
-        except RemoteProtocolError as exc:
-            if release is not None:
-                release()
-            _abort(context, _RefusalError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
-        except _RefusalError as refusal:
-            if release is not None:
-                release()
-            _abort(context, refusal)
+        except (RemoteProtocolError, _RefusalError) as exc:
+            _refuse(context, exc, release)
         try:
             data = codec.encode_server_message(final).SerializeToString()
             chunk = server.settings.chunk_size
@@ -865,22 +890,10 @@ class _Servicer:
                 request, peer=tls_identity(context) or request.header.sender or peer
             )
             site = self._identity(context, join.sender)
-            if not self._server._joins.acquire(site, 1):
-                raise _RefusalError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"peer {site!r}: already has a live Join call (one per site)",
-                )
-            release = _Once(self._server._joins, site)
-            context.add_callback(release)
+            release = _hold(self._server._joins, site, "Join", context)
             rnd, outbox = self._server._admit(site, join.round_index, context)
-        except RemoteProtocolError as exc:
-            if release is not None:
-                release()
-            _abort(context, _RefusalError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
-        except _RefusalError as refusal:
-            if release is not None:
-                release()
-            _abort(context, refusal)
+        except (RemoteProtocolError, _RefusalError) as exc:
+            _refuse(context, exc, release)
         context.add_callback(lambda: rnd.leave(site))
         try:
             yield from self._stream(outbox, context)
@@ -950,10 +963,8 @@ class _Servicer:
             rnd.submit(message, hashlib.sha256(data).digest())
         except framing.OversizedMessageError as exc:
             _abort(context, _RefusalError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)))
-        except RemoteProtocolError as exc:
-            _abort(context, _RefusalError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
-        except _RefusalError as refusal:
-            _abort(context, refusal)
+        except (RemoteProtocolError, _RefusalError) as exc:
+            _refuse(context, exc, None)  # the slot is given back below
         except grpc.RpcError:  # cancelled by the watchdog or by the peer
             _abort(
                 context,

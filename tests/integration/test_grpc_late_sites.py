@@ -159,18 +159,31 @@ def _final(config: SimulationConfig) -> tm.FedMapRound:
     return announcement(config_text=config_json(config), state=state, setup=None)
 
 
+def _late_server(pki: Deployment, settings: ServerSettings) -> AggregationServer:
+    """A started mTLS server for roster a, b whose only late site is d."""
+    return AggregationServer(
+        roster=load_roster(pki.roster),
+        config=SecAggConfig.for_threat_model(n=2, dropout_fraction=0.0, corrupt_fraction=0.0),
+        security=MutualTls(files=pki.server_tls()),
+        settings=settings,
+        late_sites=frozenset({"d"}),
+    ).start()
+
+
+def _refused_fetch(channel: grpc.Channel, *, sender: str) -> grpc.RpcError:
+    """The error a raw ``FetchFinal`` claiming ``sender`` ends with (it must fail)."""
+    claim = codec.encode_fetch_final(tm.FetchFinal(version=PROTOCOL_VERSION, sender=sender))
+    with pytest.raises(grpc.RpcError) as refused:
+        list(rpc.FederationStub(channel).fetch_final(claim))
+    return refused.value
+
+
 def test_the_server_serves_the_final_state_only_to_roster_and_late_identities(
     tmp_path: Path,
 ) -> None:
+    # x has a certificate of the CA but is no late site of the server
     pki = generate_deployment(tmp_path / "pki", ["a", "b"], late_sites=["d", "x"])
-    roster = load_roster(pki.roster)
-    server = AggregationServer(
-        roster=roster,
-        config=SecAggConfig.for_threat_model(n=2, dropout_fraction=0.0, corrupt_fraction=0.0),
-        security=MutualTls(files=pki.server_tls()),
-        settings=ServerSettings(join_timeout=5.0, stage_timeout=2.0, join_grace=0.0),
-        late_sites=frozenset({"d"}),  # x has a certificate of the CA but is no late site
-    ).start()
+    server = _late_server(pki, ServerSettings(join_timeout=5.0, stage_timeout=2.0, join_grace=0.0))
     channels = {s: open_channel(f"localhost:{server.port}", MutualTls(files=pki.site_tls(s)))
                 for s in ("d", "x")}  # fmt: skip
     try:
@@ -184,12 +197,9 @@ def test_the_server_serves_the_final_state_only_to_roster_and_late_identities(
         with pytest.raises(RemoteProtocolError, match=r"PERMISSION_DENIED.*neither on the roster"):
             fetch_final(channels["x"], site_id="x")
         # a late site's certificate cannot fetch as another identity
-        stub = rpc.FederationStub(channels["d"])
-        claim = codec.encode_fetch_final(tm.FetchFinal(version=PROTOCOL_VERSION, sender="a"))
-        with pytest.raises(grpc.RpcError) as refused:
-            list(stub.fetch_final(claim))
-        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
-        assert "claims sender 'a'" in (refused.value.details() or "")
+        refused = _refused_fetch(channels["d"], sender="a")
+        assert refused.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "claims sender 'a'" in (refused.details() or "")
     finally:
         for channel in channels.values():
             channel.close()
@@ -198,49 +208,55 @@ def test_the_server_serves_the_final_state_only_to_roster_and_late_identities(
 
 def test_fetch_before_the_end_of_training_waits_then_says_so(tmp_path: Path) -> None:
     pki = generate_deployment(tmp_path / "pki", ["a", "b"], late_sites=["d"])
-    server = AggregationServer(
-        roster=load_roster(pki.roster),
-        config=SecAggConfig.for_threat_model(n=2, dropout_fraction=0.0, corrupt_fraction=0.0),
-        security=MutualTls(files=pki.server_tls()),
-        settings=ServerSettings(join_timeout=0.3, stage_timeout=2.0),
-        late_sites=frozenset({"d"}),
-    ).start()
+    server = _late_server(pki, ServerSettings(join_timeout=0.3, stage_timeout=2.0))
     channel = open_channel(f"localhost:{server.port}", MutualTls(files=pki.site_tls("d")))
     try:
-        stub = rpc.FederationStub(channel)
-        request = codec.encode_fetch_final(tm.FetchFinal(version=PROTOCOL_VERSION, sender="d"))
-        with pytest.raises(grpc.RpcError) as early:
-            list(stub.fetch_final(request))
-        assert early.value.code() is grpc.StatusCode.UNAVAILABLE
-        assert "training has not ended" in (early.value.details() or "")
+        early = _refused_fetch(channel, sender="d")
+        assert early.code() is grpc.StatusCode.UNAVAILABLE
+        assert "training has not ended" in (early.details() or "")
     finally:
         channel.close()
         server.stop()
 
 
+_SITE_TOML = '[site]\nid = "{id}"\nserver = "localhost:1"\ntier = "{tier}"\ninsecure = true\n'
+_CONSORTIUM_TOML = (
+    '[consortium]\nroster = "pki/roster.json"\ndropout_fraction = 0.0\n'
+    'corrupt_fraction = 0.0\nlate_sites = ["d"]\n'
+)
+
+
+def _site_toml(tmp_path: Path, site: str, tier: str) -> Path:
+    """A site file (site ``site`` of tier ``tier``) of a deployment whose late roster is d."""
+    generate_deployment(tmp_path / "pki", ["a", "b"], late_sites=["d"])
+    path = tmp_path / f"{site}.toml"
+    path.write_text(_SITE_TOML.format(id=site, tier=tier) + _CONSORTIUM_TOML)
+    return path
+
+
 def test_a_late_site_toml_is_on_the_late_roster(tmp_path: Path) -> None:
-    from fedmap_secure.errors import ConfigError
     from fedmap_secure.transport.deploy_config import load_site_deployment
 
-    generate_deployment(tmp_path / "pki", ["a", "b"], late_sites=["d"])
-    consortium = (
-        '[consortium]\nroster = "pki/roster.json"\ndropout_fraction = 0.0\n'
-        'corrupt_fraction = 0.0\nlate_sites = ["d"]\n'
-    )
-    site = '[site]\nid = "{id}"\nserver = "localhost:1"\ntier = "{tier}"\ninsecure = true\n'
-    path = tmp_path / "d.toml"
-    path.write_text(site.format(id="d", tier="finetune") + consortium)
-    deployment = load_site_deployment(path)
+    deployment = load_site_deployment(_site_toml(tmp_path, "d", "finetune"))
     assert (deployment.tier.value, deployment.identity) == ("finetune", None)
-    path.write_text(site.format(id="q", tier="unseen") + consortium)
-    with pytest.raises(ConfigError, match=r"must be on consortium\.late_sites"):
-        load_site_deployment(path)
-    path.write_text(site.format(id="a", tier="train") + consortium)
-    with pytest.raises(ConfigError, match=r"site\.identity is required"):
-        load_site_deployment(path)
-    path.write_text(site.format(id="d", tier="bystander") + consortium)
-    with pytest.raises(ConfigError, match=r"site\.tier must be one of"):
-        load_site_deployment(path)
     layout = Deployment(root=tmp_path / "pki")  # a TLS certificate, no identity key
     assert layout.site_tls("d").certificate.is_file()
     assert not layout.identity("d").exists()
+
+
+@pytest.mark.parametrize(
+    ("site", "tier", "message"),
+    [
+        ("q", "unseen", r"must be on consortium\.late_sites"),
+        ("a", "train", r"site\.identity is required"),
+        ("d", "bystander", r"site\.tier must be one of"),
+    ],
+)
+def test_a_site_toml_off_its_roster_or_tier_is_refused(
+    tmp_path: Path, site: str, tier: str, message: str
+) -> None:
+    from fedmap_secure.errors import ConfigError
+    from fedmap_secure.transport.deploy_config import load_site_deployment
+
+    with pytest.raises(ConfigError, match=message):
+        load_site_deployment(_site_toml(tmp_path, site, tier))

@@ -114,26 +114,42 @@ def _sites(out: Path, rows: Sequence[RunRow], dataset: str, epsilon: float | Non
     if not sites or not methods:
         return
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(sites)), 4))
-    width = 0.8 / len(methods)
-    for j, method in enumerate(methods):
-        picked = [r for r in data if r.method == method]
-        stats = [
-            stat([r.site_metrics.get(s, {}).get("balanced_accuracy") for r in picked])
-            for s in sites
-        ]
-        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(sites))]
-        ax.bar(
-            xs, [s.mean if s else 0.0 for s in stats], width,
-            yerr=[s.sd if s else 0.0 for s in stats], capsize=2, label=method,
-        )  # fmt: skip
-    ax.set_xticks(range(len(sites)), sites)
-    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_ylabel("personalised balanced accuracy")
+    groups = [(m, [r for r in data if r.method == m]) for m in methods]
+    _bars_per_site(ax, sites, groups, span=0.8)
     ax.set_title(f"{dataset}: per site at ε = {eps_label(epsilon)} (local, pooled: no DP)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / f"plot_sites_{dataset}.png", dpi=110)
     plt.close(fig)
+
+
+def _bars_per_site(
+    ax: Any,
+    sites: Sequence[str],
+    groups: Sequence[tuple[str, Sequence[RunRow]]],
+    *,
+    span: float,
+    first_black: bool = False,
+) -> None:
+    """Per site, one bar per (label, rows) group side by side within ``span``: the mean
+    over the rows of the site's personalised balanced accuracy, whiskers its sd (the first
+    group black and every bar at alpha 0.8 if ``first_black``); a chance line at 0.5."""
+    width = span / len(groups)
+    for j, (label, picked) in enumerate(groups):
+        stats = [
+            stat([r.site_metrics.get(s, {}).get("balanced_accuracy") for r in picked])
+            for s in sites
+        ]
+        xs = [i + (j - (len(groups) - 1) / 2) * width for i in range(len(sites))]
+        ax.bar(
+            xs, [s.mean if s else 0.0 for s in stats], width,
+            yerr=[s.sd if s else 0.0 for s in stats], capsize=2, label=label,
+            color="black" if first_black and j == 0 else None,
+            alpha=0.8 if first_black else None,
+        )  # fmt: skip
+    ax.set_xticks(range(len(sites)), sites)
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_ylabel("personalised balanced accuracy")
 
 
 def _versus_local(out: Path, rows: Sequence[RunRow], dataset: str) -> None:
@@ -150,22 +166,8 @@ def _versus_local(out: Path, rows: Sequence[RunRow], dataset: str) -> None:
         for e in epsilons_of(fedmap)
     ]
     fig, ax = plt.subplots(figsize=(max(7, 2.0 * len(sites)), 4.2))
-    width = 0.85 / len(groups)
-    for j, (label, picked) in enumerate(groups):
-        stats = [
-            stat([r.site_metrics.get(s, {}).get("balanced_accuracy") for r in picked])
-            for s in sites
-        ]
-        xs = [i + (j - (len(groups) - 1) / 2) * width for i in range(len(sites))]
-        ax.bar(
-            xs, [s.mean if s else 0.0 for s in stats], width,
-            yerr=[s.sd if s else 0.0 for s in stats], capsize=2, label=label,
-            color="black" if j == 0 else None, alpha=0.8,
-        )  # fmt: skip
-    ax.set_xticks(range(len(sites)), sites)
-    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    _bars_per_site(ax, sites, groups, span=0.85, first_black=True)
     ax.set_ylim(0.0, 1.2)
-    ax.set_ylabel("personalised balanced accuracy")
     ax.set_title(f"{dataset}: FedMAP at each ε against local training, per site")
     ax.legend(fontsize=7, ncol=min(4, len(groups)), loc="upper center")
     fig.tight_layout()
