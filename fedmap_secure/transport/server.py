@@ -109,7 +109,9 @@ class ServerSettings:
     of the run). ``revoked``: certificate serial numbers (hex) or SHA-256
     fingerprints (hex) refused on every call. ``late_timeout``: after the final
     state is published, how long the run waits for the late roster's sites to
-    fetch it (``FetchFinal``) before it ends.
+    fetch it (``FetchFinal``) before it ends. ``unmask_threads``: threads the unmask
+    stage spreads the PRG mask expansion over (None: one per core, at most
+    ``UNMASK_THREADS_MAX``; 1: in the round's thread).
     """
 
     join_timeout: float = 600.0
@@ -122,6 +124,7 @@ class ServerSettings:
     exclude_rounds: int | None = None
     revoked: frozenset[str] = frozenset()
     late_timeout: float = 600.0
+    unmask_threads: int | None = None
 
     def __post_init__(self) -> None:
         if not (self.join_timeout > 0 and self.stage_timeout > 0 and self.join_grace >= 0):
@@ -134,6 +137,8 @@ class ServerSettings:
             raise ValueError("submit_per_site and min_sites must be >= 1")
         if self.exclude_rounds is not None and self.exclude_rounds < 1:
             raise ValueError("exclude_rounds must be >= 1 (None: the rest of the run)")
+        if self.unmask_threads is not None and self.unmask_threads < 1:
+            raise ValueError("unmask_threads must be >= 1 (None: one per core)")
         object.__setattr__(self, "revoked", frozenset(_normalise(r) for r in self.revoked))
 
 
@@ -175,7 +180,8 @@ def _late(message: Message, stage: ServerStage) -> bool:
 
 
 class _Round:
-    """The state of one open round; every method runs under ``self.cond``."""
+    """The state of one open round; every method runs under ``self.cond`` (the session's
+    ``finish`` after ``closed``, in the round's thread alone, does not)."""
 
     def __init__(
         self,
@@ -197,6 +203,9 @@ class _Round:
         self.expected: set[str] = set(roster.sites)
         self.seen: set[bytes] = set()
         self.joining = True
+        # Set when the unmask stage closes: from then on only the round's thread uses the
+        # session (``finish`` runs outside ``cond``) and no message reaches it.
+        self.closed = False
 
     def limit(self) -> int:
         """Size limit of the message the current stage accepts (or a Decline)."""
@@ -246,7 +255,7 @@ class _Round:
                 self.cond.notify_all()
                 log.info("round %d: %s declined (%s)", self.index, peer, message.reason.value)
                 return
-            if _late(message, self.session.stage):
+            if self.closed or _late(message, self.session.stage):
                 raise _RefusalError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"peer {peer!r}: {type(message).__name__} arrived after its stage closed; "
@@ -415,16 +424,16 @@ class AggregationServer:
             maximum_concurrent_rpcs=workers,
         )
         self._grpc.add_generic_rpc_handlers((rpc.service_handler(_Servicer(self)),))
-        # The unmask stage expands the PRG masks on this pool, one group of terms per core
+        # The unmask stage expands the PRG masks on this pool, one group of terms per thread
         # (AES-CTR and numpy release the GIL; the sum is bit-identical to the serial one).
-        cores = min(UNMASK_THREADS_MAX, os.cpu_count() or 1)
+        threads = self.settings.unmask_threads or min(UNMASK_THREADS_MAX, os.cpu_count() or 1)
         self._unmask_pool = (
-            futures.ThreadPoolExecutor(max_workers=cores, thread_name_prefix="secagg-unmask")
-            if cores > 1
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="secagg-unmask")
+            if threads > 1
             else None
         )
         self._unmask_workers = (
-            Workers(executor=self._unmask_pool, count=cores) if self._unmask_pool else None
+            Workers(executor=self._unmask_pool, count=threads) if self._unmask_pool else None
         )
         require_loopback(address, security)
         if isinstance(security, MutualTls):
@@ -571,7 +580,10 @@ class AggregationServer:
                 rnd.deliver(dict(outgoing))
                 rnd.wait_stage(self.settings.stage_timeout)
             with rnd.cond:
-                output = rnd.session.finish()
+                rnd.closed = True
+            # The unmask (the round's heavy part) holds no lock: a site that leaves, or
+            # stop(), does not wait for it.
+            output = rnd.session.finish()
         except AbortedError as exc:
             log.warning("round %d aborted: %s", rnd.index, exc)
             self._announce_abort(rnd, str(exc))
