@@ -57,8 +57,10 @@ SEED_SIZE = 32
 """Seeds are 256-bit keys."""
 MAX_LENGTH = 2**35
 """Largest ``length`` one seed may expand to (keeps the AES birthday term below 2^-61)."""
-CHUNK_WORDS = 1 << 16
-"""Words per chunk in ``add_masks``: a chunk of output plus one of keystream stay in L2 cache."""
+CHUNK_BYTES = 1 << 18
+"""Keystream bytes per chunk in ``add_masks`` (65,536 32-bit or 32,768 64-bit words): a chunk
+of output, one of keystream and the zero input of AES-CTR stay in L2 cache (measured: 64-bit
+masks were 1-4 % slower with 512 KiB chunks)."""
 TERM_BATCH = 256
 """Terms expanded side by side in ``add_masks`` (bounds the live cipher states)."""
 
@@ -140,7 +142,7 @@ def add_masks(
 
     ``out`` is a writable, contiguous 1-D array of ``word_dtype(bits)`` with at
     most MAX_LENGTH entries; every PRG(seed_j) has ``len(out)`` values. The
-    keystreams are consumed chunk by chunk (CHUNK_WORDS words at a time), for
+    keystreams are consumed chunk by chunk (CHUNK_BYTES bytes at a time), for
     TERM_BATCH terms at a time: the cost is the AES keystream plus one in-cache
     add per word and term, and the extra memory is one chunk and TERM_BATCH
     cipher states, whatever the number of terms. Adding full words and reducing
@@ -174,7 +176,7 @@ def _add_terms(
     out: MaskWords, terms: Sequence[MaskTerm], dtype: np.dtype[np.uint32] | np.dtype[np.uint64]
 ) -> None:
     """out += sum of the terms' full words (mod the word size), TERM_BATCH terms at a time."""
-    scratch = bytearray(CHUNK_WORDS * dtype.itemsize + _primitives.KEYSTREAM_SLACK)
+    scratch = bytearray(_chunk_words(dtype) * dtype.itemsize + _primitives.KEYSTREAM_SLACK)
     try:
         for first in range(0, len(terms), TERM_BATCH):
             _add_batch(out, terms[first : first + TERM_BATCH], scratch, dtype)
@@ -189,11 +191,11 @@ def _add_batch(
     dtype: np.dtype[np.uint32] | np.dtype[np.uint64],
 ) -> None:
     """out += sum of the terms' full words (mod the word size), one chunk at a time."""
-    width = dtype.itemsize
+    width, step = dtype.itemsize, _chunk_words(dtype)
     streams = [(_primitives.Aes256CtrKeystream(_stream_key(t)), t.sign > 0) for t in terms]
-    words = np.frombuffer(scratch, dtype=dtype.newbyteorder("<"), count=CHUNK_WORDS)
-    for start in range(0, out.shape[0], CHUNK_WORDS):
-        part = out[start : start + CHUNK_WORDS]
+    words = np.frombuffer(scratch, dtype=dtype.newbyteorder("<"), count=step)
+    for start in range(0, out.shape[0], step):
+        part = out[start : start + step]
         chunk = words[: part.shape[0]]
         for stream, positive in streams:
             stream.read_into(scratch, part.shape[0] * width)
@@ -201,6 +203,10 @@ def _add_batch(
                 np.add(part, chunk, out=part)
             else:
                 np.subtract(part, chunk, out=part)
+
+
+def _chunk_words(dtype: np.dtype[np.uint32] | np.dtype[np.uint64]) -> int:
+    return max(1, CHUNK_BYTES // dtype.itemsize)
 
 
 def _stream_key(term: MaskTerm) -> bytes:

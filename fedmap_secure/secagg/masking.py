@@ -115,6 +115,17 @@ class RunningSum:
 
     def value(self) -> Vector:
         """The sum reduced modulo 2^bits (a fresh uint64 array)."""
-        out = self._total.astype(np.uint64)
-        np.bitwise_and(out, modulus_mask(self._bits), out=out)
+        return self._reduced(self._total.astype(np.uint64))
+
+    def take(self) -> Vector:
+        """``value()`` handing over the accumulator (no copy in 64-bit words); the sum is
+        left empty (length 0): the server's last use of the round's sum."""
+        total, self._total = self._total, self._total[:0]
+        return self._reduced(total.astype(np.uint64, copy=False))
+
+    def _reduced(self, out: Vector) -> Vector:
+        """``out`` mod 2^bits in place: only needed when bits < the word's width (a word
+        of exactly ``bits`` bits already wraps modulo 2^bits)."""
+        if self._bits < 8 * self._total.dtype.itemsize:
+            np.bitwise_and(out, modulus_mask(self._bits), out=out)
         return out

@@ -153,9 +153,22 @@ class MaskedInput(Message):
         arr = self.masked
         if not isinstance(arr, np.ndarray) or arr.dtype != np.uint64 or arr.ndim != 1:
             raise LocalProtocolError("masked must be a 1-D numpy uint64 array")
+        if _immutable(arr):  # e.g. decoded in place from the wire's bytes: kept, not copied
+            return
         frozen = arr.copy()
         frozen.flags.writeable = False
         object.__setattr__(self, "masked", frozen)
+
+
+def _immutable(arr: np.ndarray) -> bool:
+    """Whether nobody can write ``arr``'s values: read-only, as is every array it is a view
+    of, down to an immutable ``bytes`` buffer (numpy refuses to make such arrays writeable)."""
+    base: object = arr
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return False
+        base = base.base
+    return isinstance(base, bytes)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -509,7 +509,7 @@ class ServerSession:
             if sites:
                 terms.extend(self._orphaned_masks(gone, secrets[(gone, MASK_KEY)], sites))
         self._sum.add_masks(terms, workers=self._workers)
-        return RoundOutput(total=self._sum.value(), contributors=alive, dropped=dropped)
+        return RoundOutput(total=self._sum.take(), contributors=alive, dropped=dropped)
 
     def _orphaned_masks(
         self, gone: str, mask_key: bytes, partners: Sequence[str]

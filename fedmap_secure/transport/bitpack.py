@@ -46,15 +46,18 @@ def pack(values: npt.NDArray[np.uint64], width: int) -> bytes:
 
 
 def unpack(data: bytes, width: int, count: int) -> npt.NDArray[np.uint64]:
-    """``count`` values packed at ``width`` bits; ``ValueError`` unless ``data`` is canonical."""
+    """``count`` values packed at ``width`` bits; ``ValueError`` unless ``data`` is canonical.
+
+    At width 64 from ``bytes`` the result is a read-only view of ``data`` (no copy)."""
     _check_width(width)
     if count < 0 or len(data) != packed_size(count, width):
         raise ValueError(
             f"{len(data)} bytes do not hold {count} values of {width} bits "
             f"({packed_size(count, width)} bytes expected)"
         )
-    if width in _WORDS:
-        return np.frombuffer(data, dtype=_WORDS[width]).astype(np.uint64)
+    if width in _WORDS:  # 64 bits from ``bytes``: a read-only view, no copy (bytes are immutable)
+        words = np.frombuffer(data, dtype=_WORDS[width])
+        return words.astype(np.uint64, copy=not isinstance(data, bytes))
     tail = (count * width) % 8
     if tail and data[-1] >> tail:
         raise ValueError("non-zero padding bits after the last value")

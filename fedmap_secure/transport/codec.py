@@ -132,7 +132,8 @@ def decode_vector(data: bytes, *, peer: str) -> sm.MaskedVector:
         )
     if not data:
         raise RemoteProtocolError(peer, "vector is empty")
-    return np.frombuffer(data, dtype="<u8").astype(np.uint64)
+    # from ``bytes``: a read-only view, no copy (bytes are immutable)
+    return np.frombuffer(data, dtype="<u8").astype(np.uint64, copy=not isinstance(data, bytes))
 
 
 def encode_floats(values: FloatVector) -> bytes:

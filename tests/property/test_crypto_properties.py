@@ -137,13 +137,14 @@ def test_add_masks_is_the_signed_sum_of_expansions(
 
 @contextlib.contextmanager
 def _small_steps(words: int, terms: int) -> Iterator[None]:
-    """Force tiny chunks and term batches so their boundaries fall inside short inputs."""
-    saved = prg.CHUNK_WORDS, prg.TERM_BATCH
-    prg.CHUNK_WORDS, prg.TERM_BATCH = words, terms
+    """Force tiny chunks (``words`` 64-bit or 2 x ``words`` 32-bit words) and term batches
+    so their boundaries fall inside short inputs."""
+    saved = prg.CHUNK_BYTES, prg.TERM_BATCH
+    prg.CHUNK_BYTES, prg.TERM_BATCH = 8 * words, terms
     try:
         yield
     finally:
-        prg.CHUNK_WORDS, prg.TERM_BATCH = saved
+        prg.CHUNK_BYTES, prg.TERM_BATCH = saved
 
 
 _FIELDS = st.lists(st.binary(max_size=6), max_size=4)

@@ -53,6 +53,26 @@ def test_the_unpacked_8_byte_encoding_is_still_accepted() -> None:
     assert np.array_equal(decoded.masked, values)
 
 
+@pytest.mark.parametrize("width", [8, 16, 32, 64])
+def test_unpacked_words_never_follow_a_mutable_buffer(width: int) -> None:
+    values = np.array([1, 2, 2**width - 1], np.uint64)
+    wire = bitpack.pack(values, width)
+    from_bytes = bitpack.unpack(wire, width, 3)
+    assert not from_bytes.flags.writeable or from_bytes.flags.owndata
+    buffer = bytearray(wire)
+    from_buffer = bitpack.unpack(buffer, width, 3)  # type: ignore[arg-type]
+    buffer[:] = bytes(len(buffer))
+    assert from_bytes.tolist() == from_buffer.tolist() == values.tolist()
+
+
+def test_the_8_byte_encoding_never_follows_a_mutable_buffer() -> None:
+    buffer = bytearray(np.array([5, 6], "<u8").tobytes())
+    decoded = codec.decode_vector(buffer, peer=PEER)  # type: ignore[arg-type]
+    buffer[:] = bytes(len(buffer))
+    assert decoded.tolist() == [5, 6]
+    assert not codec.decode_vector(bytes(buffer), peer=PEER).flags.writeable  # a view of bytes
+
+
 @pytest.mark.parametrize(
     ("data", "bits", "count", "match"),
     [

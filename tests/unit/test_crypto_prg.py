@@ -7,7 +7,7 @@ import pytest
 
 from fedmap_secure.crypto import labels
 from fedmap_secure.crypto.prg import (
-    CHUNK_WORDS,
+    CHUNK_BYTES,
     MaskTerm,
     Workers,
     add_masks,
@@ -91,7 +91,7 @@ def test_word_dtype() -> None:
 
 @pytest.mark.parametrize("bits", [16, 32, 40, 64])
 def test_add_masks_across_chunks_equals_signed_expansions(bits: int) -> None:
-    length = 2 * CHUNK_WORDS + 5
+    length = 2 * CHUNK_BYTES // word_dtype(bits).itemsize + 5  # three chunks
     seeds = [bytes([i]) * 32 for i in range(1, 4)]
     terms = [
         MaskTerm(seed=s, label=LABEL, context=b"ctx", sign=sign)
@@ -108,7 +108,7 @@ def test_add_masks_across_chunks_equals_signed_expansions(bits: int) -> None:
 
 @pytest.mark.parametrize(("bits", "count"), [(32, 2), (64, 3), (20, 7), (64, 9)])
 def test_add_masks_with_workers_is_bit_identical_to_serial(bits: int, count: int) -> None:
-    length = CHUNK_WORDS + 3
+    length = CHUNK_BYTES // 4 + 3
     terms = [
         MaskTerm(seed=bytes([i]) * 32, label=LABEL, context=b"ctx", sign=1 - 2 * (i % 2))
         for i in range(1, 8)

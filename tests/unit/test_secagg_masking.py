@@ -62,6 +62,20 @@ def test_running_sum_removes_masks_exactly(bits: int) -> None:
     assert np.array_equal(total.value(), (inputs[0] + inputs[1]) & modulus_mask(bits))
 
 
+@pytest.mark.parametrize("bits", [16, 32, 48, 64])
+def test_take_is_the_value_and_empties_the_sum(bits: int) -> None:
+    total = RunningSum(LENGTH, bits)
+    total.add(np.full(LENGTH, 2**bits - 1, dtype=np.uint64))  # wraps past 2^bits
+    total.add(np.arange(LENGTH, dtype=np.uint64))
+    total.add_masks(_terms())
+    value = total.value()
+    taken = total.take()
+    assert taken.dtype == np.uint64
+    assert np.array_equal(taken, value)
+    assert int(taken.max()) <= int(modulus_mask(bits))
+    assert total.value().shape == (0,)
+
+
 def _negated(terms: list[MaskTerm]) -> list[MaskTerm]:
     return [MaskTerm(seed=t.seed, label=t.label, context=t.context, sign=-t.sign) for t in terms]
 

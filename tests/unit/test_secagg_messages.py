@@ -84,6 +84,25 @@ def test_masked_input_is_a_read_only_copy() -> None:
         MaskedInput(**HEADER, masked=np.zeros(4, dtype=np.int64))  # type: ignore[arg-type]
 
 
+def test_masked_input_copies_a_read_only_view_of_a_writable_array() -> None:
+    source = np.arange(4, dtype=np.uint64)
+    view = source[:]
+    view.flags.writeable = False
+    message = MaskedInput(**HEADER, masked=view)  # type: ignore[arg-type]
+    source[0] = 99  # the holder of the base can still write: the message kept a copy
+    assert message.masked[0] == 0
+
+
+def test_masked_input_keeps_an_array_over_immutable_bytes_without_a_copy() -> None:
+    wire = np.arange(5, dtype="<u8").tobytes()
+    decoded = np.frombuffer(wire, dtype="<u8")[1:]  # a view of a view of bytes
+    message = MaskedInput(**HEADER, masked=decoded)  # type: ignore[arg-type]
+    assert message.masked is decoded
+    assert message.masked.tolist() == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="WRITEABLE"):
+        message.masked.flags.writeable = True
+
+
 def test_messages_are_frozen() -> None:
     ad = _ad()
     with pytest.raises(dataclasses.FrozenInstanceError):
