@@ -103,10 +103,35 @@ class Engine:
     workers: int | None  # None: the baseline engine (no --workers option)
 
 
+def engine_env(engine: Engine) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(engine.tree)}
+
+
+def check_tree(engine: Engine, cwd: Path) -> None:
+    """Refuse to time an engine whose child would import ``fedmap_secure`` from elsewhere.
+
+    ``python -m`` puts the working directory first on ``sys.path``: a child started from a
+    checkout would import that checkout, not ``PYTHONPATH``'s tree (which is why every child
+    runs in the temporary folder, and why this is checked rather than assumed).
+    """
+    probe = "import fedmap_secure; print(fedmap_secure.__file__)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=engine_env(engine),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    imported = Path(done.stdout.strip()).resolve()
+    if not imported.is_relative_to(engine.tree.resolve()):
+        raise SystemExit(f"{engine.label}: the child imports {imported}, not {engine.tree}")
+
+
 def run_once(
     engine: Engine, data: Path, out: Path, rounds: int, flags: list[str], config: Path | None
 ) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(engine.tree)}
+    env = engine_env(engine)
     command = [sys.executable, "-m", "fedmap_secure.cli", "simulate", "--dataset", f"csv:{data}"]
     command += ["--label-column", "y", "--rounds", str(rounds), "--out", str(out), *flags]
     if config is not None:
@@ -120,6 +145,7 @@ def run_once(
     done = subprocess.run(
         [sys.executable, "-c", _WRAPPER, *command],
         env=env,
+        cwd=data.parent,  # not a checkout: ``-m`` would import the working directory's tree
         capture_output=True,
         text=True,
         check=False,
@@ -178,6 +204,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "sites"
         write_sites(data, args.sites, args.rows)
+        for engine in engines:
+            check_tree(engine, Path(tmp))
         config = None
         if PINS[args.pin]:
             config = Path(tmp) / "pin.toml"
