@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="in-process transport: run the sites' rounds in N local worker processes "
         "(default 1: serial; auto: min(cores, sites // 8), at least 1); results are the same",
     )
+    sim.add_argument(
+        "--site-batching",
+        choices=["auto", "off"],
+        default="auto",
+        help="in-process transport, DP off: auto (default) trains the sites of one process "
+        "together (same batches and steps, weights equal up to float rounding); off: one "
+        "site after another",
+    )
     add_commands(sub)
     _add_verify_transcript(sub)
     add_schema_command(sub)
@@ -243,6 +251,7 @@ def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console)
         pooled=args.method == POOLED,
         site_state=args.site_state,
         workers=workers,
+        site_batching=args.site_batching == "auto",
     )
 
 

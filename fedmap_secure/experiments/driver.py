@@ -49,6 +49,7 @@ def simulate_to_dir(
     trainer_factory: TrainerFactory | None = None,
     site_state: Path | None = None,
     workers: int | str = 1,
+    site_batching: bool = True,
 ) -> dict[str, Any]:
     """Run, write ``out_dir``/summary.json and metrics.csv, print the table; returns the summary.
 
@@ -82,6 +83,7 @@ def simulate_to_dir(
                 trainer_factory=trainer_factory,
                 site_state=site_state,
                 workers=workers,
+                site_batching=site_batching,
             )
             result, privacy, epsilon = run.result, run.privacy, run.epsilon_spent
     summary = summary_dict(

@@ -308,8 +308,11 @@ def run_site_objects(
     dataset: FederatedDataset,
     setups: list[SiteSetup],
     workers: int | str,
+    *,
+    batched: bool = False,
 ) -> list[SummarySite]:
-    """The run's sites: ``SiteRuntime``s here (one worker), or handles on a ``SitePool``.
+    """The run's sites: ``SiteRuntime``s here (one worker), or handles on a ``SitePool``
+    (``batched``: each worker batches its sites' training, ``runtime.batched``).
 
     A run with an ``after_charge`` observer is serial (the observer lives here).
     """
@@ -323,7 +326,7 @@ def run_site_objects(
         count = 1
     if count <= 1:
         return [SiteRuntime(setup) for setup in setups]
-    return list(SitePool(setups, count).sites(setups))
+    return list(SitePool(setups, count, batched=batched).sites(setups))
 
 
 def run_private_simulation(
@@ -337,6 +340,7 @@ def run_private_simulation(
     trainer_factory: TrainerFactory | None = None,
     site_state: Path | None = None,
     workers: int | str = 1,
+    site_batching: bool = True,
 ) -> PrivateSimulation:
     """Run with SecAgg and DP as configured; ledgers in ``site_state``/<site> or a fresh
     ``out_dir``/sites/<site>.
@@ -345,6 +349,8 @@ def run_private_simulation(
     ``workers``: the sites' rounds in that many local worker processes
     (``runtime.parallel``; ``"auto"``: ``resolve_workers``; 1, the default: serial, which
     was faster for DP + SecAgg at 100 sites, ``benchmarks/results/sim_sites_100.md``).
+    ``site_batching`` (a run with DP off): the sites of one process train together
+    (``runtime.batched``: the same site code, weights equal up to float rounding).
     """
     if config.client_dp.enabled and aggregator is not None:
         raise ConfigError("client-level DP builds its own secure aggregator; pass none")
@@ -358,7 +364,8 @@ def run_private_simulation(
         model_dir=out_dir / MODELS_DIR,
     )
     # Worker processes (if any) start first: before any key or ledger of the server exists.
-    sites = run_site_objects(config, dataset, setups, workers)
+    batched = site_batching and not config.privacy.enabled
+    sites = run_site_objects(config, dataset, setups, workers, batched=batched)
     client = None
     try:
         if config.client_dp.enabled:
@@ -383,6 +390,7 @@ def run_private_simulation(
             progress=progress,
             layout_check=client.check_layout if client is not None else check,
             model_dir=out_dir / MODELS_DIR,
+            batched=batched,
         )
         secure = {**agg.describe(), "encoding": check.encoding if check else None}
         secure["clipped_coordinates"] = _clipped(result)

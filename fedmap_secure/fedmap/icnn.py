@@ -25,6 +25,8 @@ convex in theta. Two forms of ``f_i``:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import itertools
 from collections.abc import Sequence
 
@@ -260,6 +262,47 @@ class BoundPrior:
             for (a, c), t, later in zip(self._first, flats, self._later, strict=True):
                 learned = learned + _later_layers(t.unsqueeze(1) * a + c, later)
         quad = self._square * flat.dot(flat) - self._alpha * flat.dot(self._gamma)
+        return learned + quad + self._const
+
+    @functools.cached_property
+    def batch_key(self) -> bytes:
+        """A digest of everything this function of theta depends on (gamma, psi, alpha,
+        epsilon, form): two bound priors with equal keys are the same function."""
+        digest = hashlib.sha256(repr((self._form.value, self._sizes, self._alpha)).encode())
+        digest.update(repr((self._square, self._const)).encode())
+        tensors = [self._gamma, *(t for pair in self._first for t in pair)]
+        tensors += [t for layers in self._later for pair in layers for t in pair]
+        for t in tensors:
+            digest.update(t.detach().contiguous().numpy().tobytes())
+        return digest.digest()
+
+    @functools.cached_property
+    def _first_block(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-tensor form: every tensor's first layer as one block-diagonal affine map."""
+        weight = torch.block_diag(*[w for w, _ in self._first])  # type: ignore[no-untyped-call]
+        return weight, torch.cat([c for _, c in self._first])
+
+    def stacked(self, flat: torch.Tensor) -> torch.Tensor:
+        """R for K parameter vectors at once: ``flat`` (K, P) in ``parameters()`` order ->
+        (K,). Row k depends on row k only (the batched trainer's per-site gradients); each
+        row equals ``self(theta_k)`` up to float rounding (tested)."""
+        if flat.dim() != 2 or int(flat.shape[1]) != sum(self._sizes):
+            raise ConfigError(f"prior built for tensors {self._sizes}")
+        if self._form is PriorForm.PER_TENSOR:
+            weight, const = self._first_block
+            h = nn.functional.linear(flat, weight, const)
+            for w, b in self._later[0]:
+                h = nn.functional.linear(nn.functional.softplus(h), w, b)
+            learned = h.sum(1)
+        else:
+            learned = torch.zeros(flat.shape[0], dtype=flat.dtype)
+            parts = torch.split(flat, list(self._sizes), dim=1)
+            for (a, c), t, later in zip(self._first, parts, self._later, strict=True):
+                h = t.unsqueeze(2) * a + c
+                for w, b in later:
+                    h = nn.functional.linear(nn.functional.softplus(h), w, b)
+                learned = learned + h.sum((1, 2))
+        quad = (flat * (self._square * flat - self._alpha * self._gamma)).sum(1)
         return learned + quad + self._const
 
 

@@ -15,6 +15,7 @@ Adding a method means adding one class here and one ``Method`` member.
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -27,7 +28,7 @@ from torch import nn
 from fedmap_secure.aggregation import AggregateResult, Field, FloatVector, VectorLayout
 from fedmap_secure.config.schema import Method, SimulationConfig
 from fedmap_secure.errors import AbortedError, LocalProtocolError
-from fedmap_secure.fedmap.icnn import ConvexPrior
+from fedmap_secure.fedmap.icnn import BoundPrior, ConvexPrior
 from fedmap_secure.training.interface import PriorFn
 
 
@@ -188,14 +189,7 @@ class FedProxStrategy(FedAvgStrategy):
     def site_prior(
         self, model: nn.Module, gamma: Sequence[torch.Tensor], prior: ConvexPrior | None
     ) -> PriorFn | None:
-        mu = self.config.fedprox.mu
-        params = list(model.parameters())
-
-        def proximal() -> torch.Tensor:
-            terms = [(p - g).pow(2).sum() for p, g in zip(params, gamma, strict=True)]
-            return 0.5 * mu * torch.stack(terms).sum()
-
-        return proximal
+        return ProximalPrior(self.config.fedprox.mu, list(model.parameters()), gamma)
 
 
 class FedMapStrategy(MethodStrategy):
@@ -229,9 +223,7 @@ class FedMapStrategy(MethodStrategy):
     ) -> PriorFn | None:
         if prior is None:
             raise LocalProtocolError("fedmap site has no ICNN prior")
-        params = list(model.parameters())
-        bound = prior.bind(gamma)
-        return lambda: bound(params)
+        return IcnnPrior(prior.bind(gamma), list(model.parameters()))
 
     def contribution(self, site: TrainedSite) -> dict[str, FloatVector]:
         omega, prior_value = site.score()
@@ -259,6 +251,46 @@ class FedMapStrategy(MethodStrategy):
             clipped_coordinates=result.clipped_coordinates,
         )
         return GlobalState(round_index=state.round_index + 1, gamma=gamma, psi=psi), log
+
+
+class ProximalPrior:
+    """FedProx's mu/2 ||theta - gamma||^2 over ``params`` (a ``StackablePrior``)."""
+
+    def __init__(
+        self, mu: float, params: Sequence[torch.Tensor], gamma: Sequence[torch.Tensor]
+    ) -> None:
+        self._mu, self._params, self._gamma = mu, list(params), list(gamma)
+        self._flat_gamma = torch.cat([g.detach().reshape(-1) for g in gamma])
+
+    def __call__(self) -> torch.Tensor:
+        terms = [(p - g).pow(2).sum() for p, g in zip(self._params, self._gamma, strict=True)]
+        return 0.5 * self._mu * torch.stack(terms).sum()
+
+    @property
+    def batch_key(self) -> bytes:
+        digest = hashlib.sha256(repr(("fedprox", self._mu)).encode())
+        digest.update(self._flat_gamma.numpy().tobytes())
+        return digest.digest()
+
+    def stacked(self, flat: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self._mu * (flat - self._flat_gamma).pow(2).sum(1)
+
+
+class IcnnPrior:
+    """FedMAP's bound ICNN prior R_psi(theta; gamma) of ``params`` (a ``StackablePrior``)."""
+
+    def __init__(self, bound: BoundPrior, params: Sequence[torch.Tensor]) -> None:
+        self._bound, self._params = bound, list(params)
+
+    def __call__(self) -> torch.Tensor:
+        return self._bound(self._params)
+
+    @property
+    def batch_key(self) -> bytes:
+        return self._bound.batch_key
+
+    def stacked(self, flat: torch.Tensor) -> torch.Tensor:
+        return self._bound.stacked(flat)
 
 
 def contribution_layout(

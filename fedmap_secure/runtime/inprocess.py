@@ -9,6 +9,11 @@ variant for SecAgg, ``PlainSum`` for ``--no-secagg``). Sites of other tiers
 see every round too (they evaluate the global model every
 ``evaluate_every`` rounds) and decline with NO_DATA.
 
+With ``batched`` (and every site a ``SiteRuntime`` of this process) the
+sites' calls of a round go through ``runtime.batched.run_batched``: the same
+site code in the same order, their non-private training computed for all of
+them at once (weights equal up to float rounding; ``training.batched``).
+
 ``run_sites`` composes a whole run: the ``ServerRuntime`` over this channel,
 then the final announcement, then each site's result. ``run_simulation`` is
 the non-private engine (tests, benchmarks): DP off at every site.
@@ -17,12 +22,13 @@ the non-private engine (tests, benchmarks): DP off at every site.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -44,6 +50,8 @@ from fedmap_secure.transport import codec
 from fedmap_secure.transport import messages as tm
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def over_the_wire(message: tm.FedMapRound) -> tm.FedMapRound:
@@ -102,22 +110,32 @@ class RunSite(Protocol):
 class InProcessChannel:
     """The server channel of an in-process run (see the module docstring)."""
 
-    def __init__(self, sites: Sequence[RunSite], aggregator: Aggregator) -> None:
+    def __init__(
+        self, sites: Sequence[RunSite], aggregator: Aggregator, *, batched: bool = False
+    ) -> None:
         self.sites = list(sites)
         self.aggregator = aggregator
+        self.batched = batched and all(isinstance(s, SiteRuntime) for s in self.sites)
+
+    def _each(self, call: Callable[[RunSite], T]) -> list[T]:
+        """``call`` for every site in order (batched training: module docstring)."""
+        if self.batched:
+            from fedmap_secure.runtime.batched import run_batched
+
+            return run_batched([functools.partial(call, site) for site in self.sites])
+        return [call(site) for site in self.sites]
 
     def run_round(self, plan: RoundPlan) -> AggregateResult | None:
         r = plan.state.round_index
         if plan.layout is None:  # nothing is aggregated (--method local): sites train only
             config = config_from_json(plan.config_text)
-            for site in self.sites:
-                site.train_round(config, plan.state, None)
+            self._each(lambda site: site.train_round(config, plan.state, None))
             return None
         digest = hashlib.sha256(plan.config_text.encode()).digest()
         opening = over_the_wire(plan.opening(inprocess_setup(plan, digest)))
         inputs = {}
-        for site in self.sites:
-            answer = site.handle(opening)
+        answers = self._each(lambda site: site.handle(opening))
+        for site, answer in zip(self.sites, answers, strict=True):
             if isinstance(answer, np.ndarray):
                 inputs[site.name] = answer
         if not inputs:
@@ -133,8 +151,7 @@ class InProcessChannel:
 
     def publish_final(self, final: tm.FedMapRound) -> None:
         message = over_the_wire(final)
-        for site in self.sites:
-            site.handle(message)
+        self._each(lambda site: site.handle(message))
 
 
 def run_sites(
@@ -146,11 +163,13 @@ def run_sites(
     progress: ProgressFn | None = None,
     layout_check: LayoutCheck | None = None,
     model_dir: Path | None = None,
+    batched: bool = False,
 ) -> SimulationResult:
     """Run ``config`` over ``sites`` in this process; the caller closes the sites.
 
     ``model_dir``: where the server writes the final global model (``global.pt``
     + ``.json``); the sites write their own (``SiteSetup.model_path``).
+    ``batched``: the sites' non-private training batched (module docstring).
     """
     start = time.perf_counter()
     if not dataset.by_tier(Tier.TRAIN):
@@ -160,7 +179,7 @@ def run_sites(
         config=config,
         n_features=len(dataset.feature_names),
         n_classes=dataset.n_classes,
-        channel=InProcessChannel(sites, aggregator),
+        channel=InProcessChannel(sites, aggregator, batched=batched),
         sites=[s.name for s in sites if s.data.tier is Tier.TRAIN],
         layout_check=layout_check,
         progress=progress,
@@ -211,9 +230,11 @@ def run_simulation(
     progress: ProgressFn | None = None,
     *,
     layout_check: LayoutCheck | None = None,
+    batched: bool = False,
 ) -> SimulationResult:
     """The non-private engine: ``config`` with DP off, every site training with
-    ``trainer_factory`` (default Adam MAP), summed by ``aggregator``."""
+    ``trainer_factory`` (default Adam MAP), summed by ``aggregator``; ``batched``:
+    the sites' training batched (module docstring)."""
     config = non_private(config)
     policy = SitePolicy(privacy=config.privacy, source="run_simulation (non-private)")
     sites = [
@@ -231,7 +252,13 @@ def run_simulation(
     ]
     try:
         return run_sites(
-            config, dataset, sites, aggregator, progress=progress, layout_check=layout_check
+            config,
+            dataset,
+            sites,
+            aggregator,
+            progress=progress,
+            layout_check=layout_check,
+            batched=batched,
         )
     finally:
         for site in sites:

@@ -47,6 +47,7 @@ start children), is serial (``experiments.pipeline.run_site_objects``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import sys
@@ -141,8 +142,9 @@ def _collect(site: SiteRuntime) -> CollectedSite:
     )
 
 
-def _serve(conn: Connection, setups: Sequence[SiteSetup]) -> None:
-    """A worker's loop: build its sites, answer commands until ``close``."""
+def _serve(conn: Connection, setups: Sequence[SiteSetup], batched: bool = False) -> None:
+    """A worker's loop: build its sites, answer commands until ``close`` (``batched``:
+    its sites' training batched, ``runtime.batched``)."""
     import torch
 
     # A forked child writes to the real streams: the parent's progress display may have
@@ -169,7 +171,13 @@ def _serve(conn: Connection, setups: Sequence[SiteSetup]) -> None:
                     message = codec.parse_server_message(payload, peer=SERVER_ID)
                     if not isinstance(message, tm.FedMapRound):
                         raise LocalProtocolError("the pool forwards FedMAP announcements only")
-                    reply = [_encode_answer(site.handle(message)) for site in sites]
+                    if batched:
+                        from fedmap_secure.runtime.batched import run_batched
+
+                        answers = run_batched([functools.partial(s.handle, message) for s in sites])
+                    else:
+                        answers = [site.handle(message) for site in sites]
+                    reply = [_encode_answer(answer) for answer in answers]
                 elif command == "train":  # a method that aggregates nothing (--method local)
                     from fedmap_secure.runtime.announcement import config_from_json
 
@@ -200,7 +208,7 @@ def _serve(conn: Connection, setups: Sequence[SiteSetup]) -> None:
 class SitePool:
     """Persistent worker processes, each owning a fixed subset of the sites (module docstring)."""
 
-    def __init__(self, setups: Sequence[SiteSetup], workers: int) -> None:
+    def __init__(self, setups: Sequence[SiteSetup], workers: int, *, batched: bool = False) -> None:
         if not setups:
             raise ConfigError("a site pool needs at least one site")
         self.workers = max(1, min(workers, len(setups)))
@@ -212,7 +220,7 @@ class SitePool:
             parent, child = context.Pipe()
             proc = context.Process(
                 target=_serve,
-                args=(child, list(setups[w :: self.workers])),
+                args=(child, list(setups[w :: self.workers]), batched),
                 name=f"fedmap-sites-{w}",
                 daemon=True,
             )

@@ -14,7 +14,7 @@ import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from fedmap_secure.errors import ConfigError
 
@@ -25,6 +25,24 @@ if TYPE_CHECKING:  # torch is not imported here: the config (and so the CLI) loa
 
 PriorFn = Callable[[], "torch.Tensor"]
 """Returns the scalar prior R(theta; gamma, psi) for the model's *current* parameters."""
+
+
+@runtime_checkable
+class StackablePrior(Protocol):
+    """A ``PriorFn`` that can also be evaluated for many sites' parameters at once.
+
+    ``stacked(flat)``: ``flat`` is (K, P), one row per site, each the model's parameters
+    flattened in ``parameters()`` order; returns the K prior values, row k depending on
+    row k only. ``batch_key``: equal keys mean the same function of theta (the batched
+    trainer evaluates one site's prior for every site of a group).
+    """
+
+    def __call__(self) -> torch.Tensor: ...
+
+    @property
+    def batch_key(self) -> bytes: ...
+
+    def stacked(self, flat: torch.Tensor) -> torch.Tensor: ...
 
 
 class ClassWeighting(enum.Enum):

@@ -6,6 +6,12 @@ decay from ``LocalTrainingConfig``), clips the gradient norm of every step, shuf
 batches with the site's ``torch.Generator`` and stops early when the loss on
 a held-out validation part of the site's training rows stops improving; the
 parameters with the best validation loss are restored at the end.
+
+In an in-process simulation the harness may hand the call to a collector
+(``training.batched.collector``; ``runtime.batched``) that trains many sites'
+calls of this same loop at once (``training.batched.train_stacked``: the same
+batches, steps and decisions; the weights equal up to float rounding). A site
+process (deployment) has no collector: it runs the loop below.
 """
 
 from __future__ import annotations
@@ -62,6 +68,30 @@ class AdamMapTrainer:
         prior: PriorFn | None,
         generator: torch.Generator,
     ) -> LocalTrainingResult:
+        from fedmap_secure.training.batched import TrainJob, collector
+
+        collect = collector()
+        if collect is not None:
+            job = TrainJob(
+                config=self.config,
+                model=model,
+                x_train=x_train,
+                y_train=y_train,
+                prior=prior,
+                generator=generator,
+            )
+            return collect(job)
+        return self.train_alone(model, x_train, y_train, prior, generator)
+
+    def train_alone(
+        self,
+        model: nn.Module,
+        x_train: npt.NDArray[np.float32],
+        y_train: npt.NDArray[np.int64],
+        prior: PriorFn | None,
+        generator: torch.Generator,
+    ) -> LocalTrainingResult:
+        """The loop of one site (module docstring), whatever the thread's collector."""
         cfg = self.config
         n = int(x_train.shape[0])
         if n < 1:
