@@ -14,8 +14,8 @@ code runs unchanged, one site at a time, in site order:
    the serial engine's;
 2. when every call is waiting or done, the waiting training calls are grouped
    by ``stack_key`` (same settings, architecture and prior function) and each
-   group of two or more trains stacked; a call alone trains by itself
-   (``AdamMapTrainer.train_alone``);
+   group trains stacked (a group of one as well); a call that cannot be stacked
+   trains by itself (``AdamMapTrainer.train_alone``);
 3. each waiting call gets its result and runs on, again one at a time in site
    order, until it waits again (a site that trains twice, e.g. fine-tuning) or
    returns.
@@ -60,10 +60,7 @@ def train_jobs(jobs: Sequence[TrainJob]) -> list[LocalTrainingResult | BaseExcep
             alone.append(i)
         else:
             groups.setdefault(key, []).append(i)
-    for members in groups.values():
-        if len(members) == 1:
-            alone.extend(members)
-            continue
+    for members in groups.values():  # a group of one too: one arithmetic for every site
         try:
             results = train_stacked([jobs[i] for i in members])
         except Exception as exc:

@@ -160,17 +160,6 @@ def _data_loss(logits: torch.Tensor, y: torch.Tensor, row_weight: torch.Tensor) 
     return (nll * row_weight).sum(1) / row_weight.sum(1).clamp(min=1e-30)
 
 
-def _padded(rows: list[torch.Tensor], fill: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index rows of different lengths as one (K, L) tensor and its (K, L) validity mask."""
-    width = max((int(r.numel()) for r in rows), default=0)
-    out = torch.full((len(rows), width), fill, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        out[i, : r.numel()] = r
-        mask[i, : r.numel()] = True
-    return out, mask
-
-
 def train_stacked(jobs: Sequence[TrainJob]) -> list[LocalTrainingResult]:
     """Train every job's model in place, as ``AdamMapTrainer.train`` would (module docstring).
 
@@ -206,11 +195,11 @@ def train_stacked(jobs: Sequence[TrainJob]) -> list[LocalTrainingResult]:
             class_weight[i] = weight
     site = torch.arange(k)
     train_rows = [t for t, _ in splits]
-    val_idx, val_mask = _padded([v for _, v in splits])
     has_val = torch.tensor([int(v.numel()) > 0 for _, v in splits])
-    val_x = x_all[site[:, None], val_idx]
-    val_y = y_all[site[:, None], val_idx]
-    val_weight = class_weight.gather(1, val_y) * val_mask
+    val_sets = [
+        (xs[i][v].unsqueeze(0), ys[i][v].unsqueeze(0), class_weight[i][ys[i][v]].unsqueeze(0))
+        for i, (_, v) in enumerate(splits)
+    ]
 
     params = [list(job.model.parameters()) for job in jobs]
     with torch.no_grad():
@@ -221,9 +210,11 @@ def train_stacked(jobs: Sequence[TrainJob]) -> list[LocalTrainingResult]:
     prior = jobs[0].prior
     stacked_prior = prior.stacked if isinstance(prior, StackablePrior) else None
 
-    def objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        loss = _data_loss(_forward(theta, layers, x), y, w)
-        return loss if stacked_prior is None else loss + stacked_prior(theta)
+    def objective(
+        params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+    ) -> torch.Tensor:
+        loss = _data_loss(_forward(params, layers, x), y, w)
+        return loss if stacked_prior is None else loss + stacked_prior(params)
 
     best = theta.detach().clone()
     best_val = np.full(k, math.inf)
@@ -255,7 +246,7 @@ def train_stacked(jobs: Sequence[TrainJob]) -> list[LocalTrainingResult]:
         counts = rows_in.sum(2).to(torch.float64)  # (K, steps): rows per batch, 0 = no step
         total = torch.zeros(k, dtype=torch.float64)
         for s in range(n_steps):
-            loss = objective(epoch_x[:, s], epoch_y[:, s], epoch_w[:, s])
+            loss = objective(theta, epoch_x[:, s], epoch_y[:, s], epoch_w[:, s])
             (grad,) = torch.autograd.grad(loss.sum(), theta)
             stepping = counts[:, s] > 0
             adam_steps += stepping.numpy()
@@ -266,15 +257,13 @@ def train_stacked(jobs: Sequence[TrainJob]) -> list[LocalTrainingResult]:
             steps[i] += len(batches[i])
             epochs_run[i] += 1
             epoch_loss[i] = float(total[i]) / max(int(orders[i].numel()), 1)
-        if not bool(has_val.any()):
-            continue
-        with torch.no_grad():
-            val = objective(val_x, val_y, val_weight).to(torch.float64).numpy()
         for i in running.tolist():
             if not bool(has_val[i]):
                 continue
-            if val[i] < best_val[i]:
-                best_val[i], stale[i] = val[i], 0
+            with torch.no_grad():  # each site's own rows (no padding: a sum of its rows only)
+                val = float(objective(theta[i : i + 1], *val_sets[i])[0])
+            if val < best_val[i]:
+                best_val[i], stale[i] = val, 0
                 best[i] = theta.detach()[i]
             else:
                 stale[i] += 1
@@ -290,7 +279,9 @@ def train_stacked(jobs: Sequence[TrainJob]) -> list[LocalTrainingResult]:
                 offset += n
     return [
         LocalTrainingResult(
-            epochs_run=int(epochs_run[i]), steps=int(steps[i]), final_train_loss=epoch_loss[i]
+            epochs_run=int(epochs_run[i]),
+            steps=int(steps[i]),
+            final_train_loss=float(epoch_loss[i]),
         )
         for i in range(k)
     ]
@@ -309,7 +300,7 @@ def _adam_step(
 ) -> None:
     """Per row: ``clip_grad_norm_`` then torch's single-tensor Adam (L2 weight decay);
     rows with ``stepping`` False are left unchanged."""
-    norm = torch.linalg.vector_norm(grad, dim=1, keepdim=True)
+    norm = torch.linalg.vector_norm(grad, dim=1, keepdim=True)  # per site
     grad = grad * (max_norm / (norm + CLIP_EPS)).clamp(max=1.0)
     if weight_decay != 0:
         grad = grad.add(theta, alpha=weight_decay)

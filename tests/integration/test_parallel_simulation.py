@@ -36,11 +36,15 @@ def _config(*, dp: bool, method: Method = Method.FEDMAP, secagg: bool = True) ->
 @pytest.mark.parametrize("method", [Method.FEDMAP, Method.LOCAL])
 def test_two_workers_give_the_serial_results(tmp_path: Path, method: Method) -> None:
     """Bit for bit with a plain sum (SecAgg's stochastic rounding draws fresh OS randomness
-    in every run, serial or not: see the next test)."""
+    in every run, serial or not: see the next test), each site training by itself (batched
+    training rounds differently in groups of other sizes: the test after)."""
     dataset = tiny_dataset()  # 3 training sites, a fine-tune and an unseen site
     config = _config(dp=False, method=method, secagg=False)
     runs = {
-        w: run_private_simulation(config, dataset, tmp_path / f"w{w}", workers=w) for w in (1, 2)
+        w: run_private_simulation(
+            config, dataset, tmp_path / f"w{w}", workers=w, site_batching=False
+        )
+        for w in (1, 2)
     }
     serial, pooled = runs[1].result, runs[2].result
     assert pooled.sites == serial.sites
@@ -57,6 +61,26 @@ def test_two_workers_give_the_serial_results(tmp_path: Path, method: Method) -> 
     for name, path in serial.model_files.items():
         weights = path.with_suffix(".pt")
         assert weights.read_bytes() == pooled.model_files[name].with_suffix(".pt").read_bytes()
+
+
+def test_batched_training_agrees_with_each_site_alone(tmp_path: Path) -> None:
+    """Batched (the default with DP off; serial or in 2 workers) vs each site alone: the same
+    steps and epochs at every site, weights and gamma equal to float rounding."""
+    dataset = tiny_dataset()
+    config = _config(dp=False, secagg=False)
+    alone = run_private_simulation(config, dataset, tmp_path / "alone", site_batching=False)
+    for w in (1, 2):
+        batched = run_private_simulation(config, dataset, tmp_path / f"b{w}", workers=w).result
+        assert [
+            (r.site, r.round_index, r.training and r.training.steps) for r in batched.reports
+        ] == [
+            (r.site, r.round_index, r.training and r.training.steps) for r in alone.result.reports
+        ]
+        assert batched.final_state is not None and alone.result.final_state is not None
+        np.testing.assert_allclose(
+            batched.final_state.gamma, alone.result.final_state.gamma, rtol=1e-4, atol=1e-6
+        )
+        assert [s.n_train for s in batched.sites] == [s.n_train for s in alone.result.sites]
 
 
 def test_with_secagg_two_workers_agree_with_serial_to_the_encoding(tmp_path: Path) -> None:
