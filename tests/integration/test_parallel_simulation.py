@@ -76,7 +76,8 @@ def test_batched_training_agrees_with_each_site_alone(tmp_path: Path) -> None:
         ] == [
             (r.site, r.round_index, r.training and r.training.steps) for r in alone.result.reports
         ]
-        assert batched.final_state is not None and alone.result.final_state is not None
+        assert batched.final_state is not None
+        assert alone.result.final_state is not None
         np.testing.assert_allclose(
             batched.final_state.gamma, alone.result.final_state.gamma, rtol=1e-4, atol=1e-6
         )

@@ -265,5 +265,6 @@ def test_run_batched_raises_a_sites_error_and_cancels_the_waiting_ones() -> None
     never_run: list[int] = []
     with pytest.raises(RuntimeError, match="site b broke"):
         run_batched([trains(0), fails, lambda: never_run.append(1)])
-    assert finished == [] and never_run == []
+    assert finished == []
+    assert never_run == []
     assert threading.active_count() < 5  # no site thread left waiting
