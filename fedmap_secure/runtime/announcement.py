@@ -11,6 +11,7 @@ the one every other site signed for.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from typing import Any
@@ -44,7 +45,16 @@ def run_id(config: SimulationConfig) -> str:
 
 
 def config_from_json(text: str, *, peer: str = SERVER_ID) -> SimulationConfig:
-    """Parse an announced configuration strictly; a bad one is the announcer's protocol error."""
+    """Parse an announced configuration strictly; a bad one is the announcer's protocol error.
+
+    The configuration is immutable: the parse of a text is kept (every site of an
+    in-process run parses the same announcement every round).
+    """
+    return _parsed(text, peer)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed(text: str, peer: str) -> SimulationConfig:
     try:
         document: Any = json.loads(text)
         if not isinstance(document, dict):

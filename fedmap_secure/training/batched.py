@@ -232,14 +232,15 @@ def train_stacked(jobs: Sequence[TrainJob]) -> list[LocalTrainingResult]:
         for i in running.tolist():  # each site's own draw, in AdamMapTrainer's order
             rows = train_rows[i]
             orders[i] = rows[torch.randperm(rows.numel(), generator=jobs[i].generator)]
-        batches = [torch.split(order, cfg.batch_size) for order in orders]
-        n_steps = max(len(b) for b in batches)
-        index = torch.zeros((k, n_steps, cfg.batch_size), dtype=torch.long)
-        rows_in = torch.zeros((k, n_steps, cfg.batch_size), dtype=torch.bool)
-        for i in running.tolist():
-            for s, batch in enumerate(batches[i]):
-                index[i, s, : batch.numel()] = batch
-                rows_in[i, s, : batch.numel()] = True
+        # site i's batches are torch.split(orders[i], batch_size): row r of its epoch is
+        # slot r of a (steps, batch_size) grid; the slots past its rows are padding
+        n_batches = [-(-int(o.numel()) // cfg.batch_size) for o in orders]
+        n_steps = max(n_batches)
+        slots = n_steps * cfg.batch_size
+        index = torch.stack([nn.functional.pad(o, (0, slots - int(o.numel()))) for o in orders])
+        index = index.view(k, n_steps, cfg.batch_size)
+        sizes = torch.tensor([int(o.numel()) for o in orders])
+        rows_in = (torch.arange(slots) < sizes[:, None]).view(k, n_steps, cfg.batch_size)
         epoch_x = x_all[site[:, None, None], index]
         epoch_y = y_all[site[:, None, None], index]
         epoch_w = class_weight.gather(1, epoch_y.view(k, -1)).view_as(rows_in) * rows_in
@@ -254,7 +255,7 @@ def train_stacked(jobs: Sequence[TrainJob]) -> list[LocalTrainingResult]:
                 _adam_step(theta, grad, exp_avg, exp_avg_sq, adam_steps, stepping, lr, wd, clip)
                 total += loss.detach().to(torch.float64) * counts[:, s]
         for i in running.tolist():
-            steps[i] += len(batches[i])
+            steps[i] += n_batches[i]
             epochs_run[i] += 1
             epoch_loss[i] = float(total[i]) / max(int(orders[i].numel()), 1)
         for i in running.tolist():
@@ -305,11 +306,16 @@ def _adam_step(
     if weight_decay != 0:
         grad = grad.add(theta, alpha=weight_decay)
     beta1, beta2 = ADAM_BETAS
-    new_avg = exp_avg.lerp(grad, 1 - beta1)
-    new_sq = exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
     t = np.maximum(step, 1).astype(np.float64)
     step_size = torch.from_numpy(lr / (1 - beta1**t)).to(torch.float32)[:, None]
     bc2_sqrt = torch.from_numpy(np.sqrt(1 - beta2**t)).to(torch.float32)[:, None]
+    if bool(stepping.all()):  # the common case: every site has a batch at this step
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        theta.sub_(exp_avg / (exp_avg_sq.sqrt() / bc2_sqrt).add_(ADAM_EPS) * step_size)
+        return
+    new_avg = exp_avg.lerp(grad, 1 - beta1)
+    new_sq = exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
     update = new_avg / (new_sq.sqrt() / bc2_sqrt).add_(ADAM_EPS) * step_size
     keep = stepping[:, None]
     exp_avg.copy_(torch.where(keep, new_avg, exp_avg))
