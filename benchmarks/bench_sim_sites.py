@@ -6,7 +6,9 @@ temporary folder, then runs ``fedmap-secure simulate --dataset csv:DIR
 --label-column y`` as a child process for every engine, interleaved (A B A B
 ...) in one invocation:
 
-- this tree with each ``--workers`` setting asked for (``--workers 1 2``);
+- this tree with each ``--workers`` setting asked for (``--workers 1 2``), each
+  ``--site-batching`` setting (``--batching auto off``; default auto only) and
+  each ``--threads`` setting (``--threads 1 2``; default 1 only);
 - optionally a baseline tree (``--baseline DIR``, e.g. ``git archive <commit> |
   tar -x -C DIR``): the same command with ``PYTHONPATH=DIR`` (the baseline
   engine has no ``--workers``; its CSV loader ignores ``schema.toml``).
@@ -24,8 +26,8 @@ trees' defaults (``--pin``). Results: ``benchmarks/results/<label>.{json,md}``.
     PYTHONPATH=. .venv/bin/python benchmarks/bench_sim_sites.py --sites 100 --rows 300 \\
         --workers 1 2 --label sim_sites_100
     PYTHONPATH=. .venv/bin/python benchmarks/bench_sim_sites.py --sites 20 --rows 2000 \\
-        --no-dp --no-secagg --pin reference --workers 1 2 --baseline /tmp/base \\
-        --label sim_reference_20
+        --no-dp --no-secagg --pin reference --workers 1 2 --batching auto off \\
+        --baseline /tmp/base --repeats 2 --label sim_reference_20
     PYTHONPATH=. .venv/bin/python benchmarks/bench_sim_sites.py --sites 1000 --rows 100 \\
         --rounds 1 --workers 2 --label sim_sites_1000
 """
@@ -101,6 +103,7 @@ class Engine:
     label: str
     tree: Path
     workers: int | None  # None: the baseline engine (no --workers option)
+    options: tuple[str, ...] = ()  # this tree's --site-batching / --threads
 
 
 def engine_env(engine: Engine) -> dict[str, str]:
@@ -137,7 +140,7 @@ def run_once(
     if config is not None:
         command += ["--config", str(config)]
     if engine.workers is not None:
-        command += ["--workers", str(engine.workers)]
+        command += ["--workers", str(engine.workers), *engine.options]
     load_before = load()
     start = time.perf_counter()
     # A wrapper process runs the command and reports the rusage of its own descendants only
@@ -174,6 +177,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=300)
     parser.add_argument("--rounds", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batching", nargs="+", choices=["auto", "off"], default=["auto"])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--baseline", type=Path, help="a baseline tree to run side by side")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-dp", action="store_true")
@@ -196,7 +201,19 @@ def main() -> None:
         print(markdown(document))
         return
     here = Path(__file__).resolve().parents[1]
-    engines = [Engine(f"this tree, --workers {w}", here, w) for w in args.workers]
+    engines = [
+        Engine(
+            f"this tree, --workers {w}"
+            + ("" if b == "auto" else f", --site-batching {b}")
+            + ("" if t == 1 else f", --threads {t}"),
+            here,
+            w,
+            ("--site-batching", b, "--threads", str(t)),
+        )
+        for b in args.batching
+        for t in args.threads
+        for w in args.workers
+    ]
     if args.baseline is not None:
         engines.insert(0, Engine(f"baseline {args.baseline.name}", args.baseline.resolve(), None))
     flags = [*(["--no-dp"] if args.no_dp else []), *(["--no-secagg"] if args.no_secagg else [])]
@@ -210,10 +227,10 @@ def main() -> None:
         if PINS[args.pin]:
             config = Path(tmp) / "pin.toml"
             config.write_text(PINS[args.pin], encoding="utf-8")
-        for repeat in range(args.repeats):
+        for _repeat in range(args.repeats):
             for rounds in args.rounds:
                 for engine in engines:
-                    out = Path(tmp) / f"out-{len(runs[engine.label])}-{engine.workers}-{repeat}"
+                    out = Path(tmp) / f"out-{engines.index(engine)}-{len(runs[engine.label])}"
                     run = run_once(engine, data, out, rounds, flags, config)
                     runs[engine.label].append(run)
                     print(f"{engine.label}: {json.dumps(run)}", flush=True)
@@ -257,23 +274,31 @@ def summarise(label: str, items: list[dict[str, Any]], rounds: list[int]) -> dic
 
 
 def markdown(document: dict[str, Any]) -> str:
+    rows = document["engines"]
+    base = next((r for r in rows if r["engine"].startswith("baseline")), None)
+
+    def speedup(r: dict[str, Any]) -> str:
+        if base is None or r["s_per_round"] <= 0 or base["s_per_round"] <= 0:
+            return "-"
+        return f"{base['s_per_round'] / r['s_per_round']:.1f}x"
+
     head = (
         f"{document['sites']} CSV sites x {document['rows_per_site']} rows, DP "
         f"{'on' if document['dp'] else 'off'}, SecAgg {'on' if document['secagg'] else 'off'}, "
         f"{document['cores']} cores\n\n"
-        "| engine | s/round | CPU s/round | run wall s (R rounds) | CPU s | peak RSS MiB "
-        "| 1-min load at starts |\n"
-        "|---|---:|---:|---:|---:|---:|---|\n"
+        "| engine | s/round | vs baseline | CPU s/round | run wall s (R rounds) | CPU s "
+        "| peak RSS MiB | 1-min load at starts |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---|\n"
     )
     lines = [
         f"| {r['engine']} | "
         + (f"{r['s_per_round']:.2f}" if r["s_per_round"] > 0 else "n/a (load changed)")
-        + " | "
+        + f" | {speedup(r)} | "
         + ("-" if r.get("cpu_s_per_round") is None else f"{r['cpu_s_per_round']:.2f}")
         + f" | {r['run_wall_s']:.1f} ({r['rounds']}) | "
         f"{r['cpu_s']:.1f} | {r['peak_rss_mib']:.0f} | "
         f"{', '.join(f'{x:.1f}' for x in r['load'])} |"
-        for r in document["engines"]
+        for r in rows
     ]
     return head + "\n".join(lines) + "\n"
 

@@ -94,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 1: serial; auto: min(cores, sites // 8), at least 1); results are the same",
     )
     sim.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch intra-op threads per process (default 1: a simulation's ops are small, and "
+        "on a busy machine contended threads cost 10-20x; see benchmarks/README.md)",
+    )
+    sim.add_argument(
         "--site-batching",
         choices=["auto", "off"],
         default="auto",
@@ -226,6 +234,8 @@ def _load_dataset(spec: str, label_column: str | None, seed: int) -> FederatedDa
 def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console) -> None:
     config = resolve_config(args)  # refusals of the configuration come before any heavy import
     workers = parse_workers(args.workers)
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     check_model_selection(config)
     if args.transport == "grpc":
         _check_grpc(args, config)
@@ -234,8 +244,9 @@ def _simulate(args: argparse.Namespace, loader: DatasetLoader, console: Console)
 
     from fedmap_secure.experiments.driver import simulate_to_dir
 
-    # The models are tiny: one intra-op thread is faster than contended threads.
-    torch.set_num_threads(1)
+    # Thread rule (benchmarks/README.md): one intra-op thread per process by default; the
+    # cores are used by batching the sites' training and by --workers processes.
+    torch.set_num_threads(args.threads)
     from fedmap_secure.data.contract import bind_config
 
     config = bind_config(config, dataset.schema, source=args.dataset)  # names + schema digest
