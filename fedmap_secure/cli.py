@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="1",
         metavar="N|auto",
         help="in-process transport: run the sites' rounds in N local worker processes "
-        "(default 1: serial; auto: min(cores, sites // 8), at least 1); results are the same",
+        "(default 1: serial; auto: min(cores, sites // 8), at least 1); results are the same "
+        "(with --site-batching off bit for bit; batched, to float rounding)",
     )
     sim.add_argument(
         "--threads",

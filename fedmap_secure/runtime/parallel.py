@@ -15,7 +15,11 @@ the same time. A worker answers with each site's contribution vector
 (float64 bytes) or decline reason. The main process reassembles the answers
 in dataset order, so the aggregator sums them in the same order as the
 serial engine: a non-DP run at a fixed seed gives the same results with any
-number of workers (tested: summaries, metrics and model weights equal).
+number of workers (tested: summaries, metrics and model weights equal) when
+each site trains alone (``--site-batching off``). With batching (the default
+with DP off, ``batched``) each worker trains its own sites together
+(``runtime.batched``); the weights then agree with the serial engine's to float
+rounding, since a stacked loop over other groups of sites rounds differently.
 
 ``PooledSite`` is the main process's handle on one remote site: it answers
 ``handle``/``prepare`` through the pool (the first call of an announcement

@@ -128,12 +128,36 @@ def test_config_file_and_flag_override(tmp_path: Path) -> None:
     assert summary["rounds"] == 2
 
 
+def test_site_batching_gives_each_sites_results_to_rounding(tmp_path: Path) -> None:
+    """``--site-batching auto`` (default) and ``off``: the same steps at every site, the
+    same metrics (weights equal to float rounding: tests/unit/test_batched_training.py)."""
+    config = tiny_config(tmp_path / "c.toml", "[training]\nepochs = 3\n")
+    runs = {}
+    for batching in ("auto", "off"):
+        out = tmp_path / batching
+        args = ["simulate", "--dataset", "tiny", "--rounds", "2", "--no-dp", "--no-secagg"]
+        args += ["--site-batching", batching, "--config", str(config), "--out", str(out)]
+        code, _ = _main(args)
+        assert code == 0
+        runs[batching] = json.loads((out / "summary.json").read_text())
+    for a, b in zip(runs["auto"]["sites"], runs["off"]["sites"], strict=True):
+        assert a["site"] == b["site"]
+        for key in ("personalised", "global"):
+            if a[key] is None:
+                assert b[key] is None
+                continue
+            for metric, value in a[key].items():
+                assert value == pytest.approx(b[key][metric], abs=0.02), (a["site"], metric)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["simulate", "--dataset", "nope"], "unknown dataset 'nope'"),
         (["simulate", "--dataset", "tiny", "--rounds", "0"], "rounds must be >= 1"),
         (["simulate", "--dataset", "tiny", "--method", "fedsgd"], "invalid choice"),
+        (["simulate", "--dataset", "tiny", "--threads", "0"], "--threads must be >= 1"),
+        (["simulate", "--dataset", "tiny", "--site-batching", "on"], "invalid choice"),
         (
             ["simulate", "--dataset", "tiny", "--config", "/nonexistent.toml"],
             "cannot read config file",
