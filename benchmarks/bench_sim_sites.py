@@ -236,6 +236,7 @@ def main() -> None:
                     print(f"{engine.label}: {json.dumps(run)}", flush=True)
     rows = [summarise(label, items, args.rounds) for label, items in runs.items()]
     document = {
+        "command": "benchmarks/bench_sim_sites.py " + " ".join(sys.argv[1:]),
         "sites": args.sites,
         "rows_per_site": args.rows,
         "dp": not args.no_dp,
@@ -286,7 +287,8 @@ def markdown(document: dict[str, Any]) -> str:
         f"{document['sites']} CSV sites x {document['rows_per_site']} rows, DP "
         f"{'on' if document['dp'] else 'off'}, SecAgg {'on' if document['secagg'] else 'off'}, "
         f"{document['cores']} cores\n\n"
-        "| engine | s/round | vs baseline | CPU s/round | run wall s (R rounds) | CPU s "
+        + (f"`{document['command']}`\n\n" if "command" in document else "")
+        + "| engine | s/round | vs baseline | CPU s/round | run wall s (R rounds) | CPU s "
         "| peak RSS MiB | 1-min load at starts |\n"
         "|---|---:|---:|---:|---:|---:|---:|---|\n"
     )
