@@ -200,6 +200,42 @@ class FedProxConfig:
         _positive("fedprox.mu", self.mu)
 
 
+@dataclass(frozen=True, kw_only=True)
+class PersonalisationConfig:
+    """FedMAP's final personalisation solve (non-private sites; docs/TUNING.md).
+
+    After the last round each training-tier FedMAP site that trains without
+    record-level DP re-solves its MAP objective from the final gamma, for up to
+    ``epochs`` epochs of the ``[training]`` Adam trainer (its learning rate, batch
+    size, class weighting and validation early stopping):
+
+        theta_k = argmin_theta (1/n_k) [ sum_n l(x_n, y_n; theta)
+                                         + R_psi(theta; gamma) + (lambda/2) ||theta - gamma||^2 ],
+
+    i.e. the mean loss plus the prior divided by the site's own n_k, as a MAP
+    posterior weighs a fixed prior against n_k records (the round training adds
+    the prior to the mean loss undivided). ``prior_precision`` = lambda is the
+    precision of the Gaussian part of the prior (theta_k ~ N(gamma, I / lambda)):
+    a site with few rows stays near gamma, a large one follows its own data.
+    n_k is used at the site only; nothing new is released (the personalised model
+    stays at the site). ``epochs = 0``: off (the personalised model is the last
+    round's theta_k). Defaults (50 epochs, lambda = 10) chosen on validation rows of
+    heart and thyroid (docs/TUNING.md, ``benchmarks/tune_personalisation.py``).
+    """
+
+    epochs: int = 50
+    prior_precision: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"personalisation.epochs must be >= 0, got {self.epochs}")
+        if not (math.isfinite(self.prior_precision) and self.prior_precision >= 0):
+            raise ConfigError(
+                "personalisation.prior_precision must be a finite number >= 0, "
+                f"got {self.prior_precision!r}"
+            )
+
+
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -255,6 +291,7 @@ class SimulationConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     bounds: BoundsConfig = field(default_factory=BoundsConfig)
     fedprox: FedProxConfig = field(default_factory=FedProxConfig)
+    personalisation: PersonalisationConfig = field(default_factory=PersonalisationConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
     client_dp: ClientDpSettings = field(default_factory=ClientDpSettings)

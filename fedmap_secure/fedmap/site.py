@@ -39,6 +39,8 @@ class Phase(enum.Enum):
 
     TRAIN = "train"
     FINETUNE = "finetune"
+    PERSONALISE = "personalise"
+    """The final MAP solve of a training-tier site (``[personalisation]``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +134,40 @@ class Site:
         prior_fn = strategy.site_prior(self.model, self._gamma, self._prior)
         result = self._trainer.train(
             self.model, self.data.x_train, self.data.y_train, prior_fn, self._generator
+        )
+        self.trained = True
+        self._score = None
+        return result
+
+    def personalise(
+        self, strategy: MethodStrategy, trainer: LocalTrainer, *, prior_precision: float
+    ) -> LocalTrainingResult:
+        """The final MAP solve of theta_k from gamma under the prior scaled by 1/n_k.
+
+        Minimises mean loss + (R_psi(theta; gamma) + lambda/2 ||theta - gamma||^2) / n_k
+        (``PersonalisationConfig``): the MAP posterior of the site's n_k rows under the
+        strategy's prior, written per row as the trainer minimises a mean loss.
+        """
+        if self._gamma is None:
+            raise LocalProtocolError(f"site {self.name!r}: personalise() before receive()")
+        if prior_precision < 0:
+            raise LocalProtocolError(f"site {self.name!r}: negative prior precision")
+        n = self.n_train
+        if n < 1:
+            raise LocalProtocolError(f"site {self.name!r} has no training rows to personalise on")
+        self.model.load_state_dict(self._gamma_model.state_dict())
+        prior_fn = strategy.site_prior(self.model, self._gamma, self._prior)
+        params, gamma = list(self.model.parameters()), self._gamma
+
+        def map_prior() -> torch.Tensor:
+            quad = torch.stack([(p - g).pow(2).sum() for p, g in zip(params, gamma, strict=True)])
+            total = 0.5 * prior_precision * quad.sum()
+            if prior_fn is not None:
+                total = total + prior_fn()
+            return total / n
+
+        result = trainer.train(
+            self.model, self.data.x_train, self.data.y_train, map_prior, self._generator
         )
         self.trained = True
         self._score = None

@@ -258,6 +258,7 @@ class SiteRuntime:
                     site.score()
                 self._record(r, Phase.FINETUNE, training, 0, evaluate=False)
                 self._progress(config, r, "fine-tuned", total=config.finetune_rounds, step=i)
+        self._personalise(config, state, site, strategy)
         self.final_state = state
         self.result = SiteResult(
             site=self.name,
@@ -281,6 +282,51 @@ class SiteRuntime:
             state.round_index,
         )
         return self.result
+
+    def _personalise(
+        self, config: SimulationConfig, state: GlobalState, site: Site, strategy: MethodStrategy
+    ) -> None:
+        """``[personalisation] epochs > 0``: a FedMAP training site's final MAP solve.
+
+        Only where the site trains without record-level DP: a personalised model solved
+        on the raw rows would not carry the DP guarantee its model file states, so a DP
+        site keeps its last round's theta_k (logged). Nothing is released: the model
+        stays at the site (a site whose own policy has DP off records the solve in its
+        non-private ledger, as the fine-tune tier does).
+        """
+        p = config.personalisation
+        if (
+            p.epochs == 0
+            or not strategy.uses_icnn
+            or self.data.tier is not Tier.TRAIN
+            or self.data.n_train == 0
+            or not site.trained
+        ):
+            return
+        if self.privacy is not None:
+            log.warning(
+                "site %s: [personalisation] not applied under record-level DP (a non-private "
+                "solve would void the model's DP guarantee); the last round's model is kept",
+                self.name,
+            )
+            return
+        if self._non_private is not None:
+            charge_non_private(
+                self._non_private, state.round_index, "personalised model without DP"
+            )
+        training_config = dataclasses.replace(config.training, epochs=p.epochs)
+        trainer = (self.setup.plain_trainer or adam_trainer)(self.data, training_config)
+        training = site.personalise(strategy, trainer, prior_precision=p.prior_precision)
+        self._record(state.round_index, Phase.PERSONALISE, training, 0, evaluate=False)
+        log.info(
+            "site %s: personalised by the MAP solve from the final gamma (%d epochs, %d steps; "
+            "prior precision %.4g over %d rows)",
+            self.name,
+            training.epochs_run,
+            training.steps,
+            p.prior_precision,
+            self.data.n_train,
+        )
 
     # --- setup on the first announcement ---------------------------------------------------
     def prepare(self, config: SimulationConfig, *, releasing: bool = True) -> None:

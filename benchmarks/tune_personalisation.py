@@ -1,0 +1,116 @@
+"""Choose FedMAP's ``[personalisation]`` on VALIDATION rows only (docs/TUNING.md protocol).
+
+Every configuration of the grid (epochs x prior precision, plus "off" = today's
+personalised model, the last round's theta_k) runs FedMAP on the validation view of
+the dataset (``experiments.validation``: each training site's training rows split
+80/20, stratified, fixed seed; test rows never read), non-private, plain sum, with
+today's defaults otherwise. Score, as the protocol's: mean over seeds of
+(mean site validation BA + worst-site validation BA) / 2, ties by mean validation AUC.
+Prints every trial with its per-site validation BA; ``--json`` keeps them.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/tune_personalisation.py --dataset thyroid \\
+        --seeds 3 --json benchmarks/results/tuning/personalisation_thyroid.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedmap_secure.aggregation import PlainSum
+from fedmap_secure.config import Method, PersonalisationConfig, load_config
+from fedmap_secure.data import load_dataset
+from fedmap_secure.experiments.validation import validation_dataset
+from fedmap_secure.runtime.inprocess import run_simulation
+
+EPOCHS = (20, 50)
+PRECISIONS = (0.0, 10.0, 100.0, 1000.0)
+
+
+def _one(args: tuple[str, int, int, float, int]) -> dict[str, Any]:
+    dataset_name, seed, epochs, precision, rounds = args
+    torch.set_num_threads(1)
+    base = load_config()
+    config = dataclasses.replace(
+        base,
+        method=Method.FEDMAP,
+        seed=seed,
+        rounds=rounds,
+        evaluate_every=0,
+        personalisation=PersonalisationConfig(epochs=epochs, prior_precision=precision),
+    )
+    dataset = validation_dataset(load_dataset(dataset_name))
+    start = time.perf_counter()
+    result = run_simulation(config, dataset, PlainSum())
+    sites = {
+        s.site: (s.personalised.balanced_accuracy, s.personalised.roc_auc)
+        for s in result.sites
+        if s.personalised is not None
+    }
+    return {
+        "epochs": epochs,
+        "prior_precision": precision,
+        "seed": seed,
+        "sites": {k: v[0] for k, v in sites.items()},
+        "auc": {k: v[1] for k, v in sites.items()},
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--dataset", default="heart")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, nargs="+", default=list(EPOCHS))
+    parser.add_argument("--precisions", type=float, nargs="+", default=list(PRECISIONS))
+    parser.add_argument("--json", help="write every trial here")
+    args = parser.parse_args()
+    grid = [(0, 0.0), *itertools.product(args.epochs, args.precisions)]
+    jobs = [(args.dataset, s, e, p, args.rounds) for e, p in grid for s in range(args.seeds)]
+    with ProcessPoolExecutor(args.workers) as pool:
+        runs = list(pool.map(_one, jobs))
+    print(f"{args.dataset}: VALIDATION view, seeds 0-{args.seeds - 1}, {args.rounds} rounds")
+    trials = []
+    for e, p in grid:
+        rows = [r for r in runs if r["epochs"] == e and r["prior_precision"] == p]
+        means = [float(np.mean(list(r["sites"].values()))) for r in rows]
+        worsts = [min(r["sites"].values()) for r in rows]
+        aucs = [float(np.nanmean([a for a in r["auc"].values() if a is not None])) for r in rows]
+        names = list(rows[0]["sites"])
+        per_site = {n: float(np.mean([r["sites"][n] for r in rows])) for n in names}
+        trial = {
+            "epochs": e,
+            "prior_precision": p,
+            "mean_ba": float(np.mean(means)),
+            "worst_ba": float(np.mean(worsts)),
+            "mean_auc": float(np.mean(aucs)),
+            "score": float((np.mean(means) + np.mean(worsts)) / 2),
+            "per_site_ba": per_site,
+            "per_seed_mean_ba": means,
+        }
+        trials.append(trial)
+        label = "off (today)" if e == 0 else f"epochs {e}, lambda {p:g}"
+        sites = " ".join(f"{n} {v:.3f}" for n, v in per_site.items())
+        print(
+            f"{label:24s} score {trial['score']:.3f} mean {trial['mean_ba']:.3f} "
+            f"worst {trial['worst_ba']:.3f} AUC {trial['mean_auc']:.3f} | {sites}"
+        )
+    best = max(trials, key=lambda t: (t["score"], t["mean_auc"]))
+    print(f"chosen: epochs {best['epochs']}, prior_precision {best['prior_precision']:g}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"args": vars(args), "trials": trials, "chosen": best}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
