@@ -63,7 +63,9 @@ def _run(args: tuple[str, str | None, int, str, list[str], Path, bool]) -> dict[
     return summary
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float | None]) -> str:
+    if any(v is None for v in values):
+        return "-"
     a = np.array(values, dtype=float)
     return f"{a.mean():.3f} ± {a.std(ddof=1) if a.size > 1 else 0.0:.3f}"
 
@@ -80,6 +82,9 @@ def main() -> None:
         "--validation",
         action="store_true",
         help="run on the validation view (benchmarks/simulate_validation.py): for choosing",
+    )
+    parser.add_argument(
+        "--per-site", action="store_true", help="also print each site's mean BA over seeds"
     )
     parser.add_argument("extra", nargs="*", help="flags passed to every simulate run (after --)")
     args = parser.parse_args()
@@ -100,7 +105,7 @@ def main() -> None:
     print("variant | mean BA | worst-site BA | mean AUC | global mean BA | mean BA per seed")
     for label, _ in variants:
         rows = [r for r in runs if r["_label"] == label]
-        cells = [_cell([float(r[k]) for r in rows]) for k in KEYS]
+        cells = [_cell([None if r[k] is None else float(r[k]) for r in rows]) for k in KEYS]
         per_seed = ", ".join(
             f"{r[KEYS[0]]:.3f}"
             + (f" ({r['model_selection']['chosen']})" if "model_selection" in r else "")
@@ -112,6 +117,23 @@ def main() -> None:
             | {"sites": r["sites"], "model_selection": r.get("model_selection")}
             for r in rows
         ]
+    if args.per_site:
+        names = [s["site"] for s in runs[0]["sites"]]
+        print("variant | " + " | ".join(names) + " (personalised BA, mean ± sd over seeds)")
+        for label, _ in variants:
+            rows = [r for r in runs if r["_label"] == label]
+            cells = [
+                _cell(
+                    [
+                        float(s["personalised"]["balanced_accuracy"])
+                        for r in rows
+                        for s in r["sites"]
+                        if s["site"] == name
+                    ]
+                )
+                for name in names
+            ]
+            print(f"{label} | " + " | ".join(cells))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
 

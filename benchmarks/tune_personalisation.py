@@ -5,7 +5,9 @@ personalised model, the last round's theta_k) runs FedMAP on the validation view
 the dataset (``experiments.validation``: each training site's training rows split
 80/20, stratified, fixed seed; test rows never read), non-private, plain sum, with
 today's defaults otherwise. Score, as the protocol's: mean over seeds of
-(mean site validation BA + worst-site validation BA) / 2, ties by mean validation AUC.
+(mean site validation BA + worst-site validation BA) / 2, ties by mean validation AUC;
+a site whose validation part holds one class is left out of the score (its balanced
+accuracy would reward predicting that class everywhere), as ``[model] candidates`` does.
 Prints every trial with its per-site validation BA; ``--json`` keeps them.
 
     PYTHONPATH=. .venv/bin/python benchmarks/tune_personalisation.py --dataset thyroid \\
@@ -50,10 +52,14 @@ def _one(args: tuple[str, int, int, float, int]) -> dict[str, Any]:
     dataset = validation_dataset(load_dataset(dataset_name))
     start = time.perf_counter()
     result = run_simulation(config, dataset, PlainSum())
+    # A site whose validation part holds one class has no balanced accuracy to compare
+    # configurations by (it would reward predicting that class everywhere): left out of
+    # the score, as model selection does (heart's Switzerland: all 6 rows positive).
+    two_class = {s.name for s in dataset.sites if np.unique(s.y_test).size >= 2}
     sites = {
         s.site: (s.personalised.balanced_accuracy, s.personalised.roc_auc)
         for s in result.sites
-        if s.personalised is not None
+        if s.personalised is not None and s.site in two_class
     }
     return {
         "epochs": epochs,

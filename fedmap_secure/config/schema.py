@@ -219,11 +219,11 @@ class PersonalisationConfig:
     a site with few rows stays near gamma, a large one follows its own data.
     n_k is used at the site only; nothing new is released (the personalised model
     stays at the site). ``epochs = 0``: off (the personalised model is the last
-    round's theta_k). Defaults (50 epochs, lambda = 10) chosen on validation rows of
+    round's theta_k). Defaults (20 epochs, lambda = 10) chosen on validation rows of
     heart and thyroid (docs/TUNING.md, ``benchmarks/tune_personalisation.py``).
     """
 
-    epochs: int = 50
+    epochs: int = 20
     prior_precision: float = 10.0
 
     def __post_init__(self) -> None:

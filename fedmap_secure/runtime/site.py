@@ -292,7 +292,8 @@ class SiteRuntime:
         on the raw rows would not carry the DP guarantee its model file states, so a DP
         site keeps its last round's theta_k (logged). Nothing is released: the model
         stays at the site (a site whose own policy has DP off records the solve in its
-        non-private ledger, as the fine-tune tier does).
+        non-private ledger, as the fine-tune tier does). A site whose training rows miss
+        a class keeps its last round's model too (logged): see the comment below.
         """
         p = config.personalisation
         if (
@@ -308,6 +309,19 @@ class SiteRuntime:
                 "site %s: [personalisation] not applied under record-level DP (a non-private "
                 "solve would void the model's DP guarantee); the last round's model is kept",
                 self.name,
+            )
+            return
+        present = np.unique(self.data.y_train).size
+        if present < self.setup.n_classes:
+            # The balanced MAP solve has no decision boundary to learn from one class: its
+            # likelihood only pushes the intercept toward that class (heart's Switzerland,
+            # 30 positive training rows, would predict positive everywhere).
+            log.warning(
+                "site %s: [personalisation] not applied: its training rows hold %d of %d "
+                "classes; the last round's model is kept",
+                self.name,
+                present,
+                self.setup.n_classes,
             )
             return
         if self._non_private is not None:
