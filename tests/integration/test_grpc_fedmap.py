@@ -238,7 +238,11 @@ def test_simulate_over_grpc_with_site_processes(tmp_path: Path) -> None:
             expected.personalised.accuracy, abs=0.02
         )
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 4  # header, then 2 rounds x 4 training sites
+    phases = [row.split(",")[1] for row in rows[1:]]
+    assert phases.count("train") == 2 * 4  # 2 rounds x 4 training sites
+    # then the personalisation solve at each site process, except switzerland (one class)
+    assert phases.count("personalise") == 3
+    assert len(rows) == 1 + 2 * 4 + 3
     transcripts = summary["privacy"]["secure_aggregation"]["transcripts"]
     assert transcripts["rounds"] == 2
     assert transcripts["head"] == (tmp_path / "transcripts" / "HEAD").read_text().strip()
