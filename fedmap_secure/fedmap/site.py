@@ -8,8 +8,10 @@ vector handed to the aggregator.
 
 from __future__ import annotations
 
+import copy
 import enum
 import hashlib
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +32,9 @@ from fedmap_secure.fedmap.evaluation import EvalMetrics, evaluate, predict_proba
 from fedmap_secure.fedmap.icnn import ConvexPrior
 from fedmap_secure.fedmap.methods import GlobalState, MethodStrategy, encode_contribution
 from fedmap_secure.fedmap.models import flat_vector, frozen_copies, load_flat_vector
+from fedmap_secure.fedmap.personalisation import Personalised, shrunk_average, tail_average
 from fedmap_secure.fedmap.threshold import ThresholdChoice, choose_threshold
-from fedmap_secure.training.interface import LocalTrainer, LocalTrainingResult
+from fedmap_secure.training.interface import DpPersonalised, LocalTrainer, LocalTrainingResult
 
 
 class Phase(enum.Enum):
@@ -83,7 +86,11 @@ class Site:
         score_release: MeanLoglikRelease = exact_clipped_mean,
         threshold_rows: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None,
         threshold_fallback: ThresholdChoice | None = None,
+        personalised: DpPersonalised = DpPersonalised.LAST,
+        average_rounds: int = 2,
     ) -> None:
+        if personalised is not DpPersonalised.LAST and average_rounds < 2:
+            raise LocalProtocolError(f"site {data.name!r}: average_rounds must be >= 2")
         self.data = data
         self.model = model
         self._gamma_model = gamma_model
@@ -102,6 +109,10 @@ class Site:
         self._threshold_rows = threshold_rows
         self.threshold: ThresholdChoice | None = threshold_fallback
         """The personalised model's decision rule (None: argmax, no threshold configured)."""
+        self._personalised_rule = personalised
+        self._iterates: deque[tuple[FloatVector, FloatVector]] = deque(maxlen=average_rounds)
+        self._averaged: nn.Module | None = None
+        self._made: Personalised | None = None
 
     @property
     def name(self) -> str:
@@ -137,6 +148,9 @@ class Site:
         )
         self.trained = True
         self._score = None
+        if self._personalised_rule is not DpPersonalised.LAST:
+            self._iterates.append((self.theta_vector(), self.gamma_vector()))
+            self._averaged, self._made = None, None
         return result
 
     def personalise(
@@ -172,6 +186,41 @@ class Site:
         self.trained = True
         self._score = None
         return result
+
+    @property
+    def personalisation(self) -> Personalised | None:
+        """How the personalised model was formed (None: ``model`` itself, the last one)."""
+        self._form_personalised()
+        return self._made
+
+    @property
+    def personalised_model(self) -> nn.Module:
+        """The model the site keeps, evaluates and writes as its personalised model.
+
+        ``DpPersonalised.LAST``: ``model`` itself. AVERAGE / SHRUNK: formed from the site's
+        models (and the gammas they started from) of its last ``average_rounds`` ``train``
+        calls, fewer while fewer have run (``fedmap_secure.fedmap.personalisation``). It is
+        post-processing of the site's own DP-trained models (no privacy cost) and stays at
+        the site; what the site contributes and scores is unchanged (``model``).
+        """
+        self._form_personalised()
+        return self.model if self._averaged is None else self._averaged
+
+    def _form_personalised(self) -> None:
+        if self._personalised_rule is DpPersonalised.LAST or not self._iterates:
+            return
+        if self._averaged is None:
+            thetas = [theta for theta, _ in self._iterates]
+            gammas = [gamma for _, gamma in self._iterates]
+            rule = (
+                tail_average
+                if self._personalised_rule is DpPersonalised.AVERAGE
+                else shrunk_average
+            )
+            self._made = rule(thetas, gammas)
+            averaged = copy.deepcopy(self.model)
+            load_flat_vector(averaged.parameters(), self._made.theta)
+            self._averaged = averaged
 
     # --- TrainedSite -----------------------------------------------------------
     def theta_vector(self) -> FloatVector:
@@ -231,7 +280,9 @@ class Site:
         """Re-choose the personalised model's threshold on the held-out rows (if any)."""
         rows = self._threshold_rows
         if rows is not None and self.trained:
-            self.threshold = choose_threshold(predict_proba(self.model, rows[0]), rows[1])
+            self.threshold = choose_threshold(
+                predict_proba(self.personalised_model, rows[0]), rows[1]
+            )
         return self.threshold
 
     def evaluate_personalised(self) -> EvalMetrics | None:
@@ -239,7 +290,7 @@ class Site:
             return None
         choice = self.choose_threshold()
         return evaluate(
-            self.model,
+            self.personalised_model,
             self.data.x_test,
             self.data.y_test,
             n_classes=self._n_classes,

@@ -16,6 +16,7 @@ from typing import Any
 from fedmap_secure.data.types import Tier
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.fedmap.evaluation import EvalMetrics
+from fedmap_secure.fedmap.personalisation import PersonalisationRecord
 from fedmap_secure.fedmap.site import Phase, SiteReport
 from fedmap_secure.fedmap.threshold import ThresholdChoice
 from fedmap_secure.runtime.results import SiteResult
@@ -47,6 +48,9 @@ def write_records(path: Path, result: SiteResult, reports: list[SiteReport]) -> 
             "personalised": _metrics(result.personalised),
             "global": _metrics(result.global_),
             "threshold": None if result.threshold is None else result.threshold.as_dict(),
+            "personalisation": (
+                None if result.personalisation is None else result.personalisation.as_dict()
+            ),
         },
         "reports": [
             {
@@ -80,6 +84,11 @@ def read_records(path: Path) -> tuple[SiteResult, list[SiteReport]]:
             personalised=_metrics_from(r["personalised"]),
             global_=_metrics_from(r["global"]),
             threshold=None if r.get("threshold") is None else ThresholdChoice(**r["threshold"]),
+            personalisation=(
+                None
+                if r.get("personalisation") is None
+                else PersonalisationRecord(**r["personalisation"])
+            ),
         )
         reports = [
             SiteReport(

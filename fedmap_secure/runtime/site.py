@@ -92,6 +92,7 @@ from fedmap_secure.runtime.state import derived_seed
 from fedmap_secure.secagg.config import SERVER_ID
 from fedmap_secure.training.interface import (
     DecisionThreshold,
+    DpPersonalised,
     LocalTrainer,
     LocalTrainingConfig,
     LocalTrainingResult,
@@ -268,8 +269,12 @@ class SiteRuntime:
             personalised=site.evaluate_personalised(),
             global_=site.evaluate_global() if strategy.aggregates else None,
             threshold=site.threshold if site.trained else None,
+            personalisation=(
+                None if site.personalisation is None else site.personalisation.record()
+            ),
         )
         self._log_threshold(site)
+        self._log_personalisation(site)
         state_dir = self.setup.state_dir
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -580,6 +585,11 @@ class SiteRuntime:
             ),
             threshold_rows=self._threshold_rows,
             threshold_fallback=self._threshold_fallback,
+            # DP-SGD sites only (docs/TUNING.md, "FedMAP under record-level DP")
+            personalised=(
+                DpPersonalised.LAST if self.privacy is None else config.training.dp_personalised
+            ),
+            average_rounds=config.training.dp_average_rounds,
         )
 
     # --- the site's own records --------------------------------------------------------------
@@ -655,8 +665,20 @@ class SiteRuntime:
             class_labels=schema.classes,
             decision_threshold=site.threshold,
         )
-        self.model_file = save_model(path, model=site.model, meta=meta)
+        self.model_file = save_model(path, model=site.personalised_model, meta=meta)
         log.info("site %s: personalised model written to %s", self.name, self.model_file)
+
+    def _log_personalisation(self, site: Site) -> None:
+        made = site.personalisation
+        if made is None:
+            return
+        how = "mean" if made.shrinkage is None else f"James-Stein factor {made.shrinkage:.3f}"
+        log.info(
+            "site %s: personalised model from its last %d DP-trained models (%s)",
+            self.name,
+            made.rounds,
+            how,
+        )
 
     def _log_threshold(self, site: Site) -> None:
         choice = site.threshold

@@ -76,6 +76,27 @@ class DecisionThreshold(enum.Enum):
     VALIDATION = "validation"
 
 
+class DpPersonalised(enum.Enum):
+    """A DP-SGD site's personalised model (``[training] dp_personalised``).
+
+    Every round's DP-trained model is theta_r = gamma_r + d_r: the round's global model
+    plus a displacement whose DP noise is fresh each round while the site's own direction
+    persists. The contribution vector and the score always use the round's theta_r; this
+    only chooses what the site keeps, evaluates and writes (it stays at the site). Each
+    choice is post-processing of the site's own DP outputs: no privacy cost.
+
+    LAST: the last round's theta_r (FedMAP as published).
+    AVERAGE: mean of theta_r over the last ``dp_average_rounds`` rounds (tail averaging).
+    SHRUNK: mean gamma_r plus the mean d_r shrunk by the positive-part James-Stein factor,
+    its noise level estimated from the spread of the d_r across those rounds
+    (``fedmap_secure.fedmap.personalisation``).
+    """
+
+    LAST = "last"
+    AVERAGE = "average"
+    SHRUNK = "shrunk"
+
+
 @dataclass(frozen=True, kw_only=True)
 class LocalTrainingConfig:
     """Hyper-parameters of one site's local MAP training in one round.
@@ -103,6 +124,11 @@ class LocalTrainingConfig:
     dp_learning_rate: float | None = None
     """Adam learning rate of the DP-SGD trainer (None: ``learning_rate``). Tuned separately:
     the noisy, clipped gradient of a fixed number of steps wants a different step size."""
+    dp_personalised: DpPersonalised = DpPersonalised.LAST
+    """DP-SGD sites only: which model the site keeps as its personalised model (see
+    ``DpPersonalised``; post-processing of its own DP-trained models, no privacy cost)."""
+    dp_average_rounds: int = 10
+    """The K last training calls ``dp_personalised = "average" | "shrunk"`` use (>= 2)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 0:
@@ -115,6 +141,8 @@ class LocalTrainingConfig:
             raise ConfigError("threshold_fraction must be in (0, 1)")
         if self.dp_learning_rate is not None and not self.dp_learning_rate > 0:
             raise ConfigError("dp_learning_rate must be > 0")
+        if isinstance(self.dp_average_rounds, bool) or self.dp_average_rounds < 2:
+            raise ConfigError("dp_average_rounds must be an integer >= 2")
         if any(not (math.isfinite(w) and w > 0) for w in self.class_weights):
             raise ConfigError("class_weights must be finite and > 0")
         if self.class_weights and self.class_weighting is not ClassWeighting.NONE:
