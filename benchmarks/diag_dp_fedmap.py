@@ -13,7 +13,8 @@ instrumented, and prints per site and round what the local training saw:
   and ``|d0|`` the displacement of the same training with the noise switched off
   (same batches), i.e. what the data term alone moved;
 - ``cos``: the cosine between the two displacements (1: the noise did not change
-  the direction).
+  the direction);
+- the site's contribution score omega over the rounds (metrics.csv).
 
 Diagnosis only: it reads the sites' data directly (a simulation plays every site),
 which a deployment never does. Usage (flags after ``--`` go to simulate):
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import dataclasses
 import json
 import math
@@ -136,7 +138,7 @@ def _rebind(prior: PriorFn | None, model: torch.nn.Module, twin: torch.nn.Module
     if bound is None:
         raise SystemExit("cannot rebind the prior for the noise-free twin")
     twin_params = list(twin.parameters())
-    return lambda: bound(twin_params)  # type: ignore[no-any-return]
+    return lambda: bound(twin_params)
 
 
 _ORIGINAL_INIT = dp_training.DpSgdMapTrainer.__init__
@@ -160,9 +162,13 @@ def main() -> None:
         if code != 0:
             raise SystemExit(code)
         summary = json.loads((out / "summary.json").read_text("utf-8"))
+        with (out / "metrics.csv").open(encoding="utf-8") as handle:
+            omegas = [row for row in csv.DictReader(handle) if row["omega"] not in ("", "None")]
     sites = sorted({r["site"] for r in ROWS})
-    print("site | n | sigma | q | s=sigma C/(q n) | mean |g| | mean snr | mean |d| | "
-          "mean |d0| | mean cos | mean |prior grad|")
+    print(
+        "site | n | sigma | q | s=sigma C/(q n) | mean |g| | mean snr | mean |d| | "
+        "mean |d0| | mean cos | mean |prior grad|"
+    )
     for site in sites:
         rows = [r for r in ROWS if r["site"] == site]
         first = rows[0]
@@ -176,11 +182,20 @@ def main() -> None:
             f"{avg('displacement'):.3f} | {avg('displacement_noise_free'):.3f} | "
             f"{avg('cosine'):.2f} | {avg('prior_grad_norm_end'):.4f}"
         )
+    for name in sites:
+        values = [float(row["omega"]) for row in omegas if row["site"] == name]
+        if values:
+            print(
+                f"{name}: omega mean {np.mean(values):.3f} (min {min(values):.3f}, "
+                f"max {max(values):.3f}) over {len(values)} rounds"
+            )
     for site in summary["sites"]:
         p, g = site.get("personalised") or {}, site.get("global") or {}
+        made = site.get("personalisation")
         print(
             f"{site['site']}: personalised BA {p.get('balanced_accuracy')}, "
             f"global BA {g.get('balanced_accuracy')}"
+            + ("" if not made else f", personalised model: {made}")
         )
     if args.json:
         Path(args.json).write_text(
