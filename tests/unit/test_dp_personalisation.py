@@ -15,12 +15,19 @@ from hypothesis import strategies as st
 
 from fedmap_secure.config.loader import parse_config
 from fedmap_secure.config.schema import Method, ModelConfig, ScoreConfig, SimulationConfig
+from fedmap_secure.data.types import Tier
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.fedmap.methods import GlobalState, make_strategy
 from fedmap_secure.fedmap.models import build_model, flat_vector, load_flat_vector
-from fedmap_secure.fedmap.personalisation import james_stein_factor, shrunk_average
+from fedmap_secure.fedmap.personalisation import (
+    PersonalisationRecord,
+    james_stein_factor,
+    shrunk_average,
+)
 from fedmap_secure.fedmap.site import Site, make_generator
 from fedmap_secure.model_files import load_model
+from fedmap_secure.runtime.records import read_records, write_records
+from fedmap_secure.runtime.results import SiteResult
 from fedmap_secure.training.interface import DpPersonalised, LocalTrainingResult, PriorFn
 from tests.cli_runner import run_cli, tiny_config
 from tests.synthetic import tiny_dataset
@@ -219,3 +226,19 @@ def test_option_is_ignored_without_dp(tmp_path: Path) -> None:
     assert all(s["personalisation"] is None for s in avg["sites"])
     for name in ("a", "b", "c"):
         np.testing.assert_array_equal(_weights(out_avg, name), _weights(out_plain, name))
+
+
+def test_site_records_keep_how_the_model_was_formed(tmp_path: Path) -> None:
+    """The grpc simulation reads each site's records back: the rule survives the file."""
+    record = PersonalisationRecord(rule="shrunk", rounds=10, shrinkage=0.25)
+    result = SiteResult(
+        site="a",
+        tier=Tier.TRAIN,
+        n_train=10,
+        n_test=5,
+        personalised=None,
+        global_=None,
+        personalisation=record,
+    )
+    write_records(tmp_path / "r.json", result, [])
+    assert read_records(tmp_path / "r.json")[0].personalisation == record
