@@ -160,6 +160,11 @@ class ScoreConfig:
     (``training.dp_score.shrink_noisy_mean``; post-processing, free)."""
     dp_prior_mean: float = -0.7
     dp_prior_sd: float = 0.35
+    dp_reliability: bool = False
+    """DP-SGD sites: multiply omega by the James-Stein factor of the site's last
+    ``[training] dp_average_rounds`` displacements theta_r - gamma_r (the share of its
+    update that is not DP noise; ``fedmap.personalisation.james_stein_factor``), clamped
+    at ``omega_min``. Post-processing of the site's DP-trained models: no charge."""
 
     def __post_init__(self) -> None:
         _positive("score.omega_min", self.omega_min)

@@ -32,7 +32,12 @@ from fedmap_secure.fedmap.evaluation import EvalMetrics, evaluate, predict_proba
 from fedmap_secure.fedmap.icnn import ConvexPrior
 from fedmap_secure.fedmap.methods import GlobalState, MethodStrategy, encode_contribution
 from fedmap_secure.fedmap.models import flat_vector, frozen_copies, load_flat_vector
-from fedmap_secure.fedmap.personalisation import Personalised, shrunk_average, tail_average
+from fedmap_secure.fedmap.personalisation import (
+    Personalised,
+    james_stein_factor,
+    shrunk_average,
+    tail_average,
+)
 from fedmap_secure.fedmap.threshold import ThresholdChoice, choose_threshold
 from fedmap_secure.training.interface import DpPersonalised, LocalTrainer, LocalTrainingResult
 
@@ -88,6 +93,7 @@ class Site:
         threshold_fallback: ThresholdChoice | None = None,
         personalised: DpPersonalised = DpPersonalised.LAST,
         average_rounds: int = 2,
+        reliability: bool = False,
     ) -> None:
         if personalised is not DpPersonalised.LAST and average_rounds < 2:
             raise LocalProtocolError(f"site {data.name!r}: average_rounds must be >= 2")
@@ -113,6 +119,10 @@ class Site:
         self._iterates: deque[tuple[FloatVector, FloatVector]] = deque(maxlen=average_rounds)
         self._averaged: nn.Module | None = None
         self._made: Personalised | None = None
+        self._reliability = reliability
+        self._displacements: deque[FloatVector] = deque(maxlen=max(average_rounds, 2))
+        self.reliability_factor: float | None = None
+        """The last James-Stein factor omega was multiplied by (``reliability`` only)."""
 
     @property
     def name(self) -> str:
@@ -151,6 +161,8 @@ class Site:
         if self._personalised_rule is not DpPersonalised.LAST:
             self._iterates.append((self.theta_vector(), self.gamma_vector()))
             self._averaged, self._made = None, None
+        if self._reliability:
+            self._displacements.append(self.theta_vector() - self.gamma_vector())
         return result
 
     def personalise(
@@ -260,6 +272,10 @@ class Site:
             config=self._score_config,
             release=self._score_release,
         )
+        if self._reliability and self._displacements:
+            # the share of the site's update that is not DP noise (post-processing)
+            self.reliability_factor = james_stein_factor(np.stack(self._displacements))
+            omega = max(self._score_config.omega_min, omega * self.reliability_factor)
         return omega, prior_value
 
     def psi_gradient(self) -> FloatVector:

@@ -590,6 +590,7 @@ class SiteRuntime:
                 DpPersonalised.LAST if self.privacy is None else config.training.dp_personalised
             ),
             average_rounds=config.training.dp_average_rounds,
+            reliability=self.privacy is not None and config.score.dp_reliability,
         )
 
     # --- the site's own records --------------------------------------------------------------

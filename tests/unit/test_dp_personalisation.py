@@ -14,9 +14,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedmap_secure.config.loader import parse_config
-from fedmap_secure.config.schema import Method, ModelConfig, ScoreConfig, SimulationConfig
+from fedmap_secure.config.schema import (
+    Method,
+    ModelConfig,
+    PriorConfig,
+    ScoreConfig,
+    SimulationConfig,
+)
 from fedmap_secure.data.types import Tier
 from fedmap_secure.errors import ConfigError
+from fedmap_secure.fedmap.icnn import ConvexPrior
 from fedmap_secure.fedmap.methods import GlobalState, make_strategy
 from fedmap_secure.fedmap.models import build_model, flat_vector, load_flat_vector
 from fedmap_secure.fedmap.personalisation import (
@@ -220,9 +227,10 @@ def test_dp_run_averages_the_personalised_model_and_leaves_the_federation_alone(
     assert plain_sites["a"]["personalisation"] is None
 
 
-def test_option_is_ignored_without_dp(tmp_path: Path) -> None:
+def test_options_are_ignored_without_dp(tmp_path: Path) -> None:
     _, out_plain = _simulate(tmp_path, "k1", "", "--no-dp")
-    avg, out_avg = _simulate(tmp_path, "k3", SHRUNK_2, "--no-dp")
+    both = SHRUNK_2 + "[score]\ndp_reliability = true\n"
+    avg, out_avg = _simulate(tmp_path, "k3", both, "--no-dp")
     assert all(s["personalisation"] is None for s in avg["sites"])
     for name in ("a", "b", "c"):
         np.testing.assert_array_equal(_weights(out_avg, name), _weights(out_plain, name))
@@ -242,3 +250,48 @@ def test_site_records_keep_how_the_model_was_formed(tmp_path: Path) -> None:
     )
     write_records(tmp_path / "r.json", result, [])
     assert read_records(tmp_path / "r.json")[0].personalisation == record
+
+
+def _scored_site(reliability: bool, displacements: list[npt.NDArray[np.float64]]) -> Site:
+    data = tiny_dataset().sites[0]
+    model = build_model(ModelConfig(), n_features=4, n_classes=2, seed=0)
+    gamma = flat_vector(model.parameters())
+    steps = list(displacements)
+
+    class _Step:
+        def train(self, model: torch.nn.Module, *args: object) -> LocalTrainingResult:
+            load_flat_vector(model.parameters(), gamma + steps.pop(0))
+            return LocalTrainingResult(epochs_run=1, steps=1, final_train_loss=0.0)
+
+    site = Site(
+        data=data,
+        model=model,
+        gamma_model=build_model(ModelConfig(), n_features=4, n_classes=2, seed=0),
+        prior=ConvexPrior([int(p.numel()) for p in model.parameters()], PriorConfig(), seed=0),
+        trainer=_Step(),
+        generator=make_generator(0),
+        score_config=ScoreConfig(),
+        n_classes=2,
+        average_rounds=4,
+        reliability=reliability,
+    )
+    site.receive(GlobalState(round_index=0, gamma=gamma))
+    strategy = make_strategy(SimulationConfig())
+    for _ in displacements:
+        site.train(strategy, start_from_gamma=True)
+    return site
+
+
+def test_reliability_scales_omega_by_the_share_that_is_not_noise() -> None:
+    rng = np.random.default_rng(3)
+    noise = list(0.3 * rng.normal(size=(4, 10)))
+    plain, reliable = _scored_site(False, noise), _scored_site(True, noise)
+    factor = james_stein_factor(np.stack(noise))
+    assert factor < 0.5
+    omega = plain.score()[0]
+    assert reliable.reliability_factor is None  # computed with the score
+    assert reliable.score()[0] == pytest.approx(max(ScoreConfig().omega_min, omega * factor))
+    assert reliable.reliability_factor == pytest.approx(factor)
+    consistent = [np.full(10, 0.3) + 0.001 * rng.normal(size=10) for _ in range(4)]
+    steady_plain, steady = _scored_site(False, consistent), _scored_site(True, consistent)
+    assert steady.score()[0] == pytest.approx(steady_plain.score()[0], rel=0.01)
