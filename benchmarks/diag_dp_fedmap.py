@@ -41,6 +41,7 @@ import numpy.typing as npt
 import torch
 
 from fedmap_secure.cli import main as cli_main
+from fedmap_secure.fedmap.methods import IcnnPrior
 from fedmap_secure.training import dp_training
 from fedmap_secure.training.dp_config import DpTrainingResult
 from fedmap_secure.training.interface import PriorFn
@@ -130,15 +131,12 @@ def _instrumented_train(
 
 
 def _rebind(prior: PriorFn | None, model: torch.nn.Module, twin: torch.nn.Module) -> PriorFn | None:
-    """The same prior evaluated at ``twin``'s parameters (a BoundPrior closure over params)."""
+    """The same prior evaluated at ``twin``'s parameters (FedMAP's ``IcnnPrior`` only)."""
     if prior is None:
         return None
-    cell = getattr(prior, "__closure__", None) or ()
-    bound = next((c.cell_contents for c in cell if callable(c.cell_contents)), None)
-    if bound is None:
-        raise SystemExit("cannot rebind the prior for the noise-free twin")
-    twin_params = list(twin.parameters())
-    return lambda: bound(twin_params)
+    if not isinstance(prior, IcnnPrior):
+        raise SystemExit("the diagnosis supports FedMAP's ICNN prior only (--method fedmap)")
+    return IcnnPrior(prior._bound, list(twin.parameters()))
 
 
 _ORIGINAL_INIT = dp_training.DpSgdMapTrainer.__init__
