@@ -189,7 +189,7 @@ def main() -> None:
             )
     for site in summary["sites"]:
         p, g = site.get("personalised") or {}, site.get("global") or {}
-        made = site.get("personalisation")
+        made = site.get("dp_personalisation")
         print(
             f"{site['site']}: personalised BA {p.get('balanced_accuracy')}, "
             f"global BA {g.get('balanced_accuracy')}"

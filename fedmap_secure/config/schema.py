@@ -163,7 +163,7 @@ class ScoreConfig:
     dp_reliability: bool = False
     """DP-SGD sites: multiply omega by the James-Stein factor of the site's last
     ``[training] dp_average_rounds`` displacements theta_r - gamma_r (the share of its
-    update that is not DP noise; ``fedmap.personalisation.james_stein_factor``), clamped
+    update that is not DP noise; ``fedmap.dp_personalisation.james_stein_factor``), clamped
     at ``omega_min``. Post-processing of the site's DP-trained models: no charge."""
 
     def __post_init__(self) -> None:

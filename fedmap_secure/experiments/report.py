@@ -150,8 +150,8 @@ def summary_dict(
                 "global": _metrics(s.global_),
                 "epsilon_spent": None if epsilon_spent is None else epsilon_spent.get(s.site, 0.0),
                 "threshold": None if s.threshold is None else s.threshold.as_dict(),
-                "personalisation": (
-                    None if s.personalisation is None else s.personalisation.as_dict()
+                "dp_personalisation": (
+                    None if s.dp_personalisation is None else s.dp_personalisation.as_dict()
                 ),
             }
             for s in result.sites

@@ -28,16 +28,16 @@ from fedmap_secure.fedmap.contribution import (
     contribution_score,
     exact_clipped_mean,
 )
-from fedmap_secure.fedmap.evaluation import EvalMetrics, evaluate, predict_proba
-from fedmap_secure.fedmap.icnn import ConvexPrior
-from fedmap_secure.fedmap.methods import GlobalState, MethodStrategy, encode_contribution
-from fedmap_secure.fedmap.models import flat_vector, frozen_copies, load_flat_vector
-from fedmap_secure.fedmap.personalisation import (
+from fedmap_secure.fedmap.dp_personalisation import (
     Personalised,
     james_stein_factor,
     shrunk_average,
     tail_average,
 )
+from fedmap_secure.fedmap.evaluation import EvalMetrics, evaluate, predict_proba
+from fedmap_secure.fedmap.icnn import ConvexPrior
+from fedmap_secure.fedmap.methods import GlobalState, MethodStrategy, encode_contribution
+from fedmap_secure.fedmap.models import flat_vector, frozen_copies, load_flat_vector
 from fedmap_secure.fedmap.threshold import ThresholdChoice, choose_threshold
 from fedmap_secure.training.interface import DpPersonalised, LocalTrainer, LocalTrainingResult
 
@@ -200,7 +200,7 @@ class Site:
         return result
 
     @property
-    def personalisation(self) -> Personalised | None:
+    def dp_personalisation(self) -> Personalised | None:
         """How the personalised model was formed (None: ``model`` itself, the last one)."""
         self._form_personalised()
         return self._made
@@ -211,7 +211,7 @@ class Site:
 
         ``DpPersonalised.LAST``: ``model`` itself. AVERAGE / SHRUNK: formed from the site's
         models (and the gammas they started from) of its last ``average_rounds`` ``train``
-        calls, fewer while fewer have run (``fedmap_secure.fedmap.personalisation``). It is
+        calls, fewer while fewer have run (``fedmap_secure.fedmap.dp_personalisation``). It is
         post-processing of the site's own DP-trained models (no privacy cost) and stays at
         the site; what the site contributes and scores is unchanged (``model``).
         """

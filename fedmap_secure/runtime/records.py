@@ -15,8 +15,8 @@ from typing import Any
 
 from fedmap_secure.data.types import Tier
 from fedmap_secure.errors import ConfigError
+from fedmap_secure.fedmap.dp_personalisation import PersonalisationRecord
 from fedmap_secure.fedmap.evaluation import EvalMetrics
-from fedmap_secure.fedmap.personalisation import PersonalisationRecord
 from fedmap_secure.fedmap.site import Phase, SiteReport
 from fedmap_secure.fedmap.threshold import ThresholdChoice
 from fedmap_secure.runtime.results import SiteResult
@@ -48,8 +48,8 @@ def write_records(path: Path, result: SiteResult, reports: list[SiteReport]) -> 
             "personalised": _metrics(result.personalised),
             "global": _metrics(result.global_),
             "threshold": None if result.threshold is None else result.threshold.as_dict(),
-            "personalisation": (
-                None if result.personalisation is None else result.personalisation.as_dict()
+            "dp_personalisation": (
+                None if result.dp_personalisation is None else result.dp_personalisation.as_dict()
             ),
         },
         "reports": [
@@ -84,10 +84,10 @@ def read_records(path: Path) -> tuple[SiteResult, list[SiteReport]]:
             personalised=_metrics_from(r["personalised"]),
             global_=_metrics_from(r["global"]),
             threshold=None if r.get("threshold") is None else ThresholdChoice(**r["threshold"]),
-            personalisation=(
+            dp_personalisation=(
                 None
-                if r.get("personalisation") is None
-                else PersonalisationRecord(**r["personalisation"])
+                if r.get("dp_personalisation") is None
+                else PersonalisationRecord(**r["dp_personalisation"])
             ),
         )
         reports = [

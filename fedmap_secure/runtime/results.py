@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from fedmap_secure.data.types import SiteData, Tier
+from fedmap_secure.fedmap.dp_personalisation import PersonalisationRecord
 from fedmap_secure.fedmap.evaluation import EvalMetrics
 from fedmap_secure.fedmap.methods import GlobalState, ServerLog
-from fedmap_secure.fedmap.personalisation import PersonalisationRecord
 from fedmap_secure.fedmap.site import SiteReport
 from fedmap_secure.fedmap.threshold import ThresholdChoice
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
@@ -36,7 +36,7 @@ class SiteResult:
     threshold: ThresholdChoice | None = None
     """The personalised model's decision threshold (``[training] threshold = "validation"``);
     None: argmax, no threshold configured."""
-    personalisation: PersonalisationRecord | None = None
+    dp_personalisation: PersonalisationRecord | None = None
     """How a DP-SGD site formed its personalised model (``[training] dp_personalised``);
     None: the last trained model."""
 

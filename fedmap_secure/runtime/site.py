@@ -269,8 +269,8 @@ class SiteRuntime:
             personalised=site.evaluate_personalised(),
             global_=site.evaluate_global() if strategy.aggregates else None,
             threshold=site.threshold if site.trained else None,
-            personalisation=(
-                None if site.personalisation is None else site.personalisation.record()
+            dp_personalisation=(
+                None if site.dp_personalisation is None else site.dp_personalisation.record()
             ),
         )
         self._log_threshold(site)
@@ -670,7 +670,7 @@ class SiteRuntime:
         log.info("site %s: personalised model written to %s", self.name, self.model_file)
 
     def _log_personalisation(self, site: Site) -> None:
-        made = site.personalisation
+        made = site.dp_personalisation
         if made is None:
             return
         how = "mean" if made.shrinkage is None else f"James-Stein factor {made.shrinkage:.3f}"

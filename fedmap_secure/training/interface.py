@@ -89,7 +89,7 @@ class DpPersonalised(enum.Enum):
     AVERAGE: mean of theta_r over the last ``dp_average_rounds`` rounds (tail averaging).
     SHRUNK: mean gamma_r plus the mean d_r shrunk by the positive-part James-Stein factor,
     its noise level estimated from the spread of the d_r across those rounds
-    (``fedmap_secure.fedmap.personalisation``).
+    (``fedmap_secure.fedmap.dp_personalisation``).
     """
 
     LAST = "last"

@@ -24,7 +24,7 @@ SITE_KEYS = {
     "global",
     "epsilon_spent",
     "threshold",  # the decision threshold ([training] threshold = "validation"), else null
-    "personalisation",  # how a DP-SGD site formed its model ([training] dp_personalised), else null
+    "dp_personalisation",  # a DP-SGD site's [training] dp_personalised record, else null
 }
 METRIC_KEYS = {"accuracy", "balanced_accuracy", "roc_auc"}
 
@@ -84,7 +84,7 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
     for site in summary["sites"]:
         assert set(site) == SITE_KEYS
         assert site["threshold"] is None  # the default decision rule is argmax
-        assert site["personalisation"] is None  # default: the last trained model
+        assert site["dp_personalisation"] is None  # default: the last trained model
         if method == "pooled":
             assert dp is None
             assert site["epsilon_spent"] is None

@@ -23,14 +23,14 @@ from fedmap_secure.config.schema import (
 )
 from fedmap_secure.data.types import Tier
 from fedmap_secure.errors import ConfigError
-from fedmap_secure.fedmap.icnn import ConvexPrior
-from fedmap_secure.fedmap.methods import GlobalState, make_strategy
-from fedmap_secure.fedmap.models import build_model, flat_vector, load_flat_vector
-from fedmap_secure.fedmap.personalisation import (
+from fedmap_secure.fedmap.dp_personalisation import (
     PersonalisationRecord,
     james_stein_factor,
     shrunk_average,
 )
+from fedmap_secure.fedmap.icnn import ConvexPrior
+from fedmap_secure.fedmap.methods import GlobalState, make_strategy
+from fedmap_secure.fedmap.models import build_model, flat_vector, load_flat_vector
 from fedmap_secure.fedmap.site import Site, make_generator
 from fedmap_secure.model_files import load_model
 from fedmap_secure.runtime.records import read_records, write_records
@@ -174,7 +174,7 @@ def test_site_shrinks_a_noise_only_displacement_to_the_global_model() -> None:
 
     site._trainer = _Noisy()
     _train(site, 6)
-    made = site.personalisation
+    made = site.dp_personalisation
     kept = flat_vector(site.personalised_model.parameters())
     assert made is not None
     assert made.shrinkage is not None
@@ -220,18 +220,18 @@ def test_dp_run_averages_the_personalised_model_and_leaves_the_federation_alone(
         for run, summary in (("k1", plain), ("k3", avg))
     }
     assert spent["k3"] == spent["k1"]  # post-processing: nothing more is charged
-    record = avg_sites["a"]["personalisation"]
+    record = avg_sites["a"]["dp_personalisation"]
     assert record["rule"] == "shrunk"
     assert record["rounds"] == 2
     assert 0.0 <= record["shrinkage"] <= 1.0
-    assert plain_sites["a"]["personalisation"] is None
+    assert plain_sites["a"]["dp_personalisation"] is None
 
 
 def test_options_are_ignored_without_dp(tmp_path: Path) -> None:
     _, out_plain = _simulate(tmp_path, "k1", "", "--no-dp")
     both = SHRUNK_2 + "[score]\ndp_reliability = true\n"
     avg, out_avg = _simulate(tmp_path, "k3", both, "--no-dp")
-    assert all(s["personalisation"] is None for s in avg["sites"])
+    assert all(s["dp_personalisation"] is None for s in avg["sites"])
     for name in ("a", "b", "c"):
         np.testing.assert_array_equal(_weights(out_avg, name), _weights(out_plain, name))
 
@@ -246,10 +246,10 @@ def test_site_records_keep_how_the_model_was_formed(tmp_path: Path) -> None:
         n_test=5,
         personalised=None,
         global_=None,
-        personalisation=record,
+        dp_personalisation=record,
     )
     write_records(tmp_path / "r.json", result, [])
-    assert read_records(tmp_path / "r.json")[0].personalisation == record
+    assert read_records(tmp_path / "r.json")[0].dp_personalisation == record
 
 
 def _scored_site(reliability: bool, displacements: list[npt.NDArray[np.float64]]) -> Site:
