@@ -132,17 +132,22 @@ def stratified_holdout(
     y: npt.NDArray[np.int64], fraction: float, rng: np.random.Generator
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """(kept, held-out) row indices, ``holdout_size(n, fraction)`` held out: first one row of
-    every class that has two or more (so both classes reach validation when they can, and
-    none leaves training entirely), then rows drawn at random from the rest."""
+    every class that has two or more, while a second row of that class is reserved for
+    training (so both classes reach validation when they can, and none leaves training
+    entirely), then rows drawn at random from the rest."""
     n = int(y.shape[0])
     n_out = holdout_size(n, fraction)
     order = rng.permutation(n)
     first: list[int] = []
+    reserved: list[int] = []
     for c in np.unique(y):
         rows = order[y[order] == c]
         if rows.size >= 2 and len(first) < n_out:
             first.append(int(rows[0]))
-    rest = np.array([i for i in order if i not in set(first)], dtype=np.int64)
+            reserved.append(int(rows[1]))
+    # holdout_size leaves at least 4 training rows, so the (at most 2) reserved rows fit.
+    taken = set(first) | set(reserved)
+    rest = np.array([i for i in order if i not in taken], dtype=np.int64)
     held = np.concatenate([np.array(first, dtype=np.int64), rest[: n_out - len(first)]])
     mask = np.ones(n, dtype=bool)
     mask[held] = False

@@ -194,3 +194,11 @@ def test_site_records_keep_the_threshold(tmp_path: Path) -> None:
     )
     write_records(tmp_path / "r.json", result, [])
     assert read_records(tmp_path / "r.json")[0].threshold == choice
+
+
+def test_holdout_keeps_a_row_of_each_class_in_training() -> None:
+    """Found by hypothesis: with two positives, both could be drawn into the held-out part."""
+    y = np.array([0, 0, 0, 0, 1, 0, 1, 0], dtype=np.int64)
+    for seed in range(50):
+        kept, held = stratified_holdout(y, 0.5, np.random.default_rng(seed))
+        assert (y[kept] == 1).any() and (y[held] == 1).any()
