@@ -124,7 +124,7 @@ class LocalTrainingConfig:
     dp_learning_rate: float | None = None
     """Adam learning rate of the DP-SGD trainer (None: ``learning_rate``). Tuned separately:
     the noisy, clipped gradient of a fixed number of steps wants a different step size."""
-    dp_personalised: DpPersonalised = DpPersonalised.LAST
+    dp_personalised: DpPersonalised = DpPersonalised.AVERAGE
     """DP-SGD sites only: which model the site keeps as its personalised model (see
     ``DpPersonalised``; post-processing of its own DP-trained models, no privacy cost)."""
     dp_average_rounds: int = 10

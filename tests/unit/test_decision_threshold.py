@@ -201,4 +201,5 @@ def test_holdout_keeps_a_row_of_each_class_in_training() -> None:
     y = np.array([0, 0, 0, 0, 1, 0, 1, 0], dtype=np.int64)
     for seed in range(50):
         kept, held = stratified_holdout(y, 0.5, np.random.default_rng(seed))
-        assert (y[kept] == 1).any() and (y[held] == 1).any()
+        assert (y[kept] == 1).any()
+        assert (y[held] == 1).any()

@@ -126,7 +126,7 @@ def test_options_are_validated_and_off_by_default() -> None:
     cfg = parse_config('[training]\ndp_personalised = "shrunk"\ndp_average_rounds = 4\n')
     assert cfg.training.dp_personalised is DpPersonalised.SHRUNK
     assert cfg.training.dp_average_rounds == 4
-    assert SimulationConfig().training.dp_personalised is DpPersonalised.LAST
+    assert SimulationConfig().training.dp_personalised is DpPersonalised.AVERAGE
 
 
 def test_james_stein_keeps_a_consistent_displacement_and_drops_pure_noise() -> None:
@@ -183,6 +183,7 @@ def test_site_shrinks_a_noise_only_displacement_to_the_global_model() -> None:
     assert np.linalg.norm(kept - gamma) < 0.5 * np.linalg.norm(site.theta_vector() - gamma)
 
 
+LAST = '[training]\ndp_personalised = "last"\n'
 SHRUNK_2 = '[training]\ndp_personalised = "shrunk"\ndp_average_rounds = 2\n'
 
 
@@ -204,7 +205,7 @@ def test_dp_run_averages_the_personalised_model_and_leaves_the_federation_alone(
     tmp_path: Path,
 ) -> None:
     dp = ("--epsilon", "8", "--reproducible-noise")
-    plain, out_plain = _simulate(tmp_path, "k1", "", *dp)
+    plain, out_plain = _simulate(tmp_path, "k1", LAST, *dp)
     avg, out_avg = _simulate(tmp_path, "k3", SHRUNK_2, *dp)
     # the contributions are the last iterates either way: the same global model, same charge
     plain_sites = {s["site"]: s for s in plain["sites"]}
