@@ -31,7 +31,8 @@ from fedmap_secure.data.types import FederatedDataset, Tier
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.runtime.client_level import client_level_rounds
 from fedmap_secure.runtime.inprocess import RunSite, run_sites
-from fedmap_secure.runtime.parallel import SitePool, resolve_workers
+from fedmap_secure.runtime.parallel import SitePool, pool_of, resolve_workers
+from fedmap_secure.runtime.parallel_secagg import PooledSecureAggregator
 from fedmap_secure.runtime.privacy import (
     AfterCharge,
     describe_differential_privacy,
@@ -136,8 +137,31 @@ def build_aggregator(
     return aggregator
 
 
+def build_pooled_aggregator(
+    config: SimulationConfig, dataset: FederatedDataset, out_dir: Path | None, pool: SitePool
+) -> Aggregator:
+    """``build_aggregator`` for sites in a ``SitePool``: each site's SecAgg client (identity
+    key, encoding, masking, its own site record) runs in its worker
+    (``runtime.parallel_secagg``); the server and the transcript chain stay here."""
+    secagg = secagg_config(config, dataset)
+    if secagg is None:
+        if config.secagg.enabled:
+            log.warning("secure aggregation needs >= 2 training sites; using a plain sum")
+        return PlainSum()
+    sites = [d.name for d in dataset.by_tier(Tier.TRAIN)]
+    if out_dir is None:
+        return PooledSecureAggregator(pool=pool, sites=sites, config=secagg)
+    aggregator = PooledSecureAggregator(
+        pool=pool, sites=sites, config=secagg, chain=fresh_chain(out_dir), record_out=out_dir
+    )
+    write_roster(out_dir / "roster.json", aggregator.roster)
+    return aggregator
+
+
 def describe_transcripts(aggregator: Aggregator, out_dir: Path) -> dict[str, Any] | None:
     """Where the transcripts are and the newest transcript's hash (None when not recorded)."""
+    if isinstance(aggregator, PooledSecureAggregator) and aggregator.chain is not None:
+        return describe_chain(aggregator.chain, out_dir)
     if not isinstance(aggregator, RecordingSecureAggregator):
         return None
     return describe_chain(aggregator.chain, out_dir)
@@ -165,7 +189,7 @@ class EncodingCheck:
     error per field (``Quantizer.error_bound``) are recorded for the summary.
     """
 
-    def __init__(self, aggregator: SecureAggregator) -> None:
+    def __init__(self, aggregator: SecureAggregator | PooledSecureAggregator) -> None:
         self._aggregator = aggregator
         self.encoding: dict[str, Any] | None = None
 
@@ -378,10 +402,16 @@ def run_private_simulation(
                 epsilon=config.client_dp.epsilon,
                 delta=config.client_dp.delta,
             )
-        agg = aggregator or build_aggregator(
-            config, dataset, out_dir, encoders=encoders, noise_guards=guards
-        )
-        check = EncodingCheck(agg) if isinstance(agg, SecureAggregator) and client is None else None
+        pool = pool_of(sites)
+        if aggregator is not None:
+            agg = aggregator
+        elif pool is not None and client is None:  # each site's SecAgg client in its worker
+            agg = build_pooled_aggregator(config, dataset, out_dir, pool)
+        else:
+            agg = build_aggregator(config, dataset, out_dir, encoders=encoders, noise_guards=guards)
+        check = None
+        if isinstance(agg, SecureAggregator | PooledSecureAggregator) and client is None:
+            check = EncodingCheck(agg)
         result = run_sites(
             config,
             dataset,

@@ -37,8 +37,12 @@ are pickled by ``multiprocessing`` over the pipe. This is an in-memory
 channel inside one simulation on one machine, the same trust domain as the
 serial engine (every party in one process); no secret key crosses it (a
 site's DP noise and the SecAgg keys stay where they are made) and nothing is
-pickled to disk. SecAgg itself (every client session and the server
-session) runs in the main process, as in the serial engine.
+pickled to disk. With SecAgg, each site's client session also runs in its
+worker (``runtime.secagg_parties``: its identity key is made there, its
+vector encoded and masked there; the ``secagg_*`` commands carry the
+protocol messages as protobuf bytes) and the server session in the main
+process (``runtime.parallel_secagg.PooledSecureAggregator``); client-level DP
+keeps every client session in the main process (its noise guards live there).
 
 ``resolve_workers``: ``"auto"`` is ``min(usable cores, n_sites // 8)``, at
 least 1 (serial: a few sites do not pay the pool's start-up and message
@@ -73,6 +77,7 @@ from fedmap_secure.fedmap.site import SiteReport
 from fedmap_secure.runtime.announcement import config_json
 from fedmap_secure.runtime.channel import Answer
 from fedmap_secure.runtime.results import SiteResult
+from fedmap_secure.runtime.secagg_parties import SiteParties
 from fedmap_secure.runtime.site import SiteRuntime, SiteSetup
 from fedmap_secure.runtime.workers import AUTO, parse_workers, resolve_workers
 from fedmap_secure.secagg.config import SERVER_ID
@@ -81,7 +86,7 @@ from fedmap_secure.transport import messages as tm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AUTO", "PooledSite", "SitePool", "parse_workers", "resolve_workers"]
+__all__ = ["AUTO", "PooledSite", "SitePool", "parse_workers", "pool_of", "resolve_workers"]
 
 # --- the worker side ---------------------------------------------------------------------------
 
@@ -156,6 +161,7 @@ def _serve(conn: Connection, setups: Sequence[SiteSetup], batched: bool = False)
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     torch.set_num_threads(1)
     sites: list[SiteRuntime] = []
+    parties = SiteParties([setup.data.name for setup in setups])
     try:
         sites = [SiteRuntime(setup) for setup in setups]
         while True:
@@ -192,6 +198,8 @@ def _serve(conn: Connection, setups: Sequence[SiteSetup], batched: bool = False)
                     reply = None
                 elif command == "collect":
                     reply = [_collect(site) for site in sites]
+                elif command.startswith("secagg_"):
+                    reply = _secagg_command(parties, command, *payload)
                 else:
                     raise LocalProtocolError(f"unknown pool command {command!r}")
             except BaseException as exc:
@@ -206,6 +214,24 @@ def _serve(conn: Connection, setups: Sequence[SiteSetup], batched: bool = False)
         conn.close()
 
 
+def _secagg_command(
+    parties: SiteParties, command: str, common: Any, items: list[tuple[str, Any]]
+) -> list[Any]:
+    """A SecAgg step for this worker's sites (``runtime.secagg_parties``)."""
+    names = [site for site, _ in items]
+    if command == "secagg_keys":
+        return parties.keys(names)
+    if command == "secagg_start":
+        return parties.start(common, names)
+    if command == "secagg_submit":
+        return parties.submit(items)
+    if command == "secagg_relay":
+        return parties.relay(items)
+    if command == "secagg_end":
+        return parties.end()
+    raise LocalProtocolError(f"unknown pool command {command!r}")
+
+
 # --- the main process side ---------------------------------------------------------------------
 
 
@@ -217,6 +243,7 @@ class SitePool:
             raise ConfigError("a site pool needs at least one site")
         self.workers = max(1, min(workers, len(setups)))
         self._names = [setup.data.name for setup in setups]
+        self._worker_of = {name: i % self.workers for i, name in enumerate(self._names)}
         context = multiprocessing.get_context("fork")
         self._conns: list[Connection] = []
         self._procs: list[multiprocessing.process.BaseProcess] = []
@@ -240,12 +267,18 @@ class SitePool:
         self._closed = False
         log.info("site pool: %d sites in %d worker processes", len(setups), self.workers)
 
-    def _ask(self, command: str, payload: object) -> list[Any]:
-        """Send ``command`` to every worker, then gather the replies (workers run at once)."""
+    def _ask(
+        self, command: str, payload: object = None, *, each: Sequence[object] | None = None
+    ) -> list[Any]:
+        """Send ``command`` to every worker, then gather the replies (workers run at once).
+
+        ``payload``: the same for every worker; or ``each``: one payload per worker.
+        """
         if self._closed:
             raise LocalProtocolError("the site pool is closed")
-        for conn in self._conns:
-            conn.send((command, payload))
+        payloads = [payload] * len(self._conns) if each is None else list(each)
+        for conn, mine in zip(self._conns, payloads, strict=True):
+            conn.send((command, mine))
         replies: list[Any] = []
         failure: BaseException | None = None
         for w, conn in enumerate(self._conns):
@@ -259,6 +292,31 @@ class SitePool:
         if failure is not None:
             raise failure
         return replies
+
+    def ask_sites(
+        self, command: str, items: Sequence[tuple[str, Any]], common: object = None
+    ) -> list[Any]:
+        """``command`` for each (site, payload) of ``items``, sent to the worker holding the
+        site (every worker gets the command, with its own items in order, and ``common``);
+        the replies in the order of ``items`` (a reply per item, or for ``secagg_end``,
+        whatever each worker returns, concatenated)."""
+        per_worker: list[list[tuple[str, Any]]] = [[] for _ in range(self.workers)]
+        for site, payload in items:
+            worker = self._worker_of.get(site)
+            if worker is None:
+                raise LocalProtocolError(f"site {site!r} is not in the pool")
+            per_worker[worker].append((site, payload))
+        replies = self._ask(command, each=[(common, mine) for mine in per_worker])
+        if not items:
+            return [x for reply in replies for x in reply]
+        by_site: dict[str, Any] = {}
+        for mine, reply in zip(per_worker, replies, strict=True):
+            if len(reply) != len(mine):
+                raise LocalProtocolError(
+                    f"{command}: a worker answered {len(reply)} of {len(mine)}"
+                )
+            by_site.update((site, r) for (site, _), r in zip(mine, reply, strict=True))
+        return [by_site[site] for site, _ in items]
 
     def _by_site(self, replies: list[list[Any]]) -> dict[str, Any]:
         """Worker replies (each in its sites' order) keyed by site name."""
@@ -316,6 +374,14 @@ class SitePool:
         return [PooledSite(self, setup) for setup in setups]
 
 
+def pool_of(sites: Sequence[object]) -> SitePool | None:
+    """The ``SitePool`` every one of ``sites`` lives in (None: not all pooled, or no sites)."""
+    pools = {id(site.pool): site.pool for site in sites if isinstance(site, PooledSite)}
+    if len(pools) != 1 or not all(isinstance(site, PooledSite) for site in sites):
+        return None
+    return next(iter(pools.values()))
+
+
 class CollectedPrivacy:
     """A remote site's privacy description, as ``describe_sites`` reads it."""
 
@@ -333,6 +399,10 @@ class PooledSite:
     def __init__(self, pool: SitePool, setup: SiteSetup) -> None:
         self._pool = pool
         self.setup = setup
+
+    @property
+    def pool(self) -> SitePool:
+        return self._pool
 
     @property
     def name(self) -> str:
