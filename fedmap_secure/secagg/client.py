@@ -31,6 +31,7 @@ when our own caller misuses the session.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -496,7 +497,7 @@ class ClientSession:
             if item.site in valid or item.site not in self._signed_survivors:
                 continue
             try:
-                verify(
+                verify_signature(
                     self._roster.public_key(item.site),
                     payload,
                     item.signature,
@@ -530,6 +531,32 @@ class ClientSession:
 
 
 _PROBE = AgreementKeyPair.from_private_bytes(b"\x01" * 32)
+_MEMO_SIZE = 1 << 14
+"""Successful public checks remembered per process (a few rounds of n = 1000 sites)."""
+
+
+# Memoised public checks. Only successes are remembered (``lru_cache`` does not cache a
+# raised error), keyed by every byte the check reads; both checks are deterministic
+# functions of those bytes (RFC 7748 X25519, RFC 8032 Ed25519 verification), so a hit is
+# exactly what a fresh check would return. Nothing secret enters a key. In a deployment a
+# site's process holds only its own checks; in an in-process simulation the sites of one
+# process (each verifying the same advertisements and consistency signatures: about
+# n * k of them per round) share the result of the same public computation.
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _verified(public: bytes, message: bytes, signature: bytes, label: bytes) -> bool:
+    verify(public, message, signature, label=label)  # CryptoError: not remembered
+    return True
+
+
+@functools.lru_cache(maxsize=_MEMO_SIZE)
+def _not_low_order(public: bytes) -> bool:
+    agree(_PROBE, public, label=LABEL_PAIRWISE_MASK, context=b"low-order probe")
+    return True
+
+
+def verify_signature(public: bytes, message: bytes, signature: bytes, *, label: bytes) -> None:
+    """``crypto.signing.verify`` (``CryptoError`` unless valid), memoised on success."""
+    _verified(bytes(public), bytes(message), bytes(signature), bytes(label))
 
 
 def check_public_keys(ad: AdvertiseKeys) -> None:
@@ -538,11 +565,11 @@ def check_public_keys(ad: AdvertiseKeys) -> None:
     X25519 with a low-order point yields the all-zero secret for *every* private
     key (RFC 7748 section 6.1), so a probe with any fixed scalar detects it; a
     corrupt site could otherwise force a known pairwise seed or make honest
-    sites fail later.
+    sites fail later. (Memoised on success per process, ``_not_low_order``.)
     """
     for public in (ad.mask_public, ad.encryption_public):
         try:
-            agree(_PROBE, public, label=LABEL_PAIRWISE_MASK, context=b"low-order probe")
+            _not_low_order(bytes(public))
         except CryptoError:
             raise RemoteProtocolError(ad.sender, "advertised a low-order public key") from None
 
@@ -570,6 +597,8 @@ def verify_advertisement(
         encryption_public=ad.encryption_public,
     )
     try:
-        verify(roster.public_key(ad.sender), payload, ad.signature, label=LABEL_KEY_ADVERTISEMENT)
+        verify_signature(
+            roster.public_key(ad.sender), payload, ad.signature, label=LABEL_KEY_ADVERTISEMENT
+        )
     except CryptoError:
         raise RemoteProtocolError(ad.sender, "advertisement signature does not verify") from None
