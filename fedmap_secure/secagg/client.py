@@ -139,6 +139,7 @@ class ClientSession:
         self._enc_keys: AgreementKeyPair | None = None
         self._self_seed: bytes | None = None
         self._held: dict[str, tuple[shamir.Share, shamir.Share]] = {}
+        self._share_keys: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -206,6 +207,7 @@ class ClientSession:
         self._enc_keys = None
         self._self_seed = None
         self._held.clear()
+        self._share_keys.clear()
 
     def _dispatch(self, message: ServerMessage | ClientMessage) -> ClientMessage | None:
         if isinstance(message, KeyBroadcast):
@@ -335,12 +337,7 @@ class ClientSession:
             if holder == self.site_id:
                 self._held[holder] = (s_share, k_share)
                 continue
-            key = agree(
-                self._enc_keys,
-                self._peers[holder].encryption_public,
-                label=LABEL_SHARE_ENCRYPTION,
-                context=self._session,
-            )
+            key = self._share_key(holder)
             plaintext = encoding.share_plaintext(
                 sender=self.site_id, receiver=holder, self_mask=s_share, mask_key=k_share
             )
@@ -381,16 +378,26 @@ class ClientSession:
         self._received_from = frozenset(senders)
         self._need(len(senders) + 1, "sites shared keys with us (including us)")
 
+    def _share_key(self, peer: str) -> bytes:
+        """The pairwise share-encryption key with ``peer`` (both directions use the same
+        agreement and label): derived once per session, erased with the session."""
+        key = self._share_keys.get(peer)
+        if key is None:
+            assert self._enc_keys is not None
+            key = agree(
+                self._enc_keys,
+                self._peers[peer].encryption_public,
+                label=LABEL_SHARE_ENCRYPTION,
+                context=self._session,
+            )
+            self._share_keys[peer] = key
+        return key
+
     def _open(self, envelope: ShareEnvelope) -> tuple[shamir.Share, shamir.Share]:
         sender = envelope.sender
         assert self._enc_keys is not None
         try:
-            key = agree(
-                self._enc_keys,
-                self._peers[sender].encryption_public,
-                label=LABEL_SHARE_ENCRYPTION,
-                context=self._session,
-            )
+            key = self._share_key(sender)
             ad = envelope_ad(
                 session_id=self._session,
                 stage=encoding.SHARE_STAGE,

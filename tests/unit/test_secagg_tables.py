@@ -163,11 +163,13 @@ def test_client_secrets_are_erased_when_done_or_failed() -> None:
         assert c._enc_keys is None
         assert c._self_seed is None
         assert c._held == {}
+        assert c._share_keys == {}
     _, c = client_in(ClientStage.SIGNED)
     assert c._held
     with pytest.raises(RemoteProtocolError):
         c.receive(samples()[KeyBroadcast])  # type: ignore[arg-type]
     assert c._held == {}
+    assert c._share_keys == {}
     assert c._mask_keys is None
 
 
