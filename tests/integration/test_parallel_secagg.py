@@ -96,5 +96,6 @@ def test_dp_with_secagg_in_workers_charges_what_serial_charges(tmp_path: Path) -
         ]
         assert dp[0]["sites"] == dp[1]["sites"]
     final = [runs[w].result.final_state for w in (1, 2)]
-    assert final[0] is not None and final[1] is not None
+    assert final[0] is not None
+    assert final[1] is not None
     np.testing.assert_allclose(final[1].gamma, final[0].gamma, atol=1e-6)
