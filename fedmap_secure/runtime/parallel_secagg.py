@@ -167,11 +167,17 @@ class PooledSecureAggregator:
             if point is DropPoint.AFTER_SHARES:  # a site without an input drops here
                 live = [s for s in live if s in inputs]
             alive = set(live)
-            messages = [
-                (site, codec.encode_server_message(message).SerializeToString())
-                for site, message in outgoing.items()
-                if site in alive
-            ]
+            # A broadcast (one message object for every site, e.g. KeyBroadcast) is encoded
+            # once; the same bytes object then travels once per worker (pickle's memo).
+            encoded: dict[int, bytes] = {}
+            messages = []
+            for site, message in outgoing.items():
+                if site in alive:
+                    data = encoded.get(id(message))
+                    if data is None:
+                        data = codec.encode_server_message(message).SerializeToString()
+                        encoded[id(message)] = data
+                    messages.append((site, data))
             replies = self._pool.ask_sites("secagg_relay", messages)
             self._deliver(server, [s for s, _ in messages], replies)
         return server.finish()

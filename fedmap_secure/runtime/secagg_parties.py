@@ -166,12 +166,15 @@ class SiteParties:
     def relay(self, items: Sequence[tuple[str, bytes]]) -> list[Reply]:
         """Hand each site the server's message (protobuf bytes); its reply, if any."""
         replies: list[Reply] = []
+        parsed: dict[bytes, object] = {}  # a broadcast is parsed once (messages are frozen)
         for site, data in items:
             session = self._session(site)
             if session.stage is ClientStage.FAILED:  # it has left the round
                 replies.append(None)
                 continue
-            message = codec.parse_server_message(data, peer=SERVER_ID)
+            message = parsed.get(data)
+            if message is None:
+                message = parsed[data] = codec.parse_server_message(data, peer=SERVER_ID)
             if not isinstance(message, ServerMessage):
                 raise LocalProtocolError(f"not a SecAgg server message: {type(message).__name__}")
             replies.append(client_step(site, partial(session.receive, message)))
