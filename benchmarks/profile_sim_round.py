@@ -82,11 +82,20 @@ def report(out: Path, rounds: int) -> None:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     TOTALS["process CPU (whole run)"] = usage.ru_utime + usage.ru_stime
     CALLS["process CPU (whole run)"] = 1
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # a pool's workers, once joined
+    TOTALS["worker processes CPU (whole run)"] = children.ru_utime + children.ru_stime
+    CALLS["worker processes CPU (whole run)"] = 1
     out.write_text(json.dumps({k: [TOTALS[k], CALLS[k]] for k in TOTALS}, indent=1) + "\n")
     print(f"{'component':40s} {'CPU s/round':>12s} {'calls':>8s}", file=sys.stderr)
-    for _, _, label in TARGETS:
+    labels = [label for _, _, label in TARGETS] + ["process CPU (whole run)"]
+    labels.append("worker processes CPU (whole run)")
+    for label in labels:
         if label in TOTALS:
-            per = TOTALS[label] if label.startswith("per run") else TOTALS[label] / rounds
+            per = (
+                TOTALS[label]
+                if label.startswith("per run") or "whole" in label
+                else (TOTALS[label] / rounds)
+            )
             print(f"{label:40s} {per:12.2f} {CALLS[label]:8d}", file=sys.stderr)
 
 
