@@ -371,8 +371,9 @@ def run_private_simulation(
 
     ``trainer_factory`` is used only when DP is off (default: non-private Adam MAP).
     ``workers``: the sites' rounds in that many local worker processes
-    (``runtime.parallel``; ``"auto"``: ``resolve_workers``; 1, the default: serial, which
-    was faster for DP + SecAgg at 100 sites, ``benchmarks/results/sim_sites_100.md``).
+    (``runtime.parallel``; ``"auto"``: ``resolve_workers``; 1, the default: serial), each
+    site's SecAgg client in its worker (``build_pooled_aggregator``) unless client-level DP
+    or a caller's ``aggregator`` keeps SecAgg here (``benchmarks/results/sim_sites_100.md``).
     ``site_batching`` (a run with DP off): the sites of one process train together
     (``runtime.batched``: the same site code, weights equal up to float rounding).
     """
