@@ -272,6 +272,23 @@ class SecAggConfig:
             f"(dropout_fraction={self.dropout_fraction:g})"
         )
 
+    def described(self) -> dict[str, object]:
+        """The parameters a run reports (summary.json ``secure_aggregation``)."""
+        return {
+            "protocol": self.protocol_name,
+            "n": self.n,
+            "k": self.k,
+            "t": self.t,
+            "bits": self.bits,
+            "graph": "complete" if self.complete_graph else "random k-regular (Harary)",
+            "dropout_fraction": self.dropout_fraction,
+            "corrupt_fraction": self.corrupt_fraction,
+            "max_colluding_sites": self.c_max,
+            "max_colluding_sites_stated": self.max_colluding_sites is not None,
+            "quorum": self.quorum,
+            "security_parameter": self.security_parameter,
+        }
+
     @property
     def complete_graph(self) -> bool:
         return self.k == self.n - 1

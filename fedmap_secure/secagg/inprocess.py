@@ -152,21 +152,7 @@ class SecureAggregator:
         return self._roster
 
     def describe(self) -> dict[str, object]:
-        c = self._config
-        return {
-            "protocol": c.protocol_name,
-            "n": c.n,
-            "k": c.k,
-            "t": c.t,
-            "bits": c.bits,
-            "graph": "complete" if c.complete_graph else "random k-regular (Harary)",
-            "dropout_fraction": c.dropout_fraction,
-            "corrupt_fraction": c.corrupt_fraction,
-            "max_colluding_sites": c.c_max,
-            "max_colluding_sites_stated": c.max_colluding_sites is not None,
-            "quorum": c.quorum,
-            "security_parameter": c.security_parameter,
-        }
+        return self._config.described()
 
     def aggregate(
         self,
