@@ -84,7 +84,12 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
     for site in summary["sites"]:
         assert set(site) == SITE_KEYS
         assert site["threshold"] is None  # the default decision rule is argmax
-        assert site["dp_personalisation"] is None  # default: the last trained model
+        if method == "fedmap" and site["tier"] != "unseen":
+            # a DP-SGD site's personalised model defaults to the mean of its last K models
+            assert site["dp_personalisation"]["rule"] == "average"
+            assert site["dp_personalisation"]["rounds"] >= 2  # fine-tune sites train more
+        else:  # no DP-SGD training at this site: no record
+            assert site["dp_personalisation"] is None
         if method == "pooled":
             assert dp is None
             assert site["epsilon_spent"] is None
