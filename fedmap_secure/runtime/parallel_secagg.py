@@ -30,7 +30,7 @@ from fedmap_secure.errors import ConfigError, LocalProtocolError, RemoteProtocol
 from fedmap_secure.runtime.parallel import SitePool
 from fedmap_secure.runtime.secagg_parties import Reply, RoundSpec
 from fedmap_secure.secagg.config import Roster, SecAggConfig
-from fedmap_secure.secagg.inprocess import DropPoint
+from fedmap_secure.secagg.inprocess import DropPoint, refuse_unknown_inputs
 from fedmap_secure.secagg.messages import ClientMessage
 from fedmap_secure.secagg.round_encoder import decode_result, fixed_point_encoders
 from fedmap_secure.secagg.server import RoundOutput, ServerSession
@@ -91,9 +91,7 @@ class PooledSecureAggregator:
         inputs: Mapping[str, FloatVector],
         context: bytes,
     ) -> AggregateResult:
-        unknown = sorted(set(inputs) - set(self._sites))
-        if unknown:
-            raise ConfigError(f"round {round_index}: inputs from sites not on the roster {unknown}")
+        refuse_unknown_inputs(round_index, inputs, self._sites)
         encoder = self._encoders(round_index, layout, context)
         ring = encoder.ring
         if self.chain is None:

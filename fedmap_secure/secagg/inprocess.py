@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import Protocol, TypedDict
 
@@ -162,9 +162,7 @@ class SecureAggregator:
         inputs: Mapping[str, FloatVector],
         context: bytes,
     ) -> AggregateResult:
-        unknown = sorted(set(inputs) - set(self._identities))
-        if unknown:
-            raise ConfigError(f"round {round_index}: inputs from sites not on the roster {unknown}")
+        refuse_unknown_inputs(round_index, inputs, self._identities)
         encoder = self._encoders(round_index, layout, context)
         encoded = {}
         for site, vector in inputs.items():
@@ -279,6 +277,16 @@ class SecureAggregator:
         ):
             stop = DropPoint.AFTER_SHARES
         return stop is None or _ORDER.index(point) < _ORDER.index(stop)
+
+
+def refuse_unknown_inputs(
+    round_index: int, inputs: Mapping[str, object], sites: Collection[str]
+) -> None:
+    """Raise ``ConfigError`` naming every input whose site is not in ``sites`` (a collection)."""
+    known = set(sites)
+    unknown = sorted(set(inputs) - known)
+    if unknown:
+        raise ConfigError(f"round {round_index}: inputs from sites not on the roster {unknown}")
 
 
 def _safely(action: Callable[[], ClientMessage | None]) -> ClientMessage | None:
