@@ -230,3 +230,9 @@ def test_every_session_of_a_round_shares_the_servers_neighbour_graph() -> None:
         for s in sorted(identities)[:5]
     ]
     assert all(c._graph is server._graph for c in clients)
+
+
+def test_inputs_from_a_site_off_the_roster_are_refused_by_name() -> None:
+    inputs = _inputs() | {"intruder": np.zeros(LAYOUT.size)}
+    with pytest.raises(ConfigError, match=r"round 3: .*not on the roster \['intruder'\]"):
+        _aggregator().aggregate(round_index=3, layout=LAYOUT, inputs=inputs, context=b"g")
