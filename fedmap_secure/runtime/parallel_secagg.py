@@ -35,7 +35,7 @@ from fedmap_secure.secagg.messages import ClientMessage
 from fedmap_secure.secagg.round_encoder import decode_result, fixed_point_encoders
 from fedmap_secure.secagg.server import RoundOutput, ServerSession
 from fedmap_secure.transcript.binding import bound_context, model_hash
-from fedmap_secure.transcript.recorder import RecordingServerSession, TranscriptChain
+from fedmap_secure.transcript.recorder import TranscriptChain, server_session
 from fedmap_secure.transport import codec
 
 log = logging.getLogger(__name__)
@@ -94,29 +94,20 @@ class PooledSecureAggregator:
         refuse_unknown_inputs(round_index, inputs, self._sites)
         encoder = self._encoders(round_index, layout, context)
         ring = encoder.ring
-        if self.chain is None:
-            server = ServerSession(
-                roster=self._roster,
-                config=self._config,
-                layout=layout,
-                round_index=round_index,
-                context=context,
-                ring=ring,
-            )
-            session_context = context
-        else:
-            digest = model_hash(context)
-            session_context = bound_context(digest, self.chain.previous_hash)
-            server = RecordingServerSession(
-                chain=self.chain,
-                model_hash=digest,
-                roster=self._roster,
-                config=self._config,
-                layout=layout,
-                round_index=round_index,
-                context=session_context,
-                ring=ring,
-            )
+        digest = model_hash(context)
+        session_context = (
+            context if self.chain is None else bound_context(digest, self.chain.previous_hash)
+        )
+        server = server_session(
+            chain=self.chain,
+            model_hash=digest,
+            roster=self._roster,
+            config=self._config,
+            layout=layout,
+            round_index=round_index,
+            context=session_context,
+            ring=ring,
+        )
         spec = RoundSpec(
             roster=self._roster_items,
             config=self._config,

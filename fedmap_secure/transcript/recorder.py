@@ -291,3 +291,40 @@ class RecordingServerSession(ServerSession):
         transcript = self._recorder.finish(session_id=session, output=output, excluded=excluded)
         self._chain.append(transcript)
         return output
+
+
+def server_session(
+    *,
+    chain: TranscriptChain | None,
+    model_hash: bytes,
+    roster: Roster,
+    config: SecAggConfig,
+    layout: VectorLayout,
+    round_index: int,
+    context: bytes,
+    ring: RingSpec | None,
+    workers: Workers | None = None,
+) -> ServerSession:
+    """The round's server session: recording into ``chain`` when there is one (``context``
+    is then the bound context of ``model_hash`` and the chain head), else a plain one."""
+    if chain is None:
+        return ServerSession(
+            roster=roster,
+            config=config,
+            layout=layout,
+            round_index=round_index,
+            context=context,
+            ring=ring,
+            workers=workers,
+        )
+    return RecordingServerSession(
+        chain=chain,
+        model_hash=model_hash,
+        roster=roster,
+        config=config,
+        layout=layout,
+        round_index=round_index,
+        context=context,
+        ring=ring,
+        workers=workers,
+    )

@@ -71,7 +71,7 @@ from fedmap_secure.secagg.round_encoder import (
 from fedmap_secure.secagg.server import ServerSession
 from fedmap_secure.secagg.stages import SERVER_ACCEPTS, ServerStage
 from fedmap_secure.transcript.binding import bound_context, model_hash
-from fedmap_secure.transcript.recorder import RecordingServerSession, TranscriptChain
+from fedmap_secure.transcript.recorder import TranscriptChain, server_session
 from fedmap_secure.transport import codec, framing, rpc
 from fedmap_secure.transport import messages as tm
 from fedmap_secure.transport.channels import GRPC_MESSAGE_LIMIT, SERVER_OPTIONS
@@ -543,17 +543,7 @@ class AggregationServer:
         self, round_index: int, layout: VectorLayout, context: bytes, ring: RingSpec | None
     ) -> ServerSession:
         """The round's session; the recording one (``context`` is then the bound context)."""
-        if self.transcripts is None:
-            return ServerSession(
-                roster=self.roster,
-                config=self.config,
-                layout=layout,
-                round_index=round_index,
-                context=context,
-                ring=ring,
-                workers=self._unmask_workers,
-            )
-        return RecordingServerSession(
+        return server_session(
             chain=self.transcripts,
             model_hash=self._model_hash,
             roster=self.roster,
