@@ -1,7 +1,8 @@
 """Choose FedMAP's ``[personalisation]`` on VALIDATION rows only (docs/TUNING.md protocol).
 
-Every configuration of the grid (epochs x prior precision, plus "off" = today's
-personalised model, the last round's theta_k) runs FedMAP on the validation view of
+Every configuration of the grid (epochs x prior precision x the solve's learning rate
+(0: inherit ``[training]``) x early stopping on/off, plus "off" = no solve, the
+personalised model is the last round's theta_k) runs FedMAP on the validation view of
 the dataset (``experiments.validation``: each training site's training rows split
 80/20, stratified, fixed seed; test rows never read), non-private, plain sum, with
 today's defaults otherwise. Score, as the protocol's: mean over seeds of
@@ -34,11 +35,36 @@ from fedmap_secure.experiments.validation import validation_dataset
 from fedmap_secure.runtime.inprocess import run_simulation
 
 EPOCHS = (20, 50)
-PRECISIONS = (0.0, 10.0, 100.0, 1000.0)
+PRECISIONS = (3.0, 10.0, 30.0, 100.0)
+LEARNING_RATES = (0.0, 1e-2, 3e-2)
+"""The solve's Adam step size; 0 stands for "inherit [training] learning_rate" (3e-3)."""
+EARLY_STOPPING = ("on", "off")
+
+Trial = tuple[int, float, float, bool]
+"""(epochs, prior precision, learning rate (0: inherit), early stopping)."""
 
 
-def _one(args: tuple[str, int, int, float, int]) -> dict[str, Any]:
-    dataset_name, seed, epochs, precision, rounds = args
+def _personalisation(trial: Trial) -> PersonalisationConfig:
+    epochs, precision, lr, early = trial
+    return PersonalisationConfig(
+        epochs=epochs,
+        prior_precision=precision,
+        learning_rate=lr or None,
+        early_stopping=early,
+    )
+
+
+def _label(trial: Trial) -> str:
+    epochs, precision, lr, early = trial
+    if epochs == 0:
+        return "off (no solve)"
+    rate = "inherit" if lr == 0 else f"{lr:g}"
+    return f"ep {epochs} lambda {precision:g} lr {rate} es {'on' if early else 'off'}"
+
+
+def _one(args: tuple[str, int, Trial, int]) -> dict[str, Any]:
+    dataset_name, seed, trial, rounds = args
+    epochs, precision, lr, early = trial
     torch.set_num_threads(1)
     base = load_config()
     config = dataclasses.replace(
@@ -47,7 +73,7 @@ def _one(args: tuple[str, int, int, float, int]) -> dict[str, Any]:
         seed=seed,
         rounds=rounds,
         evaluate_every=0,
-        personalisation=PersonalisationConfig(epochs=epochs, prior_precision=precision),
+        personalisation=_personalisation(trial),
     )
     dataset = validation_dataset(load_dataset(dataset_name))
     start = time.perf_counter()
@@ -64,6 +90,8 @@ def _one(args: tuple[str, int, int, float, int]) -> dict[str, Any]:
     return {
         "epochs": epochs,
         "prior_precision": precision,
+        "learning_rate": lr,
+        "early_stopping": early,
         "seed": seed,
         "sites": {k: v[0] for k, v in sites.items()},
         "auc": {k: v[1] for k, v in sites.items()},
@@ -79,16 +107,43 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, nargs="+", default=list(EPOCHS))
     parser.add_argument("--precisions", type=float, nargs="+", default=list(PRECISIONS))
+    parser.add_argument(
+        "--learning-rates",
+        type=float,
+        nargs="+",
+        default=list(LEARNING_RATES),
+        help="the solve's Adam lr; 0: inherit [training] learning_rate",
+    )
+    parser.add_argument(
+        "--early-stopping", nargs="+", choices=EARLY_STOPPING, default=list(EARLY_STOPPING)
+    )
     parser.add_argument("--json", help="write every trial here")
     args = parser.parse_args()
-    grid = [(0, 0.0), *itertools.product(args.epochs, args.precisions)]
-    jobs = [(args.dataset, s, e, p, args.rounds) for e, p in grid for s in range(args.seeds)]
+    grid: list[Trial] = [
+        (0, 0.0, 0.0, True),
+        *(
+            (e, p, lr, es == "on")
+            for e, p, lr, es in itertools.product(
+                args.epochs, args.precisions, args.learning_rates, args.early_stopping
+            )
+        ),
+    ]
+    jobs = [(args.dataset, s, t, args.rounds) for t in grid for s in range(args.seeds)]
+    start = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
         runs = list(pool.map(_one, jobs))
-    print(f"{args.dataset}: VALIDATION view, seeds 0-{args.seeds - 1}, {args.rounds} rounds")
+    print(
+        f"{args.dataset}: VALIDATION view, seeds 0-{args.seeds - 1}, {args.rounds} rounds, "
+        f"{len(jobs)} runs in {time.perf_counter() - start:.0f} s"
+    )
     trials = []
-    for e, p in grid:
-        rows = [r for r in runs if r["epochs"] == e and r["prior_precision"] == p]
+    for t in grid:
+        e, p, lr, early = t
+        rows = [
+            r
+            for r in runs
+            if (r["epochs"], r["prior_precision"], r["learning_rate"], r["early_stopping"]) == t
+        ]
         means = [float(np.mean(list(r["sites"].values()))) for r in rows]
         worsts = [min(r["sites"].values()) for r in rows]
         aucs = [float(np.nanmean([a for a in r["auc"].values() if a is not None])) for r in rows]
@@ -97,6 +152,8 @@ def main() -> None:
         trial = {
             "epochs": e,
             "prior_precision": p,
+            "learning_rate": lr,
+            "early_stopping": early,
             "mean_ba": float(np.mean(means)),
             "worst_ba": float(np.mean(worsts)),
             "mean_auc": float(np.mean(aucs)),
@@ -105,14 +162,15 @@ def main() -> None:
             "per_seed_mean_ba": means,
         }
         trials.append(trial)
-        label = "off (today)" if e == 0 else f"epochs {e}, lambda {p:g}"
+        label = _label(t)
         sites = " ".join(f"{n} {v:.3f}" for n, v in per_site.items())
         print(
-            f"{label:24s} score {trial['score']:.3f} mean {trial['mean_ba']:.3f} "
+            f"{label:38s} score {trial['score']:.3f} mean {trial['mean_ba']:.3f} "
             f"worst {trial['worst_ba']:.3f} AUC {trial['mean_auc']:.3f} | {sites}"
         )
-    best = max(trials, key=lambda t: (t["score"], t["mean_auc"]))
-    print(f"chosen: epochs {best['epochs']}, prior_precision {best['prior_precision']:g}")
+    index = max(range(len(trials)), key=lambda i: (trials[i]["score"], trials[i]["mean_auc"]))
+    best = trials[index]
+    print(f"chosen: {_label(grid[index])}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"args": vars(args), "trials": trials, "chosen": best}, fh, indent=2)

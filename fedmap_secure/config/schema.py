@@ -7,6 +7,7 @@ and wrong types with a ``ConfigError`` naming the offending key.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass, field
@@ -226,10 +227,20 @@ class PersonalisationConfig:
     stays at the site). ``epochs = 0``: off (the personalised model is the last
     round's theta_k). Defaults (20 epochs, lambda = 10) chosen on validation rows of
     heart and thyroid (docs/TUNING.md, ``benchmarks/tune_personalisation.py``).
+
+    The solve's own optimisation knobs (each unset inherits ``[training]``):
+    ``learning_rate`` (Adam step size; None: ``[training] learning_rate``),
+    ``early_stopping`` (true: stop on the trainer's held-out ``validation_fraction`` of
+    the site's training rows and keep the best epoch's model; false: no held-out part,
+    every training row, all ``epochs`` epochs) and ``patience`` (epochs without a better
+    held-out loss before it stops; None: ``[training] patience``; only with early stopping).
     """
 
     epochs: int = 20
     prior_precision: float = 10.0
+    learning_rate: float | None = None
+    early_stopping: bool = True
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -239,6 +250,27 @@ class PersonalisationConfig:
                 "personalisation.prior_precision must be a finite number >= 0, "
                 f"got {self.prior_precision!r}"
             )
+        lr = self.learning_rate
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            raise ConfigError(
+                f"personalisation.learning_rate must be a finite number > 0, got {lr!r}"
+            )
+        if self.patience is not None and self.patience < 0:
+            raise ConfigError(f"personalisation.patience must be >= 0, got {self.patience}")
+        if self.patience is not None and not self.early_stopping:
+            raise ConfigError("personalisation.patience needs early_stopping = true")
+
+    def trainer_config(self, training: LocalTrainingConfig) -> LocalTrainingConfig:
+        """The ``[training]`` trainer with the solve's epochs and its own knobs applied."""
+        return dataclasses.replace(
+            training,
+            epochs=self.epochs,
+            learning_rate=training.learning_rate
+            if self.learning_rate is None
+            else self.learning_rate,
+            patience=training.patience if self.patience is None else self.patience,
+            validation_fraction=training.validation_fraction if self.early_stopping else 0.0,
+        )
 
 
 _HEX = frozenset("0123456789abcdef")

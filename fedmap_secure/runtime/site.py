@@ -333,7 +333,7 @@ class SiteRuntime:
             charge_non_private(
                 self._non_private, state.round_index, "personalised model without DP"
             )
-        training_config = dataclasses.replace(config.training, epochs=p.epochs)
+        training_config = p.trainer_config(config.training)
         trainer = (self.setup.plain_trainer or adam_trainer)(self.data, training_config)
         training = site.personalise(strategy, trainer, prior_precision=p.prior_precision)
         self._record(state.round_index, Phase.PERSONALISE, training, 0, evaluate=False)

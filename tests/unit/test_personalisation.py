@@ -84,6 +84,66 @@ def test_config_refuses_negative_values() -> None:
     assert cfg.personalisation == PersonalisationConfig(epochs=7, prior_precision=3.0)
 
 
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("learning_rate = 0", r"personalisation\.learning_rate must be a finite number > 0"),
+        ("learning_rate = -1e-2", r"personalisation\.learning_rate must be a finite number > 0"),
+        ("patience = -1", r"personalisation\.patience must be >= 0"),
+        ("early_stopping = false\npatience = 3", r"patience needs early_stopping = true"),
+        ("early_stopping = 1", r"personalisation\.early_stopping must be true or false"),
+    ],
+)
+def test_config_refuses_bad_solve_knobs(table: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(f"[personalisation]\n{table}\n")
+
+
+def test_the_solve_inherits_the_training_knobs_unless_it_sets_its_own() -> None:
+    training = LocalTrainingConfig(epochs=2, learning_rate=3e-3, patience=2)
+    inherited = PersonalisationConfig().trainer_config(training)
+    assert (inherited.epochs, inherited.learning_rate, inherited.patience) == (20, 3e-3, 2)
+    assert inherited.validation_fraction == training.validation_fraction
+    cfg = parse_config("[personalisation]\nepochs = 50\nlearning_rate = 3e-2\npatience = 5\n")
+    own = cfg.personalisation.trainer_config(training)
+    assert (own.epochs, own.learning_rate, own.patience) == (50, 3e-2, 5)
+    assert own.validation_fraction == training.validation_fraction
+    assert own.class_weighting is training.class_weighting  # the rest is [training]'s
+    no_stop = PersonalisationConfig(early_stopping=False).trainer_config(training)
+    assert no_stop.validation_fraction == 0.0  # every training row, every epoch
+
+
+def test_the_site_runs_the_solve_with_its_own_knobs() -> None:
+    """The solve's trainer is built from [personalisation], the rounds' from [training]."""
+    import dataclasses
+
+    from fedmap_secure.aggregation import PlainSum
+    from fedmap_secure.data.types import SiteData as Data
+    from fedmap_secure.runtime.inprocess import run_simulation
+    from tests.synthetic import tiny_dataset
+
+    seen: list[LocalTrainingConfig] = []
+
+    def factory(site: Data, training: LocalTrainingConfig) -> AdamMapTrainer:
+        seen.append(training)
+        return AdamMapTrainer(training)
+
+    personalisation = PersonalisationConfig(
+        epochs=3, learning_rate=2e-2, early_stopping=False, prior_precision=1.0
+    )
+    config = dataclasses.replace(
+        SimulationConfig(), rounds=1, evaluate_every=0, personalisation=personalisation
+    )
+    run_simulation(
+        config, tiny_dataset(finetune=False, unseen=False), PlainSum(), trainer_factory=factory
+    )
+    solves = [c for c in seen if c.epochs == 3]
+    assert len(solves) == 3  # one per training site
+    assert all(c.learning_rate == 2e-2 and c.validation_fraction == 0.0 for c in solves)
+    rounds = [c for c in seen if c.epochs == config.training.epochs]
+    assert rounds and all(c == config.training for c in rounds)
+
+
 @pytest.mark.parametrize(("n", "precision"), [(10, 0.0), (10, 4.0), (1000, 4.0)])
 def test_the_solve_starts_at_gamma_under_the_prior_divided_by_n_k(n: int, precision: float) -> None:
     """The trainer minimises mean loss + (R(theta; gamma) + lambda/2 ||theta - gamma||^2) / n_k."""
