@@ -225,8 +225,10 @@ class PersonalisationConfig:
     a site with few rows stays near gamma, a large one follows its own data.
     n_k is used at the site only; nothing new is released (the personalised model
     stays at the site). ``epochs = 0``: off (the personalised model is the last
-    round's theta_k). Defaults (20 epochs, lambda = 10) chosen on validation rows of
-    heart and thyroid (docs/TUNING.md, ``benchmarks/tune_personalisation.py``).
+    round's theta_k). Defaults (20 epochs, lambda = 100, Adam lr 1e-2, no early
+    stopping) chosen on validation rows of heart and thyroid (docs/TUNING.md,
+    ``benchmarks/tune_personalisation.py``; session 5 had lambda = 10, ``[training]``'s
+    lr 3e-3 and early stopping: ``benchmarks/configs/personalisation_session5.toml``).
 
     The solve's own optimisation knobs (each unset inherits ``[training]``):
     ``learning_rate`` (Adam step size; None: ``[training] learning_rate``),
@@ -237,9 +239,9 @@ class PersonalisationConfig:
     """
 
     epochs: int = 20
-    prior_precision: float = 10.0
-    learning_rate: float | None = None
-    early_stopping: bool = True
+    prior_precision: float = 100.0
+    learning_rate: float | None = 1e-2
+    early_stopping: bool = False
     patience: int | None = None
 
     def __post_init__(self) -> None:

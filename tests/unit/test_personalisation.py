@@ -101,15 +101,22 @@ def test_config_refuses_bad_solve_knobs(table: str, message: str) -> None:
 
 def test_the_solve_inherits_the_training_knobs_unless_it_sets_its_own() -> None:
     training = LocalTrainingConfig(epochs=2, learning_rate=3e-3, patience=2)
-    inherited = PersonalisationConfig().trainer_config(training)
+    inherited = PersonalisationConfig(learning_rate=None, early_stopping=True).trainer_config(
+        training
+    )
     assert (inherited.epochs, inherited.learning_rate, inherited.patience) == (20, 3e-3, 2)
     assert inherited.validation_fraction == training.validation_fraction
-    cfg = parse_config("[personalisation]\nepochs = 50\nlearning_rate = 3e-2\npatience = 5\n")
+    cfg = parse_config(
+        "[personalisation]\nepochs = 50\nlearning_rate = 3e-2\nearly_stopping = true\npatience = 5\n"
+    )
     own = cfg.personalisation.trainer_config(training)
     assert (own.epochs, own.learning_rate, own.patience) == (50, 3e-2, 5)
     assert own.validation_fraction == training.validation_fraction
     assert own.class_weighting is training.class_weighting  # the rest is [training]'s
     no_stop = PersonalisationConfig(early_stopping=False).trainer_config(training)
+    assert PersonalisationConfig() == PersonalisationConfig(
+        epochs=20, prior_precision=100.0, learning_rate=1e-2, early_stopping=False
+    )  # the validation-chosen defaults (docs/TUNING.md)
     assert no_stop.validation_fraction == 0.0  # every training row, every epoch
 
 
