@@ -107,7 +107,8 @@ def test_the_solve_inherits_the_training_knobs_unless_it_sets_its_own() -> None:
     assert (inherited.epochs, inherited.learning_rate, inherited.patience) == (20, 3e-3, 2)
     assert inherited.validation_fraction == training.validation_fraction
     cfg = parse_config(
-        "[personalisation]\nepochs = 50\nlearning_rate = 3e-2\nearly_stopping = true\npatience = 5\n"
+        "[personalisation]\nepochs = 50\nlearning_rate = 3e-2\n"
+        "early_stopping = true\npatience = 5\n"
     )
     own = cfg.personalisation.trainer_config(training)
     assert (own.epochs, own.learning_rate, own.patience) == (50, 3e-2, 5)
@@ -148,7 +149,8 @@ def test_the_site_runs_the_solve_with_its_own_knobs() -> None:
     assert len(solves) == 3  # one per training site
     assert all(c.learning_rate == 2e-2 and c.validation_fraction == 0.0 for c in solves)
     rounds = [c for c in seen if c.epochs == config.training.epochs]
-    assert rounds and all(c == config.training for c in rounds)
+    assert rounds
+    assert all(c == config.training for c in rounds)
 
 
 @pytest.mark.parametrize(("n", "precision"), [(10, 0.0), (10, 4.0), (1000, 4.0)])
