@@ -9,7 +9,9 @@ mis-tuned (Adam 5e-2, 10 epochs, early stopping on 20% of tiny sites). At fewer 
 the margin shrinks to noise (10 rounds, before the DP score defaults: 0.763 vs 0.761),
 and at epsilon 4 it was 0.004, so the pin uses 20 rounds and epsilon 1. With the
 personalisation solve of the non-private sites (``[personalisation]``, session 5) the
-no-DP figure is 0.792 (0.786 with it off); the DP run does not use it.
+no-DP figure is 0.792 (0.786 with it off), 0.798 with the solve's own knobs (lambda 100,
+lr 1e-2, no early stopping; benchmarks/results/personalisation/solve_heart_nodp.json, seed 1);
+the DP run does not use it.
 """
 
 from __future__ import annotations
