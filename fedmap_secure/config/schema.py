@@ -230,8 +230,9 @@ class PersonalisationConfig:
     ``benchmarks/tune_personalisation.py``; session 5 had lambda = 10, ``[training]``'s
     lr 3e-3 and early stopping: ``benchmarks/configs/personalisation_session5.toml``).
 
-    The solve's own optimisation knobs (each unset inherits ``[training]``):
-    ``learning_rate`` (Adam step size; None: ``[training] learning_rate``),
+    The solve's own optimisation knobs (None inherits ``[training]``'s value):
+    ``learning_rate`` (Adam step size; None, from the Python API only since TOML has no
+    null: ``[training] learning_rate``; a TOML file writes the value, e.g. 3e-3),
     ``early_stopping`` (true: stop on the trainer's held-out ``validation_fraction`` of
     the site's training rows and keep the best epoch's model; false: no held-out part,
     every training row, all ``epochs`` epochs) and ``patience`` (epochs without a better
