@@ -13,6 +13,12 @@ import math
 from dataclasses import dataclass, field
 
 from fedmap_secure.config.privacy import ClientDpSettings, PrivacyConfig, SecAggSettings
+from fedmap_secure.config.solve import (
+    SolveCandidate,
+    SolveSelect,
+    map_token,
+    parse_solve_candidate,
+)
 from fedmap_secure.errors import ConfigError
 from fedmap_secure.training.interface import ClassWeighting, LocalTrainingConfig
 
@@ -237,6 +243,13 @@ class PersonalisationConfig:
     the site's training rows and keep the best epoch's model; false: no held-out part,
     every training row, all ``epochs`` epochs) and ``patience`` (epochs without a better
     held-out loss before it stops; None: ``[training] patience``; only with early stopping).
+
+    ``select = "validation"`` (``"client_dp"``, the default: only in runs with
+    client-level DP): each site chooses the solve it keeps among
+    ``map:<prior_precision>`` and ``candidates`` (``fedmap_secure.config.solve``) by
+    balanced accuracy on its own stratified held-out rows (``select_fraction`` of its
+    training rows), ties to the configured solve, then refits the choice on all its
+    training rows (``fedmap_secure.fedmap.solve_choice``; nothing leaves the site).
     """
 
     epochs: int = 20
@@ -244,6 +257,17 @@ class PersonalisationConfig:
     learning_rate: float | None = 1e-2
     early_stopping: bool = False
     patience: int | None = None
+    select: SolveSelect = SolveSelect.CLIENT_DP
+    """``"validation"``: each site chooses its solve among ``candidates`` (and the
+    configured one) by balanced accuracy on its own stratified held-out rows, then refits
+    the choice on all its training rows (``fedmap_secure.fedmap.solve_choice``);
+    ``"client_dp"`` (default, chosen on validation rows: docs/TUNING.md): the same in runs
+    with client-level DP only; ``"none"``: always the configured solve."""
+    candidates: tuple[str, ...] = ("map:1000", "map:100", "map:10", "map:0", "local")
+    """The other solves a site may choose (``fedmap_secure.config.solve``); the configured
+    ``map:<prior_precision>`` is always a candidate and wins ties."""
+    select_fraction: float = 0.2
+    """The share of a site's training rows held out to choose on (``select``)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -262,6 +286,18 @@ class PersonalisationConfig:
             raise ConfigError(f"personalisation.patience must be >= 0, got {self.patience}")
         if self.patience is not None and not self.early_stopping:
             raise ConfigError("personalisation.patience needs early_stopping = true")
+        tokens = [parse_solve_candidate(t).token for t in self.candidates]
+        if len(set(tokens)) != len(tokens):
+            raise ConfigError(f"personalisation.candidates has duplicates: {list(tokens)}")
+        if not 0.0 < self.select_fraction < 1.0:
+            raise ConfigError(
+                f"personalisation.select_fraction must be in (0, 1), got {self.select_fraction!r}"
+            )
+        if self.select is SolveSelect.VALIDATION and self.epochs == 0:
+            # ("client_dp", the default, chooses only where a solve runs: epochs = 0 is off)
+            raise ConfigError(
+                'personalisation.select = "validation" needs the solve on (epochs > 0)'
+            )
 
     def trainer_config(self, training: LocalTrainingConfig) -> LocalTrainingConfig:
         """The ``[training]`` trainer with the solve's epochs and its own knobs applied."""
@@ -274,6 +310,12 @@ class PersonalisationConfig:
             patience=training.patience if self.patience is None else self.patience,
             validation_fraction=training.validation_fraction if self.early_stopping else 0.0,
         )
+
+    def solve_candidates(self) -> tuple[SolveCandidate, ...]:
+        """The configured solve first, then the other candidates in their configured order."""
+        default = parse_solve_candidate(map_token(self.prior_precision))
+        others = (parse_solve_candidate(t) for t in self.candidates)
+        return (default, *(c for c in others if c.token != default.token))
 
 
 _HEX = frozenset("0123456789abcdef")

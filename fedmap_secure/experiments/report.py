@@ -153,6 +153,9 @@ def summary_dict(
                 "dp_personalisation": (
                     None if s.dp_personalisation is None else s.dp_personalisation.as_dict()
                 ),
+                "personalisation": (
+                    None if s.personalisation is None else s.personalisation.as_dict()
+                ),
             }
             for s in result.sites
         ],

@@ -166,34 +166,53 @@ class Site:
         return result
 
     def personalise(
-        self, strategy: MethodStrategy, trainer: LocalTrainer, *, prior_precision: float
+        self,
+        strategy: MethodStrategy,
+        trainer: LocalTrainer,
+        *,
+        prior_precision: float | None,
+        start: FloatVector | None = None,
+        rows: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None,
+        generator: torch.Generator | None = None,
     ) -> LocalTrainingResult:
         """The final MAP solve of theta_k from gamma under the prior scaled by 1/n_k.
 
         Minimises mean loss + (R_psi(theta; gamma) + lambda/2 ||theta - gamma||^2) / n_k
         (``PersonalisationConfig``): the MAP posterior of the site's n_k rows under the
         strategy's prior, written per row as the trainer minimises a mean loss.
+        ``prior_precision`` None: no prior at all (the mean loss alone). ``start``: the
+        flat vector to start from (default gamma). ``rows``: the (x, y) rows to solve on
+        (default the site's training rows; n_k is then their number) and ``generator``
+        the stream to draw batches from (default the site's): a site choosing among
+        candidate solves fits them on part of its rows (``fedmap.solve_choice``).
         """
         if self._gamma is None:
             raise LocalProtocolError(f"site {self.name!r}: personalise() before receive()")
-        if prior_precision < 0:
+        if prior_precision is not None and prior_precision < 0:
             raise LocalProtocolError(f"site {self.name!r}: negative prior precision")
-        n = self.n_train
+        x, y = (self.data.x_train, self.data.y_train) if rows is None else rows
+        n = int(x.shape[0])
         if n < 1:
             raise LocalProtocolError(f"site {self.name!r} has no training rows to personalise on")
         self.model.load_state_dict(self._gamma_model.state_dict())
+        if start is not None:
+            load_flat_vector(self.model.parameters(), start)
         prior_fn = strategy.site_prior(self.model, self._gamma, self._prior)
         params, gamma = list(self.model.parameters()), self._gamma
 
         def map_prior() -> torch.Tensor:
             quad = torch.stack([(p - g).pow(2).sum() for p, g in zip(params, gamma, strict=True)])
-            total = 0.5 * prior_precision * quad.sum()
+            total = 0.5 * (prior_precision or 0.0) * quad.sum()
             if prior_fn is not None:
                 total = total + prior_fn()
             return total / n
 
         result = trainer.train(
-            self.model, self.data.x_train, self.data.y_train, map_prior, self._generator
+            self.model,
+            x,
+            y,
+            None if prior_precision is None else map_prior,
+            self._generator if generator is None else generator,
         )
         self.trained = True
         self._score = None

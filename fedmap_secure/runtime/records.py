@@ -18,6 +18,7 @@ from fedmap_secure.errors import ConfigError
 from fedmap_secure.fedmap.dp_personalisation import PersonalisationRecord
 from fedmap_secure.fedmap.evaluation import EvalMetrics
 from fedmap_secure.fedmap.site import Phase, SiteReport
+from fedmap_secure.fedmap.solve_choice import SolveChoice
 from fedmap_secure.fedmap.threshold import ThresholdChoice
 from fedmap_secure.runtime.results import SiteResult
 from fedmap_secure.training.interface import LocalTrainingResult
@@ -50,6 +51,9 @@ def write_records(path: Path, result: SiteResult, reports: list[SiteReport]) -> 
             "threshold": None if result.threshold is None else result.threshold.as_dict(),
             "dp_personalisation": (
                 None if result.dp_personalisation is None else result.dp_personalisation.as_dict()
+            ),
+            "personalisation": (
+                None if result.personalisation is None else result.personalisation.as_dict()
             ),
         },
         "reports": [
@@ -88,6 +92,11 @@ def read_records(path: Path) -> tuple[SiteResult, list[SiteReport]]:
                 None
                 if r.get("dp_personalisation") is None
                 else PersonalisationRecord(**r["dp_personalisation"])
+            ),
+            personalisation=(
+                None
+                if r.get("personalisation") is None
+                else SolveChoice.from_dict(r["personalisation"])
             ),
         )
         reports = [

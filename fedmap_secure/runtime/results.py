@@ -13,6 +13,7 @@ from fedmap_secure.fedmap.dp_personalisation import PersonalisationRecord
 from fedmap_secure.fedmap.evaluation import EvalMetrics
 from fedmap_secure.fedmap.methods import GlobalState, ServerLog
 from fedmap_secure.fedmap.site import SiteReport
+from fedmap_secure.fedmap.solve_choice import SolveChoice
 from fedmap_secure.fedmap.threshold import ThresholdChoice
 from fedmap_secure.training.interface import LocalTrainer, LocalTrainingConfig
 
@@ -39,6 +40,8 @@ class SiteResult:
     dp_personalisation: PersonalisationRecord | None = None
     """How a DP-SGD site formed its personalised model (``[training] dp_personalised``);
     None: the last trained model."""
+    personalisation: SolveChoice | None = None
+    """Which ``[personalisation]`` solve the site kept and why; None: no solve ran."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -54,6 +54,7 @@ import torch
 from fedmap_secure.aggregation import FloatVector, VectorLayout
 from fedmap_secure.config.privacy import OmegaRelease, PrivacyConfig
 from fedmap_secure.config.schema import Method, ModelKind, SimulationConfig
+from fedmap_secure.config.solve import SolveCandidate, SolveStart
 from fedmap_secure.data.contract import check_site_schema
 from fedmap_secure.data.schema import FeatureSchema
 from fedmap_secure.data.types import SiteData, Tier
@@ -64,6 +65,7 @@ from fedmap_secure.errors import (
     RemoteProtocolError,
 )
 from fedmap_secure.fedmap.contribution import exact_clipped_mean
+from fedmap_secure.fedmap.evaluation import predict_proba
 from fedmap_secure.fedmap.icnn import ConvexPrior
 from fedmap_secure.fedmap.methods import (
     GlobalState,
@@ -73,7 +75,13 @@ from fedmap_secure.fedmap.methods import (
 )
 from fedmap_secure.fedmap.models import build_model, load_flat_vector
 from fedmap_secure.fedmap.site import Phase, Site, SiteReport, make_generator, site_seed
-from fedmap_secure.fedmap.threshold import ThresholdChoice, argmax_choice, stratified_holdout
+from fedmap_secure.fedmap.solve_choice import SolveChoice, pick
+from fedmap_secure.fedmap.threshold import (
+    ThresholdChoice,
+    argmax_choice,
+    balanced_accuracy,
+    stratified_holdout,
+)
 from fedmap_secure.model_files import ModelFileKind, ModelMeta, save_model
 from fedmap_secure.privacy.ledger import PrivacyLedger
 from fedmap_secure.runtime.announcement import config_from_json, run_id, state_of
@@ -88,7 +96,7 @@ from fedmap_secure.runtime.privacy import (
 )
 from fedmap_secure.runtime.records import write_records
 from fedmap_secure.runtime.results import SiteResult, TrainerFactory
-from fedmap_secure.runtime.state import derived_seed
+from fedmap_secure.runtime.state import derived_seed, initial_state
 from fedmap_secure.secagg.config import SERVER_ID
 from fedmap_secure.training.interface import (
     DecisionThreshold,
@@ -164,6 +172,7 @@ class SiteRuntime:
         self.model_file: Path | None = None
         self._threshold_rows: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None
         self._threshold_fallback: ThresholdChoice | None = None
+        self._solve_choice: SolveChoice | None = None
 
     @property
     def feature_schema(self) -> FeatureSchema:
@@ -272,6 +281,7 @@ class SiteRuntime:
             dp_personalisation=(
                 None if site.dp_personalisation is None else site.dp_personalisation.record()
             ),
+            personalisation=self._solve_choice,
         )
         self._log_threshold(site)
         self._log_personalisation(site)
@@ -335,16 +345,94 @@ class SiteRuntime:
             )
         training_config = p.trainer_config(config.training)
         trainer = (self.setup.plain_trainer or adam_trainer)(self.data, training_config)
-        training = site.personalise(strategy, trainer, prior_precision=p.prior_precision)
+        candidates = p.solve_candidates()
+        chosen, self._solve_choice = (
+            candidates[0],
+            SolveChoice(chosen=candidates[0].token, source="configured"),
+        )
+        if p.select.applies(client_dp=config.client_dp.enabled):
+            chosen, self._solve_choice = self._choose_solve(
+                config, site, strategy, trainer, candidates
+            )
+        training = site.personalise(
+            strategy,
+            trainer,
+            prior_precision=chosen.prior_precision,
+            start=self._solve_start(config, chosen),
+        )
         self._record(state.round_index, Phase.PERSONALISE, training, 0, evaluate=False)
         log.info(
-            "site %s: personalised by the MAP solve from the final gamma (%d epochs, %d steps; "
-            "prior precision %.4g over %d rows)",
+            "site %s: personalised by the solve %s (%s; %d epochs, %d steps over %d rows)",
             self.name,
+            chosen.token,
+            self._solve_choice.source,
             training.epochs_run,
             training.steps,
-            p.prior_precision,
             self.data.n_train,
+        )
+
+    def _solve_start(
+        self, config: SimulationConfig, candidate: SolveCandidate
+    ) -> FloatVector | None:
+        """Where ``candidate`` starts: None (the final gamma) or round 0's gamma."""
+        if candidate.start is SolveStart.GAMMA:
+            return None
+        state, _ = initial_state(
+            config, n_features=len(self.setup.feature_names), n_classes=self.setup.n_classes
+        )
+        return state.gamma
+
+    def _choose_solve(
+        self,
+        config: SimulationConfig,
+        site: Site,
+        strategy: MethodStrategy,
+        trainer: LocalTrainer,
+        candidates: tuple[SolveCandidate, ...],
+    ) -> tuple[SolveCandidate, SolveChoice]:
+        """``[personalisation] select = "validation"`` (``fedmap_secure.fedmap.solve_choice``):
+        fit every candidate on the site's rows less a stratified held-out part, keep the
+        one with the best balanced accuracy there. Nothing here leaves the site."""
+        p, default = config.personalisation, candidates[0]
+        x, y = self.data.x_train, self.data.y_train
+        rng = np.random.default_rng(derived_seed(config.seed, f"personalisation/{self.name}"))
+        kept, held = stratified_holdout(y, p.select_fraction, rng)
+        if held.size == 0:
+            why = f"{y.size} training rows are too few to hold out a validation split"
+            log.warning("site %s: personalisation solve not chosen: %s", self.name, why)
+            return default, SolveChoice(chosen=default.token, source=f"configured: {why}")
+        c = self.setup.n_classes
+        present, fitted = np.unique(y[held]).size, np.unique(y[kept]).size
+        if present < c or fitted < c:
+            why = (
+                f"the {held.size} held-out rows hold {present} of {c} classes"
+                if present < c
+                else f"the {kept.size} rows left to fit on hold {fitted} of {c} classes"
+            )
+            log.warning("site %s: personalisation solve not chosen: %s", self.name, why)
+            return default, SolveChoice(
+                chosen=default.token, source=f"configured: {why}", validation_rows=held.size
+            )
+        fit = (x[kept], y[kept])
+        generator = make_generator(derived_seed(config.seed, f"personalisation-select/{self.name}"))
+        scores: list[tuple[SolveCandidate, float]] = []
+        for candidate in candidates:
+            site.personalise(
+                strategy,
+                trainer,
+                prior_precision=candidate.prior_precision,
+                start=self._solve_start(config, candidate),
+                rows=fit,
+                generator=generator,
+            )
+            pred = predict_proba(site.model, x[held]).argmax(axis=1).astype(np.int64)
+            scores.append((candidate, balanced_accuracy(pred, y[held])))
+        chosen = pick(scores, default=default)
+        return chosen, SolveChoice(
+            chosen=chosen.token,
+            source="validation",
+            validation_rows=held.size,
+            validation_ba=tuple((c.token, ba) for c, ba in scores),
         )
 
     # --- setup on the first announcement ---------------------------------------------------

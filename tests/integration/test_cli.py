@@ -25,6 +25,7 @@ SITE_KEYS = {
     "epsilon_spent",
     "threshold",  # the decision threshold ([training] threshold = "validation"), else null
     "dp_personalisation",  # a DP-SGD site's [training] dp_personalised record, else null
+    "personalisation",  # which [personalisation] solve a FedMAP site kept, else null
 }
 METRIC_KEYS = {"accuracy", "balanced_accuracy", "roc_auc"}
 
@@ -84,6 +85,7 @@ def test_simulate_writes_summary_and_metrics(tmp_path: Path, method: str) -> Non
     for site in summary["sites"]:
         assert set(site) == SITE_KEYS
         assert site["threshold"] is None  # the default decision rule is argmax
+        assert site["personalisation"] is None  # DP-SGD sites run no solve
         if method == "fedmap" and site["tier"] != "unseen":
             # a DP-SGD site's personalised model defaults to the mean of its last K models
             assert site["dp_personalisation"]["rule"] == "average"

@@ -240,6 +240,9 @@ def test_simulate_over_grpc_with_client_level_dp(tmp_path: Path) -> None:
     assert client["plan"]["mechanism"] == "ddg"
     assert summary["privacy"]["secure_aggregation"]["bits"] == 64
     assert summary["privacy"]["secure_aggregation"]["transport"] == "grpc (plaintext, local)"
+    for site in summary["sites"]:  # each site process chose its solve on its own rows
+        assert site["personalisation"]["source"] == "validation"
+        assert site["personalisation"]["chosen"] in site["personalisation"]["validation_ba"]
     assert ledger_path(out / "server" / "client-dp").is_file()
     tomls = [tomllib.loads(p.read_text()) for p in (out / "grpc" / "sites").glob("*/site.toml")]
     assert len(tomls) == 3  # each site process runs `fedmap-secure site` with its own site.toml
