@@ -88,6 +88,8 @@ def test_the_best_wins_ties_go_to_the_configured_solve_then_the_strongest_prior(
     default = c["map:10"]
     assert pick([(default, 0.7), (c["local"], 0.8)], default=default) is c["local"]
     assert pick([(default, 0.8), (c["local"], 0.8)], default=default) is default
+    # a tie with a stronger prior still keeps the configured solve
+    assert pick([(c["map:1000"], 0.8), (default, 0.8)], default=default) is default
     tied = [(default, 0.6), (c["local"], 0.8), (c["map:0"], 0.8), (c["map:1000"], 0.7)]
     assert pick(tied, default=default) is c["map:0"]
 
