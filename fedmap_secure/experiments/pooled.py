@@ -25,9 +25,9 @@ from fedmap_secure.errors import ConfigError
 from fedmap_secure.fedmap.evaluation import evaluate, predict_proba
 from fedmap_secure.fedmap.models import build_model, flat_vector
 from fedmap_secure.fedmap.site import make_generator
-from fedmap_secure.fedmap.threshold import argmax_choice, choose_threshold, stratified_holdout
+from fedmap_secure.fedmap.threshold import argmax_choice, choose_threshold
 from fedmap_secure.runtime.results import ProgressFn, SimulationResult, SiteResult, TrainerFactory
-from fedmap_secure.runtime.state import derived_seed
+from fedmap_secure.runtime.state import derived_seed, site_holdout
 from fedmap_secure.training.interface import DecisionThreshold
 
 POOLED_LABEL = "pooled"
@@ -47,8 +47,9 @@ def run_pooled(
     if config.training.threshold is DecisionThreshold.VALIDATION and dataset.n_classes == 2:
         kept_sites = []
         for s in with_train:
-            rng = np.random.default_rng(derived_seed(config.seed, f"threshold/{s.name}"))
-            kept, out = stratified_holdout(s.y_train, config.training.threshold_fraction, rng)
+            kept, out = site_holdout(
+                config.seed, "threshold", s.name, s.y_train, config.training.threshold_fraction
+            )
             if out.size:
                 held[s.name] = (s.x_train[out], s.y_train[out])
             kept_sites.append(

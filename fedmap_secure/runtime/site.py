@@ -76,12 +76,7 @@ from fedmap_secure.fedmap.methods import (
 from fedmap_secure.fedmap.models import build_model, load_flat_vector
 from fedmap_secure.fedmap.site import Phase, Site, SiteReport, make_generator, site_seed
 from fedmap_secure.fedmap.solve_choice import SolveChoice, pick
-from fedmap_secure.fedmap.threshold import (
-    ThresholdChoice,
-    argmax_choice,
-    balanced_accuracy,
-    stratified_holdout,
-)
+from fedmap_secure.fedmap.threshold import ThresholdChoice, argmax_choice, balanced_accuracy
 from fedmap_secure.model_files import ModelFileKind, ModelMeta, save_model
 from fedmap_secure.privacy.ledger import PrivacyLedger
 from fedmap_secure.runtime.announcement import config_from_json, run_id, state_of
@@ -96,7 +91,7 @@ from fedmap_secure.runtime.privacy import (
 )
 from fedmap_secure.runtime.records import write_records
 from fedmap_secure.runtime.results import SiteResult, TrainerFactory
-from fedmap_secure.runtime.state import derived_seed, initial_state
+from fedmap_secure.runtime.state import derived_seed, initial_state, site_holdout
 from fedmap_secure.secagg.config import SERVER_ID
 from fedmap_secure.training.interface import (
     DecisionThreshold,
@@ -395,8 +390,7 @@ class SiteRuntime:
         one with the best balanced accuracy there. Nothing here leaves the site."""
         p, default = config.personalisation, candidates[0]
         x, y = self.data.x_train, self.data.y_train
-        rng = np.random.default_rng(derived_seed(config.seed, f"personalisation/{self.name}"))
-        kept, held = stratified_holdout(y, p.select_fraction, rng)
+        kept, held = site_holdout(config.seed, "personalisation", self.name, y, p.select_fraction)
         if held.size == 0:
             why = f"{y.size} training rows are too few to hold out a validation split"
             log.warning("site %s: personalisation solve not chosen: %s", self.name, why)
@@ -470,8 +464,9 @@ class SiteRuntime:
             )
             log.warning("site %s: threshold kept at argmax: %s", self.name, "not a binary task")
             return
-        rng = np.random.default_rng(derived_seed(config.seed, f"threshold/{self.name}"))
-        kept, held = stratified_holdout(self.data.y_train, training.threshold_fraction, rng)
+        kept, held = site_holdout(
+            config.seed, "threshold", self.name, self.data.y_train, training.threshold_fraction
+        )
         if held.size == 0:
             self._threshold_fallback = argmax_choice(
                 f"{self.data.n_train} training rows are too few to hold out a validation split", 0

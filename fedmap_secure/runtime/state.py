@@ -6,17 +6,30 @@ import hashlib
 import json
 
 import numpy as np
+import numpy.typing as npt
 
 from fedmap_secure.config.loader import config_to_dict
 from fedmap_secure.config.schema import SimulationConfig
 from fedmap_secure.fedmap.icnn import ConvexPrior
 from fedmap_secure.fedmap.methods import GlobalState, make_strategy
 from fedmap_secure.fedmap.models import build_model, flat_vector
+from fedmap_secure.fedmap.threshold import stratified_holdout
 
 
 def derived_seed(run_seed: int, label: str) -> int:
     digest = hashlib.sha256(f"fedmap-secure/{label}/{run_seed}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+def site_holdout(
+    run_seed: int, purpose: str, site: str, y: npt.NDArray[np.int64], fraction: float
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(kept, held-out) rows of ``site``'s stratified split for ``purpose`` ("threshold",
+    "personalisation"), drawn from a generator seeded by the run seed, the purpose and the
+    site's name: a data split, not a secret; the pooled baseline draws the same threshold
+    split as the sites."""
+    rng = np.random.default_rng(derived_seed(run_seed, f"{purpose}/{site}"))
+    return stratified_holdout(y, fraction, rng)
 
 
 def round_context(config: SimulationConfig, state: GlobalState) -> bytes:
